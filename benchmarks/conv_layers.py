@@ -1,0 +1,96 @@
+"""VGG-16 conv layers at batch 1: convrt's Conv2d (+ReLU) vs onnxruntime's Conv+Relu, same run.
+
+Usage: python benchmarks/conv_layers.py [--runs 10] [--layers 0,1,...]
+Prints per layer: ms (median of runs after warm-up), GFLOP/s, and the ratio convrt / onnxruntime.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from convrt.kernels.conv import Conv2d  # noqa: E402
+
+VGG16 = [  # (C, M, H=W) of each distinct conv layer shape, times it occurs in VGG-16
+    (3, 64, 224, 1), (64, 64, 224, 1), (64, 128, 112, 1), (128, 128, 112, 1),
+    (128, 256, 56, 1), (256, 256, 56, 2), (256, 512, 28, 1), (512, 512, 28, 2),
+    (512, 512, 14, 3),
+]
+
+
+def ort_session(w, b):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, c = w.shape[:2]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["y"], ["z"])],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", "W"])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn, runs):
+    fn()
+    fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(ts))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--layers", default=None)
+    args = ap.parse_args()
+    numba.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    sel = range(len(VGG16)) if args.layers is None else [int(i) for i in args.layers.split(",")]
+    print(f"{'layer':>22} {'convrt ms':>10} {'GFLOP/s':>8} {'ort ms':>8} {'GFLOP/s':>8} "
+          f"{'ratio':>6}")
+    tot_c = tot_o = 0.0
+    for i in sel:
+        c, m, hw, times = VGG16[i]
+        x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        b = rng.standard_normal(m).astype(np.float32)
+        conv = Conv2d(w, b, x.shape, pads=(1, 1, 1, 1), activation="relu")
+        out = np.empty(conv.out_shape, np.float32)
+        t = time.perf_counter()
+        conv(x, out)
+        compile_s = time.perf_counter() - t
+        sess = ort_session(w, b)
+        ref = sess.run(None, {"x": x})[0]
+        err = float(np.abs(out - ref).max())
+        tc = median_ms(lambda: conv(x, out), args.runs)
+        time.sleep(0.2)  # let idle worker threads of the other runtime go to sleep
+        to = median_ms(lambda: sess.run(None, {"x": x}), args.runs)
+        time.sleep(0.2)
+        gflop = 2 * m * c * 9 * hw * hw / 1e9
+        tot_c += times * tc
+        tot_o += times * to
+        name = f"{hw}^2 {c}->{m}" + (f" (x{times})" if times > 1 else "")
+        print(f"{name:>22} {tc:10.2f} {gflop / tc * 1e3:8.1f} {to:8.2f} {gflop / to * 1e3:8.1f} "
+              f"{tc / to:6.2f}   first call {compile_s:.2f}s, max|err| {err:.1e}", flush=True)
+    print(f"{'total (VGG-16 convs)':>22} {tot_c:10.2f} {'':>8} {tot_o:8.2f} {'':>8} "
+          f"{tot_c / tot_o:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

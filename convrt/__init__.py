@@ -1,0 +1,19 @@
+"""convrt: an ONNX model compiler and inference runtime for convolutional networks.
+
+    import convrt
+    sess = convrt.InferenceSession("model.onnx")
+    (logits,) = sess.run(None, {"input": x})
+"""
+
+from . import ops  # noqa: F401  (registers every op)
+from .compiler import load, optimize
+from .errors import (ConvrtError, InputError, ModelLoadError, ShapeError, TrainingError,
+                     UnsupportedOpError)
+from .onnx_io import from_graph, save
+from .runtime import GraphOptimizationLevel, InferenceSession, NodeArg, SessionOptions
+
+__version__ = "0.1.0"
+
+__all__ = ["ConvrtError", "GraphOptimizationLevel", "InferenceSession", "InputError",
+           "ModelLoadError", "NodeArg", "SessionOptions", "ShapeError", "TrainingError",
+           "UnsupportedOpError", "from_graph", "load", "optimize", "save"]

@@ -1,0 +1,48 @@
+"""The compile pipeline: ONNX -> IR (validated, shapes inferred) -> optimized IR.
+
+This is the one module that imports ``passes``; the runtime receives a finished Graph.
+"""
+
+from __future__ import annotations
+
+from .errors import ConvrtError, ModelLoadError
+from .ir import Graph, sort_graph
+from .onnx_io import DEFAULT_MEMORY_BUDGET, read_model, to_graph
+from .ops.infer import infer, record
+
+
+def check(graph: Graph) -> None:
+    """Sort, infer and validate ``graph`` in place (load-time inference, symbolic dims kept)."""
+    sort_graph(graph)
+    env, _ = infer(graph)
+    missing = [v.name for v in graph.outputs if v.name not in env]
+    if missing:
+        raise ModelLoadError(f"{graph.source}: graph outputs {missing} are never computed")
+    record(graph, env)
+
+
+def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Graph:
+    """Load an ONNX model (path, bytes or ModelProto) into a validated IR Graph.
+
+    Args:
+        src: the model.
+        base_dir: where external data files live (defaults to the model file's directory;
+            required for bytes that reference external data).
+        memory_budget: bytes of weights the model may declare before loading is refused.
+    """
+    model, source, base_dir = read_model(src, base_dir)
+    try:
+        graph = to_graph(model, source, base_dir, memory_budget)
+    except RecursionError:
+        raise ModelLoadError(f"{source}: model nests too deeply") from None
+    check(graph)
+    return graph
+
+
+def optimize(graph: Graph, level: str = "all", disabled=()):
+    """Run the pass pipeline for ``level``; returns the pass report (list of PassResult)."""
+    try:
+        import passes
+    except ImportError as e:  # pragma: no cover - passes ships with convrt
+        raise ConvrtError(f"the passes package is missing ({e})") from None
+    return passes.optimize(graph, level=level, disabled=disabled)

@@ -1,0 +1,29 @@
+"""convrt's exception types: everything the public API raises for bad models or feeds.
+
+Each message is one line naming the model, node or input at fault, so the CLI can print it
+without a traceback.
+"""
+
+
+class ConvrtError(Exception):
+    """Base of every error convrt raises on purpose."""
+
+
+class ModelLoadError(ConvrtError):
+    """The file is missing, is not ONNX, is truncated, or its graph is malformed."""
+
+
+class UnsupportedOpError(ConvrtError):
+    """An op, opset or attribute value convrt has no kernel for."""
+
+
+class ShapeError(ConvrtError):
+    """Shapes, dtypes or attribute values that are inconsistent (found at load time)."""
+
+
+class InputError(ConvrtError):
+    """A feed with a wrong name, dtype, rank or dimension."""
+
+
+class TrainingError(ConvrtError):
+    """Bad labels, unknown loss, an op without a backward rule, a NaN loss."""

@@ -1,0 +1,7 @@
+"""convrt's intermediate representation."""
+
+from .analysis import dependency_graph, layers, sort_graph, toposort
+from .core import Dim, Graph, Node, Shape, Value
+
+__all__ = ["Dim", "Graph", "Node", "Shape", "Value", "dependency_graph", "layers", "sort_graph",
+           "toposort"]

@@ -1,0 +1,175 @@
+"""convrt's IR: values, nodes and the graph that owns them.
+
+A :class:`Value` is an SSA edge: produced by at most one node (or a graph input or an
+initializer), read by any number of nodes.  Each value keeps its use-list, so passes can ask
+"who reads this?" in O(1) and rewire without a graph walk.  Shapes are tuples whose entries are
+``int`` (known), ``str`` (a symbolic dim such as a dynamic batch ``"N"``) or ``None`` (unknown).
+
+Mutations go through the helpers here (:meth:`Node.set_input`, :meth:`Graph.replace_all_uses`,
+:meth:`Graph.remove_node`...) so use-lists never drift from the node inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import numpy as np
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+class Value:
+    """A tensor edge of the graph.
+
+    Attributes:
+        name: unique within the graph.
+        shape: tuple of dims, or None when even the rank is unknown.
+        dtype: a numpy dtype, or None when unknown.
+        const: the initializer's data (a numpy array) or None.
+        producer: the node writing this value, or None (graph input / initializer).
+        uses: (node, input index) pairs reading it.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "const", "producer", "uses", "doc")
+
+    def __init__(self, name: str, shape: Shape | None = None, dtype=None, const=None):
+        self.name = name
+        self.shape = None if shape is None else tuple(shape)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.const = const
+        self.producer: Node | None = None
+        self.uses: list[tuple[Node, int]] = []
+        self.doc = ""
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r}, {self.shape}, {self.dtype})"
+
+
+class Node:
+    """One operator application.  ``inputs`` may hold None for an omitted optional input."""
+
+    __slots__ = ("op_type", "domain", "name", "inputs", "outputs", "attrs", "doc")
+
+    def __init__(self, op_type: str, inputs: Iterable[Value | None], outputs: Iterable[Value],
+                 attrs: dict[str, Any] | None = None, name: str = "", domain: str = ""):
+        self.op_type = op_type
+        self.domain = domain
+        self.name = name
+        self.inputs: list[Value | None] = []
+        self.outputs: list[Value] = list(outputs)
+        self.attrs = dict(attrs or {})
+        self.doc = ""
+        for v in inputs:
+            self.add_input(v)
+        for v in self.outputs:
+            v.producer = self
+
+    def add_input(self, v: Value | None) -> None:
+        self.inputs.append(v)
+        if v is not None:
+            v.uses.append((self, len(self.inputs) - 1))
+
+    def set_input(self, i: int, v: Value | None) -> None:
+        old = self.inputs[i]
+        if old is not None:
+            old.uses.remove((self, i))
+        self.inputs[i] = v
+        if v is not None:
+            v.uses.append((self, i))
+
+    def input(self, i: int) -> Value | None:
+        """The i-th input or None when omitted (also past the end)."""
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def __repr__(self) -> str:
+        return f"Node({self.op_type}, {self.name!r})"
+
+
+class Graph:
+    """A model's main graph plus what is needed to write it back (opsets, IR version)."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.initializers: dict[str, Value] = {}
+        self.values: dict[str, Value] = {}
+        self.opsets: dict[str, int] = {"": 13}
+        self.ir_version = 8
+        self.producer_name = ""
+        self.source = "<model>"  # file name or "<bytes>": used in error messages
+        self.functions: dict[tuple[str, str], Any] = {}  # model-local functions kept for export
+        self._fresh = itertools.count()
+
+    # -- construction ---------------------------------------------------------------
+    def value(self, name: str, shape: Shape | None = None, dtype=None) -> Value:
+        """The value called ``name``, created on first mention."""
+        v = self.values.get(name)
+        if v is None:
+            v = self.values[name] = Value(name, shape, dtype)
+        return v
+
+    def fresh_name(self, hint: str) -> str:
+        while True:
+            name = f"{hint}__{next(self._fresh)}"
+            if name not in self.values:
+                return name
+
+    def add_initializer(self, name: str, array: np.ndarray) -> Value:
+        v = self.value(name, array.shape, array.dtype)
+        v.shape, v.dtype, v.const = tuple(array.shape), array.dtype, array
+        self.initializers[name] = v
+        return v
+
+    def add_node(self, node: Node, index: int | None = None) -> Node:
+        self.nodes.insert(len(self.nodes) if index is None else index, node)
+        for v in node.outputs:
+            self.values.setdefault(v.name, v)
+        return node
+
+    # -- queries ----------------------------------------------------------------------
+    @property
+    def opset(self) -> int:
+        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+
+    def is_constant(self, v: Value | None) -> bool:
+        """True when ``v`` holds data no feed can override (IR < 4 lists initializers as inputs)."""
+        return v is not None and v.const is not None and v not in self.inputs
+
+    def runtime_inputs(self) -> list[Value]:
+        """Graph inputs a user feeds (initializers listed as inputs are optional overrides)."""
+        return [v for v in self.inputs if v.const is None]
+
+    def consumers(self, v: Value) -> list[Node]:
+        return [n for n, _ in v.uses]
+
+    # -- mutation ---------------------------------------------------------------------
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
+        for node, i in list(old.uses):
+            node.set_input(i, new)
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def remove_node(self, node: Node) -> None:
+        """Drop ``node``; its outputs must be unused by then."""
+        for i in range(len(node.inputs)):
+            node.set_input(i, None)
+        self.nodes.remove(node)
+        for v in node.outputs:
+            v.producer = None
+            if not v.uses and v not in self.outputs:
+                self.values.pop(v.name, None)
+
+    def remove_unused_initializers(self) -> int:
+        dead = [n for n, v in self.initializers.items() if not v.uses and v not in self.outputs
+                and v not in self.inputs]
+        for n in dead:
+            del self.initializers[n]
+            self.values.pop(n, None)
+        return len(dead)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes)"

@@ -1,0 +1,1 @@
+"""Generated numba kernels (see convrt/kernels/_gen_conv.py)."""

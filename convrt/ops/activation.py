@@ -1,0 +1,116 @@
+"""Activations and Softmax/LogSoftmax."""
+
+import math
+
+import numpy as np
+
+from ..kernels import elementwise as K
+from ..kernels.softmax import softmax as _softmax
+from ._shape import FLOAT_TYPES, NUMERIC, axis
+from .registry import register_op
+
+
+def _unary(ctx, X, fn, *args, dtypes=FLOAT_TYPES):
+    ctx.check(X.dtype in dtypes, f"dtype {X.dtype} is not supported")
+
+    def run(x, out):
+        fn(x.reshape(-1), out.reshape(-1), *args)
+
+    return ctx.result([X.shape], [X.dtype], run)
+
+
+@register_op("Relu", since=(6, 13, 14))
+def Relu(ctx, X):
+    if X.dtype is not None and X.dtype.kind in "iu":
+        return ctx.result([X.shape], [X.dtype], lambda x, out: np.maximum(x, 0, out=out))
+    return _unary(ctx, X, K.relu)
+
+
+@register_op("LeakyRelu", since=(6, 16))
+def LeakyRelu(ctx, X, *, alpha=0.01):
+    return _unary(ctx, X, K.leaky_relu, float(alpha))
+
+
+@register_op("Sigmoid", since=(6, 13))
+def Sigmoid(ctx, X):
+    return _unary(ctx, X, K.sigmoid)
+
+
+@register_op("Tanh", since=(6, 13))
+def Tanh(ctx, X):
+    return _unary(ctx, X, K.tanh)
+
+
+@register_op("Clip", since=6)
+def Clip_6(ctx, X, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
+    return _unary(ctx, X, K.clip, float(min), float(max))
+
+
+def clip_bounds(ctx, X, lo, hi):
+    """Constant Clip bounds as Python numbers (None when absent); used by passes too."""
+    out = []
+    for name, b in (("min", lo), ("max", hi)):
+        if b is None:
+            out.append(None)
+            continue
+        ctx.check(b.shape in ((), (1,)) if b.shape is not None else True,
+                  f"{name} must be a scalar")
+        ctx.check(b.dtype == X.dtype, f"{name} dtype {b.dtype} differs from input {X.dtype}")
+        if b.value is None:
+            if ctx.binding:
+                raise ctx.unsupported(f"{name} must be constant at plan time")
+            out.append(math.nan)
+        else:
+            out.append(b.value.reshape(-1)[0].item())
+    return out
+
+
+@register_op("Clip", since=(11, 12, 13))
+def Clip(ctx, X, min=None, max=None):
+    lo, hi = clip_bounds(ctx, X, min, max)
+    ctx.check(X.dtype in NUMERIC, f"dtype {X.dtype} is not supported")
+    if X.dtype.kind == "f":
+        lo = -math.inf if lo is None else lo
+        hi = math.inf if hi is None else hi
+        return _unary(ctx, X, K.clip, float(lo), float(hi))
+    info = np.iinfo(X.dtype)
+    lo = info.min if lo is None else lo
+    hi = info.max if hi is None else hi
+    return ctx.result([X.shape], [X.dtype], lambda x, out, *_: np.minimum(
+        np.maximum(x, lo, out=out), hi, out=out))
+
+
+def _softmax_op(ctx, X, ax, log, legacy):
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    r = X.rank
+    a = axis(ctx, ax, r)
+
+    def run(x, out):
+        s = x.shape
+        if legacy:  # opset < 13: rows are the flattened dims from `axis` on
+            outer, n, inner = int(np.prod(s[:a])), int(np.prod(s[a:])), 1
+        else:
+            outer, n, inner = int(np.prod(s[:a])), s[a], int(np.prod(s[a + 1:]))
+        _softmax(x.reshape(outer, n, inner), out.reshape(outer, n, inner), log)
+
+    return ctx.result([X.shape], [X.dtype], run)
+
+
+@register_op("Softmax", since=(1, 11))
+def Softmax_1(ctx, input, *, axis=1):
+    return _softmax_op(ctx, input, axis, False, True)
+
+
+@register_op("Softmax", since=13)
+def Softmax(ctx, input, *, axis=-1):
+    return _softmax_op(ctx, input, axis, False, False)
+
+
+@register_op("LogSoftmax", since=(1, 11))
+def LogSoftmax_1(ctx, input, *, axis=1):
+    return _softmax_op(ctx, input, axis, True, True)
+
+
+@register_op("LogSoftmax", since=13)
+def LogSoftmax(ctx, input, *, axis=-1):
+    return _softmax_op(ctx, input, axis, True, False)

@@ -1,0 +1,81 @@
+"""Conv (2-D; 1-D runs as 2-D with a unit height) bound to the packed direct kernel."""
+
+import math
+
+from ..kernels.conv import Conv2d
+from ._shape import FLOAT_TYPES, ints, known, window
+from .registry import register_op
+
+ACTIVATIONS = ("none", "relu", "leaky_relu", "clip", "sigmoid", "tanh")
+
+
+def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides):
+    """Validate a Conv's inputs and attributes; return the resolved geometry and out shape."""
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    ctx.check(W.dtype == X.dtype, f"W dtype {W.dtype} differs from X dtype {X.dtype}")
+    ctx.check(X.rank is not None and W.rank is not None, "input ranks must be known")
+    ctx.check(X.rank >= 3 and W.rank == X.rank, f"X rank {X.rank} and W rank {W.rank} must "
+              "match and be >= 3")
+    nsp = X.rank - 2
+    if nsp > 2:
+        raise ctx.unsupported(f"{nsp}-D convolution is not supported (1-D and 2-D are)")
+    wsp = tuple(W.shape[2:])
+    ctx.check(all(known(d) for d in W.shape), "W shape must be static")
+    ctx.check(all(d >= 1 for d in W.shape), f"W shape {list(W.shape)} has empty dims")
+    k = ints(ctx, kernel_shape if kernel_shape is not None else wsp, nsp, "kernel_shape", 1)
+    ctx.check(k == wsp, f"kernel_shape {list(k)} does not match W {list(W.shape)}")
+    s = ints(ctx, strides if strides is not None else [1] * nsp, nsp, "strides", 1)
+    d = ints(ctx, dilations if dilations is not None else [1] * nsp, nsp, "dilations", 1)
+    p = ints(ctx, pads if pads is not None else [0] * 2 * nsp, 2 * nsp, "pads", 0)
+    g = int(group)
+    m, cg = W.shape[0], W.shape[1]
+    ctx.check(g >= 1 and m % g == 0, f"group {g} must divide the {m} output channels")
+    c = X.shape[1]
+    if known(c):
+        ctx.check(c == cg * g, f"X has {c} channels but W expects {cg} x group {g}")
+    if B is not None:
+        ctx.check(B.shape == (m,), f"B shape {list(B.shape)} must be [{m}]")
+        ctx.check(B.dtype == X.dtype, f"B dtype {B.dtype} differs from X dtype {X.dtype}")
+    out, p = window(ctx, X.shape[2:], k, s, d, p, auto_pad)
+    ctx.check(all(o is None or o >= 1 for o in out), f"output spatial size {list(out)} is empty")
+    shape = (X.shape[0], m) + out
+    macs = 0
+    if all(known(v) for v in shape):
+        macs = math.prod(shape) * cg * math.prod(k)
+    return k, s, d, p, g, shape, macs
+
+
+def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha=0.01,
+              clip=(-math.inf, math.inf), residual=False):
+    """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height."""
+    if not ctx.binding:
+        return ctx.result([shape], [X.dtype], flops=macs)
+    one_d = len(k) == 1
+    if one_d:
+        k, s, d, p = (1,) + k, (1,) + s, (1,) + d, (0, p[0], 0, p[1])
+    in4 = (X.shape[0], X.shape[1], 1, X.shape[2]) if one_d else tuple(X.shape)
+    out4 = (shape[0], shape[1], 1, shape[2]) if one_d else shape
+
+    def make(w, b):
+        w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
+        return Conv2d(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype)
+
+    const = W.value is not None and (B is None or B.value is not None)
+    conv = make(W.value, None if B is None else B.value) if const else None
+
+    has_b = B is not None
+
+    def run(x, w, *rest):  # rest = ([b], [z], out): inputs as the node has them, then out
+        b = rest[0] if has_b else None
+        z = rest[-2].reshape(out4) if residual else None
+        kern = conv if conv is not None else make(w, b)
+        kern(x.reshape(in4), rest[-1].reshape(out4), z)
+
+    return ctx.result([shape], [X.dtype], run, flops=macs)
+
+
+@register_op("Conv", since=(1, 11, 22))
+def Conv(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+         pads=None, strides=None):
+    geo = conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides)
+    return bind_conv(ctx, X, W, B, *geo)

@@ -1,0 +1,180 @@
+"""Shape/dtype inference and constant propagation over a whole graph.
+
+One walk serves two moments:
+
+* load time (``binding=False``): symbolic dims allowed; validates every node and records the
+  inferred shapes and dtypes on the IR values;
+* plan time (``binding=True``): concrete input shapes; every node gets its bound kernel.
+
+Nodes whose inputs are all constant are evaluated on the spot (their kernel run once on the
+constants), which is how ``Shape -> Gather -> Concat -> Reshape`` chains from exporters resolve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConvrtError, ShapeError, UnsupportedOpError
+from ..ir import Graph, Node, Value
+from .registry import OpContext, OpDef, OpResult, TensorInfo, lookup
+
+FOLD_LIMIT = 1 << 22  # elements: larger constant subgraphs are left to run time
+
+
+@dataclass
+class NodeInfo:
+    node: Node
+    opdef: OpDef
+    result: OpResult
+    folded: bool  # all outputs computed as constants
+
+
+def node_label(node: Node) -> str:
+    return node.name or (node.outputs[0].name if node.outputs else node.op_type)
+
+
+def resolve(graph: Graph) -> dict[int, OpDef]:
+    """Find every node's OpDef; report all unsupported ops in one UnsupportedOpError."""
+    found, missing = {}, []
+    for node in graph.nodes:
+        opset = graph.opsets.get(node.domain or "", None)
+        if opset is None and node.domain in ("", "ai.onnx"):
+            opset = graph.opset
+        opdef = lookup(node.op_type, node.domain, opset or 0)
+        if opdef is None:
+            dom = f"{node.domain}." if node.domain else ""
+            missing.append(f"{dom}{node.op_type} (opset {opset}, node '{node_label(node)}')")
+        else:
+            found[id(node)] = opdef
+    if missing:
+        raise UnsupportedOpError(
+            f"{graph.source}: unsupported op(s): " + "; ".join(missing))
+    return found
+
+
+def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | None]) -> OpResult:
+    n_in = len(infos)
+    while n_in and infos[n_in - 1] is None:
+        n_in -= 1
+    if n_in < opdef.n_required:
+        raise ctx.fail(f"expects at least {opdef.n_required} inputs, got {n_in}")
+    if opdef.n_inputs is not None and n_in > opdef.n_inputs:
+        raise ctx.fail(f"expects at most {opdef.n_inputs} inputs, got {n_in}")
+    for i, info in enumerate(infos[:opdef.n_required]):
+        if info is None:
+            raise ctx.fail(f"required input {i} is missing")
+    unknown = set(node.attrs) - set(opdef.attrs)
+    if unknown:
+        raise ctx.fail(f"unexpected attribute(s) {sorted(unknown)}")
+    missing = [k for k, d in opdef.attrs.items() if d is _EMPTY and k not in node.attrs]
+    if missing:
+        raise ctx.fail(f"missing required attribute(s) {missing}")
+    try:
+        res = opdef.fn(ctx, *infos[:n_in], **node.attrs)
+    except ConvrtError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError,
+            AttributeError, MemoryError) as e:
+        raise ctx.fail(f"invalid inputs or attributes ({type(e).__name__}: {e})") from None
+    if len(res.outputs) < len(node.outputs):
+        raise ctx.fail(f"produces {len(res.outputs)} outputs, node lists {len(node.outputs)}")
+    return res
+
+
+_EMPTY = __import__("inspect").Parameter.empty
+
+
+def _evaluate(res: OpResult, infos: list[TensorInfo | None], n_out: int) -> list[np.ndarray]:
+    args = [None if i is None else i.value for i in infos]
+    if res.alias:
+        outs = res.kernel(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return [np.array(o) for o in outs[:n_out]]
+    outs = [np.empty(o.shape, o.dtype) for o in res.outputs]
+    res.kernel(*args, *outs)
+    return outs[:n_out]
+
+
+def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
+          binding: bool = False) -> tuple[dict[str, TensorInfo], list[NodeInfo]]:
+    """Walk ``graph.nodes`` (already topologically sorted) inferring every value.
+
+    Args:
+        feeds: info per runtime input (and per overridden initializer); defaults to the
+            declared graph inputs.
+        binding: plan mode: concrete shapes required, kernels bound.
+
+    Returns:
+        (info per value name, NodeInfo per node in order).
+    """
+    opdefs = resolve(graph)
+    env: dict[str, TensorInfo] = {}
+    for name, v in graph.initializers.items():
+        env[name] = TensorInfo(tuple(v.shape), v.dtype, v.const if graph.is_constant(v) else None)
+    for v in graph.inputs:
+        if feeds is not None and v.name in feeds:
+            env[v.name] = feeds[v.name]
+        elif v.const is None:
+            env[v.name] = TensorInfo(v.shape, v.dtype)
+    out: list[NodeInfo] = []
+    for node in graph.nodes:
+        label = node_label(node)
+        infos: list[TensorInfo | None] = []
+        for v in node.inputs:
+            if v is None or v.name == "":
+                infos.append(None)
+            elif v.name not in env:
+                raise ShapeError(f"{graph.source}: node '{label}' ({node.op_type}) reads "
+                                 f"undefined value '{v.name}'")
+            else:
+                infos.append(env[v.name])
+        present = [i for i in infos if i is not None]
+        foldable = all(i.value is not None for i in present) and all(
+            i.static and int(np.prod(i.shape)) <= FOLD_LIMIT for i in present)
+        opdef = opdefs[id(node)]
+        opset = graph.opsets.get(node.domain, graph.opset) if node.domain else graph.opset
+        ctx = OpContext(label, node.op_type, opset, binding or foldable, graph.source)
+        res = _call(ctx, opdef, node, infos)
+        folded = all(o.value is not None for o in res.outputs)  # e.g. Shape of static dims
+        if folded:
+            pass
+        elif foldable and res.kernel is not None and all(
+                o.static and int(np.prod(o.shape)) <= FOLD_LIMIT for o in res.outputs):
+            values = _evaluate(res, infos, len(node.outputs))
+            res.outputs[:len(values)] = [TensorInfo(tuple(a.shape), a.dtype, a) for a in values]
+            folded = True
+        elif foldable and not binding:
+            res.kernel = None  # bound only to fold; dropped outputs too big to keep
+        for v, o in zip(node.outputs, res.outputs):
+            if v.name:
+                env[v.name] = o
+        out.append(NodeInfo(node, opdef, res, folded))
+    return env, out
+
+
+def record(graph: Graph, env: dict[str, TensorInfo]) -> None:
+    """Write inferred shapes/dtypes onto the IR, checking declared ones agree."""
+    for name, info in env.items():
+        v: Value | None = graph.values.get(name)
+        if v is None or graph.is_constant(v):
+            continue
+        if v.shape is not None and info.shape is not None:
+            if len(v.shape) != len(info.shape):
+                raise ShapeError(f"{graph.source}: value '{name}' is declared with rank "
+                                 f"{len(v.shape)} but computes to rank {len(info.shape)}")
+            for d0, d1 in zip(v.shape, info.shape):
+                if isinstance(d0, int) and isinstance(d1, int) and d0 != d1:
+                    raise ShapeError(f"{graph.source}: value '{name}' is declared with shape "
+                                     f"{list(v.shape)} but computes to {list(info.shape)}")
+        if v.dtype is not None and info.dtype is not None and v.dtype != info.dtype:
+            raise ShapeError(f"{graph.source}: value '{name}' is declared {v.dtype} but "
+                             f"computes to {info.dtype}")
+        if info.shape is not None:
+            if v.shape is None:
+                v.shape = info.shape
+            else:  # keep declared symbolic names where inference lost them
+                v.shape = tuple(d1 if isinstance(d1, int) or d0 is None else d0
+                                for d0, d1 in zip(v.shape, info.shape))
+        v.dtype = info.dtype or v.dtype

@@ -1,0 +1,98 @@
+"""Gemm and MatMul.  A constant right-hand side is packed once as (K, M) for the numba kernel."""
+
+import numpy as np
+
+from ..kernels.gemm import ACT_NONE, ACT_RELU, gemm_packed
+from ._shape import FLOAT_TYPES, NUMERIC, broadcast, known
+from .registry import register_op
+
+_EMPTY = {np.dtype(np.float32): np.zeros((0, 0), np.float32),
+          np.dtype(np.float64): np.zeros((0, 0), np.float64)}
+
+
+def _chunk(n: int, m: int) -> int:
+    """Columns per task: the chunk of every output row stays in L1; two tasks at least."""
+    c = max(16, min(1024, 8192 // max(n, 1)))
+    half = -(-m // 2)
+    return max(1, min(c, half))
+
+
+def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none"):
+    """Validate a Gemm and return its result (kernel at bind time); used by fused Gemm too."""
+    ctx.check(A.dtype in FLOAT_TYPES, f"dtype {A.dtype} is not supported")
+    for name, t in (("B", B), ("C", C)):
+        if t is not None:
+            ctx.check(t.dtype == A.dtype, f"{name} dtype {t.dtype} differs from A {A.dtype}")
+    ctx.check(A.rank == 2 and B.rank == 2, f"A and B must be 2-D, got ranks {A.rank}, {B.rank}")
+    m, k = (A.shape[1], A.shape[0]) if transA else A.shape
+    k2, n = (B.shape[1], B.shape[0]) if transB else B.shape
+    if known(k) and known(k2):
+        ctx.check(k == k2, f"inner dims differ: A {list(A.shape)} B {list(B.shape)} "
+                  f"(transA={transA}, transB={transB})")
+    shape = (m, n)
+    if C is not None:
+        ctx.check(C.rank is not None and C.rank <= 2, f"C rank {C.rank} must be <= 2")
+        ctx.check(broadcast(ctx, shape, C.shape) == shape or not all(map(known, shape)),
+                  f"C {list(C.shape)} does not broadcast to {list(shape)}")
+    macs = m * n * k if all(known(v) for v in (m, n, k)) else 0
+    if not ctx.binding:
+        return ctx.result([shape], [A.dtype], flops=macs)
+    code = {"none": ACT_NONE, "relu": ACT_RELU}[act]
+    dt = A.dtype
+    alpha, beta = float(alpha), float(beta)
+
+    def pack(b):
+        return np.ascontiguousarray(b.T if transB else b, dtype=dt)
+
+    packed = pack(B.value) if B.value is not None else None
+    chunk = _chunk(m, n)
+    has_c = C is not None
+
+    def run(a, b, *rest):  # rest = ([c], out)
+        out = rest[-1]
+        if transA:
+            a = np.ascontiguousarray(a.T)
+        c = np.broadcast_to(rest[0], out.shape) if has_c else _EMPTY[dt]
+        gemm_packed(a, packed if packed is not None else pack(b), c, out, alpha, beta, chunk,
+                    code)
+
+    return ctx.result([shape], [A.dtype], run, flops=macs)
+
+
+@register_op("Gemm", since=(7, 9, 11, 13))
+def Gemm(ctx, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    return bind_gemm(ctx, A, B, C, alpha, beta, transA, transB)
+
+
+@register_op("MatMul", since=(1, 9, 13))
+def MatMul(ctx, A, B):
+    ctx.check(A.dtype == B.dtype, f"dtypes differ ({A.dtype} vs {B.dtype})")
+    ctx.check(A.dtype in NUMERIC, f"dtype {A.dtype} is not supported")
+    ctx.check(A.rank >= 1 and B.rank >= 1, "inputs must have rank >= 1")
+    a_shape = (1,) + tuple(A.shape) if A.rank == 1 else tuple(A.shape)
+    b_shape = tuple(B.shape) + (1,) if B.rank == 1 else tuple(B.shape)
+    if known(a_shape[-1]) and known(b_shape[-2]):
+        ctx.check(a_shape[-1] == b_shape[-2], f"inner dims differ: {list(A.shape)} @ "
+                  f"{list(B.shape)}")
+    batch = broadcast(ctx, a_shape[:-2], b_shape[:-2])
+    shape = batch + (a_shape[-2], b_shape[-1])
+    if A.rank == 1:
+        shape = shape[:-2] + shape[-1:]
+    if B.rank == 1:
+        shape = shape[:-1]
+    macs = int(np.prod(shape)) * a_shape[-1] if all(known(v) for v in shape + a_shape) else 0
+    if not ctx.binding:
+        return ctx.result([shape], [A.dtype], flops=macs)
+    if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES:
+        packed = np.ascontiguousarray(B.value)
+        kdim, ncols = packed.shape
+        rows = int(np.prod(A.shape[:-1]))
+        chunk = _chunk(rows, ncols)
+        empty = _EMPTY[A.dtype]
+
+        def run_packed(a, b, out):
+            gemm_packed(a.reshape(rows, kdim), packed, empty, out.reshape(rows, ncols), 1.0, 0.0,
+                        chunk, ACT_NONE)
+
+        return ctx.result([shape], [A.dtype], run_packed, flops=macs)
+    return ctx.result([shape], [A.dtype], lambda a, b, out: np.matmul(a, b, out=out), flops=macs)

@@ -1,0 +1,59 @@
+"""BatchNormalization (inference form): y = (x - mean) / sqrt(var + eps) * scale + B."""
+
+import numpy as np
+
+from ..kernels.elementwise import channel_affine
+from ._shape import FLOAT_TYPES
+from .registry import register_op
+
+
+def bn_affine(scale, bias, mean, var, epsilon):
+    """Per-channel (a, b) with y = a * x + b, computed in float64 (used by passes too)."""
+    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(epsilon))
+    return a, bias.astype(np.float64) - mean.astype(np.float64) * a
+
+
+def _bn(ctx, X, scale, B, mean, var, epsilon, training_mode=0, n_outputs=1):
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    ctx.check(X.rank is not None and X.rank >= 2, f"input rank {X.rank} must be >= 2")
+    if training_mode:
+        raise ctx.unsupported("training_mode=1 is a training op; convrt.train handles it")
+    c = X.shape[1]
+    for name, t in (("scale", scale), ("B", B), ("input_mean", mean), ("input_var", var)):
+        ctx.check(t.rank == 1, f"{name} must be 1-D, got shape {t.shape}")
+        if isinstance(c, int) and isinstance(t.shape[0], int):
+            ctx.check(t.shape[0] == c, f"{name} has {t.shape[0]} entries for {c} channels")
+        ctx.check(t.dtype in FLOAT_TYPES, f"{name} dtype {t.dtype} is not supported")
+    if not ctx.binding:
+        return ctx.result([X.shape], [X.dtype])
+    dt = X.dtype
+    consts = [t.value for t in (scale, B, mean, var)]
+    pre = None
+    if all(v is not None for v in consts):
+        pre = tuple(a.astype(dt) for a in bn_affine(*consts, epsilon))
+
+    def run(x, s, b, m, v, out):
+        a, sh = pre if pre is not None else (t.astype(dt) for t in bn_affine(s, b, m, v, epsilon))
+        n, ch = x.shape[:2]
+        channel_affine(x.reshape(n, ch, -1), a, sh, out.reshape(n, ch, -1))
+
+    return ctx.result([X.shape], [X.dtype], run)
+
+
+@register_op("BatchNormalization", since=7)
+def BatchNormalization_7(ctx, X, scale, B, mean, var, *, epsilon=1e-5, momentum=0.9,
+                         spatial=1):
+    if int(spatial) != 1:
+        raise ctx.unsupported("spatial=0 is not supported")
+    return _bn(ctx, X, scale, B, mean, var, epsilon)
+
+
+@register_op("BatchNormalization", since=9)
+def BatchNormalization_9(ctx, X, scale, B, mean, var, *, epsilon=1e-5, momentum=0.9):
+    return _bn(ctx, X, scale, B, mean, var, epsilon)
+
+
+@register_op("BatchNormalization", since=(14, 15))
+def BatchNormalization(ctx, X, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
+                       training_mode=0):
+    return _bn(ctx, X, scale, B, input_mean, input_var, epsilon, training_mode)

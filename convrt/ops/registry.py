@@ -1,0 +1,156 @@
+"""The op registry: one function per (op, ONNX schema version range).
+
+An op is a function whose signature *is* the ONNX signature (after ``ctx``)::
+
+    @register_op("Relu", since=(6, 13, 14))
+    def Relu(ctx, X):
+        return ctx.result([X.shape], [X.dtype], kernels.relu)
+
+Inputs arrive positionally as :class:`TensorInfo` (shape, dtype and, when known, the constant
+value), attributes as keywords with the spec's defaults.  The function validates, infers output
+shapes/dtypes, and, when ``ctx.binding`` is set (all shapes concrete: plan time), returns the
+kernel that computes the outputs.  The same function therefore serves load-time shape inference,
+constant folding and execution planning.
+
+``since`` lists the ONNX schema versions the function implements.  Lookup asks onnx which schema
+version applies at the model's opset and uses the function registered for exactly that version:
+convrt never runs an op under the semantics of an older schema than the model asks for.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx.defs
+
+from ..errors import ShapeError, UnsupportedOpError
+
+CONVRT_DOMAIN = "convrt"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What an op sees of an input: shape, dtype and the value when it is constant."""
+
+    shape: tuple | None
+    dtype: np.dtype | None
+    value: np.ndarray | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+
+@dataclass
+class OpResult:
+    """An op's answer: output infos, and at bind time the kernel that computes them.
+
+    ``kernel(*inputs, *outputs)`` writes into preallocated outputs; with ``alias=True`` it is
+    ``kernel(*inputs) -> tuple`` returning views (Reshape, Flatten...: no copy, no buffer).
+    """
+
+    outputs: list[TensorInfo]
+    kernel: Callable | None = None
+    alias: bool = False
+    flops: int = 0  # multiply-accumulates, for `convrt inspect`
+    extra: dict = field(default_factory=dict)
+
+
+class OpContext:
+    """Per-node helpers handed to op functions (names for errors, opset, bind mode)."""
+
+    def __init__(self, node_name: str, op_type: str, opset: int, binding: bool,
+                 source: str = "<model>"):
+        self.node_name = node_name
+        self.op_type = op_type
+        self.opset = opset
+        self.binding = binding
+        self.source = source
+
+    def where(self) -> str:
+        return f"{self.source}: node '{self.node_name}' ({self.op_type})"
+
+    def fail(self, msg: str) -> ShapeError:
+        """Return (for ``raise``) a ShapeError naming this node."""
+        return ShapeError(f"{self.where()}: {msg}")
+
+    def unsupported(self, msg: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"{self.where()}: {msg}")
+
+    def check(self, cond: bool, msg: str) -> None:
+        if not cond:
+            raise self.fail(msg)
+
+    def result(self, shapes, dtypes, kernel=None, alias=False, flops=0, value=None,
+               **extra) -> OpResult:
+        """Build an OpResult; ``value`` marks a single output known without running anything."""
+        outs = [TensorInfo(None if s is None else tuple(s), None if d is None else np.dtype(d))
+                for s, d in zip(shapes, dtypes)]
+        if value is not None:
+            outs[0] = TensorInfo(outs[0].shape, outs[0].dtype, value)
+        return OpResult(outs, kernel if self.binding else None, alias, flops, extra)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    op_type: str
+    domain: str
+    versions: tuple[int, ...]
+    fn: Callable
+    n_required: int
+    n_inputs: int | None  # None = variadic
+    attrs: dict[str, Any]  # name -> default (inspect.Parameter.empty when required)
+
+
+_REGISTRY: dict[tuple[str, str], dict[int, OpDef]] = {}
+
+
+def register_op(op_type: str, since: int | tuple[int, ...], domain: str = ""):
+    """Register ``fn`` as op ``op_type`` for the listed ONNX schema versions."""
+    versions = (since,) if isinstance(since, int) else tuple(since)
+
+    def deco(fn: Callable) -> Callable:
+        params = list(inspect.signature(fn).parameters.values())[1:]  # drop ctx
+        pos = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+        variadic = any(p.kind == p.VAR_POSITIONAL for p in params)
+        kw = {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}
+        n_req = sum(p.default is p.empty for p in pos)
+        opdef = OpDef(op_type, domain, versions, fn, n_req, None if variadic else len(pos), kw)
+        table = _REGISTRY.setdefault((domain, op_type), {})
+        for v in versions:
+            table[v] = opdef
+        return fn
+
+    return deco
+
+
+def schema_version(op_type: str, domain: str, opset: int) -> int | None:
+    """The ONNX schema version in force for ``op_type`` at ``opset`` (None when unknown)."""
+    if domain == CONVRT_DOMAIN:
+        return 1
+    try:
+        return onnx.defs.get_schema(op_type, opset, domain or "").since_version
+    except Exception:  # onnx raises SchemaError for unknown ops/opsets
+        return None
+
+
+def lookup(op_type: str, domain: str, opset: int) -> OpDef | None:
+    """The OpDef for this op at this opset, or None when convrt does not implement it."""
+    domain = "" if domain == "ai.onnx" else domain
+    table = _REGISTRY.get((domain, op_type))
+    if not table:
+        return None
+    sv = schema_version(op_type, domain, opset)
+    return table.get(sv) if sv is not None else None
+
+
+def registered_ops() -> dict[tuple[str, str], dict[int, OpDef]]:
+    """A read-only view of the registry (for docs, coverage and tests)."""
+    return {k: dict(v) for k, v in _REGISTRY.items()}

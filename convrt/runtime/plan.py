@@ -1,0 +1,193 @@
+"""Compile a Graph for concrete input shapes into a flat list of steps over buffer slots.
+
+Planning does every decision once: shape inference with concrete dims, constant folding, kernel
+binding (weights packed), and a memory plan that gives every intermediate value a slot in a few
+shared byte buffers, reused as soon as the value's last reader has run (liveness).  Ops that only
+relabel data (Reshape, Flatten, Identity...) produce views and extend their source's lifetime.
+
+``Plan.run`` then walks ``self.steps`` and nothing else: no graph walk, no op-name branches.
+An :class:`Arena` holds one set of buffers; concurrent runs each take their own arena, so one
+plan serves many threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..ir import Graph
+from ..ops.infer import NodeInfo, infer
+from ..ops.registry import TensorInfo
+
+ALIGN = 64
+
+
+@dataclass
+class Step:
+    """One bound node: ``run(env)`` reads and writes slots of ``env``."""
+
+    label: str
+    op_type: str
+    run: object
+
+
+def _n_inputs(node) -> int:
+    n = len(node.inputs)
+    while n and (node.inputs[n - 1] is None or node.inputs[n - 1].name == ""):
+        n -= 1
+    return n
+
+
+def _make_step(kernel, ins: list[int | None], outs: list[int], n_keep: int, alias: bool):
+    """A closure over slot indices; None inputs (omitted optionals) pass through as None."""
+    if alias:
+        def run(env):
+            res = kernel(*[None if i is None else env[i] for i in ins])
+            res = res if isinstance(res, tuple) else (res,)
+            for o, a in zip(outs[:n_keep], res):
+                env[o] = a
+    else:
+        def run(env):
+            kernel(*[None if i is None else env[i] for i in ins], *[env[o] for o in outs])
+    return run
+
+
+class Plan:
+    """An executable form of ``graph`` for one set of input shapes."""
+
+    def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None):
+        self.source = graph.source
+        env, infos = infer(graph, feeds, binding=True)
+        slot: dict[str, int] = {}
+        self.template: list = []  # per slot: constant array, or None (filled per run/arena)
+
+        def slot_of(name: str) -> int:
+            if name not in slot:
+                slot[name] = len(self.template)
+                info = env.get(name)
+                self.template.append(None if info is None else info.value)
+            return slot[name]
+
+        self.feed_slots = {name: slot_of(name) for name in feeds}
+        self.steps: list[Step] = []
+        defs: list[tuple[int, TensorInfo]] = []  # (slot, info) of buffers per step, in order
+        step_defs: list[list[int]] = []
+        alias_of: dict[int, int] = {}  # view slot -> slot it views (root)
+        last_use: dict[int, int] = {}
+        for ni in infos:
+            if ni.folded:
+                continue
+            self._bind(ni, slot_of, env, defs, step_defs, alias_of, last_use)
+        self.output_slots = [slot_of(v.name) for v in graph.outputs]
+        self.output_infos = [env[v.name] for v in graph.outputs]
+        end = len(self.steps)
+        for s in self.output_slots:
+            last_use[alias_of.get(s, s)] = end
+        self._plan_memory(step_defs, defs, last_use, alias_of, budget)
+        self._lock = threading.Lock()
+        self._free: list[list] = []
+
+    # -- building -----------------------------------------------------------------------------
+    def _bind(self, ni: NodeInfo, slot_of, env, defs, step_defs, alias_of, last_use):
+        node, res = ni.node, ni.result
+        i = len(self.steps)
+        ins = [None if v is None or v.name == "" else slot_of(v.name)
+               for v in node.inputs[:_n_inputs(node)]]
+        for s in ins:
+            if s is not None:
+                root = alias_of.get(s, s)
+                last_use[root] = i
+        outs, mine = [], []
+        for k, info in enumerate(res.outputs):
+            name = node.outputs[k].name if k < len(node.outputs) else f"{node.name}:{k}"
+            s = slot_of(name)
+            self.template[s] = None
+            outs.append(s)
+            if res.alias:
+                src = ins[0]
+                alias_of[s] = alias_of.get(src, src) if src is not None else s
+            else:
+                mine.append(s)
+                defs.append((s, info))
+                last_use.setdefault(s, i)
+        step_defs.append(mine)
+        label = node.name or node.outputs[0].name
+        self.steps.append(Step(label, node.op_type,
+                               _make_step(res.kernel, ins, outs, len(node.outputs), res.alias)))
+
+    def _plan_memory(self, step_defs, defs, last_use, alias_of, budget):
+        """Greedy best-fit assignment of value slots to shared buffers by liveness."""
+        info_of = dict(defs)
+        by_end: dict[int, list[int]] = {}
+        for s, _ in defs:
+            by_end.setdefault(last_use.get(s, 0), []).append(s)
+        sizes: list[int] = []  # capacity of each buffer
+        free: list[int] = []
+        self.assign: dict[int, tuple[int, TensorInfo]] = {}
+        for i, mine in enumerate(step_defs):
+            for s in mine:
+                info = info_of[s]
+                need = max(int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize, 1)
+                fits = [b for b in free if sizes[b] >= need]
+                if fits:
+                    b = min(fits, key=lambda b: sizes[b])
+                elif free:
+                    b = max(free, key=lambda b: sizes[b])
+                    sizes[b] = need
+                else:
+                    b = len(sizes)
+                    sizes.append(need)
+                    free.append(b)
+                free.remove(b)
+                self.assign[s] = (b, info)
+            for s in by_end.get(i, ()):
+                if s in self.assign:
+                    free.append(self.assign[s][0])
+        self.buffer_sizes = sizes
+        self.nbytes = sum(sizes)
+        if budget is not None and self.nbytes > budget:
+            raise InputError(f"{self.source}: these input shapes need {self.nbytes} bytes of "
+                             f"activations, over the memory budget of {budget}")
+
+    # -- running ------------------------------------------------------------------------------
+    def _new_arena(self) -> list:
+        bufs = []
+        for size in self.buffer_sizes:
+            raw = np.empty(size + ALIGN, np.uint8)
+            off = (-raw.ctypes.data) % ALIGN
+            bufs.append(raw[off:off + size])
+        views = list(self.template)
+        for s, (b, info) in self.assign.items():
+            n = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
+            views[s] = bufs[b][:n].view(info.dtype).reshape(info.shape)
+        return views
+
+    def run(self, feeds: dict[str, np.ndarray], profile: list | None = None) -> list[np.ndarray]:
+        """Execute with validated ``feeds``; returns fresh copies of the graph outputs.
+
+        With ``profile`` (a list), appends (label, op_type, seconds) per step.
+        """
+        with self._lock:
+            views = self._free.pop() if self._free else None
+        if views is None:
+            views = self._new_arena()
+        try:
+            env = list(views)
+            for name, s in self.feed_slots.items():
+                env[s] = feeds[name]
+            if profile is None:
+                for step in self.steps:
+                    step.run(env)
+            else:
+                for step in self.steps:
+                    t0 = time.perf_counter()
+                    step.run(env)
+                    profile.append((step.label, step.op_type, time.perf_counter() - t0))
+            return [np.array(env[s], copy=True) for s in self.output_slots]
+        finally:
+            with self._lock:
+                self._free.append(views)

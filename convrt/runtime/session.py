@@ -1,0 +1,196 @@
+"""InferenceSession and SessionOptions, shaped like onnxruntime's so users can swap one import.
+
+A session loads and optimizes the model once, then plans it per distinct set of input shapes
+(a dynamic batch gets one plan per batch size seen, cached).  ``run`` validates the feeds
+against the graph's declared inputs, picks the plan, and executes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from ..compiler import load, optimize
+from ..errors import InputError
+from ..ir import Graph
+from ..onnx_io import DEFAULT_MEMORY_BUDGET
+from ..ops.registry import TensorInfo
+from .plan import Plan
+
+MAX_PLANS = 8
+
+
+class GraphOptimizationLevel(enum.IntEnum):
+    """onnxruntime's names; convrt maps them to pass pipelines."""
+
+    ORT_DISABLE_ALL = 0
+    ORT_ENABLE_BASIC = 1
+    ORT_ENABLE_EXTENDED = 2
+    ORT_ENABLE_ALL = 99
+
+
+LEVEL_NAMES = {GraphOptimizationLevel.ORT_DISABLE_ALL: "disable",
+               GraphOptimizationLevel.ORT_ENABLE_BASIC: "basic",
+               GraphOptimizationLevel.ORT_ENABLE_EXTENDED: "extended",
+               GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}
+
+
+def level_name(level) -> str:
+    if isinstance(level, str):
+        if level not in LEVEL_NAMES.values():
+            raise InputError(f"unknown optimization level {level!r}; valid: "
+                             f"{', '.join(LEVEL_NAMES.values())}")
+        return level
+    try:
+        return LEVEL_NAMES[GraphOptimizationLevel(int(level))]
+    except ValueError:
+        raise InputError(f"unknown graph_optimization_level {level!r}") from None
+
+
+@dataclass
+class SessionOptions:
+    """Session settings (onnxruntime's names where they exist).
+
+    Attributes:
+        intra_op_num_threads: threads per kernel; 0 = all cores numba sees.
+        graph_optimization_level: a GraphOptimizationLevel or "disable"/"basic"/"extended"/"all".
+        disabled_optimizers: pass names to skip.
+        memory_budget: bytes of weights, and separately of activations, a model may need.
+    """
+
+    intra_op_num_threads: int = 0
+    inter_op_num_threads: int = 0
+    graph_optimization_level: object = GraphOptimizationLevel.ORT_ENABLE_ALL
+    disabled_optimizers: list = field(default_factory=list)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    log_severity_level: int = 2
+
+
+_TYPE_NAMES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float64): "tensor(double)",
+               np.dtype(np.float16): "tensor(float16)", np.dtype(np.int64): "tensor(int64)",
+               np.dtype(np.int32): "tensor(int32)", np.dtype(np.int8): "tensor(int8)",
+               np.dtype(np.uint8): "tensor(uint8)", np.dtype(np.bool_): "tensor(bool)",
+               np.dtype(np.int16): "tensor(int16)", np.dtype(np.uint16): "tensor(uint16)",
+               np.dtype(np.uint32): "tensor(uint32)", np.dtype(np.uint64): "tensor(uint64)"}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """What get_inputs()/get_outputs() return: name, shape (str for symbolic dims), type."""
+
+    name: str
+    shape: list
+    type: str
+
+
+def _node_arg(v) -> NodeArg:
+    shape = [] if v.shape is None else [d for d in v.shape]
+    return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
+
+
+def resolve_threads(n: int) -> int:
+    return max(1, min(int(n) if n and n > 0 else numba.config.NUMBA_NUM_THREADS,
+                      numba.config.NUMBA_NUM_THREADS))
+
+
+class InferenceSession:
+    """Load, optimize and run an ONNX model.
+
+    Args:
+        path_or_bytes: a file path, the model's bytes, or an onnx.ModelProto.
+        sess_options: a SessionOptions.
+        providers: accepted for onnxruntime compatibility; convrt runs on the CPU.
+    """
+
+    def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None,
+                 providers=None, base_dir=None, **_):
+        self.options = sess_options or SessionOptions()
+        self.graph: Graph = load(path_or_bytes, base_dir, self.options.memory_budget)
+        self.unoptimized_node_count = len(self.graph.nodes)
+        self.pass_report = optimize(self.graph, level_name(self.options.graph_optimization_level),
+                                    tuple(self.options.disabled_optimizers))
+        self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
+        self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
+        self._outputs = [v.name for v in self.graph.outputs]
+        self._plans: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
+        self._threads = resolve_threads(self.options.intra_op_num_threads)
+
+    # -- onnxruntime's introspection ----------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._inputs.values()]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self.graph.outputs]
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    # -- running ------------------------------------------------------------------------------
+    def _check_feeds(self, feeds) -> tuple[dict, dict]:
+        if not isinstance(feeds, dict):
+            raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
+        arrays, infos, dims = {}, {}, {}
+        for name, arr in feeds.items():
+            v = self._inputs.get(name) or self._overridable.get(name)
+            if v is None:
+                raise InputError(f"{self.graph.source}: unknown input '{name}'; expected "
+                                 f"{sorted(self._inputs)}")
+            if not isinstance(arr, np.ndarray):
+                try:
+                    arr = np.asarray(arr)
+                except Exception:
+                    raise InputError(f"input '{name}': not convertible to an array") from None
+            if arr.dtype != v.dtype:
+                raise InputError(f"input '{name}': dtype {arr.dtype}, expected {v.dtype}")
+            if v.shape is not None:
+                if arr.ndim != len(v.shape):
+                    raise InputError(f"input '{name}': rank {arr.ndim}, expected "
+                                     f"{len(v.shape)} (shape {list(v.shape)})")
+                for i, (want, got) in enumerate(zip(v.shape, arr.shape)):
+                    if isinstance(want, int) and want != got:
+                        raise InputError(f"input '{name}': dim {i} is {got}, expected {want}")
+                    if isinstance(want, str):
+                        if dims.setdefault(want, got) != got:
+                            raise InputError(f"input '{name}': dim {i} ('{want}') is {got} "
+                                             f"but {dims[want]} elsewhere")
+            arrays[name] = np.ascontiguousarray(arr)
+            infos[name] = TensorInfo(tuple(int(d) for d in arr.shape), arr.dtype)
+        missing = [n for n in self._inputs if n not in arrays]
+        if missing:
+            raise InputError(f"{self.graph.source}: missing input(s) {missing}")
+        return arrays, infos
+
+    def plan_for(self, infos: dict[str, TensorInfo]) -> Plan:
+        """The plan for these input shapes (built once, cached)."""
+        key = tuple(sorted((n, i.shape) for n, i in infos.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = Plan(self.graph, infos, self.options.memory_budget)
+                    if len(self._plans) >= MAX_PLANS:
+                        self._plans.pop(next(iter(self._plans)))
+                    self._plans[key] = plan
+        return plan
+
+    def run(self, output_names, input_feed, run_options=None, profile=None) -> list[np.ndarray]:
+        """Compute ``output_names`` (None = all outputs) from ``input_feed``."""
+        arrays, infos = self._check_feeds(input_feed)
+        names = self._outputs if output_names is None else list(output_names)
+        for n in names:
+            if n not in self._outputs:
+                raise InputError(f"{self.graph.source}: unknown output '{n}'; outputs are "
+                                 f"{self._outputs}")
+        plan = self.plan_for(infos)
+        numba.set_num_threads(self._threads)
+        results = plan.run(arrays, profile)
+        by_name = dict(zip(self._outputs, results))
+        return [by_name[n] for n in names]
+
+

@@ -1,0 +1,573 @@
+"""Deterministic ONNX builders for the convrt benchmark / test models.
+
+Only ``onnx`` and ``numpy`` are needed (no torch).  Every builder returns an
+``onnx.ModelProto`` with
+
+* one float32 input ``"input"`` of shape ``("N", C, H, W)`` (symbolic batch),
+* one float32 output ``"logits"`` of shape ``("N", num_classes)``,
+* seeded random weights (He-normal, so activations stay O(1) even through
+  VGG-19 / ResNet-18 and outputs are neither all zeros nor inf),
+* BatchNormalization nodes with non-trivial running statistics where the
+  corresponding torchvision model has BN (unless ``fold_bn=True``),
+* default-domain opset ``opset`` (17 unless given; 11 is the minimum because
+  ``Clip`` takes min/max as inputs from opset 11 on) and the lowest IR version
+  that opset allows, so older onnxruntime builds can load the files too.
+
+The layouts follow torchvision (``vgg*``, ``resnet18``, ``mobilenet_v2``,
+``squeezenet1_1``); node and initializer names follow torchvision's
+``state_dict`` names where there is one.  The weights are random, *not*
+pretrained, so the logits carry no meaning -- the models are for correctness
+comparisons and benchmarks only.
+
+``cached_model(name, **kw)`` builds a model once and stores it under
+``$CONVRT_MODEL_CACHE`` (default ``~/.cache/convrt/models``) -- never inside the
+repository.  VGG-16 is about 530 MB.
+
+Command line::
+
+    python sample_models/builders.py vgg16 [--bn] [-o PATH] [--opset 17] [--image 224]
+    python sample_models/builders.py resnet18 | mobilenet_v2 | squeezenet1_1 | small_vgg_32
+
+prints the path of the written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "vgg",
+    "small_vgg_32",
+    "resnet18",
+    "mobilenet_v2",
+    "squeezenet1_1",
+    "build",
+    "cached_model",
+    "cache_dir",
+    "MODELS",
+]
+
+# Bump when a builder's output changes, so stale cache files are not reused.
+BUILDER_VERSION = 1
+
+_VGG_CFGS = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+         512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+
+_BN_EPS = 1e-5
+
+
+class _Graph:
+    """Small helper that accumulates nodes and initializers."""
+
+    def __init__(self, seed: int, opset: int, fold_bn: bool = False):
+        if opset < 11:
+            raise ValueError(f"opset must be >= 11 (got {opset})")
+        self.rng = np.random.default_rng(seed)
+        self.opset = opset
+        self.fold_bn = fold_bn
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+
+    # -- naming ------------------------------------------------------------
+    def _unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._names:
+            name = f"{base}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        name = self._unique(name)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr).copy(order="C"), name))
+        return name
+
+    def const(self, value, dtype=np.float32) -> str:
+        key = (float(value), np.dtype(dtype).str)
+        if key not in self._consts:
+            self._consts[key] = self.init(f"const_{value}", np.array(value, dtype=dtype))
+        return self._consts[key]
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
+        name = self._unique(name)
+        out = f"{name}_output_0"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+    # -- random parameters -------------------------------------------------
+    def _he(self, shape, fan_in: int, gain: float = 2.0) -> np.ndarray:
+        std = np.float32(np.sqrt(gain / fan_in))
+        return self.rng.standard_normal(shape, dtype=np.float32) * std
+
+    def _small(self, n: int, scale: float = 0.05) -> np.ndarray:
+        return (self.rng.standard_normal(n, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+    def _bn_params(self, c: int):
+        rng = self.rng
+        var = rng.uniform(0.5, 2.0, c).astype(np.float32)
+        # gamma / sqrt(var) stays in [0.75, 1.25]: non-trivial per channel but
+        # the activation scale does not drift through deep nets.
+        gamma = (np.sqrt(var + _BN_EPS) * rng.uniform(0.75, 1.25, c)).astype(np.float32)
+        beta = self._small(c, 0.1)
+        mean = self._small(c, 0.1)
+        return gamma, beta, mean, var
+
+    # -- layers --------------------------------------------------------------
+    def conv(self, x, cin, cout, k, *, stride=1, pad=0, group=1, bias=True,
+             name="conv", gain=2.0, bn=False, bn_name=None, bn_scale=1.0) -> str:
+        """Conv (+ BatchNormalization, or BN folded into the conv if fold_bn).
+
+        ``bn_scale`` multiplies the BN weight/bias (used to damp residual
+        branches so the activation scale stays O(1))."""
+        fan_in = (cin // group) * k * k
+        w = self._he((cout, cin // group, k, k), fan_in, gain)
+        b = self._small(cout) if bias else None
+        attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        if group != 1:
+            attrs["group"] = group
+        if bn:
+            gamma, beta, mean, var = self._bn_params(cout)
+            gamma = (gamma * np.float32(bn_scale)).astype(np.float32)
+            beta = (beta * np.float32(bn_scale)).astype(np.float32)
+            bn_name = bn_name or f"{name}_bn"
+            if self.fold_bn:
+                s = gamma / np.sqrt(var + _BN_EPS)
+                w = (w * s[:, None, None, None]).astype(np.float32)
+                b0 = b if b is not None else np.zeros(cout, np.float32)
+                b = ((b0 - mean) * s + beta).astype(np.float32)
+                bn = False
+        inputs = [x, self.init(f"{name}.weight", w)]
+        if b is not None:
+            inputs.append(self.init(f"{name}.bias", b))
+        y = self.node("Conv", inputs, name, **attrs)
+        if bn:
+            y = self.node(
+                "BatchNormalization",
+                [y,
+                 self.init(f"{bn_name}.weight", gamma),
+                 self.init(f"{bn_name}.bias", beta),
+                 self.init(f"{bn_name}.running_mean", mean),
+                 self.init(f"{bn_name}.running_var", var)],
+                bn_name, epsilon=_BN_EPS, momentum=0.9,
+            )
+        return y
+
+    def relu(self, x, name="relu") -> str:
+        return self.node("Relu", [x], name)
+
+    def relu6(self, x, name="relu6") -> str:
+        return self.node("Clip", [x, self.const(0.0), self.const(6.0)], name)
+
+    def maxpool(self, x, k, s, pad=0, ceil=False, name="maxpool") -> str:
+        attrs = dict(kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
+        if ceil:
+            attrs["ceil_mode"] = 1
+        return self.node("MaxPool", [x], name, **attrs)
+
+    def gap(self, x, name="avgpool") -> str:
+        return self.node("GlobalAveragePool", [x], name)
+
+    def flatten(self, x, name="flatten") -> str:
+        return self.node("Flatten", [x], name, axis=1)
+
+    def add(self, a, b, name="add") -> str:
+        return self.node("Add", [a, b], name)
+
+    def dropout(self, x, ratio, name="dropout") -> str:
+        # Inference-mode Dropout (no training_mode input => identity), kept in
+        # the graph like a training-capable export would.
+        if self.opset >= 12:
+            return self.node("Dropout", [x, self.const(ratio)], name)
+        return self.node("Dropout", [x], name, ratio=float(ratio))
+
+    def gemm(self, x, fin, fout, name="fc", gain=2.0) -> str:
+        w = self._he((fout, fin), fin, gain)
+        b = self._small(fout)
+        return self.node(
+            "Gemm", [x, self.init(f"{name}.weight", w), self.init(f"{name}.bias", b)],
+            name, alpha=1.0, beta=1.0, transB=1,
+        )
+
+
+def _rename_last_output(g: _Graph, out: str) -> None:
+    """Make the last node write "logits" directly instead of adding an Identity."""
+    last = g.nodes[-1]
+    assert list(last.output) == [out]
+    last.output[0] = "logits"
+
+
+def _finish(g: _Graph, name, in_ch, image, out, num_classes, doc) -> onnx.ModelProto:
+    _rename_last_output(g, out)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_ch, image, image])
+    outp = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])
+    graph = helper.make_graph(g.nodes, name, [inp], [outp], g.inits)
+    opsets = [helper.make_opsetid("", g.opset)]
+    m = helper.make_model(
+        graph, opset_imports=opsets, producer_name="convrt.sample_models.builders",
+        producer_version=str(BUILDER_VERSION),
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    m.doc_string = doc
+    return m
+
+
+# ---------------------------------------------------------------------------
+# VGG
+# ---------------------------------------------------------------------------
+
+def _vgg_features(g: _Graph, x: str, cfg, batch_norm: bool, in_ch: int = 3) -> tuple[str, int, int]:
+    """torchvision ``make_layers``; returns (output, channels, number of pools)."""
+    c, i, pools = in_ch, 0, 0
+    for v in cfg:
+        if v == "M":
+            x = g.maxpool(x, 2, 2, name=f"features.{i}")
+            i += 1
+            pools += 1
+            continue
+        conv_i = i
+        x = g.conv(x, c, v, 3, pad=1, bias=True, name=f"features.{conv_i}",
+                   bn=batch_norm, bn_name=f"features.{conv_i + 1}")
+        i += 2 if batch_norm else 1
+        x = g.relu(x, name=f"features.{i}")
+        i += 1
+        c = v
+    return x, c, pools
+
+
+def vgg(depth: int = 16, batch_norm: bool = False, num_classes: int = 1000, image: int = 224,
+        opset: int = 17, seed: int = 0, hidden: int = 4096, dropout: bool = True,
+        fold_bn: bool = False) -> onnx.ModelProto:
+    """torchvision VGG-``depth`` (11, 13, 16, 19), optionally with BatchNorm.
+
+    ``features`` -> Flatten -> Gemm-Relu-Dropout -> Gemm-Relu-Dropout -> Gemm.
+    torchvision's ``AdaptiveAvgPool2d((7, 7))`` is an identity at 224x224, and
+    the exported graph has no pooling op there; this builder always omits it,
+    so at other image sizes the first Gemm takes ``512 * (image // 32) ** 2``
+    features.  ``hidden`` (4096 in torchvision) can be lowered to keep test
+    models small; ``dropout=False`` leaves the Dropout nodes out (as a default
+    eval-mode torch export does).
+    """
+    if depth not in _VGG_CFGS:
+        raise ValueError(f"depth must be one of {sorted(_VGG_CFGS)}")
+    if image % 32:
+        raise ValueError("image must be a multiple of 32")
+    g = _Graph(seed, opset, fold_bn)
+    x, c, pools = _vgg_features(g, "input", _VGG_CFGS[depth], batch_norm)
+    s = image >> pools
+    x = g.flatten(x, name="flatten")
+    x = g.gemm(x, c * s * s, hidden, name="classifier.0")
+    x = g.relu(x, name="classifier.1")
+    if dropout:
+        x = g.dropout(x, 0.5, name="classifier.2")
+    x = g.gemm(x, hidden, hidden, name="classifier.3")
+    x = g.relu(x, name="classifier.4")
+    if dropout:
+        x = g.dropout(x, 0.5, name="classifier.5")
+    x = g.gemm(x, hidden, num_classes, name="classifier.6", gain=1.0)
+    name = f"vgg{depth}{'_bn' if batch_norm else ''}"
+    return _finish(g, name, 3, image, x, num_classes,
+                   f"{name} (torchvision layout, random seeded weights, seed={seed})")
+
+
+def small_vgg_32(batch_norm: bool = False, num_classes: int = 10, opset: int = 17, seed: int = 0,
+                 fold_bn: bool = False) -> onnx.ModelProto:
+    """The "small VGG (32x32)" benchmark model.
+
+    conv 64-64-M-128-128-M-256-256-M (3x3, pad 1, each followed by [BN] ReLU),
+    Flatten, Gemm(4096 -> num_classes).
+    """
+    g = _Graph(seed, opset, fold_bn)
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, "M"]
+    x, c, pools = _vgg_features(g, "input", cfg, batch_norm)
+    s = 32 >> pools
+    x = g.flatten(x, name="flatten")
+    x = g.gemm(x, c * s * s, num_classes, name="classifier", gain=1.0)
+    name = f"small_vgg_32{'_bn' if batch_norm else ''}"
+    return _finish(g, name, 3, 32, x, num_classes,
+                   f"{name} (random seeded weights, seed={seed})")
+
+
+# ---------------------------------------------------------------------------
+# ResNet-18
+# ---------------------------------------------------------------------------
+
+def resnet18(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+             fold_bn: bool = False) -> onnx.ModelProto:
+    """torchvision ResNet-18: Conv-BN-Relu stem, MaxPool, 4x2 BasicBlocks with
+    residual Add, GlobalAveragePool, Flatten, Gemm.  Convs have no bias (as in
+    torchvision) unless ``fold_bn=True`` folds each BN into its conv."""
+    g = _Graph(seed, opset, fold_bn)
+    x = g.conv("input", 3, 64, 7, stride=2, pad=3, bias=False, name="conv1", bn=True, bn_name="bn1")
+    x = g.relu(x, name="relu")
+    x = g.maxpool(x, 3, 2, pad=1, name="maxpool")
+    cin = 64
+    for li, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+        for bi in range(2):
+            s = stride if bi == 0 else 1
+            p = f"layer{li}.{bi}"
+            identity = x
+            y = g.conv(x, cin, cout, 3, stride=s, pad=1, bias=False, name=f"{p}.conv1",
+                       bn=True, bn_name=f"{p}.bn1")
+            y = g.relu(y, name=f"{p}.relu")
+            # The residual branch's last BN is damped (bn_scale) so the
+            # activation scale does not double at every block.
+            y = g.conv(y, cout, cout, 3, pad=1, bias=False, name=f"{p}.conv2",
+                       bn=True, bn_name=f"{p}.bn2", bn_scale=0.5)
+            if s != 1 or cin != cout:
+                identity = g.conv(x, cin, cout, 1, stride=s, bias=False,
+                                  name=f"{p}.downsample.0", bn=True, bn_name=f"{p}.downsample.1")
+            y = g.add(y, identity, name=f"{p}.add")
+            x = g.relu(y, name=f"{p}.relu_1")
+            cin = cout
+    x = g.gap(x, name="avgpool")
+    x = g.flatten(x, name="flatten")
+    x = g.gemm(x, 512, num_classes, name="fc", gain=1.0)
+    return _finish(g, "resnet18", 3, image, x, num_classes,
+                   f"resnet18 (torchvision layout, random seeded weights, seed={seed})")
+
+
+# ---------------------------------------------------------------------------
+# MobileNetV2
+# ---------------------------------------------------------------------------
+
+def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def mobilenet_v2(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+                 width_mult: float = 1.0, fold_bn: bool = False,
+                 dropout: bool = True) -> onnx.ModelProto:
+    """torchvision MobileNetV2: inverted residual blocks (1x1 expand, 3x3
+    depthwise with group=C, 1x1 linear projection), BN after every conv,
+    ReLU6 as Clip(x, 0, 6) with min/max inputs, residual Adds,
+    GlobalAveragePool, Flatten, Dropout(0.2), Gemm."""
+    settings = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
+                [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    g = _Graph(seed, opset, fold_bn)
+    cin = _make_divisible(32 * width_mult)
+    last = _make_divisible(1280 * max(1.0, width_mult))
+    x = g.conv("input", 3, cin, 3, stride=2, pad=1, bias=False, name="features.0.0",
+               bn=True, bn_name="features.0.1")
+    x = g.relu6(x, name="features.0.2")
+    fi = 1
+    for t, c, n, s in settings:
+        cout = _make_divisible(c * width_mult)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = int(round(cin * t))
+            p = f"features.{fi}.conv"
+            y, li = x, 0
+            if t != 1:
+                y = g.conv(y, cin, hidden, 1, bias=False, name=f"{p}.{li}.0",
+                           bn=True, bn_name=f"{p}.{li}.1")
+                y = g.relu6(y, name=f"{p}.{li}.2")
+                li += 1
+            y = g.conv(y, hidden, hidden, 3, stride=stride, pad=1, group=hidden, bias=False,
+                       name=f"{p}.{li}.0", bn=True, bn_name=f"{p}.{li}.1")
+            y = g.relu6(y, name=f"{p}.{li}.2")
+            li += 1
+            y = g.conv(y, hidden, cout, 1, bias=False, name=f"{p}.{li}",
+                       bn=True, bn_name=f"{p}.{li + 1}")
+            if stride == 1 and cin == cout:
+                y = g.add(x, y, name=f"features.{fi}.add")
+            x = y
+            cin = cout
+            fi += 1
+    x = g.conv(x, cin, last, 1, bias=False, name=f"features.{fi}.0",
+               bn=True, bn_name=f"features.{fi}.1")
+    x = g.relu6(x, name=f"features.{fi}.2")
+    x = g.gap(x, name="avgpool")
+    x = g.flatten(x, name="flatten")
+    if dropout:
+        x = g.dropout(x, 0.2, name="classifier.0")
+    x = g.gemm(x, last, num_classes, name="classifier.1", gain=1.0)
+    return _finish(g, "mobilenet_v2", 3, image, x, num_classes,
+                   f"mobilenet_v2 (torchvision layout, random seeded weights, seed={seed})")
+
+
+# ---------------------------------------------------------------------------
+# SqueezeNet 1.1
+# ---------------------------------------------------------------------------
+
+def squeezenet1_1(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+                  dropout: bool = True) -> onnx.ModelProto:
+    """torchvision SqueezeNet 1.1: Conv(3x3/2)-Relu, MaxPool(3, 2, ceil_mode),
+    Fire modules (squeeze 1x1 -> expand 1x1 || expand 3x3 -> Concat), final
+    1x1 conv + Relu + GlobalAveragePool + Flatten."""
+    g = _Graph(seed, opset)
+
+    def fire(x, idx, cin, sq, e1, e3):
+        p = f"features.{idx}"
+        s = g.relu(g.conv(x, cin, sq, 1, name=f"{p}.squeeze"), name=f"{p}.squeeze_activation")
+        a = g.relu(g.conv(s, sq, e1, 1, name=f"{p}.expand1x1"), name=f"{p}.expand1x1_activation")
+        b = g.relu(g.conv(s, sq, e3, 3, pad=1, name=f"{p}.expand3x3"),
+                   name=f"{p}.expand3x3_activation")
+        return g.node("Concat", [a, b], f"{p}.concat", axis=1)
+
+    x = g.conv("input", 3, 64, 3, stride=2, name="features.0")
+    x = g.relu(x, name="features.1")
+    x = g.maxpool(x, 3, 2, ceil=True, name="features.2")
+    x = fire(x, 3, 64, 16, 64, 64)
+    x = fire(x, 4, 128, 16, 64, 64)
+    x = g.maxpool(x, 3, 2, ceil=True, name="features.5")
+    x = fire(x, 6, 128, 32, 128, 128)
+    x = fire(x, 7, 256, 32, 128, 128)
+    x = g.maxpool(x, 3, 2, ceil=True, name="features.8")
+    x = fire(x, 9, 256, 48, 192, 192)
+    x = fire(x, 10, 384, 48, 192, 192)
+    x = fire(x, 11, 384, 64, 256, 256)
+    x = fire(x, 12, 512, 64, 256, 256)
+    if dropout:
+        x = g.dropout(x, 0.5, name="classifier.0")
+    x = g.conv(x, 512, num_classes, 1, name="classifier.1")
+    x = g.relu(x, name="classifier.2")
+    x = g.gap(x, name="classifier.3")
+    x = g.flatten(x, name="flatten")
+    return _finish(g, "squeezenet1_1", 3, image, x, num_classes,
+                   f"squeezenet1_1 (torchvision layout, random seeded weights, seed={seed})")
+
+
+# ---------------------------------------------------------------------------
+# Registry, cache, CLI
+# ---------------------------------------------------------------------------
+
+def _vgg_named(depth: int, bn: bool):
+    def f(**kw):
+        kw.setdefault("batch_norm", bn)
+        return vgg(depth=depth, **kw)
+    f.__name__ = f"vgg{depth}{'_bn' if bn else ''}"
+    return f
+
+
+MODELS = {
+    "vgg": vgg,
+    **{f"vgg{d}": _vgg_named(d, False) for d in _VGG_CFGS},
+    **{f"vgg{d}_bn": _vgg_named(d, True) for d in _VGG_CFGS},
+    "small_vgg_32": small_vgg_32,
+    "resnet18": resnet18,
+    "mobilenet_v2": mobilenet_v2,
+    "squeezenet1_1": squeezenet1_1,
+}
+
+
+def build(name: str, **kw) -> onnx.ModelProto:
+    """Build the model registered as ``name`` (see ``MODELS``)."""
+    try:
+        fn = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+    return fn(**kw)
+
+
+def cache_dir() -> pathlib.Path:
+    env = os.environ.get("CONVRT_MODEL_CACHE")
+    d = pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "convrt" / "models"
+    return d.expanduser()
+
+
+def _cache_key(name: str, kw: dict) -> str:
+    parts = [name] + [f"{k}={kw[k]}" for k in sorted(kw)] + [f"v{BUILDER_VERSION}"]
+    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+
+
+def _save(model: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() >= 2**31 - 1:
+        raise ValueError("model exceeds the 2 GB protobuf limit; external data is not supported "
+                         "by these builders")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def cached_model(name: str, **kw) -> pathlib.Path:
+    """Build ``name`` once and store it in :func:`cache_dir`; return its path.
+
+    The file name encodes the builder arguments and ``BUILDER_VERSION``, so
+    different settings never collide.  Weights are stored inline (VGG-16 is
+    ~530 MB, well below protobuf's 2 GB limit).
+    """
+    path = cache_dir() / f"{_cache_key(name, kw)}.onnx"
+    if not path.exists():
+        _save(build(name, **kw), path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Build a convrt sample ONNX model.")
+    ap.add_argument("model", choices=sorted(MODELS), help="model name (vgg16, resnet18, ...)")
+    ap.add_argument("--bn", action="store_true", help="VGG: add BatchNormalization after convs")
+    ap.add_argument("--depth", type=int, help="for 'vgg': 11, 13, 16 or 19")
+    ap.add_argument("--hidden", type=int, help="VGG: classifier width (default 4096)")
+    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--image", type=int, help="input height/width (default 224; 32 for small_vgg_32)")
+    ap.add_argument("--num-classes", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fold-bn", action="store_true", help="fold BN into the preceding conv")
+    ap.add_argument("-o", "--output", type=pathlib.Path,
+                    help="output path (default: the model cache, see cached_model)")
+    a = ap.parse_args(argv)
+
+    kw: dict = {}
+    if a.opset != 17:
+        kw["opset"] = a.opset
+    if a.seed != 0:
+        kw["seed"] = a.seed
+    if a.num_classes is not None:
+        kw["num_classes"] = a.num_classes
+    if a.image is not None:
+        if a.model == "small_vgg_32":
+            ap.error("small_vgg_32 has a fixed 32x32 input")
+        kw["image"] = a.image
+    if a.fold_bn:
+        if a.model == "squeezenet1_1":
+            ap.error("squeezenet1_1 has no BatchNormalization")
+        kw["fold_bn"] = True
+    if a.bn:
+        if not (a.model.startswith("vgg") or a.model == "small_vgg_32"):
+            ap.error("--bn only applies to VGG models")
+        kw["batch_norm"] = True
+    if a.hidden is not None:
+        if not a.model.startswith("vgg"):
+            ap.error("--hidden only applies to VGG models")
+        kw["hidden"] = a.hidden
+    if a.depth is not None:
+        if a.model != "vgg":
+            ap.error("--depth only applies to 'vgg'")
+        kw["depth"] = a.depth
+
+    if a.output is not None:
+        path = _save(build(a.model, **kw), a.output)
+    else:
+        path = cached_model(a.model, **kw)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
