@@ -18,12 +18,11 @@ is per thread (``threading.local``): one ``Conv2d`` may be called from several t
 
 import threading
 
-import numba
 import numpy as np
 from numba import prange
 
 from ._gen.conv_mk import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH
-from ._gen.conv_mk import MICROKERNELS, epilogue
+from ._gen.conv_mk import MICROKERNELS
 from ._jit import FAST, njit, pjit
 
 ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY, "clip": ACT_CLIP,
@@ -70,6 +69,34 @@ def _row(xf, xb, offs, w2, m, b1, out, ob, ow_n):
             out[ob + i] += wv * xf[xo + i]
 
 
+@njit(fastmath=_FM)
+def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
+    """In place on ``out[ob:ob+cnt]``: add the residual, then the activation (NaN passes)."""
+    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    if has_res:
+        for i in range(cnt):
+            out[ob + i] += res[ob + i]
+    if act == ACT_RELU:
+        for i in range(cnt):
+            v = out[ob + i]
+            out[ob + i] = zero if v < zero else v
+    elif act == ACT_LEAKY:
+        for i in range(cnt):
+            v = out[ob + i]
+            out[ob + i] = v * alpha if v < zero else v
+    elif act == ACT_CLIP:
+        for i in range(cnt):
+            v = out[ob + i]
+            v = lo if v < lo else v
+            out[ob + i] = hi if v > hi else v
+    elif act == ACT_SIGMOID:
+        for i in range(cnt):
+            out[ob + i] = one / (one + np.exp(-out[ob + i]))
+    elif act == ACT_TANH:
+        for i in range(cnt):
+            out[ob + i] = np.tanh(out[ob + i])
+
+
 @pjit(fastmath=_FM)
 def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg, oh_n, ow_n,
                  nstride, gstride, rowstep):
@@ -84,7 +111,7 @@ def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg
         _row(xf, _U(n * nstride + g * gstride + oh * rowstep), offs, w2, m, b1, out, ob,
              _U(ow_n))
         if has_res or act != ACT_NONE:
-            epilogue(out, ob, ohw, 1, _U(0), _U(ow_n), res, has_res, act, prm)
+            _row_epilogue(out, ob, _U(ow_n), res, has_res, act, prm)
 
 
 def _choose_tile(ow_n):
@@ -207,16 +234,9 @@ class Conv2d:
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
         if self._blocked:
-            units = n_img * self._nb * self._oh
-            ntiles = -(-self._ow // self._tile)
-            nseg, tps = 1, ntiles
-            want = 8 * numba.get_num_threads()
-            if units < want and ntiles >= 4:
-                tps = max(2, -(-ntiles * units // want))
-                nseg = ntiles // tps
             self._run(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act, self._prm,
                       n_img, self._nb, self._nbg, self._mg, self.out_shape[1], self._oh,
-                      self._ow, self._nstride, self._gstride, self._rowstep, nseg, tps)
+                      self._ow, self._nstride, self._gstride, self._rowstep)
         else:
             _run_rowwise(xf, self._offs, self._w2, self._b1, of, res, has_res, self.act,
                          self._prm, n_img, self.out_shape[1], self._mg, self._oh, self._ow,

@@ -20,14 +20,16 @@ _u10 = _U(10)
 _u11 = _U(11)
 _u12 = _U(12)
 _u13 = _U(13)
+_u14 = _U(14)
+_u15 = _U(15)
 
 # activation codes (kept in sync with convrt/kernels/conv.py)
 ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = 0, 1, 2, 3, 4, 5
 
 
 @njit(fastmath=_FM)
-def epilogue(out, ob, ohw, jv, p0, p1, res, has_res, act, prm):
-    """Residual add then activation on ``out[ob + j*ohw + i]``, j < jv, p0 <= i < p1 (uint64).
+def store_tile(tile, nt, out, ob, ohw, jv, res, has_res, act, prm):
+    """``out[ob + j*ohw + t] = act(tile[t, j] + res[...])`` for t < nt, j < jv (ob, ohw uint64).
 
     ``prm`` = (alpha, clip_min, clip_max, 0, 1) in the array's dtype.  Every comparison is
     written so that NaN passes through unchanged (as numpy's maximum/clip do).
@@ -40,33 +42,35 @@ def epilogue(out, ob, ohw, jv, p0, p1, res, has_res, act, prm):
     for j in range(jv):
         base = ob + _U(j) * ohw
         if has_res:
-            for i in range(p0, p1):
-                out[base + i] += res[base + i]
-        if act == ACT_RELU:
-            for i in range(p0, p1):
-                v = out[base + i]
-                out[base + i] = zero if v < zero else v
+            for t in range(nt):
+                tile[t, j] += res[base + _U(t)]
+        if act == ACT_NONE:
+            for t in range(nt):
+                out[base + _U(t)] = tile[t, j]
+        elif act == ACT_RELU:
+            for t in range(nt):
+                v = tile[t, j]
+                out[base + _U(t)] = zero if v < zero else v
         elif act == ACT_LEAKY:
-            for i in range(p0, p1):
-                v = out[base + i]
-                out[base + i] = v * alpha if v < zero else v
+            for t in range(nt):
+                v = tile[t, j]
+                out[base + _U(t)] = v * alpha if v < zero else v
         elif act == ACT_CLIP:
-            for i in range(p0, p1):
-                v = out[base + i]
+            for t in range(nt):
+                v = tile[t, j]
                 v = lo if v < lo else v
-                out[base + i] = hi if v > hi else v
+                out[base + _U(t)] = hi if v > hi else v
         elif act == ACT_SIGMOID:
-            for i in range(p0, p1):
-                v = out[base + i]
-                out[base + i] = one / (one + np.exp(-v))
-        elif act == ACT_TANH:
-            for i in range(p0, p1):
-                out[base + i] = np.tanh(out[base + i])
+            for t in range(nt):
+                out[base + _U(t)] = one / (one + np.exp(-tile[t, j]))
+        else:
+            for t in range(nt):
+                out[base + _U(t)] = np.tanh(tile[t, j])
 
 
 @njit(fastmath=_FM)
-def mk_1(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
-    """1 output pixels x 16 output channels; sums start at the bias, stored raw."""
+def mk_1(xf, xb, offs, wp, blk, bp, tile):
+    """1 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
     b0 = bp[blk, 0]
     b1 = bp[blk, 1]
     b2 = bp[blk, 2]
@@ -119,100 +123,18 @@ def mk_1(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
         a0_13 += x0 * w13
         a0_14 += x0 * w14
         a0_15 += x0 * w15
-    if jv == 16:
-        o = ob
-        out[o] = a0_0
-        o += ohw
-        out[o] = a0_1
-        o += ohw
-        out[o] = a0_2
-        o += ohw
-        out[o] = a0_3
-        o += ohw
-        out[o] = a0_4
-        o += ohw
-        out[o] = a0_5
-        o += ohw
-        out[o] = a0_6
-        o += ohw
-        out[o] = a0_7
-        o += ohw
-        out[o] = a0_8
-        o += ohw
-        out[o] = a0_9
-        o += ohw
-        out[o] = a0_10
-        o += ohw
-        out[o] = a0_11
-        o += ohw
-        out[o] = a0_12
-        o += ohw
-        out[o] = a0_13
-        o += ohw
-        out[o] = a0_14
-        o += ohw
-        out[o] = a0_15
-    else:
-        o = ob
-        out[o] = a0_0
-        if jv > 1:
-            o = ob + _U(1) * ohw
-            out[o] = a0_1
-        if jv > 2:
-            o = ob + _U(2) * ohw
-            out[o] = a0_2
-        if jv > 3:
-            o = ob + _U(3) * ohw
-            out[o] = a0_3
-        if jv > 4:
-            o = ob + _U(4) * ohw
-            out[o] = a0_4
-        if jv > 5:
-            o = ob + _U(5) * ohw
-            out[o] = a0_5
-        if jv > 6:
-            o = ob + _U(6) * ohw
-            out[o] = a0_6
-        if jv > 7:
-            o = ob + _U(7) * ohw
-            out[o] = a0_7
-        if jv > 8:
-            o = ob + _U(8) * ohw
-            out[o] = a0_8
-        if jv > 9:
-            o = ob + _U(9) * ohw
-            out[o] = a0_9
-        if jv > 10:
-            o = ob + _U(10) * ohw
-            out[o] = a0_10
-        if jv > 11:
-            o = ob + _U(11) * ohw
-            out[o] = a0_11
-        if jv > 12:
-            o = ob + _U(12) * ohw
-            out[o] = a0_12
-        if jv > 13:
-            o = ob + _U(13) * ohw
-            out[o] = a0_13
-        if jv > 14:
-            o = ob + _U(14) * ohw
-            out[o] = a0_14
-        if jv > 15:
-            o = ob + _U(15) * ohw
-            out[o] = a0_15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
 
 
 @pjit(fastmath=_FM)
 def run_1(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
-          nstride, gstride, rowstep, nseg, tps):
+          nstride, gstride, rowstep):
     """All output tiles of a blocked convolution, T=1 pixels per microkernel call."""
     ntiles = (ow_n + 1 - 1) // 1
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n * nseg):
-        seg = u % nseg
-        r = u // nseg
-        oh = r % oh_n
-        r = r // oh_n
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
         blk = r % nb
         n = r // nb
         g = blk // nbg
@@ -221,19 +143,16 @@ def run_1(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_a
         jv = min(16, mg - bl * 16)
         xrow = n * nstride + g * gstride + oh * rowstep
         orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        t0 = seg * tps
-        t1 = ntiles if seg == nseg - 1 else t0 + tps
-        for ti in range(t0, t1):
+        tile = np.empty((1, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
             ow0 = min(ti * 1, ow_n - 1)
-            mk_1(xf, _U(xrow + ow0), offs, wp, blk, bp, out, _U(orow + ow0), ohw, jv)
-        if has_res or act != ACT_NONE:
-            epilogue(out, _U(orow), ohw, jv, _U(t0 * 1), _U(min(t1 * 1, ow_n)), res, has_res,
-                     act, prm)
+            mk_1(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 1, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @njit(fastmath=_FM)
-def mk_2(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
-    """2 output pixels x 16 output channels; sums start at the bias, stored raw."""
+def mk_2(xf, xb, offs, wp, blk, bp, tile):
+    """2 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
     b0 = bp[blk, 0]
     b1 = bp[blk, 1]
     b2 = bp[blk, 2]
@@ -304,132 +223,19 @@ def mk_2(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
         a1_13 += x1 * w13
         a1_14 += x1 * w14
         a1_15 += x1 * w15
-    if jv == 16:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        o += ohw
-        out[o] = a0_1
-        out[o + _u1] = a1_1
-        o += ohw
-        out[o] = a0_2
-        out[o + _u1] = a1_2
-        o += ohw
-        out[o] = a0_3
-        out[o + _u1] = a1_3
-        o += ohw
-        out[o] = a0_4
-        out[o + _u1] = a1_4
-        o += ohw
-        out[o] = a0_5
-        out[o + _u1] = a1_5
-        o += ohw
-        out[o] = a0_6
-        out[o + _u1] = a1_6
-        o += ohw
-        out[o] = a0_7
-        out[o + _u1] = a1_7
-        o += ohw
-        out[o] = a0_8
-        out[o + _u1] = a1_8
-        o += ohw
-        out[o] = a0_9
-        out[o + _u1] = a1_9
-        o += ohw
-        out[o] = a0_10
-        out[o + _u1] = a1_10
-        o += ohw
-        out[o] = a0_11
-        out[o + _u1] = a1_11
-        o += ohw
-        out[o] = a0_12
-        out[o + _u1] = a1_12
-        o += ohw
-        out[o] = a0_13
-        out[o + _u1] = a1_13
-        o += ohw
-        out[o] = a0_14
-        out[o + _u1] = a1_14
-        o += ohw
-        out[o] = a0_15
-        out[o + _u1] = a1_15
-    else:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        if jv > 1:
-            o = ob + _U(1) * ohw
-            out[o] = a0_1
-            out[o + _u1] = a1_1
-        if jv > 2:
-            o = ob + _U(2) * ohw
-            out[o] = a0_2
-            out[o + _u1] = a1_2
-        if jv > 3:
-            o = ob + _U(3) * ohw
-            out[o] = a0_3
-            out[o + _u1] = a1_3
-        if jv > 4:
-            o = ob + _U(4) * ohw
-            out[o] = a0_4
-            out[o + _u1] = a1_4
-        if jv > 5:
-            o = ob + _U(5) * ohw
-            out[o] = a0_5
-            out[o + _u1] = a1_5
-        if jv > 6:
-            o = ob + _U(6) * ohw
-            out[o] = a0_6
-            out[o + _u1] = a1_6
-        if jv > 7:
-            o = ob + _U(7) * ohw
-            out[o] = a0_7
-            out[o + _u1] = a1_7
-        if jv > 8:
-            o = ob + _U(8) * ohw
-            out[o] = a0_8
-            out[o + _u1] = a1_8
-        if jv > 9:
-            o = ob + _U(9) * ohw
-            out[o] = a0_9
-            out[o + _u1] = a1_9
-        if jv > 10:
-            o = ob + _U(10) * ohw
-            out[o] = a0_10
-            out[o + _u1] = a1_10
-        if jv > 11:
-            o = ob + _U(11) * ohw
-            out[o] = a0_11
-            out[o + _u1] = a1_11
-        if jv > 12:
-            o = ob + _U(12) * ohw
-            out[o] = a0_12
-            out[o + _u1] = a1_12
-        if jv > 13:
-            o = ob + _U(13) * ohw
-            out[o] = a0_13
-            out[o + _u1] = a1_13
-        if jv > 14:
-            o = ob + _U(14) * ohw
-            out[o] = a0_14
-            out[o + _u1] = a1_14
-        if jv > 15:
-            o = ob + _U(15) * ohw
-            out[o] = a0_15
-            out[o + _u1] = a1_15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
 
 
 @pjit(fastmath=_FM)
 def run_2(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
-          nstride, gstride, rowstep, nseg, tps):
+          nstride, gstride, rowstep):
     """All output tiles of a blocked convolution, T=2 pixels per microkernel call."""
     ntiles = (ow_n + 2 - 1) // 2
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n * nseg):
-        seg = u % nseg
-        r = u // nseg
-        oh = r % oh_n
-        r = r // oh_n
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
         blk = r % nb
         n = r // nb
         g = blk // nbg
@@ -438,19 +244,16 @@ def run_2(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_a
         jv = min(16, mg - bl * 16)
         xrow = n * nstride + g * gstride + oh * rowstep
         orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        t0 = seg * tps
-        t1 = ntiles if seg == nseg - 1 else t0 + tps
-        for ti in range(t0, t1):
+        tile = np.empty((2, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
             ow0 = min(ti * 2, ow_n - 2)
-            mk_2(xf, _U(xrow + ow0), offs, wp, blk, bp, out, _U(orow + ow0), ohw, jv)
-        if has_res or act != ACT_NONE:
-            epilogue(out, _U(orow), ohw, jv, _U(t0 * 2), _U(min(t1 * 2, ow_n)), res, has_res,
-                     act, prm)
+            mk_2(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 2, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @njit(fastmath=_FM)
-def mk_4(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
-    """4 output pixels x 16 output channels; sums start at the bias, stored raw."""
+def mk_4(xf, xb, offs, wp, blk, bp, tile):
+    """4 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
     b0 = bp[blk, 0]
     b1 = bp[blk, 1]
     b2 = bp[blk, 2]
@@ -557,196 +360,21 @@ def mk_4(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
         a3_13 += x3 * w13
         a3_14 += x3 * w14
         a3_15 += x3 * w15
-    if jv == 16:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        o += ohw
-        out[o] = a0_1
-        out[o + _u1] = a1_1
-        out[o + _u2] = a2_1
-        out[o + _u3] = a3_1
-        o += ohw
-        out[o] = a0_2
-        out[o + _u1] = a1_2
-        out[o + _u2] = a2_2
-        out[o + _u3] = a3_2
-        o += ohw
-        out[o] = a0_3
-        out[o + _u1] = a1_3
-        out[o + _u2] = a2_3
-        out[o + _u3] = a3_3
-        o += ohw
-        out[o] = a0_4
-        out[o + _u1] = a1_4
-        out[o + _u2] = a2_4
-        out[o + _u3] = a3_4
-        o += ohw
-        out[o] = a0_5
-        out[o + _u1] = a1_5
-        out[o + _u2] = a2_5
-        out[o + _u3] = a3_5
-        o += ohw
-        out[o] = a0_6
-        out[o + _u1] = a1_6
-        out[o + _u2] = a2_6
-        out[o + _u3] = a3_6
-        o += ohw
-        out[o] = a0_7
-        out[o + _u1] = a1_7
-        out[o + _u2] = a2_7
-        out[o + _u3] = a3_7
-        o += ohw
-        out[o] = a0_8
-        out[o + _u1] = a1_8
-        out[o + _u2] = a2_8
-        out[o + _u3] = a3_8
-        o += ohw
-        out[o] = a0_9
-        out[o + _u1] = a1_9
-        out[o + _u2] = a2_9
-        out[o + _u3] = a3_9
-        o += ohw
-        out[o] = a0_10
-        out[o + _u1] = a1_10
-        out[o + _u2] = a2_10
-        out[o + _u3] = a3_10
-        o += ohw
-        out[o] = a0_11
-        out[o + _u1] = a1_11
-        out[o + _u2] = a2_11
-        out[o + _u3] = a3_11
-        o += ohw
-        out[o] = a0_12
-        out[o + _u1] = a1_12
-        out[o + _u2] = a2_12
-        out[o + _u3] = a3_12
-        o += ohw
-        out[o] = a0_13
-        out[o + _u1] = a1_13
-        out[o + _u2] = a2_13
-        out[o + _u3] = a3_13
-        o += ohw
-        out[o] = a0_14
-        out[o + _u1] = a1_14
-        out[o + _u2] = a2_14
-        out[o + _u3] = a3_14
-        o += ohw
-        out[o] = a0_15
-        out[o + _u1] = a1_15
-        out[o + _u2] = a2_15
-        out[o + _u3] = a3_15
-    else:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        if jv > 1:
-            o = ob + _U(1) * ohw
-            out[o] = a0_1
-            out[o + _u1] = a1_1
-            out[o + _u2] = a2_1
-            out[o + _u3] = a3_1
-        if jv > 2:
-            o = ob + _U(2) * ohw
-            out[o] = a0_2
-            out[o + _u1] = a1_2
-            out[o + _u2] = a2_2
-            out[o + _u3] = a3_2
-        if jv > 3:
-            o = ob + _U(3) * ohw
-            out[o] = a0_3
-            out[o + _u1] = a1_3
-            out[o + _u2] = a2_3
-            out[o + _u3] = a3_3
-        if jv > 4:
-            o = ob + _U(4) * ohw
-            out[o] = a0_4
-            out[o + _u1] = a1_4
-            out[o + _u2] = a2_4
-            out[o + _u3] = a3_4
-        if jv > 5:
-            o = ob + _U(5) * ohw
-            out[o] = a0_5
-            out[o + _u1] = a1_5
-            out[o + _u2] = a2_5
-            out[o + _u3] = a3_5
-        if jv > 6:
-            o = ob + _U(6) * ohw
-            out[o] = a0_6
-            out[o + _u1] = a1_6
-            out[o + _u2] = a2_6
-            out[o + _u3] = a3_6
-        if jv > 7:
-            o = ob + _U(7) * ohw
-            out[o] = a0_7
-            out[o + _u1] = a1_7
-            out[o + _u2] = a2_7
-            out[o + _u3] = a3_7
-        if jv > 8:
-            o = ob + _U(8) * ohw
-            out[o] = a0_8
-            out[o + _u1] = a1_8
-            out[o + _u2] = a2_8
-            out[o + _u3] = a3_8
-        if jv > 9:
-            o = ob + _U(9) * ohw
-            out[o] = a0_9
-            out[o + _u1] = a1_9
-            out[o + _u2] = a2_9
-            out[o + _u3] = a3_9
-        if jv > 10:
-            o = ob + _U(10) * ohw
-            out[o] = a0_10
-            out[o + _u1] = a1_10
-            out[o + _u2] = a2_10
-            out[o + _u3] = a3_10
-        if jv > 11:
-            o = ob + _U(11) * ohw
-            out[o] = a0_11
-            out[o + _u1] = a1_11
-            out[o + _u2] = a2_11
-            out[o + _u3] = a3_11
-        if jv > 12:
-            o = ob + _U(12) * ohw
-            out[o] = a0_12
-            out[o + _u1] = a1_12
-            out[o + _u2] = a2_12
-            out[o + _u3] = a3_12
-        if jv > 13:
-            o = ob + _U(13) * ohw
-            out[o] = a0_13
-            out[o + _u1] = a1_13
-            out[o + _u2] = a2_13
-            out[o + _u3] = a3_13
-        if jv > 14:
-            o = ob + _U(14) * ohw
-            out[o] = a0_14
-            out[o + _u1] = a1_14
-            out[o + _u2] = a2_14
-            out[o + _u3] = a3_14
-        if jv > 15:
-            o = ob + _U(15) * ohw
-            out[o] = a0_15
-            out[o + _u1] = a1_15
-            out[o + _u2] = a2_15
-            out[o + _u3] = a3_15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
 
 
 @pjit(fastmath=_FM)
 def run_4(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
-          nstride, gstride, rowstep, nseg, tps):
+          nstride, gstride, rowstep):
     """All output tiles of a blocked convolution, T=4 pixels per microkernel call."""
     ntiles = (ow_n + 4 - 1) // 4
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n * nseg):
-        seg = u % nseg
-        r = u // nseg
-        oh = r % oh_n
-        r = r // oh_n
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
         blk = r % nb
         n = r // nb
         g = blk // nbg
@@ -755,19 +383,16 @@ def run_4(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_a
         jv = min(16, mg - bl * 16)
         xrow = n * nstride + g * gstride + oh * rowstep
         orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        t0 = seg * tps
-        t1 = ntiles if seg == nseg - 1 else t0 + tps
-        for ti in range(t0, t1):
+        tile = np.empty((4, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
             ow0 = min(ti * 4, ow_n - 4)
-            mk_4(xf, _U(xrow + ow0), offs, wp, blk, bp, out, _U(orow + ow0), ohw, jv)
-        if has_res or act != ACT_NONE:
-            epilogue(out, _U(orow), ohw, jv, _U(t0 * 4), _U(min(t1 * 4, ow_n)), res, has_res,
-                     act, prm)
+            mk_4(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 4, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @njit(fastmath=_FM)
-def mk_7(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
-    """7 output pixels x 16 output channels; sums start at the bias, stored raw."""
+def mk_7(xf, xb, offs, wp, blk, bp, tile):
+    """7 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
     b0 = bp[blk, 0]
     b1 = bp[blk, 1]
     b2 = bp[blk, 2]
@@ -928,292 +553,24 @@ def mk_7(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
         a6_13 += x6 * w13
         a6_14 += x6 * w14
         a6_15 += x6 * w15
-    if jv == 16:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        out[o + _u4] = a4_0
-        out[o + _u5] = a5_0
-        out[o + _u6] = a6_0
-        o += ohw
-        out[o] = a0_1
-        out[o + _u1] = a1_1
-        out[o + _u2] = a2_1
-        out[o + _u3] = a3_1
-        out[o + _u4] = a4_1
-        out[o + _u5] = a5_1
-        out[o + _u6] = a6_1
-        o += ohw
-        out[o] = a0_2
-        out[o + _u1] = a1_2
-        out[o + _u2] = a2_2
-        out[o + _u3] = a3_2
-        out[o + _u4] = a4_2
-        out[o + _u5] = a5_2
-        out[o + _u6] = a6_2
-        o += ohw
-        out[o] = a0_3
-        out[o + _u1] = a1_3
-        out[o + _u2] = a2_3
-        out[o + _u3] = a3_3
-        out[o + _u4] = a4_3
-        out[o + _u5] = a5_3
-        out[o + _u6] = a6_3
-        o += ohw
-        out[o] = a0_4
-        out[o + _u1] = a1_4
-        out[o + _u2] = a2_4
-        out[o + _u3] = a3_4
-        out[o + _u4] = a4_4
-        out[o + _u5] = a5_4
-        out[o + _u6] = a6_4
-        o += ohw
-        out[o] = a0_5
-        out[o + _u1] = a1_5
-        out[o + _u2] = a2_5
-        out[o + _u3] = a3_5
-        out[o + _u4] = a4_5
-        out[o + _u5] = a5_5
-        out[o + _u6] = a6_5
-        o += ohw
-        out[o] = a0_6
-        out[o + _u1] = a1_6
-        out[o + _u2] = a2_6
-        out[o + _u3] = a3_6
-        out[o + _u4] = a4_6
-        out[o + _u5] = a5_6
-        out[o + _u6] = a6_6
-        o += ohw
-        out[o] = a0_7
-        out[o + _u1] = a1_7
-        out[o + _u2] = a2_7
-        out[o + _u3] = a3_7
-        out[o + _u4] = a4_7
-        out[o + _u5] = a5_7
-        out[o + _u6] = a6_7
-        o += ohw
-        out[o] = a0_8
-        out[o + _u1] = a1_8
-        out[o + _u2] = a2_8
-        out[o + _u3] = a3_8
-        out[o + _u4] = a4_8
-        out[o + _u5] = a5_8
-        out[o + _u6] = a6_8
-        o += ohw
-        out[o] = a0_9
-        out[o + _u1] = a1_9
-        out[o + _u2] = a2_9
-        out[o + _u3] = a3_9
-        out[o + _u4] = a4_9
-        out[o + _u5] = a5_9
-        out[o + _u6] = a6_9
-        o += ohw
-        out[o] = a0_10
-        out[o + _u1] = a1_10
-        out[o + _u2] = a2_10
-        out[o + _u3] = a3_10
-        out[o + _u4] = a4_10
-        out[o + _u5] = a5_10
-        out[o + _u6] = a6_10
-        o += ohw
-        out[o] = a0_11
-        out[o + _u1] = a1_11
-        out[o + _u2] = a2_11
-        out[o + _u3] = a3_11
-        out[o + _u4] = a4_11
-        out[o + _u5] = a5_11
-        out[o + _u6] = a6_11
-        o += ohw
-        out[o] = a0_12
-        out[o + _u1] = a1_12
-        out[o + _u2] = a2_12
-        out[o + _u3] = a3_12
-        out[o + _u4] = a4_12
-        out[o + _u5] = a5_12
-        out[o + _u6] = a6_12
-        o += ohw
-        out[o] = a0_13
-        out[o + _u1] = a1_13
-        out[o + _u2] = a2_13
-        out[o + _u3] = a3_13
-        out[o + _u4] = a4_13
-        out[o + _u5] = a5_13
-        out[o + _u6] = a6_13
-        o += ohw
-        out[o] = a0_14
-        out[o + _u1] = a1_14
-        out[o + _u2] = a2_14
-        out[o + _u3] = a3_14
-        out[o + _u4] = a4_14
-        out[o + _u5] = a5_14
-        out[o + _u6] = a6_14
-        o += ohw
-        out[o] = a0_15
-        out[o + _u1] = a1_15
-        out[o + _u2] = a2_15
-        out[o + _u3] = a3_15
-        out[o + _u4] = a4_15
-        out[o + _u5] = a5_15
-        out[o + _u6] = a6_15
-    else:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        out[o + _u4] = a4_0
-        out[o + _u5] = a5_0
-        out[o + _u6] = a6_0
-        if jv > 1:
-            o = ob + _U(1) * ohw
-            out[o] = a0_1
-            out[o + _u1] = a1_1
-            out[o + _u2] = a2_1
-            out[o + _u3] = a3_1
-            out[o + _u4] = a4_1
-            out[o + _u5] = a5_1
-            out[o + _u6] = a6_1
-        if jv > 2:
-            o = ob + _U(2) * ohw
-            out[o] = a0_2
-            out[o + _u1] = a1_2
-            out[o + _u2] = a2_2
-            out[o + _u3] = a3_2
-            out[o + _u4] = a4_2
-            out[o + _u5] = a5_2
-            out[o + _u6] = a6_2
-        if jv > 3:
-            o = ob + _U(3) * ohw
-            out[o] = a0_3
-            out[o + _u1] = a1_3
-            out[o + _u2] = a2_3
-            out[o + _u3] = a3_3
-            out[o + _u4] = a4_3
-            out[o + _u5] = a5_3
-            out[o + _u6] = a6_3
-        if jv > 4:
-            o = ob + _U(4) * ohw
-            out[o] = a0_4
-            out[o + _u1] = a1_4
-            out[o + _u2] = a2_4
-            out[o + _u3] = a3_4
-            out[o + _u4] = a4_4
-            out[o + _u5] = a5_4
-            out[o + _u6] = a6_4
-        if jv > 5:
-            o = ob + _U(5) * ohw
-            out[o] = a0_5
-            out[o + _u1] = a1_5
-            out[o + _u2] = a2_5
-            out[o + _u3] = a3_5
-            out[o + _u4] = a4_5
-            out[o + _u5] = a5_5
-            out[o + _u6] = a6_5
-        if jv > 6:
-            o = ob + _U(6) * ohw
-            out[o] = a0_6
-            out[o + _u1] = a1_6
-            out[o + _u2] = a2_6
-            out[o + _u3] = a3_6
-            out[o + _u4] = a4_6
-            out[o + _u5] = a5_6
-            out[o + _u6] = a6_6
-        if jv > 7:
-            o = ob + _U(7) * ohw
-            out[o] = a0_7
-            out[o + _u1] = a1_7
-            out[o + _u2] = a2_7
-            out[o + _u3] = a3_7
-            out[o + _u4] = a4_7
-            out[o + _u5] = a5_7
-            out[o + _u6] = a6_7
-        if jv > 8:
-            o = ob + _U(8) * ohw
-            out[o] = a0_8
-            out[o + _u1] = a1_8
-            out[o + _u2] = a2_8
-            out[o + _u3] = a3_8
-            out[o + _u4] = a4_8
-            out[o + _u5] = a5_8
-            out[o + _u6] = a6_8
-        if jv > 9:
-            o = ob + _U(9) * ohw
-            out[o] = a0_9
-            out[o + _u1] = a1_9
-            out[o + _u2] = a2_9
-            out[o + _u3] = a3_9
-            out[o + _u4] = a4_9
-            out[o + _u5] = a5_9
-            out[o + _u6] = a6_9
-        if jv > 10:
-            o = ob + _U(10) * ohw
-            out[o] = a0_10
-            out[o + _u1] = a1_10
-            out[o + _u2] = a2_10
-            out[o + _u3] = a3_10
-            out[o + _u4] = a4_10
-            out[o + _u5] = a5_10
-            out[o + _u6] = a6_10
-        if jv > 11:
-            o = ob + _U(11) * ohw
-            out[o] = a0_11
-            out[o + _u1] = a1_11
-            out[o + _u2] = a2_11
-            out[o + _u3] = a3_11
-            out[o + _u4] = a4_11
-            out[o + _u5] = a5_11
-            out[o + _u6] = a6_11
-        if jv > 12:
-            o = ob + _U(12) * ohw
-            out[o] = a0_12
-            out[o + _u1] = a1_12
-            out[o + _u2] = a2_12
-            out[o + _u3] = a3_12
-            out[o + _u4] = a4_12
-            out[o + _u5] = a5_12
-            out[o + _u6] = a6_12
-        if jv > 13:
-            o = ob + _U(13) * ohw
-            out[o] = a0_13
-            out[o + _u1] = a1_13
-            out[o + _u2] = a2_13
-            out[o + _u3] = a3_13
-            out[o + _u4] = a4_13
-            out[o + _u5] = a5_13
-            out[o + _u6] = a6_13
-        if jv > 14:
-            o = ob + _U(14) * ohw
-            out[o] = a0_14
-            out[o + _u1] = a1_14
-            out[o + _u2] = a2_14
-            out[o + _u3] = a3_14
-            out[o + _u4] = a4_14
-            out[o + _u5] = a5_14
-            out[o + _u6] = a6_14
-        if jv > 15:
-            o = ob + _U(15) * ohw
-            out[o] = a0_15
-            out[o + _u1] = a1_15
-            out[o + _u2] = a2_15
-            out[o + _u3] = a3_15
-            out[o + _u4] = a4_15
-            out[o + _u5] = a5_15
-            out[o + _u6] = a6_15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
 
 
 @pjit(fastmath=_FM)
 def run_7(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
-          nstride, gstride, rowstep, nseg, tps):
+          nstride, gstride, rowstep):
     """All output tiles of a blocked convolution, T=7 pixels per microkernel call."""
     ntiles = (ow_n + 7 - 1) // 7
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n * nseg):
-        seg = u % nseg
-        r = u // nseg
-        oh = r % oh_n
-        r = r // oh_n
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
         blk = r % nb
         n = r // nb
         g = blk // nbg
@@ -1222,19 +579,775 @@ def run_7(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_a
         jv = min(16, mg - bl * 16)
         xrow = n * nstride + g * gstride + oh * rowstep
         orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        t0 = seg * tps
-        t1 = ntiles if seg == nseg - 1 else t0 + tps
-        for ti in range(t0, t1):
+        tile = np.empty((7, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
             ow0 = min(ti * 7, ow_n - 7)
-            mk_7(xf, _U(xrow + ow0), offs, wp, blk, bp, out, _U(orow + ow0), ohw, jv)
-        if has_res or act != ACT_NONE:
-            epilogue(out, _U(orow), ohw, jv, _U(t0 * 7), _U(min(t1 * 7, ow_n)), res, has_res,
-                     act, prm)
+            mk_7(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 7, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @njit(fastmath=_FM)
-def mk_14(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
-    """14 output pixels x 16 output channels; sums start at the bias, stored raw."""
+def mk_8(xf, xb, offs, wp, blk, bp, tile):
+    """8 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
+    b0 = bp[blk, 0]
+    b1 = bp[blk, 1]
+    b2 = bp[blk, 2]
+    b3 = bp[blk, 3]
+    b4 = bp[blk, 4]
+    b5 = bp[blk, 5]
+    b6 = bp[blk, 6]
+    b7 = bp[blk, 7]
+    b8 = bp[blk, 8]
+    b9 = bp[blk, 9]
+    b10 = bp[blk, 10]
+    b11 = bp[blk, 11]
+    b12 = bp[blk, 12]
+    b13 = bp[blk, 13]
+    b14 = bp[blk, 14]
+    b15 = bp[blk, 15]
+    a0_0 = b0; a0_1 = b1; a0_2 = b2; a0_3 = b3; a0_4 = b4; a0_5 = b5; a0_6 = b6; a0_7 = b7; a0_8 = b8; a0_9 = b9; a0_10 = b10; a0_11 = b11; a0_12 = b12; a0_13 = b13; a0_14 = b14; a0_15 = b15
+    a1_0 = b0; a1_1 = b1; a1_2 = b2; a1_3 = b3; a1_4 = b4; a1_5 = b5; a1_6 = b6; a1_7 = b7; a1_8 = b8; a1_9 = b9; a1_10 = b10; a1_11 = b11; a1_12 = b12; a1_13 = b13; a1_14 = b14; a1_15 = b15
+    a2_0 = b0; a2_1 = b1; a2_2 = b2; a2_3 = b3; a2_4 = b4; a2_5 = b5; a2_6 = b6; a2_7 = b7; a2_8 = b8; a2_9 = b9; a2_10 = b10; a2_11 = b11; a2_12 = b12; a2_13 = b13; a2_14 = b14; a2_15 = b15
+    a3_0 = b0; a3_1 = b1; a3_2 = b2; a3_3 = b3; a3_4 = b4; a3_5 = b5; a3_6 = b6; a3_7 = b7; a3_8 = b8; a3_9 = b9; a3_10 = b10; a3_11 = b11; a3_12 = b12; a3_13 = b13; a3_14 = b14; a3_15 = b15
+    a4_0 = b0; a4_1 = b1; a4_2 = b2; a4_3 = b3; a4_4 = b4; a4_5 = b5; a4_6 = b6; a4_7 = b7; a4_8 = b8; a4_9 = b9; a4_10 = b10; a4_11 = b11; a4_12 = b12; a4_13 = b13; a4_14 = b14; a4_15 = b15
+    a5_0 = b0; a5_1 = b1; a5_2 = b2; a5_3 = b3; a5_4 = b4; a5_5 = b5; a5_6 = b6; a5_7 = b7; a5_8 = b8; a5_9 = b9; a5_10 = b10; a5_11 = b11; a5_12 = b12; a5_13 = b13; a5_14 = b14; a5_15 = b15
+    a6_0 = b0; a6_1 = b1; a6_2 = b2; a6_3 = b3; a6_4 = b4; a6_5 = b5; a6_6 = b6; a6_7 = b7; a6_8 = b8; a6_9 = b9; a6_10 = b10; a6_11 = b11; a6_12 = b12; a6_13 = b13; a6_14 = b14; a6_15 = b15
+    a7_0 = b0; a7_1 = b1; a7_2 = b2; a7_3 = b3; a7_4 = b4; a7_5 = b5; a7_6 = b6; a7_7 = b7; a7_8 = b8; a7_9 = b9; a7_10 = b10; a7_11 = b11; a7_12 = b12; a7_13 = b13; a7_14 = b14; a7_15 = b15
+    for r in range(offs.shape[0]):
+        xo = xb + offs[r]
+        w0 = wp[blk, r, 0]
+        w1 = wp[blk, r, 1]
+        w2 = wp[blk, r, 2]
+        w3 = wp[blk, r, 3]
+        w4 = wp[blk, r, 4]
+        w5 = wp[blk, r, 5]
+        w6 = wp[blk, r, 6]
+        w7 = wp[blk, r, 7]
+        w8 = wp[blk, r, 8]
+        w9 = wp[blk, r, 9]
+        w10 = wp[blk, r, 10]
+        w11 = wp[blk, r, 11]
+        w12 = wp[blk, r, 12]
+        w13 = wp[blk, r, 13]
+        w14 = wp[blk, r, 14]
+        w15 = wp[blk, r, 15]
+        x0 = xf[xo]
+        a0_0 += x0 * w0
+        a0_1 += x0 * w1
+        a0_2 += x0 * w2
+        a0_3 += x0 * w3
+        a0_4 += x0 * w4
+        a0_5 += x0 * w5
+        a0_6 += x0 * w6
+        a0_7 += x0 * w7
+        a0_8 += x0 * w8
+        a0_9 += x0 * w9
+        a0_10 += x0 * w10
+        a0_11 += x0 * w11
+        a0_12 += x0 * w12
+        a0_13 += x0 * w13
+        a0_14 += x0 * w14
+        a0_15 += x0 * w15
+        x1 = xf[xo + _u1]
+        a1_0 += x1 * w0
+        a1_1 += x1 * w1
+        a1_2 += x1 * w2
+        a1_3 += x1 * w3
+        a1_4 += x1 * w4
+        a1_5 += x1 * w5
+        a1_6 += x1 * w6
+        a1_7 += x1 * w7
+        a1_8 += x1 * w8
+        a1_9 += x1 * w9
+        a1_10 += x1 * w10
+        a1_11 += x1 * w11
+        a1_12 += x1 * w12
+        a1_13 += x1 * w13
+        a1_14 += x1 * w14
+        a1_15 += x1 * w15
+        x2 = xf[xo + _u2]
+        a2_0 += x2 * w0
+        a2_1 += x2 * w1
+        a2_2 += x2 * w2
+        a2_3 += x2 * w3
+        a2_4 += x2 * w4
+        a2_5 += x2 * w5
+        a2_6 += x2 * w6
+        a2_7 += x2 * w7
+        a2_8 += x2 * w8
+        a2_9 += x2 * w9
+        a2_10 += x2 * w10
+        a2_11 += x2 * w11
+        a2_12 += x2 * w12
+        a2_13 += x2 * w13
+        a2_14 += x2 * w14
+        a2_15 += x2 * w15
+        x3 = xf[xo + _u3]
+        a3_0 += x3 * w0
+        a3_1 += x3 * w1
+        a3_2 += x3 * w2
+        a3_3 += x3 * w3
+        a3_4 += x3 * w4
+        a3_5 += x3 * w5
+        a3_6 += x3 * w6
+        a3_7 += x3 * w7
+        a3_8 += x3 * w8
+        a3_9 += x3 * w9
+        a3_10 += x3 * w10
+        a3_11 += x3 * w11
+        a3_12 += x3 * w12
+        a3_13 += x3 * w13
+        a3_14 += x3 * w14
+        a3_15 += x3 * w15
+        x4 = xf[xo + _u4]
+        a4_0 += x4 * w0
+        a4_1 += x4 * w1
+        a4_2 += x4 * w2
+        a4_3 += x4 * w3
+        a4_4 += x4 * w4
+        a4_5 += x4 * w5
+        a4_6 += x4 * w6
+        a4_7 += x4 * w7
+        a4_8 += x4 * w8
+        a4_9 += x4 * w9
+        a4_10 += x4 * w10
+        a4_11 += x4 * w11
+        a4_12 += x4 * w12
+        a4_13 += x4 * w13
+        a4_14 += x4 * w14
+        a4_15 += x4 * w15
+        x5 = xf[xo + _u5]
+        a5_0 += x5 * w0
+        a5_1 += x5 * w1
+        a5_2 += x5 * w2
+        a5_3 += x5 * w3
+        a5_4 += x5 * w4
+        a5_5 += x5 * w5
+        a5_6 += x5 * w6
+        a5_7 += x5 * w7
+        a5_8 += x5 * w8
+        a5_9 += x5 * w9
+        a5_10 += x5 * w10
+        a5_11 += x5 * w11
+        a5_12 += x5 * w12
+        a5_13 += x5 * w13
+        a5_14 += x5 * w14
+        a5_15 += x5 * w15
+        x6 = xf[xo + _u6]
+        a6_0 += x6 * w0
+        a6_1 += x6 * w1
+        a6_2 += x6 * w2
+        a6_3 += x6 * w3
+        a6_4 += x6 * w4
+        a6_5 += x6 * w5
+        a6_6 += x6 * w6
+        a6_7 += x6 * w7
+        a6_8 += x6 * w8
+        a6_9 += x6 * w9
+        a6_10 += x6 * w10
+        a6_11 += x6 * w11
+        a6_12 += x6 * w12
+        a6_13 += x6 * w13
+        a6_14 += x6 * w14
+        a6_15 += x6 * w15
+        x7 = xf[xo + _u7]
+        a7_0 += x7 * w0
+        a7_1 += x7 * w1
+        a7_2 += x7 * w2
+        a7_3 += x7 * w3
+        a7_4 += x7 * w4
+        a7_5 += x7 * w5
+        a7_6 += x7 * w6
+        a7_7 += x7 * w7
+        a7_8 += x7 * w8
+        a7_9 += x7 * w9
+        a7_10 += x7 * w10
+        a7_11 += x7 * w11
+        a7_12 += x7 * w12
+        a7_13 += x7 * w13
+        a7_14 += x7 * w14
+        a7_15 += x7 * w15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
+    tile[7, 0] = a7_0; tile[7, 1] = a7_1; tile[7, 2] = a7_2; tile[7, 3] = a7_3; tile[7, 4] = a7_4; tile[7, 5] = a7_5; tile[7, 6] = a7_6; tile[7, 7] = a7_7; tile[7, 8] = a7_8; tile[7, 9] = a7_9; tile[7, 10] = a7_10; tile[7, 11] = a7_11; tile[7, 12] = a7_12; tile[7, 13] = a7_13; tile[7, 14] = a7_14; tile[7, 15] = a7_15
+
+
+@pjit(fastmath=_FM)
+def run_8(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
+          nstride, gstride, rowstep):
+    """All output tiles of a blocked convolution, T=8 pixels per microkernel call."""
+    ntiles = (ow_n + 8 - 1) // 8
+    ohw = _U(oh_n * ow_n)
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
+        blk = r % nb
+        n = r // nb
+        g = blk // nbg
+        bl = blk - g * nbg
+        m0 = g * mg + bl * 16
+        jv = min(16, mg - bl * 16)
+        xrow = n * nstride + g * gstride + oh * rowstep
+        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+        tile = np.empty((8, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
+            ow0 = min(ti * 8, ow_n - 8)
+            mk_8(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 8, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+
+
+@njit(fastmath=_FM)
+def mk_10(xf, xb, offs, wp, blk, bp, tile):
+    """10 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
+    b0 = bp[blk, 0]
+    b1 = bp[blk, 1]
+    b2 = bp[blk, 2]
+    b3 = bp[blk, 3]
+    b4 = bp[blk, 4]
+    b5 = bp[blk, 5]
+    b6 = bp[blk, 6]
+    b7 = bp[blk, 7]
+    b8 = bp[blk, 8]
+    b9 = bp[blk, 9]
+    b10 = bp[blk, 10]
+    b11 = bp[blk, 11]
+    b12 = bp[blk, 12]
+    b13 = bp[blk, 13]
+    b14 = bp[blk, 14]
+    b15 = bp[blk, 15]
+    a0_0 = b0; a0_1 = b1; a0_2 = b2; a0_3 = b3; a0_4 = b4; a0_5 = b5; a0_6 = b6; a0_7 = b7; a0_8 = b8; a0_9 = b9; a0_10 = b10; a0_11 = b11; a0_12 = b12; a0_13 = b13; a0_14 = b14; a0_15 = b15
+    a1_0 = b0; a1_1 = b1; a1_2 = b2; a1_3 = b3; a1_4 = b4; a1_5 = b5; a1_6 = b6; a1_7 = b7; a1_8 = b8; a1_9 = b9; a1_10 = b10; a1_11 = b11; a1_12 = b12; a1_13 = b13; a1_14 = b14; a1_15 = b15
+    a2_0 = b0; a2_1 = b1; a2_2 = b2; a2_3 = b3; a2_4 = b4; a2_5 = b5; a2_6 = b6; a2_7 = b7; a2_8 = b8; a2_9 = b9; a2_10 = b10; a2_11 = b11; a2_12 = b12; a2_13 = b13; a2_14 = b14; a2_15 = b15
+    a3_0 = b0; a3_1 = b1; a3_2 = b2; a3_3 = b3; a3_4 = b4; a3_5 = b5; a3_6 = b6; a3_7 = b7; a3_8 = b8; a3_9 = b9; a3_10 = b10; a3_11 = b11; a3_12 = b12; a3_13 = b13; a3_14 = b14; a3_15 = b15
+    a4_0 = b0; a4_1 = b1; a4_2 = b2; a4_3 = b3; a4_4 = b4; a4_5 = b5; a4_6 = b6; a4_7 = b7; a4_8 = b8; a4_9 = b9; a4_10 = b10; a4_11 = b11; a4_12 = b12; a4_13 = b13; a4_14 = b14; a4_15 = b15
+    a5_0 = b0; a5_1 = b1; a5_2 = b2; a5_3 = b3; a5_4 = b4; a5_5 = b5; a5_6 = b6; a5_7 = b7; a5_8 = b8; a5_9 = b9; a5_10 = b10; a5_11 = b11; a5_12 = b12; a5_13 = b13; a5_14 = b14; a5_15 = b15
+    a6_0 = b0; a6_1 = b1; a6_2 = b2; a6_3 = b3; a6_4 = b4; a6_5 = b5; a6_6 = b6; a6_7 = b7; a6_8 = b8; a6_9 = b9; a6_10 = b10; a6_11 = b11; a6_12 = b12; a6_13 = b13; a6_14 = b14; a6_15 = b15
+    a7_0 = b0; a7_1 = b1; a7_2 = b2; a7_3 = b3; a7_4 = b4; a7_5 = b5; a7_6 = b6; a7_7 = b7; a7_8 = b8; a7_9 = b9; a7_10 = b10; a7_11 = b11; a7_12 = b12; a7_13 = b13; a7_14 = b14; a7_15 = b15
+    a8_0 = b0; a8_1 = b1; a8_2 = b2; a8_3 = b3; a8_4 = b4; a8_5 = b5; a8_6 = b6; a8_7 = b7; a8_8 = b8; a8_9 = b9; a8_10 = b10; a8_11 = b11; a8_12 = b12; a8_13 = b13; a8_14 = b14; a8_15 = b15
+    a9_0 = b0; a9_1 = b1; a9_2 = b2; a9_3 = b3; a9_4 = b4; a9_5 = b5; a9_6 = b6; a9_7 = b7; a9_8 = b8; a9_9 = b9; a9_10 = b10; a9_11 = b11; a9_12 = b12; a9_13 = b13; a9_14 = b14; a9_15 = b15
+    for r in range(offs.shape[0]):
+        xo = xb + offs[r]
+        w0 = wp[blk, r, 0]
+        w1 = wp[blk, r, 1]
+        w2 = wp[blk, r, 2]
+        w3 = wp[blk, r, 3]
+        w4 = wp[blk, r, 4]
+        w5 = wp[blk, r, 5]
+        w6 = wp[blk, r, 6]
+        w7 = wp[blk, r, 7]
+        w8 = wp[blk, r, 8]
+        w9 = wp[blk, r, 9]
+        w10 = wp[blk, r, 10]
+        w11 = wp[blk, r, 11]
+        w12 = wp[blk, r, 12]
+        w13 = wp[blk, r, 13]
+        w14 = wp[blk, r, 14]
+        w15 = wp[blk, r, 15]
+        x0 = xf[xo]
+        a0_0 += x0 * w0
+        a0_1 += x0 * w1
+        a0_2 += x0 * w2
+        a0_3 += x0 * w3
+        a0_4 += x0 * w4
+        a0_5 += x0 * w5
+        a0_6 += x0 * w6
+        a0_7 += x0 * w7
+        a0_8 += x0 * w8
+        a0_9 += x0 * w9
+        a0_10 += x0 * w10
+        a0_11 += x0 * w11
+        a0_12 += x0 * w12
+        a0_13 += x0 * w13
+        a0_14 += x0 * w14
+        a0_15 += x0 * w15
+        x1 = xf[xo + _u1]
+        a1_0 += x1 * w0
+        a1_1 += x1 * w1
+        a1_2 += x1 * w2
+        a1_3 += x1 * w3
+        a1_4 += x1 * w4
+        a1_5 += x1 * w5
+        a1_6 += x1 * w6
+        a1_7 += x1 * w7
+        a1_8 += x1 * w8
+        a1_9 += x1 * w9
+        a1_10 += x1 * w10
+        a1_11 += x1 * w11
+        a1_12 += x1 * w12
+        a1_13 += x1 * w13
+        a1_14 += x1 * w14
+        a1_15 += x1 * w15
+        x2 = xf[xo + _u2]
+        a2_0 += x2 * w0
+        a2_1 += x2 * w1
+        a2_2 += x2 * w2
+        a2_3 += x2 * w3
+        a2_4 += x2 * w4
+        a2_5 += x2 * w5
+        a2_6 += x2 * w6
+        a2_7 += x2 * w7
+        a2_8 += x2 * w8
+        a2_9 += x2 * w9
+        a2_10 += x2 * w10
+        a2_11 += x2 * w11
+        a2_12 += x2 * w12
+        a2_13 += x2 * w13
+        a2_14 += x2 * w14
+        a2_15 += x2 * w15
+        x3 = xf[xo + _u3]
+        a3_0 += x3 * w0
+        a3_1 += x3 * w1
+        a3_2 += x3 * w2
+        a3_3 += x3 * w3
+        a3_4 += x3 * w4
+        a3_5 += x3 * w5
+        a3_6 += x3 * w6
+        a3_7 += x3 * w7
+        a3_8 += x3 * w8
+        a3_9 += x3 * w9
+        a3_10 += x3 * w10
+        a3_11 += x3 * w11
+        a3_12 += x3 * w12
+        a3_13 += x3 * w13
+        a3_14 += x3 * w14
+        a3_15 += x3 * w15
+        x4 = xf[xo + _u4]
+        a4_0 += x4 * w0
+        a4_1 += x4 * w1
+        a4_2 += x4 * w2
+        a4_3 += x4 * w3
+        a4_4 += x4 * w4
+        a4_5 += x4 * w5
+        a4_6 += x4 * w6
+        a4_7 += x4 * w7
+        a4_8 += x4 * w8
+        a4_9 += x4 * w9
+        a4_10 += x4 * w10
+        a4_11 += x4 * w11
+        a4_12 += x4 * w12
+        a4_13 += x4 * w13
+        a4_14 += x4 * w14
+        a4_15 += x4 * w15
+        x5 = xf[xo + _u5]
+        a5_0 += x5 * w0
+        a5_1 += x5 * w1
+        a5_2 += x5 * w2
+        a5_3 += x5 * w3
+        a5_4 += x5 * w4
+        a5_5 += x5 * w5
+        a5_6 += x5 * w6
+        a5_7 += x5 * w7
+        a5_8 += x5 * w8
+        a5_9 += x5 * w9
+        a5_10 += x5 * w10
+        a5_11 += x5 * w11
+        a5_12 += x5 * w12
+        a5_13 += x5 * w13
+        a5_14 += x5 * w14
+        a5_15 += x5 * w15
+        x6 = xf[xo + _u6]
+        a6_0 += x6 * w0
+        a6_1 += x6 * w1
+        a6_2 += x6 * w2
+        a6_3 += x6 * w3
+        a6_4 += x6 * w4
+        a6_5 += x6 * w5
+        a6_6 += x6 * w6
+        a6_7 += x6 * w7
+        a6_8 += x6 * w8
+        a6_9 += x6 * w9
+        a6_10 += x6 * w10
+        a6_11 += x6 * w11
+        a6_12 += x6 * w12
+        a6_13 += x6 * w13
+        a6_14 += x6 * w14
+        a6_15 += x6 * w15
+        x7 = xf[xo + _u7]
+        a7_0 += x7 * w0
+        a7_1 += x7 * w1
+        a7_2 += x7 * w2
+        a7_3 += x7 * w3
+        a7_4 += x7 * w4
+        a7_5 += x7 * w5
+        a7_6 += x7 * w6
+        a7_7 += x7 * w7
+        a7_8 += x7 * w8
+        a7_9 += x7 * w9
+        a7_10 += x7 * w10
+        a7_11 += x7 * w11
+        a7_12 += x7 * w12
+        a7_13 += x7 * w13
+        a7_14 += x7 * w14
+        a7_15 += x7 * w15
+        x8 = xf[xo + _u8]
+        a8_0 += x8 * w0
+        a8_1 += x8 * w1
+        a8_2 += x8 * w2
+        a8_3 += x8 * w3
+        a8_4 += x8 * w4
+        a8_5 += x8 * w5
+        a8_6 += x8 * w6
+        a8_7 += x8 * w7
+        a8_8 += x8 * w8
+        a8_9 += x8 * w9
+        a8_10 += x8 * w10
+        a8_11 += x8 * w11
+        a8_12 += x8 * w12
+        a8_13 += x8 * w13
+        a8_14 += x8 * w14
+        a8_15 += x8 * w15
+        x9 = xf[xo + _u9]
+        a9_0 += x9 * w0
+        a9_1 += x9 * w1
+        a9_2 += x9 * w2
+        a9_3 += x9 * w3
+        a9_4 += x9 * w4
+        a9_5 += x9 * w5
+        a9_6 += x9 * w6
+        a9_7 += x9 * w7
+        a9_8 += x9 * w8
+        a9_9 += x9 * w9
+        a9_10 += x9 * w10
+        a9_11 += x9 * w11
+        a9_12 += x9 * w12
+        a9_13 += x9 * w13
+        a9_14 += x9 * w14
+        a9_15 += x9 * w15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
+    tile[7, 0] = a7_0; tile[7, 1] = a7_1; tile[7, 2] = a7_2; tile[7, 3] = a7_3; tile[7, 4] = a7_4; tile[7, 5] = a7_5; tile[7, 6] = a7_6; tile[7, 7] = a7_7; tile[7, 8] = a7_8; tile[7, 9] = a7_9; tile[7, 10] = a7_10; tile[7, 11] = a7_11; tile[7, 12] = a7_12; tile[7, 13] = a7_13; tile[7, 14] = a7_14; tile[7, 15] = a7_15
+    tile[8, 0] = a8_0; tile[8, 1] = a8_1; tile[8, 2] = a8_2; tile[8, 3] = a8_3; tile[8, 4] = a8_4; tile[8, 5] = a8_5; tile[8, 6] = a8_6; tile[8, 7] = a8_7; tile[8, 8] = a8_8; tile[8, 9] = a8_9; tile[8, 10] = a8_10; tile[8, 11] = a8_11; tile[8, 12] = a8_12; tile[8, 13] = a8_13; tile[8, 14] = a8_14; tile[8, 15] = a8_15
+    tile[9, 0] = a9_0; tile[9, 1] = a9_1; tile[9, 2] = a9_2; tile[9, 3] = a9_3; tile[9, 4] = a9_4; tile[9, 5] = a9_5; tile[9, 6] = a9_6; tile[9, 7] = a9_7; tile[9, 8] = a9_8; tile[9, 9] = a9_9; tile[9, 10] = a9_10; tile[9, 11] = a9_11; tile[9, 12] = a9_12; tile[9, 13] = a9_13; tile[9, 14] = a9_14; tile[9, 15] = a9_15
+
+
+@pjit(fastmath=_FM)
+def run_10(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
+          nstride, gstride, rowstep):
+    """All output tiles of a blocked convolution, T=10 pixels per microkernel call."""
+    ntiles = (ow_n + 10 - 1) // 10
+    ohw = _U(oh_n * ow_n)
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
+        blk = r % nb
+        n = r // nb
+        g = blk // nbg
+        bl = blk - g * nbg
+        m0 = g * mg + bl * 16
+        jv = min(16, mg - bl * 16)
+        xrow = n * nstride + g * gstride + oh * rowstep
+        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+        tile = np.empty((10, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
+            ow0 = min(ti * 10, ow_n - 10)
+            mk_10(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 10, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+
+
+@njit(fastmath=_FM)
+def mk_12(xf, xb, offs, wp, blk, bp, tile):
+    """12 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
+    b0 = bp[blk, 0]
+    b1 = bp[blk, 1]
+    b2 = bp[blk, 2]
+    b3 = bp[blk, 3]
+    b4 = bp[blk, 4]
+    b5 = bp[blk, 5]
+    b6 = bp[blk, 6]
+    b7 = bp[blk, 7]
+    b8 = bp[blk, 8]
+    b9 = bp[blk, 9]
+    b10 = bp[blk, 10]
+    b11 = bp[blk, 11]
+    b12 = bp[blk, 12]
+    b13 = bp[blk, 13]
+    b14 = bp[blk, 14]
+    b15 = bp[blk, 15]
+    a0_0 = b0; a0_1 = b1; a0_2 = b2; a0_3 = b3; a0_4 = b4; a0_5 = b5; a0_6 = b6; a0_7 = b7; a0_8 = b8; a0_9 = b9; a0_10 = b10; a0_11 = b11; a0_12 = b12; a0_13 = b13; a0_14 = b14; a0_15 = b15
+    a1_0 = b0; a1_1 = b1; a1_2 = b2; a1_3 = b3; a1_4 = b4; a1_5 = b5; a1_6 = b6; a1_7 = b7; a1_8 = b8; a1_9 = b9; a1_10 = b10; a1_11 = b11; a1_12 = b12; a1_13 = b13; a1_14 = b14; a1_15 = b15
+    a2_0 = b0; a2_1 = b1; a2_2 = b2; a2_3 = b3; a2_4 = b4; a2_5 = b5; a2_6 = b6; a2_7 = b7; a2_8 = b8; a2_9 = b9; a2_10 = b10; a2_11 = b11; a2_12 = b12; a2_13 = b13; a2_14 = b14; a2_15 = b15
+    a3_0 = b0; a3_1 = b1; a3_2 = b2; a3_3 = b3; a3_4 = b4; a3_5 = b5; a3_6 = b6; a3_7 = b7; a3_8 = b8; a3_9 = b9; a3_10 = b10; a3_11 = b11; a3_12 = b12; a3_13 = b13; a3_14 = b14; a3_15 = b15
+    a4_0 = b0; a4_1 = b1; a4_2 = b2; a4_3 = b3; a4_4 = b4; a4_5 = b5; a4_6 = b6; a4_7 = b7; a4_8 = b8; a4_9 = b9; a4_10 = b10; a4_11 = b11; a4_12 = b12; a4_13 = b13; a4_14 = b14; a4_15 = b15
+    a5_0 = b0; a5_1 = b1; a5_2 = b2; a5_3 = b3; a5_4 = b4; a5_5 = b5; a5_6 = b6; a5_7 = b7; a5_8 = b8; a5_9 = b9; a5_10 = b10; a5_11 = b11; a5_12 = b12; a5_13 = b13; a5_14 = b14; a5_15 = b15
+    a6_0 = b0; a6_1 = b1; a6_2 = b2; a6_3 = b3; a6_4 = b4; a6_5 = b5; a6_6 = b6; a6_7 = b7; a6_8 = b8; a6_9 = b9; a6_10 = b10; a6_11 = b11; a6_12 = b12; a6_13 = b13; a6_14 = b14; a6_15 = b15
+    a7_0 = b0; a7_1 = b1; a7_2 = b2; a7_3 = b3; a7_4 = b4; a7_5 = b5; a7_6 = b6; a7_7 = b7; a7_8 = b8; a7_9 = b9; a7_10 = b10; a7_11 = b11; a7_12 = b12; a7_13 = b13; a7_14 = b14; a7_15 = b15
+    a8_0 = b0; a8_1 = b1; a8_2 = b2; a8_3 = b3; a8_4 = b4; a8_5 = b5; a8_6 = b6; a8_7 = b7; a8_8 = b8; a8_9 = b9; a8_10 = b10; a8_11 = b11; a8_12 = b12; a8_13 = b13; a8_14 = b14; a8_15 = b15
+    a9_0 = b0; a9_1 = b1; a9_2 = b2; a9_3 = b3; a9_4 = b4; a9_5 = b5; a9_6 = b6; a9_7 = b7; a9_8 = b8; a9_9 = b9; a9_10 = b10; a9_11 = b11; a9_12 = b12; a9_13 = b13; a9_14 = b14; a9_15 = b15
+    a10_0 = b0; a10_1 = b1; a10_2 = b2; a10_3 = b3; a10_4 = b4; a10_5 = b5; a10_6 = b6; a10_7 = b7; a10_8 = b8; a10_9 = b9; a10_10 = b10; a10_11 = b11; a10_12 = b12; a10_13 = b13; a10_14 = b14; a10_15 = b15
+    a11_0 = b0; a11_1 = b1; a11_2 = b2; a11_3 = b3; a11_4 = b4; a11_5 = b5; a11_6 = b6; a11_7 = b7; a11_8 = b8; a11_9 = b9; a11_10 = b10; a11_11 = b11; a11_12 = b12; a11_13 = b13; a11_14 = b14; a11_15 = b15
+    for r in range(offs.shape[0]):
+        xo = xb + offs[r]
+        w0 = wp[blk, r, 0]
+        w1 = wp[blk, r, 1]
+        w2 = wp[blk, r, 2]
+        w3 = wp[blk, r, 3]
+        w4 = wp[blk, r, 4]
+        w5 = wp[blk, r, 5]
+        w6 = wp[blk, r, 6]
+        w7 = wp[blk, r, 7]
+        w8 = wp[blk, r, 8]
+        w9 = wp[blk, r, 9]
+        w10 = wp[blk, r, 10]
+        w11 = wp[blk, r, 11]
+        w12 = wp[blk, r, 12]
+        w13 = wp[blk, r, 13]
+        w14 = wp[blk, r, 14]
+        w15 = wp[blk, r, 15]
+        x0 = xf[xo]
+        a0_0 += x0 * w0
+        a0_1 += x0 * w1
+        a0_2 += x0 * w2
+        a0_3 += x0 * w3
+        a0_4 += x0 * w4
+        a0_5 += x0 * w5
+        a0_6 += x0 * w6
+        a0_7 += x0 * w7
+        a0_8 += x0 * w8
+        a0_9 += x0 * w9
+        a0_10 += x0 * w10
+        a0_11 += x0 * w11
+        a0_12 += x0 * w12
+        a0_13 += x0 * w13
+        a0_14 += x0 * w14
+        a0_15 += x0 * w15
+        x1 = xf[xo + _u1]
+        a1_0 += x1 * w0
+        a1_1 += x1 * w1
+        a1_2 += x1 * w2
+        a1_3 += x1 * w3
+        a1_4 += x1 * w4
+        a1_5 += x1 * w5
+        a1_6 += x1 * w6
+        a1_7 += x1 * w7
+        a1_8 += x1 * w8
+        a1_9 += x1 * w9
+        a1_10 += x1 * w10
+        a1_11 += x1 * w11
+        a1_12 += x1 * w12
+        a1_13 += x1 * w13
+        a1_14 += x1 * w14
+        a1_15 += x1 * w15
+        x2 = xf[xo + _u2]
+        a2_0 += x2 * w0
+        a2_1 += x2 * w1
+        a2_2 += x2 * w2
+        a2_3 += x2 * w3
+        a2_4 += x2 * w4
+        a2_5 += x2 * w5
+        a2_6 += x2 * w6
+        a2_7 += x2 * w7
+        a2_8 += x2 * w8
+        a2_9 += x2 * w9
+        a2_10 += x2 * w10
+        a2_11 += x2 * w11
+        a2_12 += x2 * w12
+        a2_13 += x2 * w13
+        a2_14 += x2 * w14
+        a2_15 += x2 * w15
+        x3 = xf[xo + _u3]
+        a3_0 += x3 * w0
+        a3_1 += x3 * w1
+        a3_2 += x3 * w2
+        a3_3 += x3 * w3
+        a3_4 += x3 * w4
+        a3_5 += x3 * w5
+        a3_6 += x3 * w6
+        a3_7 += x3 * w7
+        a3_8 += x3 * w8
+        a3_9 += x3 * w9
+        a3_10 += x3 * w10
+        a3_11 += x3 * w11
+        a3_12 += x3 * w12
+        a3_13 += x3 * w13
+        a3_14 += x3 * w14
+        a3_15 += x3 * w15
+        x4 = xf[xo + _u4]
+        a4_0 += x4 * w0
+        a4_1 += x4 * w1
+        a4_2 += x4 * w2
+        a4_3 += x4 * w3
+        a4_4 += x4 * w4
+        a4_5 += x4 * w5
+        a4_6 += x4 * w6
+        a4_7 += x4 * w7
+        a4_8 += x4 * w8
+        a4_9 += x4 * w9
+        a4_10 += x4 * w10
+        a4_11 += x4 * w11
+        a4_12 += x4 * w12
+        a4_13 += x4 * w13
+        a4_14 += x4 * w14
+        a4_15 += x4 * w15
+        x5 = xf[xo + _u5]
+        a5_0 += x5 * w0
+        a5_1 += x5 * w1
+        a5_2 += x5 * w2
+        a5_3 += x5 * w3
+        a5_4 += x5 * w4
+        a5_5 += x5 * w5
+        a5_6 += x5 * w6
+        a5_7 += x5 * w7
+        a5_8 += x5 * w8
+        a5_9 += x5 * w9
+        a5_10 += x5 * w10
+        a5_11 += x5 * w11
+        a5_12 += x5 * w12
+        a5_13 += x5 * w13
+        a5_14 += x5 * w14
+        a5_15 += x5 * w15
+        x6 = xf[xo + _u6]
+        a6_0 += x6 * w0
+        a6_1 += x6 * w1
+        a6_2 += x6 * w2
+        a6_3 += x6 * w3
+        a6_4 += x6 * w4
+        a6_5 += x6 * w5
+        a6_6 += x6 * w6
+        a6_7 += x6 * w7
+        a6_8 += x6 * w8
+        a6_9 += x6 * w9
+        a6_10 += x6 * w10
+        a6_11 += x6 * w11
+        a6_12 += x6 * w12
+        a6_13 += x6 * w13
+        a6_14 += x6 * w14
+        a6_15 += x6 * w15
+        x7 = xf[xo + _u7]
+        a7_0 += x7 * w0
+        a7_1 += x7 * w1
+        a7_2 += x7 * w2
+        a7_3 += x7 * w3
+        a7_4 += x7 * w4
+        a7_5 += x7 * w5
+        a7_6 += x7 * w6
+        a7_7 += x7 * w7
+        a7_8 += x7 * w8
+        a7_9 += x7 * w9
+        a7_10 += x7 * w10
+        a7_11 += x7 * w11
+        a7_12 += x7 * w12
+        a7_13 += x7 * w13
+        a7_14 += x7 * w14
+        a7_15 += x7 * w15
+        x8 = xf[xo + _u8]
+        a8_0 += x8 * w0
+        a8_1 += x8 * w1
+        a8_2 += x8 * w2
+        a8_3 += x8 * w3
+        a8_4 += x8 * w4
+        a8_5 += x8 * w5
+        a8_6 += x8 * w6
+        a8_7 += x8 * w7
+        a8_8 += x8 * w8
+        a8_9 += x8 * w9
+        a8_10 += x8 * w10
+        a8_11 += x8 * w11
+        a8_12 += x8 * w12
+        a8_13 += x8 * w13
+        a8_14 += x8 * w14
+        a8_15 += x8 * w15
+        x9 = xf[xo + _u9]
+        a9_0 += x9 * w0
+        a9_1 += x9 * w1
+        a9_2 += x9 * w2
+        a9_3 += x9 * w3
+        a9_4 += x9 * w4
+        a9_5 += x9 * w5
+        a9_6 += x9 * w6
+        a9_7 += x9 * w7
+        a9_8 += x9 * w8
+        a9_9 += x9 * w9
+        a9_10 += x9 * w10
+        a9_11 += x9 * w11
+        a9_12 += x9 * w12
+        a9_13 += x9 * w13
+        a9_14 += x9 * w14
+        a9_15 += x9 * w15
+        x10 = xf[xo + _u10]
+        a10_0 += x10 * w0
+        a10_1 += x10 * w1
+        a10_2 += x10 * w2
+        a10_3 += x10 * w3
+        a10_4 += x10 * w4
+        a10_5 += x10 * w5
+        a10_6 += x10 * w6
+        a10_7 += x10 * w7
+        a10_8 += x10 * w8
+        a10_9 += x10 * w9
+        a10_10 += x10 * w10
+        a10_11 += x10 * w11
+        a10_12 += x10 * w12
+        a10_13 += x10 * w13
+        a10_14 += x10 * w14
+        a10_15 += x10 * w15
+        x11 = xf[xo + _u11]
+        a11_0 += x11 * w0
+        a11_1 += x11 * w1
+        a11_2 += x11 * w2
+        a11_3 += x11 * w3
+        a11_4 += x11 * w4
+        a11_5 += x11 * w5
+        a11_6 += x11 * w6
+        a11_7 += x11 * w7
+        a11_8 += x11 * w8
+        a11_9 += x11 * w9
+        a11_10 += x11 * w10
+        a11_11 += x11 * w11
+        a11_12 += x11 * w12
+        a11_13 += x11 * w13
+        a11_14 += x11 * w14
+        a11_15 += x11 * w15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
+    tile[7, 0] = a7_0; tile[7, 1] = a7_1; tile[7, 2] = a7_2; tile[7, 3] = a7_3; tile[7, 4] = a7_4; tile[7, 5] = a7_5; tile[7, 6] = a7_6; tile[7, 7] = a7_7; tile[7, 8] = a7_8; tile[7, 9] = a7_9; tile[7, 10] = a7_10; tile[7, 11] = a7_11; tile[7, 12] = a7_12; tile[7, 13] = a7_13; tile[7, 14] = a7_14; tile[7, 15] = a7_15
+    tile[8, 0] = a8_0; tile[8, 1] = a8_1; tile[8, 2] = a8_2; tile[8, 3] = a8_3; tile[8, 4] = a8_4; tile[8, 5] = a8_5; tile[8, 6] = a8_6; tile[8, 7] = a8_7; tile[8, 8] = a8_8; tile[8, 9] = a8_9; tile[8, 10] = a8_10; tile[8, 11] = a8_11; tile[8, 12] = a8_12; tile[8, 13] = a8_13; tile[8, 14] = a8_14; tile[8, 15] = a8_15
+    tile[9, 0] = a9_0; tile[9, 1] = a9_1; tile[9, 2] = a9_2; tile[9, 3] = a9_3; tile[9, 4] = a9_4; tile[9, 5] = a9_5; tile[9, 6] = a9_6; tile[9, 7] = a9_7; tile[9, 8] = a9_8; tile[9, 9] = a9_9; tile[9, 10] = a9_10; tile[9, 11] = a9_11; tile[9, 12] = a9_12; tile[9, 13] = a9_13; tile[9, 14] = a9_14; tile[9, 15] = a9_15
+    tile[10, 0] = a10_0; tile[10, 1] = a10_1; tile[10, 2] = a10_2; tile[10, 3] = a10_3; tile[10, 4] = a10_4; tile[10, 5] = a10_5; tile[10, 6] = a10_6; tile[10, 7] = a10_7; tile[10, 8] = a10_8; tile[10, 9] = a10_9; tile[10, 10] = a10_10; tile[10, 11] = a10_11; tile[10, 12] = a10_12; tile[10, 13] = a10_13; tile[10, 14] = a10_14; tile[10, 15] = a10_15
+    tile[11, 0] = a11_0; tile[11, 1] = a11_1; tile[11, 2] = a11_2; tile[11, 3] = a11_3; tile[11, 4] = a11_4; tile[11, 5] = a11_5; tile[11, 6] = a11_6; tile[11, 7] = a11_7; tile[11, 8] = a11_8; tile[11, 9] = a11_9; tile[11, 10] = a11_10; tile[11, 11] = a11_11; tile[11, 12] = a11_12; tile[11, 13] = a11_13; tile[11, 14] = a11_14; tile[11, 15] = a11_15
+
+
+@pjit(fastmath=_FM)
+def run_12(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
+          nstride, gstride, rowstep):
+    """All output tiles of a blocked convolution, T=12 pixels per microkernel call."""
+    ntiles = (ow_n + 12 - 1) // 12
+    ohw = _U(oh_n * ow_n)
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
+        blk = r % nb
+        n = r // nb
+        g = blk // nbg
+        bl = blk - g * nbg
+        m0 = g * mg + bl * 16
+        jv = min(16, mg - bl * 16)
+        xrow = n * nstride + g * gstride + oh * rowstep
+        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+        tile = np.empty((12, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
+            ow0 = min(ti * 12, ow_n - 12)
+            mk_12(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 12, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+
+
+@njit(fastmath=_FM)
+def mk_14(xf, xb, offs, wp, blk, bp, tile):
+    """14 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
     b0 = bp[blk, 0]
     b1 = bp[blk, 1]
     b2 = bp[blk, 2]
@@ -1521,516 +1634,31 @@ def mk_14(xf, xb, offs, wp, blk, bp, out, ob, ohw, jv):
         a13_13 += x13 * w13
         a13_14 += x13 * w14
         a13_15 += x13 * w15
-    if jv == 16:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        out[o + _u4] = a4_0
-        out[o + _u5] = a5_0
-        out[o + _u6] = a6_0
-        out[o + _u7] = a7_0
-        out[o + _u8] = a8_0
-        out[o + _u9] = a9_0
-        out[o + _u10] = a10_0
-        out[o + _u11] = a11_0
-        out[o + _u12] = a12_0
-        out[o + _u13] = a13_0
-        o += ohw
-        out[o] = a0_1
-        out[o + _u1] = a1_1
-        out[o + _u2] = a2_1
-        out[o + _u3] = a3_1
-        out[o + _u4] = a4_1
-        out[o + _u5] = a5_1
-        out[o + _u6] = a6_1
-        out[o + _u7] = a7_1
-        out[o + _u8] = a8_1
-        out[o + _u9] = a9_1
-        out[o + _u10] = a10_1
-        out[o + _u11] = a11_1
-        out[o + _u12] = a12_1
-        out[o + _u13] = a13_1
-        o += ohw
-        out[o] = a0_2
-        out[o + _u1] = a1_2
-        out[o + _u2] = a2_2
-        out[o + _u3] = a3_2
-        out[o + _u4] = a4_2
-        out[o + _u5] = a5_2
-        out[o + _u6] = a6_2
-        out[o + _u7] = a7_2
-        out[o + _u8] = a8_2
-        out[o + _u9] = a9_2
-        out[o + _u10] = a10_2
-        out[o + _u11] = a11_2
-        out[o + _u12] = a12_2
-        out[o + _u13] = a13_2
-        o += ohw
-        out[o] = a0_3
-        out[o + _u1] = a1_3
-        out[o + _u2] = a2_3
-        out[o + _u3] = a3_3
-        out[o + _u4] = a4_3
-        out[o + _u5] = a5_3
-        out[o + _u6] = a6_3
-        out[o + _u7] = a7_3
-        out[o + _u8] = a8_3
-        out[o + _u9] = a9_3
-        out[o + _u10] = a10_3
-        out[o + _u11] = a11_3
-        out[o + _u12] = a12_3
-        out[o + _u13] = a13_3
-        o += ohw
-        out[o] = a0_4
-        out[o + _u1] = a1_4
-        out[o + _u2] = a2_4
-        out[o + _u3] = a3_4
-        out[o + _u4] = a4_4
-        out[o + _u5] = a5_4
-        out[o + _u6] = a6_4
-        out[o + _u7] = a7_4
-        out[o + _u8] = a8_4
-        out[o + _u9] = a9_4
-        out[o + _u10] = a10_4
-        out[o + _u11] = a11_4
-        out[o + _u12] = a12_4
-        out[o + _u13] = a13_4
-        o += ohw
-        out[o] = a0_5
-        out[o + _u1] = a1_5
-        out[o + _u2] = a2_5
-        out[o + _u3] = a3_5
-        out[o + _u4] = a4_5
-        out[o + _u5] = a5_5
-        out[o + _u6] = a6_5
-        out[o + _u7] = a7_5
-        out[o + _u8] = a8_5
-        out[o + _u9] = a9_5
-        out[o + _u10] = a10_5
-        out[o + _u11] = a11_5
-        out[o + _u12] = a12_5
-        out[o + _u13] = a13_5
-        o += ohw
-        out[o] = a0_6
-        out[o + _u1] = a1_6
-        out[o + _u2] = a2_6
-        out[o + _u3] = a3_6
-        out[o + _u4] = a4_6
-        out[o + _u5] = a5_6
-        out[o + _u6] = a6_6
-        out[o + _u7] = a7_6
-        out[o + _u8] = a8_6
-        out[o + _u9] = a9_6
-        out[o + _u10] = a10_6
-        out[o + _u11] = a11_6
-        out[o + _u12] = a12_6
-        out[o + _u13] = a13_6
-        o += ohw
-        out[o] = a0_7
-        out[o + _u1] = a1_7
-        out[o + _u2] = a2_7
-        out[o + _u3] = a3_7
-        out[o + _u4] = a4_7
-        out[o + _u5] = a5_7
-        out[o + _u6] = a6_7
-        out[o + _u7] = a7_7
-        out[o + _u8] = a8_7
-        out[o + _u9] = a9_7
-        out[o + _u10] = a10_7
-        out[o + _u11] = a11_7
-        out[o + _u12] = a12_7
-        out[o + _u13] = a13_7
-        o += ohw
-        out[o] = a0_8
-        out[o + _u1] = a1_8
-        out[o + _u2] = a2_8
-        out[o + _u3] = a3_8
-        out[o + _u4] = a4_8
-        out[o + _u5] = a5_8
-        out[o + _u6] = a6_8
-        out[o + _u7] = a7_8
-        out[o + _u8] = a8_8
-        out[o + _u9] = a9_8
-        out[o + _u10] = a10_8
-        out[o + _u11] = a11_8
-        out[o + _u12] = a12_8
-        out[o + _u13] = a13_8
-        o += ohw
-        out[o] = a0_9
-        out[o + _u1] = a1_9
-        out[o + _u2] = a2_9
-        out[o + _u3] = a3_9
-        out[o + _u4] = a4_9
-        out[o + _u5] = a5_9
-        out[o + _u6] = a6_9
-        out[o + _u7] = a7_9
-        out[o + _u8] = a8_9
-        out[o + _u9] = a9_9
-        out[o + _u10] = a10_9
-        out[o + _u11] = a11_9
-        out[o + _u12] = a12_9
-        out[o + _u13] = a13_9
-        o += ohw
-        out[o] = a0_10
-        out[o + _u1] = a1_10
-        out[o + _u2] = a2_10
-        out[o + _u3] = a3_10
-        out[o + _u4] = a4_10
-        out[o + _u5] = a5_10
-        out[o + _u6] = a6_10
-        out[o + _u7] = a7_10
-        out[o + _u8] = a8_10
-        out[o + _u9] = a9_10
-        out[o + _u10] = a10_10
-        out[o + _u11] = a11_10
-        out[o + _u12] = a12_10
-        out[o + _u13] = a13_10
-        o += ohw
-        out[o] = a0_11
-        out[o + _u1] = a1_11
-        out[o + _u2] = a2_11
-        out[o + _u3] = a3_11
-        out[o + _u4] = a4_11
-        out[o + _u5] = a5_11
-        out[o + _u6] = a6_11
-        out[o + _u7] = a7_11
-        out[o + _u8] = a8_11
-        out[o + _u9] = a9_11
-        out[o + _u10] = a10_11
-        out[o + _u11] = a11_11
-        out[o + _u12] = a12_11
-        out[o + _u13] = a13_11
-        o += ohw
-        out[o] = a0_12
-        out[o + _u1] = a1_12
-        out[o + _u2] = a2_12
-        out[o + _u3] = a3_12
-        out[o + _u4] = a4_12
-        out[o + _u5] = a5_12
-        out[o + _u6] = a6_12
-        out[o + _u7] = a7_12
-        out[o + _u8] = a8_12
-        out[o + _u9] = a9_12
-        out[o + _u10] = a10_12
-        out[o + _u11] = a11_12
-        out[o + _u12] = a12_12
-        out[o + _u13] = a13_12
-        o += ohw
-        out[o] = a0_13
-        out[o + _u1] = a1_13
-        out[o + _u2] = a2_13
-        out[o + _u3] = a3_13
-        out[o + _u4] = a4_13
-        out[o + _u5] = a5_13
-        out[o + _u6] = a6_13
-        out[o + _u7] = a7_13
-        out[o + _u8] = a8_13
-        out[o + _u9] = a9_13
-        out[o + _u10] = a10_13
-        out[o + _u11] = a11_13
-        out[o + _u12] = a12_13
-        out[o + _u13] = a13_13
-        o += ohw
-        out[o] = a0_14
-        out[o + _u1] = a1_14
-        out[o + _u2] = a2_14
-        out[o + _u3] = a3_14
-        out[o + _u4] = a4_14
-        out[o + _u5] = a5_14
-        out[o + _u6] = a6_14
-        out[o + _u7] = a7_14
-        out[o + _u8] = a8_14
-        out[o + _u9] = a9_14
-        out[o + _u10] = a10_14
-        out[o + _u11] = a11_14
-        out[o + _u12] = a12_14
-        out[o + _u13] = a13_14
-        o += ohw
-        out[o] = a0_15
-        out[o + _u1] = a1_15
-        out[o + _u2] = a2_15
-        out[o + _u3] = a3_15
-        out[o + _u4] = a4_15
-        out[o + _u5] = a5_15
-        out[o + _u6] = a6_15
-        out[o + _u7] = a7_15
-        out[o + _u8] = a8_15
-        out[o + _u9] = a9_15
-        out[o + _u10] = a10_15
-        out[o + _u11] = a11_15
-        out[o + _u12] = a12_15
-        out[o + _u13] = a13_15
-    else:
-        o = ob
-        out[o] = a0_0
-        out[o + _u1] = a1_0
-        out[o + _u2] = a2_0
-        out[o + _u3] = a3_0
-        out[o + _u4] = a4_0
-        out[o + _u5] = a5_0
-        out[o + _u6] = a6_0
-        out[o + _u7] = a7_0
-        out[o + _u8] = a8_0
-        out[o + _u9] = a9_0
-        out[o + _u10] = a10_0
-        out[o + _u11] = a11_0
-        out[o + _u12] = a12_0
-        out[o + _u13] = a13_0
-        if jv > 1:
-            o = ob + _U(1) * ohw
-            out[o] = a0_1
-            out[o + _u1] = a1_1
-            out[o + _u2] = a2_1
-            out[o + _u3] = a3_1
-            out[o + _u4] = a4_1
-            out[o + _u5] = a5_1
-            out[o + _u6] = a6_1
-            out[o + _u7] = a7_1
-            out[o + _u8] = a8_1
-            out[o + _u9] = a9_1
-            out[o + _u10] = a10_1
-            out[o + _u11] = a11_1
-            out[o + _u12] = a12_1
-            out[o + _u13] = a13_1
-        if jv > 2:
-            o = ob + _U(2) * ohw
-            out[o] = a0_2
-            out[o + _u1] = a1_2
-            out[o + _u2] = a2_2
-            out[o + _u3] = a3_2
-            out[o + _u4] = a4_2
-            out[o + _u5] = a5_2
-            out[o + _u6] = a6_2
-            out[o + _u7] = a7_2
-            out[o + _u8] = a8_2
-            out[o + _u9] = a9_2
-            out[o + _u10] = a10_2
-            out[o + _u11] = a11_2
-            out[o + _u12] = a12_2
-            out[o + _u13] = a13_2
-        if jv > 3:
-            o = ob + _U(3) * ohw
-            out[o] = a0_3
-            out[o + _u1] = a1_3
-            out[o + _u2] = a2_3
-            out[o + _u3] = a3_3
-            out[o + _u4] = a4_3
-            out[o + _u5] = a5_3
-            out[o + _u6] = a6_3
-            out[o + _u7] = a7_3
-            out[o + _u8] = a8_3
-            out[o + _u9] = a9_3
-            out[o + _u10] = a10_3
-            out[o + _u11] = a11_3
-            out[o + _u12] = a12_3
-            out[o + _u13] = a13_3
-        if jv > 4:
-            o = ob + _U(4) * ohw
-            out[o] = a0_4
-            out[o + _u1] = a1_4
-            out[o + _u2] = a2_4
-            out[o + _u3] = a3_4
-            out[o + _u4] = a4_4
-            out[o + _u5] = a5_4
-            out[o + _u6] = a6_4
-            out[o + _u7] = a7_4
-            out[o + _u8] = a8_4
-            out[o + _u9] = a9_4
-            out[o + _u10] = a10_4
-            out[o + _u11] = a11_4
-            out[o + _u12] = a12_4
-            out[o + _u13] = a13_4
-        if jv > 5:
-            o = ob + _U(5) * ohw
-            out[o] = a0_5
-            out[o + _u1] = a1_5
-            out[o + _u2] = a2_5
-            out[o + _u3] = a3_5
-            out[o + _u4] = a4_5
-            out[o + _u5] = a5_5
-            out[o + _u6] = a6_5
-            out[o + _u7] = a7_5
-            out[o + _u8] = a8_5
-            out[o + _u9] = a9_5
-            out[o + _u10] = a10_5
-            out[o + _u11] = a11_5
-            out[o + _u12] = a12_5
-            out[o + _u13] = a13_5
-        if jv > 6:
-            o = ob + _U(6) * ohw
-            out[o] = a0_6
-            out[o + _u1] = a1_6
-            out[o + _u2] = a2_6
-            out[o + _u3] = a3_6
-            out[o + _u4] = a4_6
-            out[o + _u5] = a5_6
-            out[o + _u6] = a6_6
-            out[o + _u7] = a7_6
-            out[o + _u8] = a8_6
-            out[o + _u9] = a9_6
-            out[o + _u10] = a10_6
-            out[o + _u11] = a11_6
-            out[o + _u12] = a12_6
-            out[o + _u13] = a13_6
-        if jv > 7:
-            o = ob + _U(7) * ohw
-            out[o] = a0_7
-            out[o + _u1] = a1_7
-            out[o + _u2] = a2_7
-            out[o + _u3] = a3_7
-            out[o + _u4] = a4_7
-            out[o + _u5] = a5_7
-            out[o + _u6] = a6_7
-            out[o + _u7] = a7_7
-            out[o + _u8] = a8_7
-            out[o + _u9] = a9_7
-            out[o + _u10] = a10_7
-            out[o + _u11] = a11_7
-            out[o + _u12] = a12_7
-            out[o + _u13] = a13_7
-        if jv > 8:
-            o = ob + _U(8) * ohw
-            out[o] = a0_8
-            out[o + _u1] = a1_8
-            out[o + _u2] = a2_8
-            out[o + _u3] = a3_8
-            out[o + _u4] = a4_8
-            out[o + _u5] = a5_8
-            out[o + _u6] = a6_8
-            out[o + _u7] = a7_8
-            out[o + _u8] = a8_8
-            out[o + _u9] = a9_8
-            out[o + _u10] = a10_8
-            out[o + _u11] = a11_8
-            out[o + _u12] = a12_8
-            out[o + _u13] = a13_8
-        if jv > 9:
-            o = ob + _U(9) * ohw
-            out[o] = a0_9
-            out[o + _u1] = a1_9
-            out[o + _u2] = a2_9
-            out[o + _u3] = a3_9
-            out[o + _u4] = a4_9
-            out[o + _u5] = a5_9
-            out[o + _u6] = a6_9
-            out[o + _u7] = a7_9
-            out[o + _u8] = a8_9
-            out[o + _u9] = a9_9
-            out[o + _u10] = a10_9
-            out[o + _u11] = a11_9
-            out[o + _u12] = a12_9
-            out[o + _u13] = a13_9
-        if jv > 10:
-            o = ob + _U(10) * ohw
-            out[o] = a0_10
-            out[o + _u1] = a1_10
-            out[o + _u2] = a2_10
-            out[o + _u3] = a3_10
-            out[o + _u4] = a4_10
-            out[o + _u5] = a5_10
-            out[o + _u6] = a6_10
-            out[o + _u7] = a7_10
-            out[o + _u8] = a8_10
-            out[o + _u9] = a9_10
-            out[o + _u10] = a10_10
-            out[o + _u11] = a11_10
-            out[o + _u12] = a12_10
-            out[o + _u13] = a13_10
-        if jv > 11:
-            o = ob + _U(11) * ohw
-            out[o] = a0_11
-            out[o + _u1] = a1_11
-            out[o + _u2] = a2_11
-            out[o + _u3] = a3_11
-            out[o + _u4] = a4_11
-            out[o + _u5] = a5_11
-            out[o + _u6] = a6_11
-            out[o + _u7] = a7_11
-            out[o + _u8] = a8_11
-            out[o + _u9] = a9_11
-            out[o + _u10] = a10_11
-            out[o + _u11] = a11_11
-            out[o + _u12] = a12_11
-            out[o + _u13] = a13_11
-        if jv > 12:
-            o = ob + _U(12) * ohw
-            out[o] = a0_12
-            out[o + _u1] = a1_12
-            out[o + _u2] = a2_12
-            out[o + _u3] = a3_12
-            out[o + _u4] = a4_12
-            out[o + _u5] = a5_12
-            out[o + _u6] = a6_12
-            out[o + _u7] = a7_12
-            out[o + _u8] = a8_12
-            out[o + _u9] = a9_12
-            out[o + _u10] = a10_12
-            out[o + _u11] = a11_12
-            out[o + _u12] = a12_12
-            out[o + _u13] = a13_12
-        if jv > 13:
-            o = ob + _U(13) * ohw
-            out[o] = a0_13
-            out[o + _u1] = a1_13
-            out[o + _u2] = a2_13
-            out[o + _u3] = a3_13
-            out[o + _u4] = a4_13
-            out[o + _u5] = a5_13
-            out[o + _u6] = a6_13
-            out[o + _u7] = a7_13
-            out[o + _u8] = a8_13
-            out[o + _u9] = a9_13
-            out[o + _u10] = a10_13
-            out[o + _u11] = a11_13
-            out[o + _u12] = a12_13
-            out[o + _u13] = a13_13
-        if jv > 14:
-            o = ob + _U(14) * ohw
-            out[o] = a0_14
-            out[o + _u1] = a1_14
-            out[o + _u2] = a2_14
-            out[o + _u3] = a3_14
-            out[o + _u4] = a4_14
-            out[o + _u5] = a5_14
-            out[o + _u6] = a6_14
-            out[o + _u7] = a7_14
-            out[o + _u8] = a8_14
-            out[o + _u9] = a9_14
-            out[o + _u10] = a10_14
-            out[o + _u11] = a11_14
-            out[o + _u12] = a12_14
-            out[o + _u13] = a13_14
-        if jv > 15:
-            o = ob + _U(15) * ohw
-            out[o] = a0_15
-            out[o + _u1] = a1_15
-            out[o + _u2] = a2_15
-            out[o + _u3] = a3_15
-            out[o + _u4] = a4_15
-            out[o + _u5] = a5_15
-            out[o + _u6] = a6_15
-            out[o + _u7] = a7_15
-            out[o + _u8] = a8_15
-            out[o + _u9] = a9_15
-            out[o + _u10] = a10_15
-            out[o + _u11] = a11_15
-            out[o + _u12] = a12_15
-            out[o + _u13] = a13_15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
+    tile[7, 0] = a7_0; tile[7, 1] = a7_1; tile[7, 2] = a7_2; tile[7, 3] = a7_3; tile[7, 4] = a7_4; tile[7, 5] = a7_5; tile[7, 6] = a7_6; tile[7, 7] = a7_7; tile[7, 8] = a7_8; tile[7, 9] = a7_9; tile[7, 10] = a7_10; tile[7, 11] = a7_11; tile[7, 12] = a7_12; tile[7, 13] = a7_13; tile[7, 14] = a7_14; tile[7, 15] = a7_15
+    tile[8, 0] = a8_0; tile[8, 1] = a8_1; tile[8, 2] = a8_2; tile[8, 3] = a8_3; tile[8, 4] = a8_4; tile[8, 5] = a8_5; tile[8, 6] = a8_6; tile[8, 7] = a8_7; tile[8, 8] = a8_8; tile[8, 9] = a8_9; tile[8, 10] = a8_10; tile[8, 11] = a8_11; tile[8, 12] = a8_12; tile[8, 13] = a8_13; tile[8, 14] = a8_14; tile[8, 15] = a8_15
+    tile[9, 0] = a9_0; tile[9, 1] = a9_1; tile[9, 2] = a9_2; tile[9, 3] = a9_3; tile[9, 4] = a9_4; tile[9, 5] = a9_5; tile[9, 6] = a9_6; tile[9, 7] = a9_7; tile[9, 8] = a9_8; tile[9, 9] = a9_9; tile[9, 10] = a9_10; tile[9, 11] = a9_11; tile[9, 12] = a9_12; tile[9, 13] = a9_13; tile[9, 14] = a9_14; tile[9, 15] = a9_15
+    tile[10, 0] = a10_0; tile[10, 1] = a10_1; tile[10, 2] = a10_2; tile[10, 3] = a10_3; tile[10, 4] = a10_4; tile[10, 5] = a10_5; tile[10, 6] = a10_6; tile[10, 7] = a10_7; tile[10, 8] = a10_8; tile[10, 9] = a10_9; tile[10, 10] = a10_10; tile[10, 11] = a10_11; tile[10, 12] = a10_12; tile[10, 13] = a10_13; tile[10, 14] = a10_14; tile[10, 15] = a10_15
+    tile[11, 0] = a11_0; tile[11, 1] = a11_1; tile[11, 2] = a11_2; tile[11, 3] = a11_3; tile[11, 4] = a11_4; tile[11, 5] = a11_5; tile[11, 6] = a11_6; tile[11, 7] = a11_7; tile[11, 8] = a11_8; tile[11, 9] = a11_9; tile[11, 10] = a11_10; tile[11, 11] = a11_11; tile[11, 12] = a11_12; tile[11, 13] = a11_13; tile[11, 14] = a11_14; tile[11, 15] = a11_15
+    tile[12, 0] = a12_0; tile[12, 1] = a12_1; tile[12, 2] = a12_2; tile[12, 3] = a12_3; tile[12, 4] = a12_4; tile[12, 5] = a12_5; tile[12, 6] = a12_6; tile[12, 7] = a12_7; tile[12, 8] = a12_8; tile[12, 9] = a12_9; tile[12, 10] = a12_10; tile[12, 11] = a12_11; tile[12, 12] = a12_12; tile[12, 13] = a12_13; tile[12, 14] = a12_14; tile[12, 15] = a12_15
+    tile[13, 0] = a13_0; tile[13, 1] = a13_1; tile[13, 2] = a13_2; tile[13, 3] = a13_3; tile[13, 4] = a13_4; tile[13, 5] = a13_5; tile[13, 6] = a13_6; tile[13, 7] = a13_7; tile[13, 8] = a13_8; tile[13, 9] = a13_9; tile[13, 10] = a13_10; tile[13, 11] = a13_11; tile[13, 12] = a13_12; tile[13, 13] = a13_13; tile[13, 14] = a13_14; tile[13, 15] = a13_15
 
 
 @pjit(fastmath=_FM)
 def run_14(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
-          nstride, gstride, rowstep, nseg, tps):
+          nstride, gstride, rowstep):
     """All output tiles of a blocked convolution, T=14 pixels per microkernel call."""
     ntiles = (ow_n + 14 - 1) // 14
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n * nseg):
-        seg = u % nseg
-        r = u // nseg
-        oh = r % oh_n
-        r = r // oh_n
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
         blk = r % nb
         n = r // nb
         g = blk // nbg
@@ -2039,14 +1667,378 @@ def run_14(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_
         jv = min(16, mg - bl * 16)
         xrow = n * nstride + g * gstride + oh * rowstep
         orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        t0 = seg * tps
-        t1 = ntiles if seg == nseg - 1 else t0 + tps
-        for ti in range(t0, t1):
+        tile = np.empty((14, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
             ow0 = min(ti * 14, ow_n - 14)
-            mk_14(xf, _U(xrow + ow0), offs, wp, blk, bp, out, _U(orow + ow0), ohw, jv)
-        if has_res or act != ACT_NONE:
-            epilogue(out, _U(orow), ohw, jv, _U(t0 * 14), _U(min(t1 * 14, ow_n)), res, has_res,
-                     act, prm)
+            mk_14(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 14, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
-MICROKERNELS = {1: run_1, 2: run_2, 4: run_4, 7: run_7, 14: run_14}
+@njit(fastmath=_FM)
+def mk_16(xf, xb, offs, wp, blk, bp, tile):
+    """16 output pixels x 16 output channels; sums start at the bias, written to tile[t, j]."""
+    b0 = bp[blk, 0]
+    b1 = bp[blk, 1]
+    b2 = bp[blk, 2]
+    b3 = bp[blk, 3]
+    b4 = bp[blk, 4]
+    b5 = bp[blk, 5]
+    b6 = bp[blk, 6]
+    b7 = bp[blk, 7]
+    b8 = bp[blk, 8]
+    b9 = bp[blk, 9]
+    b10 = bp[blk, 10]
+    b11 = bp[blk, 11]
+    b12 = bp[blk, 12]
+    b13 = bp[blk, 13]
+    b14 = bp[blk, 14]
+    b15 = bp[blk, 15]
+    a0_0 = b0; a0_1 = b1; a0_2 = b2; a0_3 = b3; a0_4 = b4; a0_5 = b5; a0_6 = b6; a0_7 = b7; a0_8 = b8; a0_9 = b9; a0_10 = b10; a0_11 = b11; a0_12 = b12; a0_13 = b13; a0_14 = b14; a0_15 = b15
+    a1_0 = b0; a1_1 = b1; a1_2 = b2; a1_3 = b3; a1_4 = b4; a1_5 = b5; a1_6 = b6; a1_7 = b7; a1_8 = b8; a1_9 = b9; a1_10 = b10; a1_11 = b11; a1_12 = b12; a1_13 = b13; a1_14 = b14; a1_15 = b15
+    a2_0 = b0; a2_1 = b1; a2_2 = b2; a2_3 = b3; a2_4 = b4; a2_5 = b5; a2_6 = b6; a2_7 = b7; a2_8 = b8; a2_9 = b9; a2_10 = b10; a2_11 = b11; a2_12 = b12; a2_13 = b13; a2_14 = b14; a2_15 = b15
+    a3_0 = b0; a3_1 = b1; a3_2 = b2; a3_3 = b3; a3_4 = b4; a3_5 = b5; a3_6 = b6; a3_7 = b7; a3_8 = b8; a3_9 = b9; a3_10 = b10; a3_11 = b11; a3_12 = b12; a3_13 = b13; a3_14 = b14; a3_15 = b15
+    a4_0 = b0; a4_1 = b1; a4_2 = b2; a4_3 = b3; a4_4 = b4; a4_5 = b5; a4_6 = b6; a4_7 = b7; a4_8 = b8; a4_9 = b9; a4_10 = b10; a4_11 = b11; a4_12 = b12; a4_13 = b13; a4_14 = b14; a4_15 = b15
+    a5_0 = b0; a5_1 = b1; a5_2 = b2; a5_3 = b3; a5_4 = b4; a5_5 = b5; a5_6 = b6; a5_7 = b7; a5_8 = b8; a5_9 = b9; a5_10 = b10; a5_11 = b11; a5_12 = b12; a5_13 = b13; a5_14 = b14; a5_15 = b15
+    a6_0 = b0; a6_1 = b1; a6_2 = b2; a6_3 = b3; a6_4 = b4; a6_5 = b5; a6_6 = b6; a6_7 = b7; a6_8 = b8; a6_9 = b9; a6_10 = b10; a6_11 = b11; a6_12 = b12; a6_13 = b13; a6_14 = b14; a6_15 = b15
+    a7_0 = b0; a7_1 = b1; a7_2 = b2; a7_3 = b3; a7_4 = b4; a7_5 = b5; a7_6 = b6; a7_7 = b7; a7_8 = b8; a7_9 = b9; a7_10 = b10; a7_11 = b11; a7_12 = b12; a7_13 = b13; a7_14 = b14; a7_15 = b15
+    a8_0 = b0; a8_1 = b1; a8_2 = b2; a8_3 = b3; a8_4 = b4; a8_5 = b5; a8_6 = b6; a8_7 = b7; a8_8 = b8; a8_9 = b9; a8_10 = b10; a8_11 = b11; a8_12 = b12; a8_13 = b13; a8_14 = b14; a8_15 = b15
+    a9_0 = b0; a9_1 = b1; a9_2 = b2; a9_3 = b3; a9_4 = b4; a9_5 = b5; a9_6 = b6; a9_7 = b7; a9_8 = b8; a9_9 = b9; a9_10 = b10; a9_11 = b11; a9_12 = b12; a9_13 = b13; a9_14 = b14; a9_15 = b15
+    a10_0 = b0; a10_1 = b1; a10_2 = b2; a10_3 = b3; a10_4 = b4; a10_5 = b5; a10_6 = b6; a10_7 = b7; a10_8 = b8; a10_9 = b9; a10_10 = b10; a10_11 = b11; a10_12 = b12; a10_13 = b13; a10_14 = b14; a10_15 = b15
+    a11_0 = b0; a11_1 = b1; a11_2 = b2; a11_3 = b3; a11_4 = b4; a11_5 = b5; a11_6 = b6; a11_7 = b7; a11_8 = b8; a11_9 = b9; a11_10 = b10; a11_11 = b11; a11_12 = b12; a11_13 = b13; a11_14 = b14; a11_15 = b15
+    a12_0 = b0; a12_1 = b1; a12_2 = b2; a12_3 = b3; a12_4 = b4; a12_5 = b5; a12_6 = b6; a12_7 = b7; a12_8 = b8; a12_9 = b9; a12_10 = b10; a12_11 = b11; a12_12 = b12; a12_13 = b13; a12_14 = b14; a12_15 = b15
+    a13_0 = b0; a13_1 = b1; a13_2 = b2; a13_3 = b3; a13_4 = b4; a13_5 = b5; a13_6 = b6; a13_7 = b7; a13_8 = b8; a13_9 = b9; a13_10 = b10; a13_11 = b11; a13_12 = b12; a13_13 = b13; a13_14 = b14; a13_15 = b15
+    a14_0 = b0; a14_1 = b1; a14_2 = b2; a14_3 = b3; a14_4 = b4; a14_5 = b5; a14_6 = b6; a14_7 = b7; a14_8 = b8; a14_9 = b9; a14_10 = b10; a14_11 = b11; a14_12 = b12; a14_13 = b13; a14_14 = b14; a14_15 = b15
+    a15_0 = b0; a15_1 = b1; a15_2 = b2; a15_3 = b3; a15_4 = b4; a15_5 = b5; a15_6 = b6; a15_7 = b7; a15_8 = b8; a15_9 = b9; a15_10 = b10; a15_11 = b11; a15_12 = b12; a15_13 = b13; a15_14 = b14; a15_15 = b15
+    for r in range(offs.shape[0]):
+        xo = xb + offs[r]
+        w0 = wp[blk, r, 0]
+        w1 = wp[blk, r, 1]
+        w2 = wp[blk, r, 2]
+        w3 = wp[blk, r, 3]
+        w4 = wp[blk, r, 4]
+        w5 = wp[blk, r, 5]
+        w6 = wp[blk, r, 6]
+        w7 = wp[blk, r, 7]
+        w8 = wp[blk, r, 8]
+        w9 = wp[blk, r, 9]
+        w10 = wp[blk, r, 10]
+        w11 = wp[blk, r, 11]
+        w12 = wp[blk, r, 12]
+        w13 = wp[blk, r, 13]
+        w14 = wp[blk, r, 14]
+        w15 = wp[blk, r, 15]
+        x0 = xf[xo]
+        a0_0 += x0 * w0
+        a0_1 += x0 * w1
+        a0_2 += x0 * w2
+        a0_3 += x0 * w3
+        a0_4 += x0 * w4
+        a0_5 += x0 * w5
+        a0_6 += x0 * w6
+        a0_7 += x0 * w7
+        a0_8 += x0 * w8
+        a0_9 += x0 * w9
+        a0_10 += x0 * w10
+        a0_11 += x0 * w11
+        a0_12 += x0 * w12
+        a0_13 += x0 * w13
+        a0_14 += x0 * w14
+        a0_15 += x0 * w15
+        x1 = xf[xo + _u1]
+        a1_0 += x1 * w0
+        a1_1 += x1 * w1
+        a1_2 += x1 * w2
+        a1_3 += x1 * w3
+        a1_4 += x1 * w4
+        a1_5 += x1 * w5
+        a1_6 += x1 * w6
+        a1_7 += x1 * w7
+        a1_8 += x1 * w8
+        a1_9 += x1 * w9
+        a1_10 += x1 * w10
+        a1_11 += x1 * w11
+        a1_12 += x1 * w12
+        a1_13 += x1 * w13
+        a1_14 += x1 * w14
+        a1_15 += x1 * w15
+        x2 = xf[xo + _u2]
+        a2_0 += x2 * w0
+        a2_1 += x2 * w1
+        a2_2 += x2 * w2
+        a2_3 += x2 * w3
+        a2_4 += x2 * w4
+        a2_5 += x2 * w5
+        a2_6 += x2 * w6
+        a2_7 += x2 * w7
+        a2_8 += x2 * w8
+        a2_9 += x2 * w9
+        a2_10 += x2 * w10
+        a2_11 += x2 * w11
+        a2_12 += x2 * w12
+        a2_13 += x2 * w13
+        a2_14 += x2 * w14
+        a2_15 += x2 * w15
+        x3 = xf[xo + _u3]
+        a3_0 += x3 * w0
+        a3_1 += x3 * w1
+        a3_2 += x3 * w2
+        a3_3 += x3 * w3
+        a3_4 += x3 * w4
+        a3_5 += x3 * w5
+        a3_6 += x3 * w6
+        a3_7 += x3 * w7
+        a3_8 += x3 * w8
+        a3_9 += x3 * w9
+        a3_10 += x3 * w10
+        a3_11 += x3 * w11
+        a3_12 += x3 * w12
+        a3_13 += x3 * w13
+        a3_14 += x3 * w14
+        a3_15 += x3 * w15
+        x4 = xf[xo + _u4]
+        a4_0 += x4 * w0
+        a4_1 += x4 * w1
+        a4_2 += x4 * w2
+        a4_3 += x4 * w3
+        a4_4 += x4 * w4
+        a4_5 += x4 * w5
+        a4_6 += x4 * w6
+        a4_7 += x4 * w7
+        a4_8 += x4 * w8
+        a4_9 += x4 * w9
+        a4_10 += x4 * w10
+        a4_11 += x4 * w11
+        a4_12 += x4 * w12
+        a4_13 += x4 * w13
+        a4_14 += x4 * w14
+        a4_15 += x4 * w15
+        x5 = xf[xo + _u5]
+        a5_0 += x5 * w0
+        a5_1 += x5 * w1
+        a5_2 += x5 * w2
+        a5_3 += x5 * w3
+        a5_4 += x5 * w4
+        a5_5 += x5 * w5
+        a5_6 += x5 * w6
+        a5_7 += x5 * w7
+        a5_8 += x5 * w8
+        a5_9 += x5 * w9
+        a5_10 += x5 * w10
+        a5_11 += x5 * w11
+        a5_12 += x5 * w12
+        a5_13 += x5 * w13
+        a5_14 += x5 * w14
+        a5_15 += x5 * w15
+        x6 = xf[xo + _u6]
+        a6_0 += x6 * w0
+        a6_1 += x6 * w1
+        a6_2 += x6 * w2
+        a6_3 += x6 * w3
+        a6_4 += x6 * w4
+        a6_5 += x6 * w5
+        a6_6 += x6 * w6
+        a6_7 += x6 * w7
+        a6_8 += x6 * w8
+        a6_9 += x6 * w9
+        a6_10 += x6 * w10
+        a6_11 += x6 * w11
+        a6_12 += x6 * w12
+        a6_13 += x6 * w13
+        a6_14 += x6 * w14
+        a6_15 += x6 * w15
+        x7 = xf[xo + _u7]
+        a7_0 += x7 * w0
+        a7_1 += x7 * w1
+        a7_2 += x7 * w2
+        a7_3 += x7 * w3
+        a7_4 += x7 * w4
+        a7_5 += x7 * w5
+        a7_6 += x7 * w6
+        a7_7 += x7 * w7
+        a7_8 += x7 * w8
+        a7_9 += x7 * w9
+        a7_10 += x7 * w10
+        a7_11 += x7 * w11
+        a7_12 += x7 * w12
+        a7_13 += x7 * w13
+        a7_14 += x7 * w14
+        a7_15 += x7 * w15
+        x8 = xf[xo + _u8]
+        a8_0 += x8 * w0
+        a8_1 += x8 * w1
+        a8_2 += x8 * w2
+        a8_3 += x8 * w3
+        a8_4 += x8 * w4
+        a8_5 += x8 * w5
+        a8_6 += x8 * w6
+        a8_7 += x8 * w7
+        a8_8 += x8 * w8
+        a8_9 += x8 * w9
+        a8_10 += x8 * w10
+        a8_11 += x8 * w11
+        a8_12 += x8 * w12
+        a8_13 += x8 * w13
+        a8_14 += x8 * w14
+        a8_15 += x8 * w15
+        x9 = xf[xo + _u9]
+        a9_0 += x9 * w0
+        a9_1 += x9 * w1
+        a9_2 += x9 * w2
+        a9_3 += x9 * w3
+        a9_4 += x9 * w4
+        a9_5 += x9 * w5
+        a9_6 += x9 * w6
+        a9_7 += x9 * w7
+        a9_8 += x9 * w8
+        a9_9 += x9 * w9
+        a9_10 += x9 * w10
+        a9_11 += x9 * w11
+        a9_12 += x9 * w12
+        a9_13 += x9 * w13
+        a9_14 += x9 * w14
+        a9_15 += x9 * w15
+        x10 = xf[xo + _u10]
+        a10_0 += x10 * w0
+        a10_1 += x10 * w1
+        a10_2 += x10 * w2
+        a10_3 += x10 * w3
+        a10_4 += x10 * w4
+        a10_5 += x10 * w5
+        a10_6 += x10 * w6
+        a10_7 += x10 * w7
+        a10_8 += x10 * w8
+        a10_9 += x10 * w9
+        a10_10 += x10 * w10
+        a10_11 += x10 * w11
+        a10_12 += x10 * w12
+        a10_13 += x10 * w13
+        a10_14 += x10 * w14
+        a10_15 += x10 * w15
+        x11 = xf[xo + _u11]
+        a11_0 += x11 * w0
+        a11_1 += x11 * w1
+        a11_2 += x11 * w2
+        a11_3 += x11 * w3
+        a11_4 += x11 * w4
+        a11_5 += x11 * w5
+        a11_6 += x11 * w6
+        a11_7 += x11 * w7
+        a11_8 += x11 * w8
+        a11_9 += x11 * w9
+        a11_10 += x11 * w10
+        a11_11 += x11 * w11
+        a11_12 += x11 * w12
+        a11_13 += x11 * w13
+        a11_14 += x11 * w14
+        a11_15 += x11 * w15
+        x12 = xf[xo + _u12]
+        a12_0 += x12 * w0
+        a12_1 += x12 * w1
+        a12_2 += x12 * w2
+        a12_3 += x12 * w3
+        a12_4 += x12 * w4
+        a12_5 += x12 * w5
+        a12_6 += x12 * w6
+        a12_7 += x12 * w7
+        a12_8 += x12 * w8
+        a12_9 += x12 * w9
+        a12_10 += x12 * w10
+        a12_11 += x12 * w11
+        a12_12 += x12 * w12
+        a12_13 += x12 * w13
+        a12_14 += x12 * w14
+        a12_15 += x12 * w15
+        x13 = xf[xo + _u13]
+        a13_0 += x13 * w0
+        a13_1 += x13 * w1
+        a13_2 += x13 * w2
+        a13_3 += x13 * w3
+        a13_4 += x13 * w4
+        a13_5 += x13 * w5
+        a13_6 += x13 * w6
+        a13_7 += x13 * w7
+        a13_8 += x13 * w8
+        a13_9 += x13 * w9
+        a13_10 += x13 * w10
+        a13_11 += x13 * w11
+        a13_12 += x13 * w12
+        a13_13 += x13 * w13
+        a13_14 += x13 * w14
+        a13_15 += x13 * w15
+        x14 = xf[xo + _u14]
+        a14_0 += x14 * w0
+        a14_1 += x14 * w1
+        a14_2 += x14 * w2
+        a14_3 += x14 * w3
+        a14_4 += x14 * w4
+        a14_5 += x14 * w5
+        a14_6 += x14 * w6
+        a14_7 += x14 * w7
+        a14_8 += x14 * w8
+        a14_9 += x14 * w9
+        a14_10 += x14 * w10
+        a14_11 += x14 * w11
+        a14_12 += x14 * w12
+        a14_13 += x14 * w13
+        a14_14 += x14 * w14
+        a14_15 += x14 * w15
+        x15 = xf[xo + _u15]
+        a15_0 += x15 * w0
+        a15_1 += x15 * w1
+        a15_2 += x15 * w2
+        a15_3 += x15 * w3
+        a15_4 += x15 * w4
+        a15_5 += x15 * w5
+        a15_6 += x15 * w6
+        a15_7 += x15 * w7
+        a15_8 += x15 * w8
+        a15_9 += x15 * w9
+        a15_10 += x15 * w10
+        a15_11 += x15 * w11
+        a15_12 += x15 * w12
+        a15_13 += x15 * w13
+        a15_14 += x15 * w14
+        a15_15 += x15 * w15
+    tile[0, 0] = a0_0; tile[0, 1] = a0_1; tile[0, 2] = a0_2; tile[0, 3] = a0_3; tile[0, 4] = a0_4; tile[0, 5] = a0_5; tile[0, 6] = a0_6; tile[0, 7] = a0_7; tile[0, 8] = a0_8; tile[0, 9] = a0_9; tile[0, 10] = a0_10; tile[0, 11] = a0_11; tile[0, 12] = a0_12; tile[0, 13] = a0_13; tile[0, 14] = a0_14; tile[0, 15] = a0_15
+    tile[1, 0] = a1_0; tile[1, 1] = a1_1; tile[1, 2] = a1_2; tile[1, 3] = a1_3; tile[1, 4] = a1_4; tile[1, 5] = a1_5; tile[1, 6] = a1_6; tile[1, 7] = a1_7; tile[1, 8] = a1_8; tile[1, 9] = a1_9; tile[1, 10] = a1_10; tile[1, 11] = a1_11; tile[1, 12] = a1_12; tile[1, 13] = a1_13; tile[1, 14] = a1_14; tile[1, 15] = a1_15
+    tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
+    tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
+    tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+    tile[5, 0] = a5_0; tile[5, 1] = a5_1; tile[5, 2] = a5_2; tile[5, 3] = a5_3; tile[5, 4] = a5_4; tile[5, 5] = a5_5; tile[5, 6] = a5_6; tile[5, 7] = a5_7; tile[5, 8] = a5_8; tile[5, 9] = a5_9; tile[5, 10] = a5_10; tile[5, 11] = a5_11; tile[5, 12] = a5_12; tile[5, 13] = a5_13; tile[5, 14] = a5_14; tile[5, 15] = a5_15
+    tile[6, 0] = a6_0; tile[6, 1] = a6_1; tile[6, 2] = a6_2; tile[6, 3] = a6_3; tile[6, 4] = a6_4; tile[6, 5] = a6_5; tile[6, 6] = a6_6; tile[6, 7] = a6_7; tile[6, 8] = a6_8; tile[6, 9] = a6_9; tile[6, 10] = a6_10; tile[6, 11] = a6_11; tile[6, 12] = a6_12; tile[6, 13] = a6_13; tile[6, 14] = a6_14; tile[6, 15] = a6_15
+    tile[7, 0] = a7_0; tile[7, 1] = a7_1; tile[7, 2] = a7_2; tile[7, 3] = a7_3; tile[7, 4] = a7_4; tile[7, 5] = a7_5; tile[7, 6] = a7_6; tile[7, 7] = a7_7; tile[7, 8] = a7_8; tile[7, 9] = a7_9; tile[7, 10] = a7_10; tile[7, 11] = a7_11; tile[7, 12] = a7_12; tile[7, 13] = a7_13; tile[7, 14] = a7_14; tile[7, 15] = a7_15
+    tile[8, 0] = a8_0; tile[8, 1] = a8_1; tile[8, 2] = a8_2; tile[8, 3] = a8_3; tile[8, 4] = a8_4; tile[8, 5] = a8_5; tile[8, 6] = a8_6; tile[8, 7] = a8_7; tile[8, 8] = a8_8; tile[8, 9] = a8_9; tile[8, 10] = a8_10; tile[8, 11] = a8_11; tile[8, 12] = a8_12; tile[8, 13] = a8_13; tile[8, 14] = a8_14; tile[8, 15] = a8_15
+    tile[9, 0] = a9_0; tile[9, 1] = a9_1; tile[9, 2] = a9_2; tile[9, 3] = a9_3; tile[9, 4] = a9_4; tile[9, 5] = a9_5; tile[9, 6] = a9_6; tile[9, 7] = a9_7; tile[9, 8] = a9_8; tile[9, 9] = a9_9; tile[9, 10] = a9_10; tile[9, 11] = a9_11; tile[9, 12] = a9_12; tile[9, 13] = a9_13; tile[9, 14] = a9_14; tile[9, 15] = a9_15
+    tile[10, 0] = a10_0; tile[10, 1] = a10_1; tile[10, 2] = a10_2; tile[10, 3] = a10_3; tile[10, 4] = a10_4; tile[10, 5] = a10_5; tile[10, 6] = a10_6; tile[10, 7] = a10_7; tile[10, 8] = a10_8; tile[10, 9] = a10_9; tile[10, 10] = a10_10; tile[10, 11] = a10_11; tile[10, 12] = a10_12; tile[10, 13] = a10_13; tile[10, 14] = a10_14; tile[10, 15] = a10_15
+    tile[11, 0] = a11_0; tile[11, 1] = a11_1; tile[11, 2] = a11_2; tile[11, 3] = a11_3; tile[11, 4] = a11_4; tile[11, 5] = a11_5; tile[11, 6] = a11_6; tile[11, 7] = a11_7; tile[11, 8] = a11_8; tile[11, 9] = a11_9; tile[11, 10] = a11_10; tile[11, 11] = a11_11; tile[11, 12] = a11_12; tile[11, 13] = a11_13; tile[11, 14] = a11_14; tile[11, 15] = a11_15
+    tile[12, 0] = a12_0; tile[12, 1] = a12_1; tile[12, 2] = a12_2; tile[12, 3] = a12_3; tile[12, 4] = a12_4; tile[12, 5] = a12_5; tile[12, 6] = a12_6; tile[12, 7] = a12_7; tile[12, 8] = a12_8; tile[12, 9] = a12_9; tile[12, 10] = a12_10; tile[12, 11] = a12_11; tile[12, 12] = a12_12; tile[12, 13] = a12_13; tile[12, 14] = a12_14; tile[12, 15] = a12_15
+    tile[13, 0] = a13_0; tile[13, 1] = a13_1; tile[13, 2] = a13_2; tile[13, 3] = a13_3; tile[13, 4] = a13_4; tile[13, 5] = a13_5; tile[13, 6] = a13_6; tile[13, 7] = a13_7; tile[13, 8] = a13_8; tile[13, 9] = a13_9; tile[13, 10] = a13_10; tile[13, 11] = a13_11; tile[13, 12] = a13_12; tile[13, 13] = a13_13; tile[13, 14] = a13_14; tile[13, 15] = a13_15
+    tile[14, 0] = a14_0; tile[14, 1] = a14_1; tile[14, 2] = a14_2; tile[14, 3] = a14_3; tile[14, 4] = a14_4; tile[14, 5] = a14_5; tile[14, 6] = a14_6; tile[14, 7] = a14_7; tile[14, 8] = a14_8; tile[14, 9] = a14_9; tile[14, 10] = a14_10; tile[14, 11] = a14_11; tile[14, 12] = a14_12; tile[14, 13] = a14_13; tile[14, 14] = a14_14; tile[14, 15] = a14_15
+    tile[15, 0] = a15_0; tile[15, 1] = a15_1; tile[15, 2] = a15_2; tile[15, 3] = a15_3; tile[15, 4] = a15_4; tile[15, 5] = a15_5; tile[15, 6] = a15_6; tile[15, 7] = a15_7; tile[15, 8] = a15_8; tile[15, 9] = a15_9; tile[15, 10] = a15_10; tile[15, 11] = a15_11; tile[15, 12] = a15_12; tile[15, 13] = a15_13; tile[15, 14] = a15_14; tile[15, 15] = a15_15
+
+
+@pjit(fastmath=_FM)
+def run_16(xf, offs, wp, bp, out, res, has_res, act, prm, n_img, nb, nbg, mg, m_all, oh_n, ow_n,
+          nstride, gstride, rowstep):
+    """All output tiles of a blocked convolution, T=16 pixels per microkernel call."""
+    ntiles = (ow_n + 16 - 1) // 16
+    ohw = _U(oh_n * ow_n)
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
+        blk = r % nb
+        n = r // nb
+        g = blk // nbg
+        bl = blk - g * nbg
+        m0 = g * mg + bl * 16
+        jv = min(16, mg - bl * 16)
+        xrow = n * nstride + g * gstride + oh * rowstep
+        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+        tile = np.empty((16, 16), dtype=wp.dtype)
+        for ti in range(ntiles):
+            ow0 = min(ti * 16, ow_n - 16)
+            mk_16(xf, _U(xrow + ow0), offs, wp, blk, bp, tile)
+            store_tile(tile, 16, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+
+
+MICROKERNELS = {1: run_1, 2: run_2, 4: run_4, 7: run_7, 8: run_8, 10: run_10, 12: run_12, 14: run_14, 16: run_16}

@@ -1,0 +1,191 @@
+"""The `convrt` command: run | inspect | optimize | bench | train.
+
+Every convrt error is printed as one line on stderr (no traceback) with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConvrtError, InputError
+
+
+def _add_opt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="graph optimization level (default: all)")
+    p.add_argument("--disable", action="append", default=[], metavar="PASS",
+                   help="skip the named pass (repeatable)")
+
+
+def _session(args):
+    from .runtime import InferenceSession, SessionOptions
+
+    opts = SessionOptions(graph_optimization_level=args.level,
+                          disabled_optimizers=list(args.disable),
+                          intra_op_num_threads=getattr(args, "threads", 0) or 0)
+    return InferenceSession(args.model, opts)
+
+
+def _feeds(sess, specs: list[str], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Feeds from NAME=FILE.npy specs; random data of the declared shape for the rest."""
+    given = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise InputError(f"--input {spec!r}: expected NAME=FILE.npy")
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--input {name}: cannot read {path!r} ({e})") from None
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in sess.get_inputs():
+        if arg.name in given:
+            feeds[arg.name] = given.pop(arg.name)
+            continue
+        shape = [d if isinstance(d, int) else batch for d in arg.shape]
+        dtype = sess.graph.values[arg.name].dtype
+        if dtype.kind == "f":
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[arg.name] = rng.integers(0, 2, shape).astype(dtype)
+    feeds.update(given)  # unknown names: the session reports them
+    return feeds
+
+
+def cmd_run(args) -> int:
+    t0 = time.perf_counter()
+    sess = _session(args)
+    feeds = _feeds(sess, args.input, args.batch)
+    outs = sess.run(None, feeds)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        outs = sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    print(f"model: {args.model}")
+    for name, a in feeds.items():
+        print(f"input  {name}: {list(a.shape)} {a.dtype}")
+    for arg, y in zip(sess.get_outputs(), outs):
+        print(f"output {arg.name}: {list(y.shape)} {y.dtype}")
+        if y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind == "f":
+            for i, row in enumerate(y[:4]):
+                top = np.argsort(-row, kind="stable")[:5]
+                print(f"  sample {i} top-5: " + ", ".join(f"{c} ({row[c]:.4f})" for c in top))
+    print(f"load + first run: {first * 1e3:.1f} ms")
+    if times:
+        print(f"latency over {len(times)} runs: median {np.median(times) * 1e3:.2f} ms, "
+              f"min {np.min(times) * 1e3:.2f} ms")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import compiler, inspect
+    from .runtime.session import level_name
+
+    graph = compiler.load(args.model)
+    before = len(graph.nodes)
+    report = None
+    if args.optimized:
+        report = compiler.optimize(graph, level_name(args.level), tuple(args.disable))
+    fmt = args.format
+    if fmt in ("dot", "svg"):
+        text = inspect.render_dot(graph) if fmt == "dot" else inspect.render_svg(graph)
+    else:
+        s = inspect.summarize(graph)
+        text = inspect.render_json(s) if fmt == "json" else inspect.render_table(s)
+        if report is not None and fmt == "table":
+            text += "\n\n" + inspect.render_report(report, before, len(graph.nodes))
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    from . import compiler, onnx_io
+    from .runtime.session import level_name
+
+    graph = compiler.load(args.model)
+    before = len(graph.nodes)
+    report = compiler.optimize(graph, level_name(args.level), tuple(args.disable))
+    try:
+        onnx_io.save(graph, args.output)
+    except OSError as e:
+        raise InputError(f"cannot write {args.output}: {e.strerror}") from None
+    from . import inspect
+
+    print(inspect.render_report(report, before, len(graph.nodes)))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convrt", description="ONNX CNN compiler and runtime.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a model on given or random input",
+                       description="Run MODEL once (plus --repeat timed runs); print output "
+                       "shapes, top-5 classes of a classifier and the latency.")
+    r.add_argument("model", help="path to an .onnx file")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="feed NAME from a .npy file (others get random data)")
+    r.add_argument("--repeat", type=int, default=10, help="timed runs after the first (10)")
+    r.add_argument("--batch", type=int, default=1, help="value for symbolic dims (1)")
+    r.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all)")
+    _add_opt_args(r)
+    r.set_defaults(fn=cmd_run)
+
+    i = sub.add_parser("inspect", help="per-layer shapes, parameters and MACs",
+                       description="Print a per-node table (shapes, parameters, MACs; "
+                       "FLOPs = 2 x MACs) and totals, or a picture of the graph.")
+    i.add_argument("model")
+    i.add_argument("--optimized", action="store_true", help="inspect after optimization and "
+                   "print the pass report")
+    i.add_argument("--format", default="table", choices=["table", "json", "dot", "svg"])
+    i.add_argument("-o", "--output", help="write to FILE instead of stdout")
+    _add_opt_args(i)
+    i.set_defaults(fn=cmd_inspect)
+
+    o = sub.add_parser("optimize", help="write the optimized graph as ONNX",
+                       description="Optimize MODEL and write it as valid ONNX (fused nodes as "
+                       "model-local functions).")
+    o.add_argument("model")
+    o.add_argument("-o", "--output", required=True, help="output .onnx path")
+    _add_opt_args(o)
+    o.set_defaults(fn=cmd_optimize)
+
+    try:
+        from .bench import add_parser as add_bench
+        add_bench(sub)
+    except ImportError:
+        pass
+    try:
+        from .train.cli import add_parser as add_train
+        add_train(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConvrtError as e:
+        print(f"convrt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
