@@ -1,6 +1,7 @@
 """Operator implementations; importing this package registers every op."""
 
 from . import activation, conv, elementwise, linear, normalization, pool, reduce, shape  # noqa: F401
+from . import fused  # noqa: F401,E402  (convrt-domain fused ops; after the ops it reuses)
 from .registry import (CONVRT_DOMAIN, OpContext, OpDef, OpResult, TensorInfo, lookup,
                        register_op, registered_ops)
 

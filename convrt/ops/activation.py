@@ -13,8 +13,8 @@ from .registry import register_op
 def _unary(ctx, X, fn, *args, dtypes=FLOAT_TYPES):
     ctx.check(X.dtype in dtypes, f"dtype {X.dtype} is not supported")
 
-    def run(x, out):
-        fn(x.reshape(-1), out.reshape(-1), *args)
+    def run(x, *rest):  # rest = (constant inputs such as Clip's min/max..., out)
+        fn(x.reshape(-1), rest[-1].reshape(-1), *args)
 
     return ctx.result([X.shape], [X.dtype], run)
 

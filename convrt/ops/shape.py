@@ -212,7 +212,7 @@ def Gather(ctx, data, indices, *, axis=0):
         size = x.shape[a]
         if np.any((idx < -size) | (idx >= size)):
             raise InputError(f"{ctx.where()}: indices out of range [{-size}, {size})")
-        np.take(x, idx, axis=a, out=out)
+        out[...] = np.take(x, idx, axis=a)
 
     return ctx.result([shape], [data.dtype], run)
 

@@ -158,7 +158,7 @@ class InferenceSession:
                         if dims.setdefault(want, got) != got:
                             raise InputError(f"input '{name}': dim {i} ('{want}') is {got} "
                                              f"but {dims[want]} elsewhere")
-            arrays[name] = np.ascontiguousarray(arr)
+            arrays[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
             infos[name] = TensorInfo(tuple(int(d) for d in arr.shape), arr.dtype)
         missing = [n for n in self._inputs if n not in arrays]
         if missing:

@@ -1,0 +1,208 @@
+"""Fused ops in domain ``convrt``, emitted by ``passes/``; each also has an ONNX definition.
+
+Natively each op is one kernel: the conv variants run the packed direct convolution with bias,
+residual add and activation applied in its epilogue (``bind_conv``); ``FusedGemmRelu`` is the
+packed GEMM with its ReLU epilogue (``bind_gemm``); ``ChannelAffine`` is a folded standalone
+BatchNormalization (``y = x * scale[c] + shift[c]``).
+
+For export, :func:`function_proto` gives each op a model-local ``onnx.FunctionProto`` whose body
+is the standard ops it replaces (e.g. Conv + Relu), so onnxruntime, ``onnx.checker`` and Netron
+load the optimized model; ``onnx_io`` keeps convrt-domain functions un-inlined, so convrt runs
+its own output with the fused kernels.  Variants (one op type each, since an ONNX function has
+one body):
+
+=====================  =======================  =============================================
+op                     inputs                   body
+=====================  =======================  =============================================
+FusedConvRelu          X, W, B                  Conv -> Relu
+FusedConvLeakyRelu     X, W, B                  Conv -> LeakyRelu(alpha)
+FusedConvClip          X, W, B, min, max        Conv -> Clip(min, max)   (ReLU6: 0, 6)
+FusedConvSigmoid       X, W, B                  Conv -> Sigmoid
+FusedConvTanh          X, W, B                  Conv -> Tanh
+FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
+FusedGemmRelu          A, B, C                  Gemm -> Relu
+ChannelAffine          X, scale, shift          Mul -> Add   (scale/shift shaped [C,1,..])
+=====================  =======================  =============================================
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper
+
+from ._shape import FLOAT_TYPES
+from .activation import clip_bounds
+from .conv import bind_conv, conv_geometry
+from .linear import bind_gemm
+from .registry import CONVRT_DOMAIN, register_op
+from ..kernels.elementwise import channel_affine
+
+CONV_ATTRS = {"auto_pad": AttributeProto.STRING, "dilations": AttributeProto.INTS,
+              "group": AttributeProto.INT, "kernel_shape": AttributeProto.INTS,
+              "pads": AttributeProto.INTS, "strides": AttributeProto.INTS}
+GEMM_ATTRS = {"alpha": AttributeProto.FLOAT, "beta": AttributeProto.FLOAT,
+              "transA": AttributeProto.INT, "transB": AttributeProto.INT}
+
+# op type -> (activation applied after the conv (+ residual), extra inputs after X, W, B)
+CONV_VARIANTS = {
+    "FusedConvRelu": ("relu", ()),
+    "FusedConvLeakyRelu": ("leaky_relu", ()),
+    "FusedConvClip": ("clip", ("min", "max")),
+    "FusedConvSigmoid": ("sigmoid", ()),
+    "FusedConvTanh": ("tanh", ()),
+    "FusedConvAddRelu": ("relu", ("Z",)),
+}
+# activation op (ONNX) -> fused conv op type
+CONV_ACTIVATIONS = {"Relu": "FusedConvRelu", "LeakyRelu": "FusedConvLeakyRelu",
+                    "Clip": "FusedConvClip", "Sigmoid": "FusedConvSigmoid",
+                    "Tanh": "FusedConvTanh"}
+FUSED_OPS = tuple(CONV_VARIANTS) + ("FusedGemmRelu", "ChannelAffine")
+
+
+def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=None, **conv):
+    geo = conv_geometry(ctx, X, W, B, conv["auto_pad"], conv["dilations"], conv["group"],
+                        conv["kernel_shape"], conv["pads"], conv["strides"])
+    if Z is not None:
+        shape = geo[5]
+        ctx.check(Z.dtype == X.dtype, f"Z dtype {Z.dtype} differs from X dtype {X.dtype}")
+        ctx.check(Z.shape is not None and len(Z.shape) == len(shape) and all(
+            a == b or not (isinstance(a, int) and isinstance(b, int))
+            for a, b in zip(Z.shape, shape)),
+            f"residual Z shape {Z.shape} must equal the conv output shape {shape}")
+    return bind_conv(ctx, X, W, B, *geo, activation=activation, alpha=float(alpha), clip=clip,
+                     residual=Z is not None)
+
+
+@register_op("FusedConvRelu", since=1, domain=CONVRT_DOMAIN)
+def FusedConvRelu(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                  kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "relu", auto_pad=auto_pad, dilations=dilations, group=group,
+                 kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvLeakyRelu", since=1, domain=CONVRT_DOMAIN)
+def FusedConvLeakyRelu(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                       kernel_shape=None, pads=None, strides=None, alpha=0.01):
+    return _conv(ctx, X, W, B, "leaky_relu", alpha, auto_pad=auto_pad, dilations=dilations,
+                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvClip", since=1, domain=CONVRT_DOMAIN)
+def FusedConvClip(ctx, X, W, B=None, min=None, max=None, *, auto_pad="NOTSET", dilations=None,
+                  group=1, kernel_shape=None, pads=None, strides=None):
+    lo, hi = clip_bounds(ctx, X, min, max)
+    clip = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+    return _conv(ctx, X, W, B, "clip", clip=clip, auto_pad=auto_pad, dilations=dilations,
+                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvSigmoid", since=1, domain=CONVRT_DOMAIN)
+def FusedConvSigmoid(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                     kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "sigmoid", auto_pad=auto_pad, dilations=dilations, group=group,
+                 kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvTanh", since=1, domain=CONVRT_DOMAIN)
+def FusedConvTanh(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                  kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "tanh", auto_pad=auto_pad, dilations=dilations, group=group,
+                 kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvAddRelu", since=1, domain=CONVRT_DOMAIN)
+def FusedConvAddRelu(ctx, X, W, B, Z, *, auto_pad="NOTSET", dilations=None, group=1,
+                     kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "relu", Z=Z, auto_pad=auto_pad, dilations=dilations,
+                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedGemmRelu", since=1, domain=CONVRT_DOMAIN)
+def FusedGemmRelu(ctx, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    return bind_gemm(ctx, A, B, C, alpha, beta, transA, transB, act="relu")
+
+
+@register_op("ChannelAffine", since=1, domain=CONVRT_DOMAIN)
+def ChannelAffine(ctx, X, scale, shift):
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    ctx.check(X.rank is not None and X.rank >= 2, f"input rank {X.rank} must be >= 2")
+    c = X.shape[1]
+    for name, t in (("scale", scale), ("shift", shift)):
+        ctx.check(t.dtype == X.dtype, f"{name} dtype {t.dtype} differs from X {X.dtype}")
+        ctx.check(t.shape is not None and len(t.shape) == X.rank - 1 and
+                  all(d == 1 for d in t.shape[1:]) and (not isinstance(c, int) or
+                                                         t.shape[0] == c),
+                  f"{name} shape {t.shape} must be [C, 1, ...] for input {X.shape}")
+    if not ctx.binding:
+        return ctx.result([X.shape], [X.dtype])
+
+    def run(x, a, b, out):
+        n, ch = x.shape[:2]
+        channel_affine(x.reshape(n, ch, -1), a.reshape(-1), b.reshape(-1),
+                       out.reshape(n, ch, -1))
+
+    return ctx.result([X.shape], [X.dtype], run)
+
+
+# -- ONNX definitions (model-local functions) -----------------------------------------------
+def _node(op, inputs, outputs, refs=None, **attrs):
+    """A body node; ``refs`` maps attribute name -> type, each referring to the caller's."""
+    n = helper.make_node(op, inputs, outputs, **attrs)
+    for name, typ in (refs or {}).items():
+        a = AttributeProto()
+        a.name, a.ref_attr_name, a.type = name, name, typ
+        n.attribute.append(a)
+    return n
+
+
+def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
+    """The FunctionProto defining ``op_type`` with default-domain ``opset`` ops."""
+    attrs = []
+    if op_type in CONV_VARIANTS:
+        act, extra = CONV_VARIANTS[op_type]
+        inputs = ["X", "W", "B", *extra]
+        nodes = [_node("Conv", ["X", "W", "B"], ["conv"], CONV_ATTRS)]
+        attrs = list(CONV_ATTRS)
+        y = "conv"
+        if "Z" in extra:
+            nodes.append(_node("Add", ["conv", "Z"], ["sum"]))
+            y = "sum"
+        if act == "relu":
+            nodes.append(_node("Relu", [y], ["Y"]))
+        elif act == "leaky_relu":
+            nodes.append(_node("LeakyRelu", [y], ["Y"], {"alpha": AttributeProto.FLOAT}))
+            attrs.append("alpha")
+        elif act == "clip":
+            nodes.append(_node("Clip", [y, "min", "max"], ["Y"]))
+        else:
+            nodes.append(_node(act.capitalize(), [y], ["Y"]))
+    elif op_type == "FusedGemmRelu":
+        inputs = ["A", "B", "C"]
+        nodes = [_node("Gemm", ["A", "B", "C"], ["gemm"], GEMM_ATTRS),
+                 _node("Relu", ["gemm"], ["Y"])]
+        attrs = list(GEMM_ATTRS)
+    elif op_type == "ChannelAffine":
+        inputs = ["X", "scale", "shift"]
+        nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]
+    else:
+        raise KeyError(op_type)
+    return helper.make_function(CONVRT_DOMAIN, op_type, inputs, ["Y"], nodes,
+                                [helper.make_opsetid("", int(opset))], attrs,
+                                doc_string=f"convrt fused op {op_type} (see convrt/ops/fused.py)")
+
+
+def ensure_function(graph, op_type: str) -> None:
+    """Make ``graph`` carry the ONNX definition of ``op_type`` and import domain convrt."""
+    key = (CONVRT_DOMAIN, op_type)
+    if key not in graph.functions:
+        graph.functions[key] = function_proto(op_type, graph.opset)
+    graph.opsets[CONVRT_DOMAIN] = 1
+    graph.ir_version = max(graph.ir_version, 8)  # model-local functions need IR >= 8
+
+
+def as_channel_param(a: np.ndarray, rank: int, dtype) -> np.ndarray:
+    """A per-channel vector reshaped to [C, 1, ...] (rank - 1 dims) in ``dtype``."""
+    return np.ascontiguousarray(np.asarray(a).reshape((-1,) + (1,) * (rank - 2)).astype(dtype))

@@ -1,0 +1,83 @@
+"""Conv backward: dX, dW, dB for 1-D/2-D, any strides, pads, dilations and group.
+
+Images are processed in chunks so the im2col buffer stays small (about ``CHUNK_BYTES``);
+per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t`` are BLAS products and
+``col2im`` scatters ``dcols`` into dX.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ops.conv import conv_geometry
+from ...ops.registry import OpContext, TensorInfo
+from ..kernels import conv as K
+from .registry import register_grad
+
+CHUNK_BYTES = 8 << 20
+
+
+def _geometry(ctx, x, w, b):
+    geo = ctx.cache.get("geo")
+    if geo is None:
+        a = ctx.attrs
+        octx = OpContext(ctx.label, "Conv", ctx.opset, True)
+        infos = [TensorInfo(t.shape, t.dtype) if t is not None else None for t in (x, w, b)]
+        k, s, d, p, g, shape, _ = conv_geometry(octx, *infos, a.get("auto_pad", "NOTSET"),
+                                                a.get("dilations"), a.get("group", 1),
+                                                a.get("kernel_shape"), a.get("pads"),
+                                                a.get("strides"))
+        if len(k) == 1:  # lift 1-D to 2-D with unit height
+            k, s, d, p = (1,) + k, (1,) + s, (1,) + d, (0, p[0], 0, p[1])
+        geo = ctx.cache["geo"] = (k, s, d, p, g)
+    return geo
+
+
+@register_grad("Conv")
+def conv_grad(ctx, gy):
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    b = ctx.input(2)
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _), group = _geometry(ctx, x, w, b)
+    dy = gy[0]
+    one_d = x.ndim == 3
+    x4 = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if one_d else x
+    n, c = x4.shape[:2]
+    m = w.shape[0]
+    oh, ow = (1, dy.shape[2]) if one_d else dy.shape[2:]
+    p = oh * ow
+    dy3 = np.ascontiguousarray(dy).reshape(n, m, p)
+    need_x, need_w = ctx.needs[0], ctx.needs[1]
+    need_b = len(ctx.needs) > 2 and ctx.needs[2]
+    gb = dy3.sum(axis=(0, 2)) if need_b else None
+    if not (need_x or need_w):
+        return (None, None, gb)[:len(ctx.inputs)]
+    cg, mg = c // group, m // group
+    kk = kh * kw
+    w3 = w.reshape(group, mg, cg * kk)
+    gw = np.zeros((group, mg, cg * kk), dtype=x.dtype) if need_w else None
+    gx = np.empty(x4.shape, dtype=x.dtype) if need_x else None
+    rows = c * kk
+    per_img = rows * p * x.dtype.itemsize
+    step = max(1, min(n, CHUNK_BYTES // max(per_img, 1)))
+    cols = np.empty((rows, step * p), dtype=x.dtype) if need_w else None
+    dyt = np.empty((m, step * p), dtype=x.dtype)
+    dcols = np.empty((rows, step * p), dtype=x.dtype) if need_x else None
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        q = (n1 - n0) * p
+        K.nchw_to_cnp(dy3, dyt, n0, n1)
+        if need_w:
+            K.im2col(x4, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        for g in range(group):
+            dyg = dyt[g * mg:(g + 1) * mg, :q]
+            if need_w:
+                gw[g] += dyg @ cols[g * cg * kk:(g + 1) * cg * kk, :q].T
+            if need_x:
+                np.matmul(w3[g].T, dyg, out=dcols[g * cg * kk:(g + 1) * cg * kk, :q])
+        if need_x:
+            K.col2im(dcols[:, :q] if q == dcols.shape[1] else
+                     np.ascontiguousarray(dcols[:, :q]), gx, n0, n1, kh, kw, sh, sw, dh, dw,
+                     pt, pl, oh, ow)
+    res = (None if gx is None else gx.reshape(x.shape),
+           None if gw is None else gw.reshape(w.shape), gb)
+    return res[:len(ctx.inputs)]

@@ -1,0 +1,80 @@
+"""im2col / col2im for the convolution gradients (2-D; 1-D is lifted to unit height).
+
+Layout: ``cols[r, i*P + p]`` with ``r = (c*kH + a)*kW + b`` over a chunk of images ``i`` and the
+output pixels ``p = oh*OW + ow``; padding cells read as zero.  ``dW = dY_t @ cols.T`` and
+``dcols = W.T @ dY_t`` are single BLAS calls over the chunk; ``col2im`` scatters ``dcols`` back
+into ``dX``, one (image, channel) plane per task, so no two tasks write the same cell.
+"""
+
+from numba import prange
+
+from ...kernels._jit import pjit
+
+
+@pjit
+def im2col(x, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """x (N, C, H, W) -> cols (C*kh*kw, (n1-n0)*OH*OW) for images n0..n1-1."""
+    c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
+    p_n = oh_n * ow_n
+    nimg = n1 - n0
+    rows = c_n * kh * kw
+    for t in prange(rows * nimg):
+        r = t // nimg
+        i = t % nimg
+        c = r // (kh * kw)
+        a = (r // kw) % kh
+        b = r % kw
+        base = i * p_n
+        for oh in range(oh_n):
+            y = oh * sh - pt + a * dh
+            o = base + oh * ow_n
+            if y < 0 or y >= h_n:
+                for ow in range(ow_n):
+                    cols[r, o + ow] = 0
+                continue
+            for ow in range(ow_n):
+                xx = ow * sw - pl + b * dw
+                if 0 <= xx < w_n:
+                    cols[r, o + ow] = x[n0 + i, c, y, xx]
+                else:
+                    cols[r, o + ow] = 0
+
+
+@pjit
+def col2im(dcols, dx, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """dx[n0:n1] = scatter-add of dcols (C*kh*kw, (n1-n0)*OH*OW); dx is overwritten."""
+    c_n, h_n, w_n = dx.shape[1], dx.shape[2], dx.shape[3]
+    p_n = oh_n * ow_n
+    nimg = n1 - n0
+    for t in prange(nimg * c_n):
+        i = t // c_n
+        c = t % c_n
+        plane = dx[n0 + i, c]
+        for y in range(h_n):
+            for xx in range(w_n):
+                plane[y, xx] = 0
+        base = i * p_n
+        for a in range(kh):
+            for b in range(kw):
+                r = (c * kh + a) * kw + b
+                for oh in range(oh_n):
+                    y = oh * sh - pt + a * dh
+                    if y < 0 or y >= h_n:
+                        continue
+                    o = base + oh * ow_n
+                    for ow in range(ow_n):
+                        xx = ow * sw - pl + b * dw
+                        if 0 <= xx < w_n:
+                            plane[y, xx] += dcols[r, o + ow]
+
+
+@pjit
+def nchw_to_cnp(dy, out, n0, n1):
+    """dy (N, M, P) images n0..n1-1 -> out (M, (n1-n0)*P)."""
+    m_n, p_n = dy.shape[1], dy.shape[2]
+    nimg = n1 - n0
+    for t in prange(m_n * nimg):
+        m = t // nimg
+        i = t % nimg
+        for p in range(p_n):
+            out[m, i * p_n + p] = dy[n0 + i, m, p]
