@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConvrtError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Node, Value
-from .registry import OpContext, OpDef, OpResult, TensorInfo, lookup
+from .registry import OpContext, OpDef, OpResult, TensorInfo, lookup, schema_attributes
 
 FOLD_LIMIT = 1 << 22  # elements: larger constant subgraphs are left to run time
 
@@ -65,7 +65,8 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
     for i, info in enumerate(infos[:opdef.n_required]):
         if info is None:
             raise ctx.fail(f"required input {i} is missing")
-    unknown = set(node.attrs) - set(opdef.attrs)
+    allowed = schema_attributes(node.op_type, node.domain, ctx.opset)
+    unknown = set(node.attrs) - set(opdef.attrs if allowed is None else allowed)
     if unknown:
         raise ctx.fail(f"unexpected attribute(s) {sorted(unknown)}")
     missing = [k for k, d in opdef.attrs.items() if d is _EMPTY and k not in node.attrs]

@@ -19,6 +19,7 @@ convrt never runs an op under the semantics of an older schema than the model as
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -138,6 +139,17 @@ def schema_version(op_type: str, domain: str, opset: int) -> int | None:
     try:
         return onnx.defs.get_schema(op_type, opset, domain or "").since_version
     except Exception:  # onnx raises SchemaError for unknown ops/opsets
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def schema_attributes(op_type: str, domain: str, opset: int) -> frozenset | None:
+    """Attribute names the ONNX schema in force at ``opset`` allows (None: no schema)."""
+    if domain == CONVRT_DOMAIN:
+        return None
+    try:
+        return frozenset(onnx.defs.get_schema(op_type, opset, domain or "").attributes)
+    except Exception:
         return None
 
 

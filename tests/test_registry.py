@@ -1,0 +1,85 @@
+"""The op registry against ONNX's own schemas: names, attribute sets and defaults."""
+
+import inspect
+
+import numpy as np
+import onnx.defs
+import pytest
+from onnx import helper
+
+import convrt  # noqa: F401  (registers ops)
+from convrt.ops import registered_ops
+
+CASES = [(dom, op, v, d) for (dom, op), table in sorted(registered_ops().items())
+         for v, d in sorted(table.items()) if dom == ""]
+
+
+@pytest.mark.parametrize("domain,op,version,opdef", CASES,
+                         ids=[f"{op}-{v}" for _, op, v, _ in CASES])
+def test_signature_matches_schema(domain, op, version, opdef):
+    schema = onnx.defs.get_schema(op, version, domain)
+    assert schema.since_version == version, f"{op}: {version} is not a schema version"
+    attrs = schema.attributes
+    assert set(attrs) <= set(opdef.attrs), f"spec attributes {set(attrs) - set(opdef.attrs)} " \
+        "are not parameters"
+    every = {a for s in onnx.defs.get_all_schemas_with_history() if s.name == op and
+             s.domain == domain for a in s.attributes}
+    assert set(opdef.attrs) <= every, f"invented attributes {set(opdef.attrs) - every}"
+    for name, default in opdef.attrs.items():
+        if name not in attrs:
+            continue  # an attribute of another version; the loader rejects it for this one
+        a = attrs[name]
+        if a.required:
+            # required: no default, or None where the op itself demands one of several
+            assert default is inspect.Parameter.empty or default is None, name
+        elif a.default_value.type != 0:
+            want = helper.get_attribute_value(a.default_value)
+            if isinstance(want, bytes):
+                want = want.decode()
+            if isinstance(want, float):
+                assert default == pytest.approx(want, rel=1e-6), name
+            else:
+                assert default == want, name
+    n_formal = len(schema.inputs)
+    variadic = schema.inputs and schema.inputs[-1].option == \
+        onnx.defs.OpSchema.FormalParameterOption.Variadic
+    if opdef.n_inputs is not None and not variadic:
+        assert opdef.n_inputs == n_formal, f"{op}-{version}: {opdef.n_inputs} inputs vs spec " \
+            f"{n_formal}"
+    assert opdef.n_required <= sum(
+        p.option == onnx.defs.OpSchema.FormalParameterOption.Single for p in schema.inputs)
+
+
+def test_attribute_of_another_version_is_rejected():
+    from oracle import node_model
+
+    model = node_model("Reshape", {"x": np.zeros((2, 3), np.float32),
+                                   "s": np.array([3, 2], np.int64)}, {"allowzero": 1},
+                       opset=13, const=("s",))
+    with pytest.raises(convrt.ShapeError, match="allowzero"):
+        convrt.load(model)
+
+
+def test_layering():
+    """passes/ never imports the runtime; kernels never import ops or runtime."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rules = {"passes": ("convrt.runtime", "convrt.api", "convrt.cli", "convrt.train"),
+             "convrt/kernels": ("convrt.ops", "convrt.runtime", "passes", "..ops", "..runtime"),
+             "convrt/ir": ("convrt.runtime", "convrt.ops", "passes", "..runtime", "..ops")}
+    bad = []
+    for folder, banned in rules.items():
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = ["." * node.level + (node.module or "")]
+                bad += [f"{path.relative_to(root)}: {n}" for n in names
+                        if any(n.startswith(b) for b in banned)]
+    assert not bad, bad
+
+
