@@ -5,7 +5,7 @@ This is the one module that imports ``passes``; the runtime receives a finished 
 
 from __future__ import annotations
 
-from .errors import ConvrtError, ModelLoadError
+from .errors import ConvrtError, ModelLoadError, ShapeError
 from .ir import Graph, sort_graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET, read_model, to_graph
 from .ops.infer import infer, record
@@ -45,4 +45,11 @@ def optimize(graph: Graph, level: str = "all", disabled=()):
         import passes
     except ImportError as e:  # pragma: no cover - passes ships with convrt
         raise ConvrtError(f"the passes package is missing ({e})") from None
-    return passes.optimize(graph, level=level, disabled=disabled)
+    try:
+        return passes.optimize(graph, level=level, disabled=disabled)
+    except ConvrtError:
+        raise
+    except Exception as e:  # a pass tripped on a graph validation let through: one line
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ShapeError(f"{graph.source}: optimization failed ({type(e).__name__}: {text}); "
+                         "graph_optimization_level='disable' skips the passes") from e

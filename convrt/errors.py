@@ -8,6 +8,16 @@ without a traceback.
 class ConvrtError(Exception):
     """Base of every error convrt raises on purpose."""
 
+    MAX_LEN = 1000
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):  # one line, whatever names a model holds
+            msg = " ".join(args[0].splitlines())
+            if len(msg) > self.MAX_LEN:
+                msg = msg[:self.MAX_LEN - 3] + "..."
+            args = (msg,)
+        super().__init__(*args)
+
 
 class ModelLoadError(ConvrtError):
     """The file is missing, is not ONNX, is truncated, or its graph is malformed."""

@@ -80,5 +80,5 @@ class EliminateIdentityPass(Pass):
     def describe(self, stats):
         if not stats:
             return f"{self.name}: no change"
-        return (f"{self.name}: {stats.get('Identity removed', 0)} Identity and "
-                f"{stats.get('Dropout removed', 0)} Dropout removed")
+        return f"{self.name}: " + " and ".join(
+            f"{v} {k.split()[0]}" for k, v in stats.items()) + " removed"

@@ -1,0 +1,82 @@
+"""fuse_conv_bias: fold a per-channel constant Add (or Sub) after a Conv into the Conv's bias.
+
+Before::
+
+    x -> Conv(W[, B]) -> y -> Add(y, c) -> z        (also Add(c, y), Sub(y, c))
+
+After::
+
+    x -> Conv(W, B') -> z
+
+Conditions:
+    * the Conv is in the default domain; ``y`` is read by the Add only and is not a graph output;
+    * ``c`` is a constant no feed overrides, of the Conv's dtype, and broadcasts per channel:
+      right-aligned against ``y``'s rank it is 1 everywhere except axis 1, which is M (the
+      output channels) or 1 -- so the Add does not change ``y``'s shape;
+    * the Conv's bias, when present, is a private constant (one reader, not overridable).
+
+Formula (float64, stored in the model's dtype)::
+
+    B' = B + c.reshape(-1)   (broadcast to M entries; B = 0 when absent);  Sub: B' = B - c
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convrt.ir import Graph
+
+from ._infra import Pass, PassResult
+from ._match import (absorb, channel_vector, new_const, only_consumer, private_const,
+                     set_const)
+
+
+class FuseConvBiasPass(Pass):
+    name = "fuse_conv_bias"
+    level = "basic"
+
+    def run(self, graph: Graph) -> PassResult:
+        fused = 0
+        for conv in list(graph.nodes):
+            if conv.domain or conv.op_type != "Conv" or len(conv.inputs) < 2:
+                continue
+            y = conv.outputs[0]
+            op = only_consumer(graph, y)
+            if op is None or op.domain or op.op_type not in ("Add", "Sub") or \
+                    len(op.inputs) != 2:
+                continue
+            if op.inputs[0] is y and op.inputs[1] is not y:
+                c, sign = op.inputs[1], 1.0 if op.op_type == "Add" else -1.0
+            elif op.op_type == "Add" and op.inputs[1] is y:
+                c, sign = op.inputs[0], 1.0
+            else:
+                continue
+            w, bias = conv.inputs[1], conv.input(2)
+            if not graph.is_constant(c) or w is None or w.shape is None or \
+                    not isinstance(w.shape[0], int) or c.dtype != w.dtype:
+                continue
+            m = w.shape[0]
+            if y.shape is None or not channel_vector(np.shape(c.const), len(y.shape), m):
+                continue
+            if bias is not None and not private_const(graph, bias):
+                continue
+            add = np.broadcast_to(np.asarray(c.const, np.float64).reshape(-1), (m,))
+            b0 = np.zeros(m) if bias is None else np.asarray(bias.const, np.float64)
+            nb = (b0 + sign * add).astype(w.dtype)
+            if bias is None:
+                v = new_const(graph, f"{conv.name or w.name}.bias", nb)
+                if len(conv.inputs) == 2:
+                    conv.add_input(v)
+                else:
+                    conv.set_input(2, v)
+            else:
+                set_const(graph, bias, nb)
+            absorb(graph, conv, [op])
+            fused += 1
+        removed = graph.remove_unused_initializers() if fused else 0
+        return self.result({"Add folded into Conv bias": fused, "initializers dropped": removed})
+
+    def describe(self, stats):
+        n = stats.get("Add folded into Conv bias", 0)
+        return f"{self.name}: {n} per-channel Add folded into Conv bias" if n else \
+            f"{self.name}: no change"
