@@ -33,6 +33,14 @@ _DTYPES = {
     TensorProto.UINT16: np.uint16, TensorProto.UINT32: np.uint32,
     TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_,
 }
+for _name in ("BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+              "FLOAT8E8M0", "FLOAT4E2M1", "UINT4", "INT4", "UINT2", "INT2"):
+    # ml_dtypes types (as onnx maps them): values Cast converts to and from
+    try:
+        _DTYPES[getattr(TensorProto, _name)] = onnx.helper.tensor_dtype_to_np_dtype(
+            getattr(TensorProto, _name))
+    except Exception:  # an older onnx without that type
+        pass
 _ONNX_TYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
@@ -67,6 +75,8 @@ def read_model(src, base_dir: str | os.PathLike | None = None):
             raise ModelLoadError(f"{src}: is a directory, not an ONNX file") from None
         except OSError as e:
             raise ModelLoadError(f"{src}: cannot read ({e.strerror})") from None
+        except ValueError as e:  # e.g. an embedded NUL in the path
+            raise ModelLoadError(f"{src!r}: invalid path ({e})") from None
         base_dir = path.resolve().parent if base_dir is None else base_dir
     else:
         raise ModelLoadError(f"cannot load a model from {type(src).__name__}; pass a path, "
@@ -124,8 +134,12 @@ def _external_bytes(t: TensorProto, nbytes: int, base_dir, source: str) -> bytes
                              f"the {st.st_size}-byte file {loc!r}")
     if length != nbytes:
         raise ModelLoadError(f"{where}: length {length} != {nbytes} bytes the tensor needs")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):  # swapped after the checks
+            os.close(fd)
+            raise ModelLoadError(f"{where}: {loc!r} changed while it was being opened")
         with os.fdopen(fd, "rb") as f:
             f.seek(offset)
             data = f.read(length)
@@ -149,6 +163,14 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
     if nbytes > budget:
         raise ModelLoadError(f"{source}: {what} needs {nbytes} bytes, over the memory budget "
                              f"of {budget}")
+    if dt.kind == "V" and t.data_location != TensorProto.EXTERNAL:
+        try:  # ml_dtypes (float8, int4...): sub-byte packing is onnx's to decode
+            arr = numpy_helper.to_array(t)
+        except Exception as e:
+            raise ModelLoadError(f"{source}: {what} cannot be decoded ({e})") from None
+        if arr.dtype != dt or list(arr.shape) != dims:
+            raise ModelLoadError(f"{source}: {what} does not decode to {dims} of {dt}")
+        return arr
     if t.segment.end or t.segment.begin:
         raise UnsupportedOpError(f"{source}: {what} is segmented; not supported")
     if t.data_location == TensorProto.EXTERNAL:
@@ -174,9 +196,9 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
         field = t.int32_data
     if len(field) != n:
         raise ModelLoadError(f"{source}: {what} has {len(field)} values, dims {dims} need {n}")
-    if dt == np.float16:
-        return np.array(field, dtype=np.uint16).view(np.float16).reshape(dims)
     try:
+        if dt == np.float16:
+            return np.array(field, dtype=np.uint16).view(np.float16).reshape(dims)
         return np.array(field, dtype=np.int64 if dt.kind in "iub" else dt).astype(dt) \
             .reshape(dims)
     except OverflowError:
@@ -206,7 +228,8 @@ def _shape_of(tp, what: str, source: str):
     return tuple(dims), dtype
 
 
-def _attr(a: AttributeProto, where: str, source: str, base_dir):
+def _attr(a: AttributeProto, where: str, source: str, base_dir,
+          budget: int = DEFAULT_MEMORY_BUDGET):
     t = a.type
     if t == AttributeProto.FLOAT:
         return float(a.f)
@@ -215,7 +238,7 @@ def _attr(a: AttributeProto, where: str, source: str, base_dir):
     if t == AttributeProto.STRING:
         return a.s.decode("utf-8", errors="replace")
     if t == AttributeProto.TENSOR:
-        return tensor_to_array(a.t, source, base_dir)
+        return tensor_to_array(a.t, source, base_dir, budget)
     if t == AttributeProto.FLOATS:
         return [float(v) for v in a.floats]
     if t == AttributeProto.INTS:
@@ -312,7 +335,12 @@ def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
                                      f"node or input (again by node '{name}')")
             produced.add(x)
             outs.append(g.value(x))
-        attrs = {a.name: _attr(a, f"node '{name}'", source, base_dir) for a in np_.attribute}
+        attrs = {a.name: _attr(a, f"node '{name}'", source, base_dir, budget)
+                 for a in np_.attribute}
+        total += sum(v.nbytes for v in attrs.values() if isinstance(v, np.ndarray))
+        if total > budget:
+            raise ModelLoadError(f"{source}: initializers and constants exceed the memory "
+                                 f"budget of {budget} bytes (at node '{name}')")
         domain = "" if np_.domain == "ai.onnx" else np_.domain
         g.add_node(Node(np_.op_type, ins, outs, attrs, name, domain))
     for vi in model.graph.output:

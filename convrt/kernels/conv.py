@@ -18,6 +18,7 @@ is per thread (``threading.local``): one ``Conv2d`` may be called from several t
 
 import threading
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -28,8 +29,33 @@ from ._jit import FAST, njit, pjit
 ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY, "clip": ACT_CLIP,
                "sigmoid": ACT_SIGMOID, "tanh": ACT_TANH}
 VEC = 16
-# relative speed of the microkernel per tile width (from benchmarks/conv_layers.py-style runs)
-_TILE_EFFICIENCY = {14: 1.0, 7: 0.9, 4: 0.7, 2: 0.45, 1: 0.25}
+# Relative speed of the microkernel per tile width T (pixels per call); the T*16 sums must fit
+# the 32 vector registers: T=14 needs 512-bit vectors for float32, T=7 256-bit ones.
+_TILE_EFFICIENCY = {14: 1.0, 7: 0.9, 4: 0.7, 1: 0.25}
+
+
+def _vector_bits():
+    """The vector width numba's LLVM will use for the SLP-vectorised microkernels (a guess from
+    the target: LLVM prefers 256-bit vectors on Intel CPUs unless told ``-prefer-256-bit``)."""
+    import llvmlite.binding as llvm
+
+    feats = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    if "+avx512f" in feats and ("-prefer-256-bit" in feats or name.startswith("znver")):
+        return 512
+    return 256 if "+avx" in feats else 128
+
+
+_VECTOR_BITS = _vector_bits()
+
+
+def _tiles(dtype):
+    """Tile widths allowed for ``dtype``: those whose T*16 sums fit the vector registers."""
+    nvec = max(1, VEC * 8 * dtype.itemsize // _VECTOR_BITS)  # vectors per pixel's 16 sums
+    # one vector per pixel: weights come from memory, broadcasts fold into the FMA (T <= 28);
+    # several: each broadcast takes a register too, and spills start at about 24 sums
+    max_t = 28 if nvec == 1 else 16 // nvec
+    return [t for t in MICROKERNELS if t <= max_t]
 _U = np.uint64
 _FM = set(FAST)  # numba wants a set, not a frozenset
 
@@ -114,10 +140,12 @@ def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg
             _row_epilogue(out, ob, _U(ow_n), res, has_res, act, prm)
 
 
-def _choose_tile(ow_n):
+def _choose_tile(ow_n, dtype):
+    """The tile width with the least estimated time for an output row of ``ow_n`` pixels."""
     best, best_cost = 1, None
+    allowed = _tiles(dtype)
     for t, eff in _TILE_EFFICIENCY.items():
-        if t in MICROKERNELS and t <= ow_n:
+        if t in allowed and t <= ow_n:
             cost = -(-ow_n // t) * t / eff
             if best_cost is None or cost < best_cost:
                 best, best_cost = t, cost
@@ -206,7 +234,7 @@ class Conv2d:
                     wp[g * nbg + bl, :, :j] = w3[g, bl * VEC: bl * VEC + j].T
                     bp[g * nbg + bl, :j] = b2[g, bl * VEC: bl * VEC + j]
             self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
-            self._tile = _choose_tile(self._ow)
+            self._tile = _choose_tile(self._ow, dtype)
             self._run = MICROKERNELS[self._tile]
         else:
             self._w2 = np.ascontiguousarray(w.reshape(m_all, cg * kk))

@@ -29,7 +29,8 @@ def leaky_relu(x, out, alpha):
 def clip(x, out, lo, hi):
     for i in prange(x.size):
         v = x[i]
-        out[i] = lo if v < lo else (hi if v > hi else v)
+        v = lo if v < lo else v
+        out[i] = hi if v > hi else v  # min > max: every value is max, as ONNX specifies
 
 
 @pjit

@@ -76,8 +76,8 @@ def Clip(ctx, X, min=None, max=None):
     info = np.iinfo(X.dtype)
     lo = info.min if lo is None else lo
     hi = info.max if hi is None else hi
-    return ctx.result([X.shape], [X.dtype], lambda x, out, *_: np.minimum(
-        np.maximum(x, lo, out=out), hi, out=out))
+    return ctx.result([X.shape], [X.dtype], lambda x, *rest: np.minimum(
+        np.maximum(x, lo, out=rest[-1]), hi, out=rest[-1]))
 
 
 def _softmax_op(ctx, X, ax, log, legacy):

@@ -17,8 +17,8 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
     ctx.check(X.rank >= 3 and W.rank == X.rank, f"X rank {X.rank} and W rank {W.rank} must "
               "match and be >= 3")
     nsp = X.rank - 2
-    if nsp > 2:
-        raise ctx.unsupported(f"{nsp}-D convolution is not supported (1-D and 2-D are)")
+    if nsp > 3:
+        raise ctx.unsupported(f"{nsp}-D convolution is not supported (1-D to 3-D are)")
     wsp = tuple(W.shape[2:])
     ctx.check(all(known(d) for d in W.shape), "W shape must be static")
     ctx.check(all(d >= 1 for d in W.shape), f"W shape {list(W.shape)} has empty dims")
@@ -36,6 +36,8 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
     if B is not None:
         ctx.check(B.shape == (m,), f"B shape {list(B.shape)} must be [{m}]")
         ctx.check(B.dtype == X.dtype, f"B dtype {B.dtype} differs from X dtype {X.dtype}")
+    ctx.check(all(not known(v) or v >= 1 for v in X.shape[2:]),
+              f"input spatial dims {list(X.shape[2:])} are empty")
     out, p = window(ctx, X.shape[2:], k, s, d, p, auto_pad)
     ctx.check(all(o is None or o >= 1 for o in out), f"output spatial size {list(out)} is empty")
     shape = (X.shape[0], m) + out
@@ -48,6 +50,10 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
 def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha=0.01,
               clip=(-math.inf, math.inf), residual=False):
     """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height."""
+    if len(k) == 3:
+        from .conv3d import bind_conv3d
+        return bind_conv3d(ctx, X, W, B, k, s, d, p, g, shape, macs, activation, alpha, clip,
+                           residual)
     if not ctx.binding:
         return ctx.result([shape], [X.dtype], flops=macs)
     one_d = len(k) == 1
@@ -55,6 +61,10 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         k, s, d, p = (1,) + k, (1,) + s, (1,) + d, (0, p[0], 0, p[1])
     in4 = (X.shape[0], X.shape[1], 1, X.shape[2]) if one_d else tuple(X.shape)
     out4 = (shape[0], shape[1], 1, shape[2]) if one_d else shape
+    # A stride past the padded extent gives one output on that axis, as the extent itself does;
+    # clamping keeps the kernel's offset arithmetic far from int64 overflow.
+    s = tuple(min(v, max(1, n + p[i] + p[i + 2])) for i, (v, n) in enumerate(zip(s, in4[2:])))
+    scratch = _scratch_bytes(in4, s, p, X.dtype.itemsize)
 
     def make(w, b):
         w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
@@ -71,7 +81,16 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         kern = conv if conv is not None else make(w, b)
         kern(x.reshape(in4), rest[-1].reshape(out4), z)
 
-    return ctx.result([shape], [X.dtype], run, flops=macs)
+    return ctx.result([shape], [X.dtype], run, flops=macs, scratch=scratch)
+
+
+def _scratch_bytes(in4, s, p, itemsize) -> int:
+    """Bytes of Conv2d's zero-bordered input copy (kernels/conv.py), counted in the budget."""
+    n, c, h, w = in4
+    if s[1] == 1 and not any(p):
+        return 0
+    rl = s[1] * -(-(w + p[1] + p[3]) // s[1])
+    return (n * c + 1) * ((h + p[0] + p[2]) * rl + 64) * itemsize
 
 
 @register_op("Conv", since=(1, 11, 22))

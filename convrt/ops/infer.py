@@ -12,15 +12,17 @@ constants), which is how ``Shape -> Gather -> Concat -> Reshape`` chains from ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConvrtError, ShapeError, UnsupportedOpError
+from ..errors import ConvrtError, ModelLoadError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Node, Value
 from .registry import OpContext, OpDef, OpResult, TensorInfo, lookup, schema_attributes
 
 FOLD_LIMIT = 1 << 22  # elements: larger constant subgraphs are left to run time
+FOLD_TOTAL = 1 << 28  # bytes of folded values per walk; past it, folding is left to run time
 
 
 @dataclass
@@ -76,15 +78,20 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
         res = opdef.fn(ctx, *infos[:n_in], **node.attrs)
     except ConvrtError:
         raise
-    except (TypeError, ValueError, IndexError, KeyError, OverflowError, ZeroDivisionError,
-            AttributeError, MemoryError) as e:
-        raise ctx.fail(f"invalid inputs or attributes ({type(e).__name__}: {e})") from None
+    except Exception as e:  # anything an op function did not anticipate: one ShapeError
+        raise ctx.fail(f"invalid inputs or attributes ({one_line(e)})") from None
     if len(res.outputs) < len(node.outputs):
         raise ctx.fail(f"produces {len(res.outputs)} outputs, node lists {len(node.outputs)}")
     return res
 
 
 _EMPTY = __import__("inspect").Parameter.empty
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: message`` cut to its first line (numba's typing errors span many lines)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
 def _evaluate(res: OpResult, infos: list[TensorInfo | None], n_out: int) -> list[np.ndarray]:
@@ -113,13 +120,17 @@ def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
     opdefs = resolve(graph)
     env: dict[str, TensorInfo] = {}
     for name, v in graph.initializers.items():
-        env[name] = TensorInfo(tuple(v.shape), v.dtype, v.const if graph.is_constant(v) else None)
+        # an overridable initializer (also a graph input) not fed to this plan is its default:
+        # a constant for the plan
+        const = graph.is_constant(v) or (feeds is not None and name not in feeds)
+        env[name] = TensorInfo(tuple(v.shape), v.dtype, v.const if const else None)
     for v in graph.inputs:
         if feeds is not None and v.name in feeds:
             env[v.name] = feeds[v.name]
         elif v.const is None:
             env[v.name] = TensorInfo(v.shape, v.dtype)
     out: list[NodeInfo] = []
+    folded_bytes = 0
     for node in graph.nodes:
         label = node_label(node)
         infos: list[TensorInfo | None] = []
@@ -127,23 +138,32 @@ def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
             if v is None or v.name == "":
                 infos.append(None)
             elif v.name not in env:
-                raise ShapeError(f"{graph.source}: node '{label}' ({node.op_type}) reads "
-                                 f"undefined value '{v.name}'")
+                raise ModelLoadError(f"{graph.source}: node '{label}' ({node.op_type}) reads "
+                                     f"undefined value '{v.name}'")  # a malformed graph
             else:
                 infos.append(env[v.name])
         present = [i for i in infos if i is not None]
         foldable = all(i.value is not None for i in present) and all(
-            i.static and int(np.prod(i.shape)) <= FOLD_LIMIT for i in present)
+            i.static and math.prod(i.shape) <= FOLD_LIMIT for i in present)
         opdef = opdefs[id(node)]
         opset = graph.opsets.get(node.domain, graph.opset) if node.domain else graph.opset
         ctx = OpContext(label, node.op_type, opset, binding or foldable, graph.source)
+        ctx.n_outputs = len(node.outputs)
         res = _call(ctx, opdef, node, infos)
         folded = all(o.value is not None for o in res.outputs)  # e.g. Shape of static dims
         if folded:
             pass
         elif foldable and res.kernel is not None and all(
-                o.static and int(np.prod(o.shape)) <= FOLD_LIMIT for o in res.outputs):
-            values = _evaluate(res, infos, len(node.outputs))
+                o.static and math.prod(o.shape) <= FOLD_LIMIT for o in res.outputs) and \
+                folded_bytes <= FOLD_TOTAL:
+            try:
+                values = _evaluate(res, infos, len(node.outputs))
+            except ConvrtError:
+                raise
+            except Exception as e:
+                raise ctx.fail(f"failed at run time while folding constants ({one_line(e)})") \
+                    from None
+            folded_bytes += sum(a.nbytes for a in values)
             res.outputs[:len(values)] = [TensorInfo(tuple(a.shape), a.dtype, a) for a in values]
             folded = True
         elif foldable and not binding:

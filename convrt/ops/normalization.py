@@ -18,6 +18,8 @@ def _bn(ctx, X, scale, B, mean, var, epsilon, training_mode=0, n_outputs=1):
     ctx.check(X.rank is not None and X.rank >= 2, f"input rank {X.rank} must be >= 2")
     if training_mode:
         raise ctx.unsupported("training_mode=1 is a training op; convrt.train handles it")
+    ctx.check(isinstance(epsilon, (int, float)) and 0 <= epsilon < float("inf"),
+              f"epsilon {epsilon!r} must be a finite non-negative number")
     c = X.shape[1]
     for name, t in (("scale", scale), ("B", B), ("input_mean", mean), ("input_var", var)):
         ctx.check(t.rank == 1, f"{name} must be 1-D, got shape {t.shape}")
@@ -35,7 +37,8 @@ def _bn(ctx, X, scale, B, mean, var, epsilon, training_mode=0, n_outputs=1):
     def run(x, s, b, m, v, out):
         a, sh = pre if pre is not None else (t.astype(dt) for t in bn_affine(s, b, m, v, epsilon))
         n, ch = x.shape[:2]
-        channel_affine(x.reshape(n, ch, -1), a, sh, out.reshape(n, ch, -1))
+        rest = x.size // (n * ch) if n * ch else 0  # (0, C, ...) cannot reshape with -1
+        channel_affine(x.reshape(n, ch, rest), a, sh, out.reshape(n, ch, rest))
 
     return ctx.result([X.shape], [X.dtype], run)
 

@@ -74,6 +74,7 @@ class OpContext:
         self.opset = opset
         self.binding = binding
         self.source = source
+        self.n_outputs = 1  # outputs the node lists (set by infer; MaxPool's Indices)
 
     def where(self) -> str:
         return f"{self.source}: node '{self.node_name}' ({self.op_type})"

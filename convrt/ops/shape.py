@@ -51,7 +51,10 @@ def Dropout_7(ctx, data, *, ratio=0.5):
 @register_op("Dropout", since=(12, 13, 22))
 def Dropout(ctx, data, ratio=None, training_mode=None, *, seed=0):
     if training_mode is not None:
-        if training_mode.value is None or bool(training_mode.value.reshape(-1)[0]):
+        no_drop = ratio is not None and ratio.value is not None and \
+            float(ratio.value.reshape(-1)[0]) == 0.0  # training with ratio 0: identity
+        if not no_drop and ((training_mode.value is None and ctx.binding) or (
+                training_mode.value is not None and bool(training_mode.value.reshape(-1)[0]))):
             raise ctx.unsupported("training_mode must be a constant false for inference")
     return _dropout(ctx, data)
 
@@ -227,13 +230,10 @@ def np_dtype(ctx, to):
     return dt
 
 
-@register_op("Cast", since=(6, 9, 13, 19, 21, 23, 24, 25))
+@register_op("Cast", since=(6, 9, 13, 19, 21, 23, 24, 25, 28))
 def Cast(ctx, input, *, to, saturate=1, round_mode="up"):
-    dt = np_dtype(ctx, to)
-    ctx.check(input.dtype is not None and input.dtype.kind in "biuf",
-              f"cannot cast from {input.dtype}")
-    return ctx.result([input.shape], [dt],
-                      lambda x, out: np.copyto(out, x, casting="unsafe"))
+    from .cast import cast_op  # numeric and ml_dtypes targets (bfloat16, float8, int4...)
+    return cast_op(ctx, input, to, saturate, round_mode)
 
 
 _CONST_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -253,5 +253,6 @@ def Constant(ctx, *, value=None, value_float=None, value_floats=None, value_int=
         arr = np.asarray(v, dtype=np.float32)
     else:
         arr = np.asarray(v, dtype=np.int64)
+    ctx.check(arr.dtype.kind in "biuf", f"'{name}' is not a numeric tensor")
     return ctx.result([arr.shape], [arr.dtype], lambda out: np.copyto(out, arr), value=arr)
 

@@ -12,15 +12,16 @@ plan serves many threads.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
-from ..ops.infer import NodeInfo, infer
+from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import TensorInfo
 
 ALIGN = 64
@@ -74,6 +75,7 @@ class Plan:
 
         self.feed_slots = {name: slot_of(name) for name in feeds}
         self.steps: list[Step] = []
+        self.scratch_bytes = 0  # per-run kernel scratch (Conv's padded input copy...)
         defs: list[tuple[int, TensorInfo]] = []  # (slot, info) of buffers per step, in order
         step_defs: list[list[int]] = []
         alias_of: dict[int, int] = {}  # view slot -> slot it views (root)
@@ -115,6 +117,7 @@ class Plan:
                 defs.append((s, info))
                 last_use.setdefault(s, i)
         step_defs.append(mine)
+        self.scratch_bytes += int(res.extra.get("scratch", 0))
         label = node.name or node.outputs[0].name
         self.steps.append(Step(label, node.op_type,
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias)))
@@ -131,7 +134,7 @@ class Plan:
         for i, mine in enumerate(step_defs):
             for s in mine:
                 info = info_of[s]
-                need = max(int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize, 1)
+                need = max(math.prod(info.shape) * info.dtype.itemsize, 1)  # no int64 wrap
                 fits = [b for b in free if sizes[b] >= need]
                 if fits:
                     b = min(fits, key=lambda b: sizes[b])
@@ -149,20 +152,25 @@ class Plan:
                     free.append(self.assign[s][0])
         self.buffer_sizes = sizes
         self.nbytes = sum(sizes)
-        if budget is not None and self.nbytes > budget:
-            raise InputError(f"{self.source}: these input shapes need {self.nbytes} bytes of "
+        need = self.nbytes + self.scratch_bytes
+        if budget is not None and need > budget:
+            raise InputError(f"{self.source}: these input shapes need {need} bytes of "
                              f"activations, over the memory budget of {budget}")
 
     # -- running ------------------------------------------------------------------------------
     def _new_arena(self) -> list:
         bufs = []
         for size in self.buffer_sizes:
-            raw = np.empty(size + ALIGN, np.uint8)
+            try:
+                raw = np.empty(size + ALIGN, np.uint8)
+            except MemoryError:
+                raise InputError(f"{self.source}: cannot allocate {self.nbytes} bytes of "
+                                 "activations") from None
             off = (-raw.ctypes.data) % ALIGN
             bufs.append(raw[off:off + size])
         views = list(self.template)
         for s, (b, info) in self.assign.items():
-            n = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
+            n = math.prod(info.shape) * info.dtype.itemsize
             views[s] = bufs[b][:n].view(info.dtype).reshape(info.shape)
         return views
 
@@ -179,14 +187,22 @@ class Plan:
             env = list(views)
             for name, s in self.feed_slots.items():
                 env[s] = feeds[name]
-            if profile is None:
-                for step in self.steps:
-                    step.run(env)
-            else:
-                for step in self.steps:
-                    t0 = time.perf_counter()
-                    step.run(env)
-                    profile.append((step.label, step.op_type, time.perf_counter() - t0))
+            step = None
+            try:
+                if profile is None:
+                    for step in self.steps:
+                        step.run(env)
+                else:
+                    for step in self.steps:
+                        t0 = time.perf_counter()
+                        step.run(env)
+                        profile.append((step.label, step.op_type, time.perf_counter() - t0))
+            except ConvrtError:
+                raise
+            except Exception as e:  # a validation gap: never let it out as a raw exception
+                where = f"node '{step.label}' ({step.op_type})" if step else "plan"
+                raise ShapeError(f"{self.source}: {where} failed at run time "
+                                 f"({one_line(e)})") from e
             return [np.array(env[s], copy=True) for s in self.output_slots]
         finally:
             with self._lock:

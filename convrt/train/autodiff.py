@@ -19,8 +19,10 @@ without a rule is a :class:`~convrt.errors.TrainingError` naming it, raised at c
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
+import numba
 import numpy as np
 
 from ..errors import TrainingError
@@ -30,6 +32,41 @@ from ..ops.registry import TensorInfo
 from .grads import grad_rule, train_forward
 
 _EMPTY = inspect.Parameter.empty
+
+#: Nodes whose largest tensor is smaller than this (elements) run their kernels on one thread.
+#: A numba parallel region costs a thread wake-up; on a busy 2-core machine that costs
+#: milliseconds, far more than a small kernel (digits: 30 ms a step on one thread, 300+ ms on
+#: two while other processes ran).
+PARALLEL_MIN = 1 << 17
+
+
+class _Threads:
+    """Switch numba's thread count per node by work size (restored on exit)."""
+
+    def __init__(self):
+        self.full = numba.get_num_threads()
+        self.cur = self.full
+
+    def set_for(self, arrays, extra: int = 0):
+        big = max([extra] + [a.size for a in arrays if a is not None])
+        want = self.full if big >= PARALLEL_MIN else 1
+        if want != self.cur:
+            numba.set_num_threads(want)
+            self.cur = want
+
+    def restore(self):
+        if self.cur != self.full:
+            numba.set_num_threads(self.full)
+            self.cur = self.full
+
+
+@contextlib.contextmanager
+def _threads():
+    t = _Threads()
+    try:
+        yield t
+    finally:
+        t.restore()
 
 
 class NodeCtx:
@@ -57,7 +94,7 @@ class NodeCtx:
 
 class _Step:
     __slots__ = ("node", "label", "kernel", "alias", "out_infos", "fwd", "rule", "attrs",
-                 "opset", "needs", "cache", "on_path")
+                 "opset", "needs", "cache", "on_path", "out_size")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -176,7 +213,9 @@ class Program:
                                alias=ni.result.alias, out_infos=ni.result.outputs,
                                fwd=train_forward(node.op_type), rule=grad_rule(node.op_type),
                                attrs=self._attrs(node), opset=opset,
-                               needs=self.needs.get(id(node), []), cache={}, on_path=on))
+                               needs=self.needs.get(id(node), []), cache={}, on_path=on,
+                               out_size=max([int(np.prod(o.shape)) for o in
+                                             ni.result.outputs if o.shape is not None] + [0])))
         return consts, steps
 
     def bound(self, arrays: dict[str, np.ndarray]):
@@ -203,11 +242,17 @@ class Program:
         records: list[NodeCtx] = []
         state_updates: dict = {}
         rng = rng if rng is not None else np.random.default_rng(0)
+        with _threads() as threads:
+            self._run_steps(steps, env, records, state_updates, training, rng, keep, threads)
+        return Tape(env, records, state_updates)
+
+    def _run_steps(self, steps, env, records, state_updates, training, rng, keep, threads):
         for st in steps:
             node = st.node
             args = [None if v is None or not v.name else env[v.name] for v in node.inputs]
             while args and args[-1] is None:
                 args.pop()
+            threads.set_for(args, st.out_size)
             ctx = NodeCtx(st, args, training, rng)
             if st.fwd is not None:
                 outs = st.fwd(ctx, *args)
@@ -228,7 +273,6 @@ class Program:
                     state_updates[node.inputs[i].name] = val
             if keep and st.on_path:
                 records.append(ctx)
-        return Tape(env, records, state_updates)
 
     def backward(self, tape: Tape, out_grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Gradients of the ``wrt`` tensors given gradients of some values (usually the loss
@@ -247,12 +291,25 @@ class Program:
 
         for name, g in out_grads.items():
             accumulate(name, g)
+        with _threads() as threads:
+            self._walk(tape, grads, accumulate, threads)
+        out = {}
+        for n in self.wrt:
+            g = grads.get(n)
+            if g is None:
+                a = tape.env[n]
+                g = np.zeros_like(a)
+            out[n] = g
+        return out
+
+    def _walk(self, tape, grads, accumulate, threads):
         for ctx in reversed(tape.records):
             node = ctx.node
             gy = [grads.get(v.name) for v in node.outputs]
             if all(g is None for g in gy):
                 continue
             rule = grad_rule(node.op_type)
+            threads.set_for(list(ctx.inputs) + list(ctx.outputs))
             res = rule.fn(ctx, gy)
             if len(res) != len(node.inputs):
                 raise AssertionError(f"backward rule of {node.op_type} returned {len(res)} "
@@ -265,11 +322,3 @@ class Program:
                 if g.dtype != x.dtype:
                     g = g.astype(x.dtype)
                 accumulate(v.name, g)
-        out = {}
-        for n in self.wrt:
-            g = grads.get(n)
-            if g is None:
-                a = tape.env[n]
-                g = np.zeros_like(a)
-            out[n] = g
-        return out

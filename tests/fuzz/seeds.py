@@ -73,7 +73,7 @@ _TEXT = {
             yi = Cast <to=6> (y)
         }""",
     "old_opset": """
-        <ir_version: 6, opset_import: ["" : 11]>
+        <ir_version: 7, opset_import: ["" : 12]>
         g (float[1,4] x) => (float[1,4] y) {
             k = Constant <value_floats=[1.0, 2.0, 3.0, 4.0]> ()
             a = Mul (x, k)
@@ -82,6 +82,29 @@ _TEXT = {
             q = Unsqueeze <axes=[0]> (s)
             r = Squeeze <axes=[0]> (q)
             y = ReduceMean <axes=[0], keepdims=1> (r)
+        }""",
+    "tensor_ops": """
+        <ir_version: 8, opset_import: ["" : 14]>
+        g (float[2,2,4,4] x) => (float[2,3,8,10] y, float[4,2,4,2] t, float[2,3] k) {
+            p = Pad <mode="constant"> (x, pads, pv)
+            s = Slice (p, st, en, ax, sp)
+            ct = ConvTranspose <strides=[2,2], pads=[1,1,1,1], output_padding=[1,1]> (s, wt, bt)
+            pr = PRelu (ct, slope)
+            l = LRN <size=3> (pr)
+            e = Elu <alpha=0.5> (l)
+            hs = HardSwish (e)
+            hg = HardSigmoid (hs)
+            mx = Max (hg, e)
+            mn = Min (mx, hs)
+            sm = Sum (mn, mx)
+            me = Mean (sm, mn)
+            ab = Mul (me, me)
+            q = Sqrt (ab)
+            ex = Exp (q)
+            lg = Log (ex)
+            y = Pow (lg, two)
+            t = Transpose <perm=[2,0,3,1]> (x)
+            k = ConstantOfShape <value=float[1] {1.5}> (kshape)
         }""",
 }
 
@@ -98,6 +121,10 @@ def _inits(name: str, rng) -> dict[str, np.ndarray]:
                          "va": np.abs(f(3)) + np.float32(0.5),
                          "lo": np.float32(-1), "hi": np.float32(1)},
         "old_opset": {"lo": np.float32(-2), "hi": np.float32(2)},
+        "tensor_ops": {"pads": i64(0, 0, 1, 1, 0, 0, 1, 1), "pv": np.float32(0.5),
+                       "st": i64(0, 1), "en": i64(4, 6), "ax": i64(2, 3), "sp": i64(1, 1),
+                       "wt": f(2, 3, 3, 3), "bt": f(3), "slope": f(3, 1, 1) * 0.1,
+                       "two": np.float32(2), "kshape": i64(2, 3)},
     }[name]
 
 

@@ -1,0 +1,116 @@
+"""Cast: numeric types, plus the ml_dtypes ONNX exchanges (bfloat16, float8, float4, int4, int2).
+
+The small float types follow the spec's tables: with ``saturate`` (default) out-of-range values
+and infinities clamp to the largest finite value; without it they become NaN (Inf for E5M2).
+FLOAT8E8M0 (a power of two) honours ``round_mode`` (up / down / nearest).  Integer targets of
+4 or 2 bits round half to even and keep the low bits (as ONNX's reference does).
+"""
+
+
+import numpy as np
+import onnx.helper
+from onnx import TensorProto
+
+from .registry import register_op
+
+_EXOTIC = {TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
+           TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ, TensorProto.FLOAT4E2M1,
+           TensorProto.UINT4, TensorProto.INT4}
+for _n in ("UINT2", "INT2", "FLOAT8E8M0"):
+    if hasattr(TensorProto, _n):
+        _EXOTIC.add(getattr(TensorProto, _n))
+_SATURATING = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+               "float4_e2m1fn"}
+_SMALL_INTS = {"int4", "uint4", "int2", "uint2"}
+
+
+def onnx_np_dtype(ctx, to) -> np.dtype:
+    """The numpy (or ml_dtypes) dtype of ONNX element type ``to``."""
+    to = int(to)
+    if to == TensorProto.STRING:
+        raise ctx.unsupported("cast to STRING is not supported")
+    try:
+        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    except Exception:
+        raise ctx.unsupported(f"cast to ONNX type {to} is not supported") from None
+    if dt.kind not in "biuf" and to not in _EXOTIC:
+        name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else to
+        raise ctx.unsupported(f"cast to {name} is not supported")
+    return dt
+
+
+def _is_small_float(dt) -> bool:
+    return dt.kind == "V" and dt.name not in _SMALL_INTS
+
+
+def _to_e8m0(x, out, saturate, mode):
+    import ml_dtypes
+    f = np.asarray(x, dtype=np.float64)
+    e8 = np.dtype(ml_dtypes.float8_e8m0fnu)
+    lo_e, hi_e = -127, 127
+    with np.errstate(all="ignore"):
+        m, e = np.frexp(np.abs(f))  # |f| = m * 2**e, m in [0.5, 1)
+        exact = m == 0.5
+        down = e - 1
+        if mode == "down":
+            k = down
+        elif mode == "nearest":
+            k = np.where(m >= 0.75, e, down)
+        else:
+            k = np.where(exact, down, e)
+        k = np.where(exact, down, k)
+        bad = ~np.isfinite(f) | (f <= 0) | (k > hi_e) | (k < lo_e)
+        if saturate:
+            k = np.clip(k, lo_e, hi_e)
+            k = np.where(np.isposinf(f), hi_e, k)
+            k = np.where(f <= 0, lo_e, k)
+            nan = np.isnan(f)
+        else:
+            nan = bad
+        vals = np.ldexp(1.0, k.astype(np.int64))
+        vals = np.where(nan, np.nan, vals)
+    out[...] = vals.astype(e8)
+
+
+def _cast_kernel(src, dst, saturate, round_mode):
+    if dst.name == "float8_e8m0fnu":
+        return lambda x, out: _to_e8m0(x, out, saturate, round_mode)
+    if dst.name in _SATURATING and saturate and src.kind in "fV" and src.name not in _SMALL_INTS:
+        import ml_dtypes
+        hi = float(ml_dtypes.finfo(dst).max)
+
+        def run_sat(x, out):
+            out[...] = np.clip(x.astype(np.float32), -hi, hi).astype(dst)
+        return run_sat
+    if dst.name in _SMALL_INTS and src.kind in "fV":
+        bits = 4 if dst.name.endswith("4") else 2
+        signed = not dst.name.startswith("u")
+
+        def run_int(x, out):  # round half to even, then keep the low bits (two's complement)
+            v = np.rint(x.astype(np.float64)).astype(np.int64) & ((1 << bits) - 1)
+            if signed:
+                v = np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+            out[...] = v.astype(dst)
+        return run_int
+    if _is_small_float(src) or _is_small_float(dst) or src.name in _SMALL_INTS \
+            or dst.name in _SMALL_INTS:
+        def run_via(x, out):
+            mid = x.astype(np.float32) if src.kind == "V" and dst.kind != "V" and \
+                dst.kind == "f" else x
+            out[...] = np.asarray(mid).astype(dst)
+        return run_via
+    return lambda x, out: np.copyto(out, x, casting="unsafe")
+
+
+def cast_op(ctx, input, to, saturate=1, round_mode="up"):
+    """Cast ``input`` to ONNX type ``to``; shared by every Cast schema version."""
+    dt = onnx_np_dtype(ctx, to)
+    src = input.dtype
+    ctx.check(src is not None and (src.kind in "biuf" or src.kind == "V"),
+              f"cannot cast from {src}")
+    ctx.check(round_mode in ("up", "down", "nearest"), f"round_mode {round_mode!r} is not one "
+              "of up, down, nearest")
+    return ctx.result([input.shape], [dt], _cast_kernel(src, dt, bool(saturate), round_mode))
+
+
+__all__ = ["cast_op", "onnx_np_dtype"]

@@ -1,0 +1,62 @@
+"""Data sets for ``convrt train``: scikit-learn's bundled digits, or an ``.npz`` with x and y.
+
+Both are split into a seeded held-out fraction (20 % by default) and a training part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import TrainingError
+
+
+def split(x, y, val_fraction: float, seed: int):
+    n = len(x)
+    idx = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    val, tr = idx[:n_val], idx[n_val:]
+    return (x[tr], y[tr]), (x[val], y[val])
+
+
+def load_digits_data():
+    """8x8 digits as (N, 1, 8, 8) float32 in [0, 1] and int64 labels."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise TrainingError("--data digits needs scikit-learn (pip install convrt[train])") \
+            from None
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return x, d.target.astype(np.int64)
+
+
+def load_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files or "y" not in z.files:
+                raise TrainingError(f"{path}: needs arrays 'x' and 'y', has {sorted(z.files)}")
+            x, y = z["x"], z["y"]
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"cannot read data file {path}: {e}") from None
+    if len(x) != len(y):
+        raise TrainingError(f"{path}: {len(x)} inputs but {len(y)} targets")
+    if x.dtype.kind not in "fiu":
+        raise TrainingError(f"{path}: x must be numeric, got {x.dtype}")
+    return x.astype(np.float32, copy=False), y
+
+
+def load_data(spec: str, val_fraction: float = 0.2, seed: int = 0):
+    """(train, held-out) pairs for ``digits`` or a ``.npz`` file."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise TrainingError(f"held-out fraction {val_fraction} must be in [0, 1)")
+    x, y = load_digits_data() if spec == "digits" else load_npz(spec)
+    if len(x) < 2:
+        raise TrainingError(f"{spec}: needs at least 2 samples, got {len(x)}")
+    return split(x, y, val_fraction, seed)
+
+
+def batches(n: int, batch_size: int, rng):
+    """Shuffled index batches covering all n samples once (the last one may be smaller)."""
+    order = rng.permutation(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]

@@ -1,0 +1,67 @@
+"""MaxPool (training forward with argmax), AveragePool and GlobalAveragePool backward."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ops._shape import ints, window
+from ...ops.registry import OpContext
+from ..kernels import pool as K
+from .registry import register_forward, register_grad
+
+
+def _geometry(ctx, x):
+    """(k, s, d, pads, out spatial) resolved with ONNX's rules, cached per input shape."""
+    geo = ctx.cache.get("geo")
+    if geo is None:
+        a = ctx.attrs
+        octx = OpContext(ctx.label, ctx.node.op_type, ctx.opset, True)
+        k = ints(octx, a["kernel_shape"], 2, "kernel_shape", 1)
+        s = ints(octx, a.get("strides") or [1, 1], 2, "strides", 1)
+        d = ints(octx, a.get("dilations") or [1, 1], 2, "dilations", 1)
+        p = ints(octx, a.get("pads") or [0, 0, 0, 0], 4, "pads", 0)
+        out, p = window(octx, x.shape[2:], k, s, d, p, a.get("auto_pad", "NOTSET"),
+                        int(a.get("ceil_mode", 0)))
+        geo = ctx.cache["geo"] = (k, s, d, p, out)
+    return geo
+
+
+@register_forward("MaxPool")
+def maxpool_forward(ctx, x):
+    (kh, kw), (sh, sw), (dh, dw), p, out_sp = _geometry(ctx, x)
+    y = np.empty(x.shape[:2] + tuple(out_sp), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int64)
+    K.max_pool2d_argmax(x, y, arg, kh, kw, sh, sw, dh, dw, p[0], p[1])
+    ctx.saved["argmax"] = arg
+    if len(ctx.node.outputs) > 1:  # Indices output: flat NCHW index (storage_order 0)
+        hw = x.shape[2] * x.shape[3]
+        base = (np.arange(x.shape[0] * x.shape[1], dtype=np.int64) * hw).reshape(
+            x.shape[0], x.shape[1], 1, 1)
+        return y, arg + base
+    return (y,)
+
+
+@register_grad("MaxPool")
+def maxpool_grad(ctx, gy):
+    x = ctx.inputs[0]
+    gx = np.empty_like(x)
+    K.max_pool2d_backward(np.ascontiguousarray(gy[0]), ctx.saved["argmax"], gx)
+    return (gx,)
+
+
+@register_grad("AveragePool")
+def avgpool_grad(ctx, gy):
+    x = ctx.inputs[0]
+    (kh, kw), (sh, sw), (dh, dw), p, _ = _geometry(ctx, x)
+    gx = np.empty_like(x)
+    K.avg_pool2d_backward(np.ascontiguousarray(gy[0]), gx, kh, kw, sh, sw, dh, dw, p[0], p[1],
+                          p[2], p[3], int(ctx.attrs.get("count_include_pad", 0)))
+    return (gx,)
+
+
+@register_grad("GlobalAveragePool")
+def gap_grad(ctx, gy):
+    x = ctx.inputs[0]
+    s = int(np.prod(x.shape[2:]))
+    g = gy[0].reshape(x.shape[:2] + (1,) * (x.ndim - 2)) / np.asarray(s, x.dtype)
+    return (np.broadcast_to(g, x.shape).copy(),)

@@ -1,0 +1,265 @@
+"""The training API: :class:`Trainer` = model + loss + optimizer, step / export / checkpoint.
+
+    tr = Trainer("model.onnx", loss="cross_entropy", optimizer=SGD(lr=0.05, momentum=0.9))
+    loss = tr.step({"input": x}, y)
+    tr.export("trained.onnx")
+
+Training mode is what PyTorch's ``train()`` would do with the exported module: BatchNormalization
+uses batch statistics and updates its running statistics, Dropout is active (seeded masks).
+Prediction, evaluation and the exported model are eval mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+
+from ..compiler import load
+from ..errors import InputError, TrainingError
+from ..onnx_io import from_graph
+from ._threads import blas_single_thread
+from .autodiff import Program
+from .losses import get_loss
+from .optim import SGD, Optimizer
+
+CHECKPOINT_FORMAT = "convrt-train-checkpoint/1"
+
+
+class Trainer:
+    """Train an ONNX model's float initializers.
+
+    Args:
+        model: path, bytes or onnx.ModelProto; its first output is the prediction (logits for
+            cross-entropy).
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        optimizer: an :class:`~convrt.train.optim.Optimizer` (default ``SGD(lr=0.01)``).
+        trainable: initializer names to train; None = every float initializer except
+            BatchNormalization running statistics (and tensors only read as shapes/ratios).
+        seed: seeds the Dropout masks.
+    """
+
+    def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
+                 trainable=None, seed: int = 0, base_dir=None):
+        self.loss_name = loss
+        self._loss = get_loss(loss)
+        self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
+        if not isinstance(self.optimizer, Optimizer):
+            raise TrainingError(f"optimizer must be a convrt.train optimizer, got "
+                                f"{type(self.optimizer).__name__}")
+        g = self.graph = load(model, base_dir)
+        self.source = g.source
+        state = []
+        for node in g.nodes:
+            if node.op_type == "BatchNormalization":
+                for v in node.inputs[3:5]:
+                    if v is not None and v.name in g.initializers and v.name not in state:
+                        state.append(v.name)
+        self.state_names = state
+        floats = [n for n, v in g.initializers.items()
+                  if v.const is not None and v.const.dtype.kind == "f" and n not in state]
+        if trainable is None:
+            names = self._default_trainable(floats)
+        else:
+            names = list(dict.fromkeys([trainable] if isinstance(trainable, str) else trainable))
+            for n in names:
+                if n not in g.initializers:
+                    raise TrainingError(f"{self.source}: trainable '{n}' is not an initializer")
+                if n in state:
+                    raise TrainingError(f"{self.source}: '{n}' is a BatchNormalization running "
+                                        "statistic, which is state, not trainable")
+                if n not in floats:
+                    raise TrainingError(f"{self.source}: trainable '{n}' is not a float tensor")
+        if not names:
+            raise TrainingError(f"{self.source}: nothing to train")
+        self.params = {n: np.array(g.initializers[n].const, copy=True) for n in names}
+        self.state = {n: np.array(g.initializers[n].const, copy=True) for n in state}
+        self.program = Program(g, names, dynamic=state)
+        self.inputs = {v.name: v for v in g.runtime_inputs()}
+        self.output = g.outputs[0].name
+        self.rng = np.random.default_rng(seed)
+        self.step_count = 0
+
+    def _default_trainable(self, floats):
+        """Float initializers read at some differentiable input position."""
+        from .grads import grad_rule
+
+        out = []
+        for n in floats:
+            for node, i in self.graph.values[n].uses:
+                rule = grad_rule(node.op_type)
+                if rule is None or i not in rule.nondiff:
+                    out.append(n)
+                    break
+        return out
+
+    # -- feeds ------------------------------------------------------------------------------
+    def _feeds(self, feeds) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray):
+            if len(self.inputs) != 1:
+                raise InputError(f"{self.source}: the model has inputs {sorted(self.inputs)}; "
+                                 "pass a dict")
+            feeds = {next(iter(self.inputs)): feeds}
+        if not isinstance(feeds, dict):
+            raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
+        out = {}
+        for name, a in feeds.items():
+            v = self.inputs.get(name)
+            if v is None:
+                raise InputError(f"{self.source}: unknown input '{name}'; expected "
+                                 f"{sorted(self.inputs)}")
+            a = np.asarray(a)
+            if a.dtype != v.dtype:
+                if a.dtype.kind in "fiu" and v.dtype.kind == "f":
+                    a = a.astype(v.dtype)
+                else:
+                    raise InputError(f"input '{name}': dtype {a.dtype}, expected {v.dtype}")
+            if v.shape is not None:
+                if a.ndim != len(v.shape):
+                    raise InputError(f"input '{name}': rank {a.ndim}, expected {len(v.shape)} "
+                                     f"(shape {list(v.shape)})")
+                for i, (want, got) in enumerate(zip(v.shape, a.shape)):
+                    if isinstance(want, int) and want != got:
+                        raise InputError(f"input '{name}': dim {i} is {got}, expected {want}")
+            out[name] = np.ascontiguousarray(a)
+        missing = [n for n in self.inputs if n not in out]
+        if missing:
+            raise InputError(f"{self.source}: missing input(s) {missing}")
+        return out
+
+    def _dynamic(self):
+        d = dict(self.params)
+        d.update(self.state)
+        return d
+
+    def _forward_backward(self, feeds, targets):
+        feeds = self._feeds(feeds)
+        with blas_single_thread():
+            tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng)
+            pred = tape.env[self.output]
+            loss, dpred = self._loss(pred, targets)
+            if not np.isfinite(loss):
+                raise TrainingError(f"{self.source}: the loss is {loss} at step "
+                                    f"{self.step_count + 1}; training stopped (try a smaller "
+                                    "learning rate, or check the inputs for NaN/Inf)")
+            grads = self.program.backward(tape, {self.output: dpred})
+        return loss, grads, tape
+
+    # -- training ---------------------------------------------------------------------------
+    def gradients(self, feeds, targets) -> dict[str, np.ndarray]:
+        """Gradients of the loss for each trainable initializer (training-mode forward; nothing
+        is updated, running statistics included)."""
+        _, grads, _ = self._forward_backward(feeds, targets)
+        return {n: np.array(g, copy=True) for n, g in grads.items()}
+
+    def step(self, feeds, targets) -> float:
+        """Forward, backward and one optimizer update on a batch; returns the loss."""
+        loss, grads, tape = self._forward_backward(feeds, targets)
+        self.optimizer.step(self.params, grads)
+        for name, val in tape.state_updates.items():
+            self.state[name][...] = val
+        self.step_count += 1
+        return loss
+
+    # -- inference with the current weights ------------------------------------------------
+    def predict(self, feeds, batch_size: int | None = None) -> np.ndarray:
+        """The first output in eval mode (BN running statistics, Dropout off)."""
+        feeds = self._feeds(feeds)
+        with blas_single_thread():
+            return self._predict(feeds, batch_size)
+
+    def _predict(self, feeds, batch_size):
+        n = next(iter(feeds.values())).shape[0] if feeds else 0
+        if batch_size is None or n <= batch_size:
+            return self.program.forward(feeds, self._dynamic(), training=False,
+                                        keep=False).env[self.output].copy()
+        parts = []
+        for i in range(0, n, batch_size):
+            part = {k: v[i:i + batch_size] for k, v in feeds.items()}
+            parts.append(self.program.forward(part, self._dynamic(), training=False,
+                                              keep=False).env[self.output].copy())
+        return np.concatenate(parts)
+
+    def evaluate(self, feeds, targets, batch_size: int = 512) -> dict:
+        """Eval-mode loss (and accuracy for cross-entropy) over a data set."""
+        pred = self.predict(feeds, batch_size)
+        loss, _ = self._loss(pred, targets)
+        out = {"loss": loss}
+        if self.loss_name == "cross_entropy":
+            out["accuracy"] = float(np.mean(pred.argmax(axis=1) == np.asarray(targets)))
+        return out
+
+    # -- export / checkpoints ---------------------------------------------------------------
+    def to_model(self):
+        """The trained model as an onnx.ModelProto (eval mode: BN with the updated running
+        statistics, Dropout left to inference semantics)."""
+        g = self.graph
+        for name, arr in list(self.params.items()) + list(self.state.items()):
+            v = g.initializers[name]
+            v.const = np.array(arr, dtype=v.dtype, copy=True)
+        return from_graph(g)
+
+    def export(self, path) -> None:
+        import onnx
+
+        model = self.to_model()
+        try:
+            onnx.save_model(model, os.fspath(path))
+        except OSError as e:
+            raise TrainingError(f"cannot write {path}: {e.strerror}") from None
+
+    def _fingerprint(self):
+        return {n: list(a.shape) for n, a in sorted(self._dynamic().items())}
+
+    def save_checkpoint(self, path) -> None:
+        """Weights, running statistics, optimizer state, step count and the RNG state."""
+        arrays, index = {}, {}
+        for kind, d in (("param", self.params), ("state", self.state)):
+            for n, a in d.items():
+                key = f"a{len(arrays)}"
+                arrays[key] = a
+                index[key] = [kind, n, ""]
+        opt = self.optimizer.state_dict()
+        for n, slots in opt.pop("state").items():
+            for slot, a in slots.items():
+                key = f"a{len(arrays)}"
+                arrays[key] = a
+                index[key] = ["opt", n, slot]
+        meta = {"format": CHECKPOINT_FORMAT, "loss": self.loss_name, "step": self.step_count,
+                "optimizer": opt, "rng": self.rng.bit_generator.state, "index": index,
+                "fingerprint": self._fingerprint()}
+        buf = io.BytesIO()
+        np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
+        try:
+            with open(path, "wb") as f:
+                f.write(buf.getvalue())
+        except OSError as e:
+            raise TrainingError(f"cannot write checkpoint {path}: {e.strerror}") from None
+
+    def load_checkpoint(self, path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        except (OSError, ValueError, KeyError) as e:
+            raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{path}: not a convrt training checkpoint")
+        if meta["fingerprint"] != self._fingerprint():
+            raise TrainingError(f"{path}: the checkpoint's tensors do not match this model's "
+                                "trainable tensors and running statistics")
+        opt = dict(meta["optimizer"])
+        opt["state"] = {}
+        for key, (kind, name, slot) in meta["index"].items():
+            a = arrays[key]
+            if kind == "param":
+                self.params[name][...] = a
+            elif kind == "state":
+                self.state[name][...] = a
+            else:
+                opt["state"].setdefault(name, {})[slot] = a
+        self.optimizer.load_state_dict(opt)
+        self.step_count = int(meta["step"])
+        self.rng.bit_generator.state = meta["rng"]

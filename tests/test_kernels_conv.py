@@ -1,0 +1,161 @@
+"""Conv2d against the naive numpy reference and onnx's ReferenceEvaluator."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from convrt.kernels.conv import Conv2d
+from naive import activation_ref, conv2d_ref
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+# (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations, group)
+CASES = {
+    "1x1": (1, 8, 7, 9, 16, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_s2": (3, 8, 9, 10, 24, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_pad": (1, 5, 6, 6, 8, 1, 1, (1, 1), (1, 0, 0, 1), (1, 1), 1),
+    "3x3": (1, 16, 16, 16, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_nopad": (3, 6, 10, 19, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "3x3_s2_asym": (1, 8, 11, 12, 70, 3, 3, (2, 2), (0, 1, 2, 1), (1, 1), 1),
+    "3x3_s3": (1, 4, 14, 15, 16, 3, 3, (3, 3), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_s21": (1, 4, 9, 11, 8, 3, 3, (2, 1), (1, 2, 0, 1), (1, 1), 1),
+    "3x3_d2": (1, 8, 12, 13, 24, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    "3x3_d2_s2": (3, 4, 13, 12, 16, 3, 3, (2, 2), (1, 0, 2, 3), (2, 1), 1),
+    "5x5": (1, 6, 12, 12, 16, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),
+    "7x7_s2": (1, 3, 23, 22, 64, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "11x11_s4": (1, 3, 35, 35, 16, 11, 11, (4, 4), (2, 2, 2, 2), (1, 1), 1),
+    "2x2_s2": (3, 8, 8, 9, 24, 2, 2, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "4x4_asym": (1, 4, 9, 10, 16, 4, 4, (1, 1), (1, 2, 2, 1), (1, 1), 1),
+    "1x3": (1, 4, 6, 9, 8, 1, 3, (1, 1), (0, 1, 0, 1), (1, 1), 1),
+    "group2": (3, 8, 9, 9, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "group2_m8": (1, 8, 8, 8, 16, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+    "group2_m70": (1, 6, 8, 9, 70, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "group4_narrow": (1, 8, 7, 7, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+    "depthwise": (3, 16, 10, 11, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    "depthwise_s2": (1, 24, 12, 12, 24, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1), 24),
+    "depthwise_x2": (1, 8, 9, 9, 16, 5, 5, (1, 1), (2, 2, 2, 2), (2, 2), 8),
+    "m_small": (1, 8, 6, 6, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "out_1x1": (3, 16, 7, 7, 24, 7, 7, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+}
+
+
+def _data(case, dtype, seed=0, bias=True):
+    n, c, h, w, m, kh, kw, strides, pads, dil, group = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = (rng.standard_normal((m, c // group, kh, kw)) / np.sqrt(kh * kw * c // group))
+    b = rng.standard_normal(m).astype(dtype) if bias else None
+    return x, wt.astype(dtype), b
+
+
+def _run(case, x, wt, b, dtype, residual=None, **act):
+    n, c, h, w, m, kh, kw, strides, pads, dil, group = case
+    conv = Conv2d(wt, b, x.shape, strides, pads, dil, group, dtype=dtype, **act)
+    out = np.full(conv.out_shape, np.nan, dtype=dtype)
+    conv(x, out, residual)
+    return conv, out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conv_vs_naive(name, dtype):
+    case = CASES[name]
+    x, wt, b = _data(case, dtype, bias=name != "3x3_nopad")
+    conv, out = _run(case, x, wt, b, dtype)
+    ref = conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10])
+    assert conv.out_shape == ref.shape
+    np.testing.assert_allclose(out, ref, **TOL[dtype])
+    out2 = np.empty_like(out)
+    conv(x, out2)  # a second call reuses the scratch: same answer
+    np.testing.assert_array_equal(out, out2)
+
+
+ACTS = [dict(activation="none"), dict(activation="relu"),
+        dict(activation="leaky_relu", alpha=0.2), dict(activation="clip", clip_min=-0.5,
+                                                       clip_max=0.7),
+        dict(activation="clip", clip_min=0.0, clip_max=6.0), dict(activation="sigmoid"),
+        dict(activation="tanh")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", range(len(ACTS)))
+@pytest.mark.parametrize("name", ["3x3", "1x1", "depthwise", "3x3_s2_asym"])
+def test_epilogue(name, act, residual, dtype):
+    case = CASES[name]
+    x, wt, b = _data(case, dtype, seed=act)
+    ref = conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10])
+    res = None
+    if residual:
+        res = np.random.default_rng(7).standard_normal(ref.shape).astype(dtype)
+        ref = ref + res
+    _, out = _run(case, x, wt, b, dtype, residual=res, **ACTS[act])
+    np.testing.assert_allclose(out, activation_ref(ref, **ACTS[act]), **TOL[dtype])
+
+
+def _onnx_conv(x, wt, b, strides, pads, dil, group):
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    elem = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    inits = [numpy_helper.from_array(wt, "w")] + ([numpy_helper.from_array(b, "b")] if b is not
+                                                  None else [])
+    node = helper.make_node("Conv", ["x", "w"] + (["b"] if b is not None else []), ["y"],
+                            strides=list(strides), pads=[pads[0], pads[1], pads[2], pads[3]],
+                            dilations=list(dil), group=group, kernel_shape=list(wt.shape[2:]))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, x.shape)],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return ReferenceEvaluator(model).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["3x3", "3x3_s2_asym", "3x3_d2_s2", "4x4_asym", "7x7_s2",
+                                  "group2_m70", "depthwise_s2", "1x1_s2", "2x2_s2"])
+def test_conv_vs_onnx_reference(name, dtype):
+    case = CASES[name]
+    x, wt, b = _data(case, dtype, seed=3)
+    _, out = _run(case, x, wt, b, dtype)
+    ref = _onnx_conv(x, wt, b, case[7], case[8], case[9], case[10])
+    np.testing.assert_allclose(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("name", ["3x3", "3x3_s2_asym", "depthwise", "1x1"])
+def test_nan_inf_propagate(name, act):
+    case = CASES[name]
+    x, wt, b = _data(case, np.float32, seed=5)
+    x[0, 1, 2, 3] = np.nan
+    x[-1, 0, -1, -2] = np.inf
+    x[-1, -1, 0, 0] = -np.inf
+    ref = activation_ref(conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10]), act)
+    _, out = _run(case, x, wt, b, np.float32, activation=act)
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
+
+
+def test_threads_share_one_conv():
+    case = CASES["3x3_s2_asym"]
+    _, wt, b = _data(case, np.float32)
+    conv = Conv2d(wt, b, case[:4], case[7], case[8], case[9], case[10], activation="relu")
+    xs = [_data(case, np.float32, seed=s)[0] for s in range(4)]
+    refs = [np.maximum(conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10]), 0) for x in xs]
+    errors = []
+
+    def work(i):
+        out = np.empty(conv.out_shape, np.float32)
+        for _ in range(20):
+            conv(xs[i], out)
+            if not np.allclose(out, refs[i], **TOL[np.float32]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
