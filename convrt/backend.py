@@ -13,6 +13,9 @@ training_mode) must be known when a plan is built.  ONNX's node tests feed such 
 inputs.  When a plan cannot be built for that reason, the rep *specializes*: it binds the small
 and integer-typed inputs of that run as constants (one specialized session per distinct set of
 those values, cached) and plans again.  ``prepare(model, specialize=False)`` turns this off.
+
+Initializers that IR < 4 models must list as graph inputs are taken as the constants they are
+(the backend API never feeds them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,22 @@ MAX_SPECIALIZED = 8
 def _is_shape_like(arr: np.ndarray) -> bool:
     """Inputs a static plan may need as constants: integer/bool tensors and tiny ones."""
     return arr.dtype.kind in "iub" or arr.size <= SPECIALIZE_MAX_ELEMENTS
+
+
+def _constant_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR < 4 models must list every initializer as a graph input; the ONNX backend API feeds
+    only the other inputs, so there those initializers are weights, not overridable defaults.
+    Drop them from the inputs (IR 4 semantics) so the planner sees constants."""
+    inits = {t.name for t in model.graph.initializer}
+    if model.ir_version >= 4 or not any(vi.name in inits for vi in model.graph.input):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [vi for vi in out.graph.input if vi.name not in inits]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    out.ir_version = 4
+    return out
 
 
 class ConvrtRep(BackendRep):
@@ -121,6 +140,7 @@ class ConvrtBackend(Backend):
         if not isinstance(model, onnx.ModelProto):
             from .onnx_io import read_model
             model = read_model(model)[0]
+        model = _constant_initializers(model)
         session = InferenceSession(model, options)
         return ConvrtRep(model, session, options, bool(kwargs.get("specialize", True)))
 
@@ -140,7 +160,14 @@ class ConvrtBackend(Backend):
         ins = [onnx.helper.make_tensor_value_info(
             n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
             for n, a in zip(names, arrays)]
-        outs = [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n]
+        out_names = [n for n in node.output if n]
+        if outputs_info:
+            outs = [onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+                for n, (dt, shape) in zip(out_names, outputs_info)]
+        else:  # element type and shape left to convrt's inference
+            outs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
+                    for n in out_names]
         graph = onnx.helper.make_graph([node], "run_node", ins, outs)
         opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
         imports = [onnx.helper.make_opsetid(node.domain or "", opset)]

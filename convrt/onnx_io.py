@@ -67,6 +67,15 @@ def read_model(src, base_dir: str | os.PathLike | None = None):
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         source = path.name
+        try:  # a FIFO or /dev/zero would block or read forever; protobuf stops at 2 GiB
+            st = os.stat(path)
+        except (OSError, ValueError):
+            st = None  # the read below says why
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise ModelLoadError(f"{src}: not a regular file")
+        if st is not None and st.st_size >= 1 << 31:
+            raise ModelLoadError(f"{src}: {st.st_size} bytes is over the 2 GiB protobuf limit "
+                                 "(large weights belong in external data)")
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -135,7 +144,8 @@ def _external_bytes(t: TensorProto, nbytes: int, base_dir, source: str) -> bytes
     if length != nbytes:
         raise ModelLoadError(f"{where}: length {length} != {nbytes} bytes the tensor needs")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) |
+                     getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in must not block
         fst = os.fstat(fd)
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):  # swapped after the checks
             os.close(fd)

@@ -11,7 +11,6 @@ import numpy as np
 import onnx.helper
 from onnx import TensorProto
 
-from .registry import register_op
 
 _EXOTIC = {TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
            TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ, TensorProto.FLOAT4E2M1,

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import ConvrtError, ModelLoadError, ShapeError, UnsupportedOpError
 from ..ir import Graph, Node, Value
-from .registry import OpContext, OpDef, OpResult, TensorInfo, lookup, schema_attributes
+from .registry import (OpContext, OpDef, OpResult, TensorInfo, attr_type_ok, lookup,
+                       schema_attribute_types, schema_attributes)
 
 FOLD_LIMIT = 1 << 22  # elements: larger constant subgraphs are left to run time
 FOLD_TOTAL = 1 << 28  # bytes of folded values per walk; past it, folding is left to run time
@@ -71,6 +72,11 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
     unknown = set(node.attrs) - set(opdef.attrs if allowed is None else allowed)
     if unknown:
         raise ctx.fail(f"unexpected attribute(s) {sorted(unknown)}")
+    types = schema_attribute_types(node.op_type, node.domain, ctx.opset) or {}
+    mistyped = sorted(k for k, v in node.attrs.items() if k in types and
+                      not attr_type_ok(v, types[k]))
+    if mistyped:
+        raise ctx.fail(f"attribute(s) {mistyped} have the wrong type for the ONNX schema")
     missing = [k for k, d in opdef.attrs.items() if d is _EMPTY and k not in node.attrs]
     if missing:
         raise ctx.fail(f"missing required attribute(s) {missing}")

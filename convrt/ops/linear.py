@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..kernels.gemm import ACT_NONE, ACT_RELU, gemm_packed
+from ..kernels.gemm import ACT_NONE, ACT_RELU, gemm_nt, gemm_packed
 from ._shape import FLOAT_TYPES, NUMERIC, broadcast, known
 from .registry import register_op
 
@@ -44,9 +44,22 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
     def pack(b):
         return np.ascontiguousarray(b.T if transB else b, dtype=dt)
 
+    has_c = C is not None
+    if B.value is not None and transB:
+        # (M, K) weights as stored: the dot-product kernel streams them with no packed copy
+        bmk = np.ascontiguousarray(B.value, dtype=dt)
+
+        def run_nt(a, b, *rest):  # rest = ([c], out)
+            out = rest[-1]
+            if transA:
+                a = np.ascontiguousarray(a.T)
+            c = np.broadcast_to(rest[0], out.shape) if has_c else _EMPTY[dt]
+            gemm_nt(a, bmk, c, out, alpha, beta, code)
+
+        return ctx.result([shape], [A.dtype], run_nt, flops=macs)
+
     packed = pack(B.value) if B.value is not None else None
     chunk = _chunk(m, n)
-    has_c = C is not None
 
     def run(a, b, *rest):  # rest = ([c], out)
         out = rest[-1]

@@ -154,6 +154,41 @@ def schema_attributes(op_type: str, domain: str, opset: int) -> frozenset | None
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def schema_attribute_types(op_type: str, domain: str, opset: int) -> dict | None:
+    """Attribute name -> ``AttributeProto.AttributeType`` in the schema in force (None: none)."""
+    if domain == CONVRT_DOMAIN:
+        return None
+    try:
+        attrs = onnx.defs.get_schema(op_type, opset, domain or "").attributes
+    except Exception:
+        return None
+    return {name: int(a.type) for name, a in attrs.items()}
+
+
+_INT = (int, np.integer)  # bool is an int
+_NUM = (int, float, np.integer, np.floating)
+
+
+def attr_type_ok(value, attr_type: int) -> bool:
+    """Whether a decoded attribute value has the Python type the schema's type decodes to."""
+    A = onnx.AttributeProto
+    if attr_type == A.INT:
+        return isinstance(value, _INT)
+    if attr_type == A.FLOAT:
+        return isinstance(value, _NUM)
+    if attr_type == A.STRING:
+        return isinstance(value, str)
+    if attr_type == A.TENSOR:
+        return isinstance(value, np.ndarray)
+    kinds = {A.INTS: ("iub", _INT), A.FLOATS: ("iubf", _NUM), A.STRINGS: ("U", str)}.get(attr_type)
+    if kinds is None:
+        return True  # graphs, sparse tensors, type protos: the ops taking them check them
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in kinds[0]
+    return isinstance(value, (list, tuple)) and all(isinstance(v, kinds[1]) for v in value)
+
+
 def lookup(op_type: str, domain: str, opset: int) -> OpDef | None:
     """The OpDef for this op at this opset, or None when convrt does not implement it."""
     domain = "" if domain == "ai.onnx" else domain

@@ -239,7 +239,7 @@ def Cast(ctx, input, *, to, saturate=1, round_mode="up"):
 _CONST_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
 
-@register_op("Constant", since=(9, 11, 12, 13, 19, 21, 23, 24, 25))
+@register_op("Constant", since=(1, 9, 11, 12, 13, 19, 21, 23, 24, 25))
 def Constant(ctx, *, value=None, value_float=None, value_floats=None, value_int=None,
              value_ints=None, value_string=None, value_strings=None, sparse_value=None):
     given = {k: v for k, v in locals().items() if k != "ctx" and v is not None}
