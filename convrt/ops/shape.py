@@ -65,7 +65,10 @@ def Flatten(ctx, input, *, axis=1):
     a = int(axis)
     ctx.check(-r <= a <= r, f"axis {a} out of range for rank {r}")
     a = a + r if a < 0 else a
-    outer, inner = numel(input.shape[:a]), numel(input.shape[a:])
+    def part(dims):  # a lone symbolic dim (the batch) keeps its name
+        return dims[0] if len(dims) == 1 else numel(dims)
+
+    outer, inner = part(input.shape[:a]), part(input.shape[a:])
     return _view(ctx, input, (outer, inner))
 
 
