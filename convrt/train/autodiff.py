@@ -19,55 +19,18 @@ without a rule is a :class:`~convrt.errors.TrainingError` naming it, raised at c
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
-import numba
 import numpy as np
 
 from ..errors import TrainingError
 from ..ir import Graph
 from ..ops.infer import infer, node_label, resolve
 from ..ops.registry import TensorInfo
+from ._threads import ThreadBudget
 from .grads import grad_rule, train_forward
 
 _EMPTY = inspect.Parameter.empty
-
-#: Nodes whose largest tensor is smaller than this (elements) run their kernels on one thread.
-#: A numba parallel region costs a thread wake-up; on a busy 2-core machine that costs
-#: milliseconds, far more than a small kernel (digits: 30 ms a step on one thread, 300+ ms on
-#: two while other processes ran).
-PARALLEL_MIN = 1 << 17
-
-
-class _Threads:
-    """Switch numba's thread count per node by work size (restored on exit)."""
-
-    def __init__(self):
-        self.full = numba.get_num_threads()
-        self.cur = self.full
-
-    def set_for(self, arrays, extra: int = 0):
-        big = max([extra] + [a.size for a in arrays if a is not None])
-        want = self.full if big >= PARALLEL_MIN else 1
-        if want != self.cur:
-            numba.set_num_threads(want)
-            self.cur = want
-
-    def restore(self):
-        if self.cur != self.full:
-            numba.set_num_threads(self.full)
-            self.cur = self.full
-
-
-@contextlib.contextmanager
-def _threads():
-    t = _Threads()
-    try:
-        yield t
-    finally:
-        t.restore()
-
 
 class NodeCtx:
     """What a training forward and a backward rule see of one node in one run."""
@@ -242,7 +205,7 @@ class Program:
         records: list[NodeCtx] = []
         state_updates: dict = {}
         rng = rng if rng is not None else np.random.default_rng(0)
-        with _threads() as threads:
+        with ThreadBudget() as threads:
             self._run_steps(steps, env, records, state_updates, training, rng, keep, threads)
         return Tape(env, records, state_updates)
 
@@ -291,7 +254,7 @@ class Program:
 
         for name, g in out_grads.items():
             accumulate(name, g)
-        with _threads() as threads:
+        with ThreadBudget() as threads:
             self._walk(tape, grads, accumulate, threads)
         out = {}
         for n in self.wrt:

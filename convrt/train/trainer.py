@@ -20,7 +20,6 @@ import numpy as np
 from ..compiler import load
 from ..errors import InputError, TrainingError
 from ..onnx_io import from_graph
-from ._threads import blas_single_thread
 from .autodiff import Program
 from .losses import get_loss
 from .optim import SGD, Optimizer
@@ -136,15 +135,14 @@ class Trainer:
 
     def _forward_backward(self, feeds, targets):
         feeds = self._feeds(feeds)
-        with blas_single_thread():
-            tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng)
-            pred = tape.env[self.output]
-            loss, dpred = self._loss(pred, targets)
-            if not np.isfinite(loss):
-                raise TrainingError(f"{self.source}: the loss is {loss} at step "
-                                    f"{self.step_count + 1}; training stopped (try a smaller "
-                                    "learning rate, or check the inputs for NaN/Inf)")
-            grads = self.program.backward(tape, {self.output: dpred})
+        tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng)
+        pred = tape.env[self.output]
+        loss, dpred = self._loss(pred, targets)
+        if not np.isfinite(loss):
+            raise TrainingError(f"{self.source}: the loss is {loss} at step "
+                                f"{self.step_count + 1}; training stopped (try a smaller "
+                                "learning rate, or check the inputs for NaN/Inf)")
+        grads = self.program.backward(tape, {self.output: dpred})
         return loss, grads, tape
 
     # -- training ---------------------------------------------------------------------------
@@ -167,8 +165,7 @@ class Trainer:
     def predict(self, feeds, batch_size: int | None = None) -> np.ndarray:
         """The first output in eval mode (BN running statistics, Dropout off)."""
         feeds = self._feeds(feeds)
-        with blas_single_thread():
-            return self._predict(feeds, batch_size)
+        return self._predict(feeds, batch_size)
 
     def _predict(self, feeds, batch_size):
         n = next(iter(feeds.values())).shape[0] if feeds else 0

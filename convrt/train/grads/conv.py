@@ -1,8 +1,9 @@
 """Conv backward: dX, dW, dB for 1-D/2-D, any strides, pads, dilations and group.
 
-Images are processed in chunks so the im2col buffer stays small (about ``CHUNK_BYTES``);
-per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t`` are BLAS products and
-``col2im`` scatters ``dcols`` into dX.
+Images are processed in chunks so the im2col buffer stays bounded (about ``CHUNK_BYTES``; few
+chunks, since each kernel call is a parallel region and waking threads is costly on a busy
+machine).  Per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t`` are BLAS
+products and ``col2im`` scatters ``dcols`` into dX.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ...ops.registry import OpContext, TensorInfo
 from ..kernels import conv as K
 from .registry import register_grad
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 32 << 20
 
 
 def _geometry(ctx, x, w, b):

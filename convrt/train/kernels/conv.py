@@ -8,7 +8,19 @@ into ``dX``, one (image, channel) plane per task, so no two tasks write the same
 
 from numba import prange
 
-from ...kernels._jit import pjit
+from ...kernels._jit import njit, pjit
+
+
+@njit
+def _span(ow_n, w_n, sw, off):
+    """The output columns ow whose input column ow*sw + off lies in [0, w_n): [lo, hi)."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    hi = (w_n - 1 - off) // sw + 1 if w_n - 1 - off >= 0 else 0
+    if hi > ow_n:
+        hi = ow_n
+    if lo > hi:
+        lo = hi
+    return lo, hi
 
 
 @pjit
@@ -24,20 +36,27 @@ def im2col(x, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
         c = r // (kh * kw)
         a = (r // kw) % kh
         b = r % kw
-        base = i * p_n
+        off = b * dw - pl
+        lo, hi = _span(ow_n, w_n, sw, off)
+        dst = cols[r]
         for oh in range(oh_n):
             y = oh * sh - pt + a * dh
-            o = base + oh * ow_n
+            o = i * p_n + oh * ow_n
             if y < 0 or y >= h_n:
                 for ow in range(ow_n):
-                    cols[r, o + ow] = 0
+                    dst[o + ow] = 0
                 continue
-            for ow in range(ow_n):
-                xx = ow * sw - pl + b * dw
-                if 0 <= xx < w_n:
-                    cols[r, o + ow] = x[n0 + i, c, y, xx]
-                else:
-                    cols[r, o + ow] = 0
+            src = x[n0 + i, c, y]
+            for ow in range(lo):
+                dst[o + ow] = 0
+            if sw == 1:
+                for ow in range(lo, hi):
+                    dst[o + ow] = src[ow + off]
+            else:
+                for ow in range(lo, hi):
+                    dst[o + ow] = src[ow * sw + off]
+            for ow in range(hi, ow_n):
+                dst[o + ow] = 0
 
 
 @pjit
@@ -53,19 +72,23 @@ def col2im(dcols, dx, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
         for y in range(h_n):
             for xx in range(w_n):
                 plane[y, xx] = 0
-        base = i * p_n
         for a in range(kh):
             for b in range(kw):
-                r = (c * kh + a) * kw + b
+                src = dcols[(c * kh + a) * kw + b]
+                off = b * dw - pl
+                lo, hi = _span(ow_n, w_n, sw, off)
                 for oh in range(oh_n):
                     y = oh * sh - pt + a * dh
                     if y < 0 or y >= h_n:
                         continue
-                    o = base + oh * ow_n
-                    for ow in range(ow_n):
-                        xx = ow * sw - pl + b * dw
-                        if 0 <= xx < w_n:
-                            plane[y, xx] += dcols[r, o + ow]
+                    o = i * p_n + oh * ow_n
+                    row = plane[y]
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            row[ow + off] += src[o + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            row[ow * sw + off] += src[o + ow]
 
 
 @pjit
