@@ -1,6 +1,6 @@
 """VGG-16 conv layers at batch 1: convrt's Conv2d (+ReLU) vs onnxruntime's Conv+Relu, same run.
 
-Usage: python benchmarks/conv_layers.py [--runs 10] [--layers 0,1,...]
+Usage: python benchmarks/conv_layers.py [--runs 15] [--layers 0,1,...] [--threads 2]
 Prints per layer: ms (median of runs after warm-up; the two runtimes alternate call by call),
 GFLOP/s, the ratio convrt / onnxruntime, and the same ratio of the fastest runs (the machine is
 shared, so minima are the steadier measure of what each kernel can do).
@@ -25,8 +25,7 @@ VGG16 = [  # (C, M, H=W) of each distinct conv layer shape, times it occurs in V
 ]
 
 
-def ort_session(w, b):
-    import onnx
+def ort_session(w, b, threads=2):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -39,7 +38,7 @@ def ort_session(w, b):
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -65,8 +64,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--layers", default=None)
+    ap.add_argument("--threads", type=int, default=2, help="for both runtimes (default 2)")
     args = ap.parse_args()
-    numba.set_num_threads(2)
+    numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     sel = range(len(VGG16)) if args.layers is None else [int(i) for i in args.layers.split(",")]
     print(f"{'layer':>22} {'convrt ms':>10} {'GFLOP/s':>8} {'ort ms':>8} {'GFLOP/s':>8} "
@@ -82,7 +82,7 @@ def main():
         t = time.perf_counter()
         conv(x, out)
         compile_s = time.perf_counter() - t
-        sess = ort_session(w, b)
+        sess = ort_session(w, b, args.threads)
         ref = sess.run(None, {"x": x})[0]
         err = float(np.abs(out - ref).max())
         tca, toa = interleaved_ms(lambda: conv(x, out), lambda: sess.run(None, {"x": x}),

@@ -20,7 +20,7 @@ if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file_
     # so the directory must be the user's own).
     numba.config.CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba")
 
-FAST = frozenset({"contract", "nsz"})
+FAST = {"contract", "nsz"}  # a set: numba rejects frozensets
 
 
 def njit(*args, **kwargs):

@@ -1,11 +1,16 @@
 """2-D convolution (ONNX ``Conv``) with a fused epilogue: bias, residual add, activation.
 
-Two kernels, both direct (no im2col) and both reading the input through one layout:
+Two direct kernels (no im2col), both reading the input through one layout:
 
 * **blocked** (dense and grouped convolutions with at least 8 output channels per group): weights
-  are packed at construction into blocks of 16 output channels ``(block, c*kH*kW, 16)``; the
-  code-generated microkernels in ``_gen/conv_mk.py`` compute T output pixels x 16 channels in
-  registers (see ``_gen_conv.py``).
+  are packed at construction into blocks of 16*B output channels ``(block, c*kH*kW, 16*B)``; the
+  microkernel ``_tile_sums`` computes T output pixels x 16*B channels in T*B vector registers:
+  the inner loop is B 16-wide weight loads and T broadcasts feeding T*B multiply-adds (B=2, T=14
+  on the big layers).  It is written as LLVM IR
+  with explicit 16-lane vectors (a numba ``@intrinsic``), so it neither depends on the SLP
+  vectoriser nor inherits LLVM's preference for 256-bit vectors on Intel CPUs, and compiles in
+  a fraction of a second.  The tile is then written, transposed, into the NCHW output
+  with the epilogue applied.
 * **rowwise** (depthwise and other narrow groups): one output row of one channel at a time,
   vectorised along the row.
 
@@ -14,50 +19,244 @@ The input is read from a zero-bordered copy, laid out per row as ``stride_w`` ph
 consecutive elements whatever the stride.  The copy is skipped when there is no padding and unit
 stride; a 1x1 unit-stride unpadded convolution is run as one long row per image.  The copy buffer
 is per thread (``threading.local``): one ``Conv2d`` may be called from several threads at once.
+
+Index arithmetic inside the kernels is ``uint64``: numba adds a negative-index wrap-around to
+every signed index, which costs instructions and blocks vectorisation.
 """
 
 import threading
 
-import numba
+import llvmlite.binding as llvm
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from ._gen.conv_mk import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH
-from ._gen.conv_mk import MICROKERNELS
 from ._jit import FAST, njit, pjit
 
+ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = range(6)
 ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY, "clip": ACT_CLIP,
                "sigmoid": ACT_SIGMOID, "tanh": ACT_TANH}
-VEC = 16
-# Relative speed of the microkernel per tile width T (pixels per call); the T*16 sums must fit
-# the 32 vector registers: T=14 needs 512-bit vectors for float32, T=7 256-bit ones.
-_TILE_EFFICIENCY = {14: 1.0, 7: 0.9, 4: 0.7, 1: 0.25}
-
-
-def _vector_bits():
-    """The vector width numba's LLVM will use for the SLP-vectorised microkernels (a guess from
-    the target: LLVM prefers 256-bit vectors on Intel CPUs unless told ``-prefer-256-bit``)."""
-    import llvmlite.binding as llvm
-
-    feats = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
-    if "+avx512f" in feats and ("-prefer-256-bit" in feats or name.startswith("znver")):
-        return 512
-    return 256 if "+avx" in feats else 128
-
-
-_VECTOR_BITS = _vector_bits()
-
-
-def _tiles(dtype):
-    """Tile widths allowed for ``dtype``: those whose T*16 sums fit the vector registers."""
-    nvec = max(1, VEC * 8 * dtype.itemsize // _VECTOR_BITS)  # vectors per pixel's 16 sums
-    # one vector per pixel: weights come from memory, broadcasts fold into the FMA (T <= 28);
-    # several: each broadcast takes a register too, and spills start at about 24 sums
-    max_t = 28 if nvec == 1 else 16 // nvec
-    return [t for t in MICROKERNELS if t <= max_t]
+VEC = 16  # lanes per vector of sums (output channels)
+# Microkernel shapes (B vectors of 16 output channels, T pixels) -> relative speed, measured on
+# VGG-16 layers (benchmarks/conv_layers.py): per inner step B weight loads, T broadcasts and T*B
+# multiply-adds.  B=4 (T=7) needs fewer loads still but streams 4x the weights per tile from L2
+# and measured slower than B=2 on every VGG layer, so it is not offered.
+SHAPES = {(2, 14): 1.0, (2, 8): 0.93, (2, 7): 0.92, (2, 4): 0.8, (2, 2): 0.6, (2, 1): 0.4,
+          (1, 28): 0.88, (1, 16): 0.87, (1, 14): 0.86, (1, 8): 0.8, (1, 7): 0.78, (1, 4): 0.62,
+          (1, 2): 0.45, (1, 1): 0.3}
+TILE_ELEMS = 28 * VEC  # size of the per-row tile buffer (max T*B*16)
 _U = np.uint64
 _FM = set(FAST)  # numba wants a set, not a frozenset
+
+
+def _register_budget():
+    """(vector bits, vector registers) of the host, as LLVM will use them for the intrinsic."""
+    feats = llvm.get_host_cpu_features()
+    if feats.get("avx512f"):
+        return 512, 32
+    if feats.get("avx"):
+        return 256, 16
+    return 128, 16
+
+
+_VBITS, _NREGS = _register_budget()
+
+
+def _shapes(dtype):
+    """Microkernel shapes whose T*B vectors of sums fit the registers (with weights, broadcast)."""
+    nvec = max(1, VEC * 8 * dtype.itemsize // _VBITS)  # registers per vector of 16 sums
+    return {(b, t): e for (b, t), e in SHAPES.items()
+            if (t * b + b) * nvec + 1 <= _NREGS or (b, t) == (1, 1)}
+
+
+@intrinsic
+def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile):
+    """``tile[t*W + k] = bp[blk, k] + sum_r xf[xb + offs[r] + t] * wp[blk, r, k]``, t < ntile,
+    k < W = 16*nblk.
+
+    ``nblk`` and ``ntile`` must be integer literals; arrays C-contiguous; ``xb`` uint64.  Emits
+    one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and Inf
+    propagate as in a plain multiply-add).
+    """
+    if not (isinstance(ntile, types.IntegerLiteral) and isinstance(nblk, types.IntegerLiteral)):
+        return None
+    n_t = ntile.literal_value
+    n_b = nblk.literal_value
+    width = n_b * VEC
+    sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile)
+
+    def codegen(context, builder, signature, args):
+        xf_v, xb_v, offs_v, wp_v, blk_v, bp_v, tile_v, _, _ = args
+        aty = signature.args
+        ft = context.get_value_type(aty[0].dtype)
+        vt = ir.VectorType(ft, VEC)
+        vpt = vt.as_pointer()
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        xa = context.make_array(aty[0])(context, builder, xf_v)
+        oa = context.make_array(aty[2])(context, builder, offs_v)
+        wa = context.make_array(aty[3])(context, builder, wp_v)
+        ba = context.make_array(aty[5])(context, builder, bp_v)
+        ta = context.make_array(aty[6])(context, builder, tile_v)
+        nr = builder.extract_value(oa.shape, 0)
+        blk = context.cast(builder, blk_v, aty[4], types.int64)
+        xb = context.cast(builder, xb_v, aty[1], types.uint64)
+        wrow = builder.gep(wa.data, [builder.mul(blk, builder.mul(nr, c64(width)))])
+        bptr = builder.gep(ba.data, [builder.mul(blk, c64(width))])
+        bvecs = [builder.load(builder.bitcast(builder.gep(bptr, [c64(b * VEC)]), vpt), align=1)
+                 for b in range(n_b)]
+        fname = "llvm.fmuladd.v%d%s" % (VEC, "f32" if isinstance(ft, ir.FloatType) else "f64")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), fname)
+        splat_mask = ir.Constant(ir.VectorType(i32, VEC), [0] * VEC)
+        undef = ir.Constant(vt, ir.Undefined)
+        pre = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", nr, c64(0)), loop, done)
+        builder.position_at_end(loop)
+        r = builder.phi(i64)
+        r.add_incoming(c64(0), pre)
+        accs = []  # accs[t*n_b + b]
+        for _ in range(n_t):
+            for b in range(n_b):
+                acc = builder.phi(vt)
+                acc.add_incoming(bvecs[b], pre)
+                accs.append(acc)
+        xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))
+        wr = builder.gep(wrow, [builder.mul(r, c64(width))])
+        wvs = [builder.load(builder.bitcast(builder.gep(wr, [c64(b * VEC)]), vpt), align=1)
+               for b in range(n_b)]
+        news = []
+        for t in range(n_t):
+            xs = builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))]))
+            splat = builder.shuffle_vector(builder.insert_element(undef, xs, ir.Constant(i32, 0)),
+                                           undef, splat_mask)
+            for b in range(n_b):
+                news.append(builder.call(fma, [splat, wvs[b], accs[t * n_b + b]]))
+        rn = builder.add(r, c64(1))
+        end = builder.block
+        r.add_incoming(rn, end)
+        for acc, new in zip(accs, news):
+            acc.add_incoming(new, end)
+        builder.cbranch(builder.icmp_signed("<", rn, nr), loop, done)
+        builder.position_at_end(done)
+        finals = []
+        for i in range(n_t * n_b):
+            fin = builder.phi(vt)
+            fin.add_incoming(bvecs[i % n_b], pre)
+            fin.add_incoming(news[i], end)
+            finals.append(fin)
+        for i, fin in enumerate(finals):
+            dst = builder.bitcast(builder.gep(ta.data, [c64(i * VEC)]), vpt)
+            builder.store(fin, dst, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def _tile_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
+    """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``."""
+    if nb_ == 2 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14)
+    elif nb_ == 2 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8)
+    elif nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7)
+    elif nb_ == 2 and nt == 4:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4)
+    elif nb_ == 2 and nt == 2:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2)
+    elif nb_ == 2 and nt == 1:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1)
+    elif nb_ == 1 and nt == 28:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28)
+    elif nb_ == 1 and nt == 16:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16)
+    elif nb_ == 1 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14)
+    elif nb_ == 1 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8)
+    elif nb_ == 1 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7)
+    elif nb_ == 1 and nt == 4:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4)
+    elif nb_ == 1 and nt == 2:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2)
+    else:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1)
+
+
+@njit(fastmath=_FM)
+def _store_tile(tile, nt, wd, out, ob, ohw, jv, res, has_res, act, prm):
+    """``out[ob + j*ohw + t] = act(tile[t*wd + j] + res[...])`` for t < nt, j < jv (ob, ohw
+    uint64), i.e. the tile transposed into NCHW.
+
+    ``prm`` = (alpha, clip_min, clip_max, 0, 1) in the array's dtype.  Every comparison is
+    written so that NaN passes through unchanged (as numpy's maximum/clip do).
+    """
+    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    for j in range(jv):
+        base = ob + _U(j) * ohw
+        if has_res:
+            for t in range(nt):
+                tile[t * wd + j] += res[base + _U(t)]
+        if act == ACT_NONE:
+            for t in range(nt):
+                out[base + _U(t)] = tile[t * wd + j]
+        elif act == ACT_RELU:
+            for t in range(nt):
+                v = tile[t * wd + j]
+                out[base + _U(t)] = zero if v < zero else v
+        elif act == ACT_LEAKY:
+            for t in range(nt):
+                v = tile[t * wd + j]
+                out[base + _U(t)] = v * alpha if v < zero else v
+        elif act == ACT_CLIP:
+            for t in range(nt):
+                v = tile[t * wd + j]
+                v = lo if v < lo else v
+                out[base + _U(t)] = hi if v > hi else v
+        elif act == ACT_SIGMOID:
+            for t in range(nt):
+                out[base + _U(t)] = one / (one + np.exp(-tile[t * wd + j]))
+        else:
+            for t in range(nt):
+                out[base + _U(t)] = np.tanh(tile[t * wd + j])
+
+
+@pjit(fastmath=_FM)
+def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, nb, nbg, mg,
+                 m_all, oh_n, ow_n, nstride, gstride, rowstep):
+    """prange over (image, block of 16*nb_ channels, output row); tiles of nt pixels.
+
+    The last tile of a row is shifted left to end at the row's end: it recomputes a few pixels
+    (writing the same values again) instead of reading or writing past the row.
+    """
+    ntiles = (ow_n + nt - 1) // nt
+    ohw = _U(oh_n * ow_n)
+    for u in prange(n_img * nb * oh_n):
+        oh = u % oh_n
+        r = u // oh_n
+        blk = r % nb
+        n = r // nb
+        g = blk // nbg
+        bl = blk - g * nbg
+        wd = nb_ * VEC
+        m0 = g * mg + bl * wd
+        jv = min(wd, mg - bl * wd)
+        xrow = n * nstride + g * gstride + oh * rowstep
+        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+        tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
+        for ti in range(ntiles):
+            ow0 = min(ti * nt, ow_n - nt)
+            _tile_kernel(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt)
+            _store_tile(tile, nt, wd, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @pjit
@@ -126,7 +325,7 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
 @pjit(fastmath=_FM)
 def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg, oh_n, ow_n,
                  nstride, gstride, rowstep):
-    ohw = _U(oh_n * ow_n)
+    """prange over (image, output channel, output row): depthwise and narrow groups."""
     for u in prange(n_img * m_all * oh_n):
         oh = u % oh_n
         r = u // oh_n
@@ -140,15 +339,15 @@ def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg
             _row_epilogue(out, ob, _U(ow_n), res, has_res, act, prm)
 
 
-def _choose_tile(ow_n, dtype):
-    """The tile width with the least estimated time for an output row of ``ow_n`` pixels."""
-    best, best_cost = 1, None
-    allowed = _tiles(dtype)
-    for t, eff in _TILE_EFFICIENCY.items():
-        if t in allowed and t <= ow_n:
-            cost = -(-ow_n // t) * t / eff
+def _choose_shape(mg, ow_n, dtype):
+    """The (blocks, pixels) microkernel shape with the least estimated time per output row
+    (zero-padded channels of the last block and recomputed pixels of the last tile count)."""
+    best, best_cost = (1, 1), None
+    for (b, t), eff in _shapes(dtype).items():
+        if t <= ow_n:
+            cost = -(-mg // (b * VEC)) * b * -(-ow_n // t) * t / eff
             if best_cost is None or cost < best_cost:
-                best, best_cost = t, cost
+                best, best_cost = (b, t), cost
     return best
 
 
@@ -164,7 +363,9 @@ class Conv2d:
         alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
 
-    Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``.
+    Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
+    ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
+    pixels, and would read an already-updated residual).
     """
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
@@ -222,20 +423,20 @@ class Conv2d:
         # ---- weights ------------------------------------------------------------------------
         self._blocked = mg >= 8
         if self._blocked:
-            nbg = -(-mg // VEC)
+            self._shape = _choose_shape(mg, self._ow, dtype)
+            wd = self._shape[0] * VEC
+            nbg = -(-mg // wd)
             nb = group * nbg
-            wp = np.zeros((nb, cg * kk, VEC), dtype=dtype)
-            bp = np.zeros((nb, VEC), dtype=dtype)
+            wp = np.zeros((nb, cg * kk, wd), dtype=dtype)
+            bp = np.zeros((nb, wd), dtype=dtype)
             w3 = w.reshape(group, mg, cg * kk)
             b2 = bias.reshape(group, mg)
             for g in range(group):
                 for bl in range(nbg):
-                    j = min(VEC, mg - bl * VEC)
-                    wp[g * nbg + bl, :, :j] = w3[g, bl * VEC: bl * VEC + j].T
-                    bp[g * nbg + bl, :j] = b2[g, bl * VEC: bl * VEC + j]
+                    j = min(wd, mg - bl * wd)
+                    wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
+                    bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
             self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
-            self._tile = _choose_tile(self._ow, dtype)
-            self._run = MICROKERNELS[self._tile]
         else:
             self._w2 = np.ascontiguousarray(w.reshape(m_all, cg * kk))
             self._b1 = bias
@@ -262,9 +463,11 @@ class Conv2d:
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
         if self._blocked:
-            self._run(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act, self._prm,
-                      n_img, self._nb, self._nbg, self._mg, self.out_shape[1], self._oh,
-                      self._ow, self._nstride, self._gstride, self._rowstep)
+            _run_blocked(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act,
+                         self._prm, self._shape[0], self._shape[1], n_img, self._nb,
+                         self._nbg, self._mg,
+                         self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
+                         self._rowstep)
         else:
             _run_rowwise(xf, self._offs, self._w2, self._b1, of, res, has_res, self.act,
                          self._prm, n_img, self.out_shape[1], self._mg, self._oh, self._ow,

@@ -1,1 +1,0 @@
-"""Generated numba kernels (see convrt/kernels/_gen_conv.py)."""
