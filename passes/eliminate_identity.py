@@ -1,4 +1,4 @@
-"""eliminate_identity: remove Identity and inference-mode Dropout nodes.
+"""eliminate_identity: remove Identity, inference-mode Dropout and unit-window pooling nodes.
 
 Before::
 
@@ -16,8 +16,12 @@ Conditions:
       to write ``y`` instead, which needs ``x`` to be written by a node (not a graph input or
       initializer) and not to be a graph output itself; otherwise the node stays.
 
+    * Max/AveragePool: kernel 1 x 1, strides 1, no pads and one output (PyTorch writes one for
+      AdaptiveAvgPool2d(7) on a 7 x 7 map: VGG at 224^2).
+
 Formula:
-    Identity(x) = x; Dropout(x, training_mode=False) = (x, ones_like(x, bool)).
+    Identity(x) = x; Dropout(x, training_mode=False) = (x, ones_like(x, bool));
+    Pool over a 1 x 1 window with stride 1 and no padding = x.
 """
 
 from __future__ import annotations
@@ -41,16 +45,26 @@ def _inference_dropout(graph: Graph, node: Node) -> bool:
     return graph.is_constant(tm) and not bool(np.asarray(tm.const).reshape(-1)[0])
 
 
+def _unit_pool(node: Node) -> bool:
+    a = node.attrs
+    ones = all(int(v) == 1 for v in list(a.get("kernel_shape", [0])) + list(a.get("strides", [])))
+    no_pad = all(int(v) == 0 for v in a.get("pads", [])) and a.get("auto_pad", "NOTSET") in (
+        "NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+    return ones and no_pad and len(node.outputs) == 1 and int(a.get("storage_order", 0)) == 0
+
+
 class EliminateIdentityPass(Pass):
     name = "eliminate_identity"
     level = "basic"
 
     def run(self, graph: Graph) -> PassResult:
-        counts = {"Identity": 0, "Dropout": 0}
+        counts = {"Identity": 0, "Dropout": 0, "MaxPool": 0, "AveragePool": 0}
         for node in list(graph.nodes):
             if node.domain or node.op_type not in counts or not node.inputs:
                 continue
             if node.op_type == "Dropout" and not _inference_dropout(graph, node):
+                continue
+            if node.op_type.endswith("Pool") and not _unit_pool(node):
                 continue
             x, y = node.inputs[0], node.outputs[0]
             if x is None:
@@ -74,8 +88,7 @@ class EliminateIdentityPass(Pass):
                 if y.dtype is None:
                     y.dtype = x.dtype
             counts[node.op_type] += 1
-        return self.result({"Identity removed": counts["Identity"],
-                            "Dropout removed": counts["Dropout"]})
+        return self.result({f"{k} removed": v for k, v in counts.items()})
 
     def describe(self, stats):
         if not stats:

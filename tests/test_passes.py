@@ -198,6 +198,24 @@ def test_eliminate_identity_and_dropout():
     check_numerics(make(IDENT), g, X8)
 
 
+def test_unit_window_pooling_is_removed():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,4,8,8] x) => (float[2,4,8,8] y, float[2,4,8,8] z, float[2,4,4,4] k) {
+        a = Relu(x)
+        y = AveragePool<kernel_shape = [1,1], strides = [1,1]>(a)
+        b = Sigmoid(x)
+        p = MaxPool<kernel_shape = [1,1]>(b)
+        z = Tanh(p)
+        k = AveragePool<kernel_shape = [1,1], strides = [2,2]>(x)
+    }
+    """
+    g, rep = optimize(make(text))
+    assert ops(g) == {"Relu": 1, "Sigmoid": 1, "Tanh": 1, "AveragePool": 1}, ops(g)
+    assert rep["eliminate_identity"].stats == {"AveragePool removed": 1, "MaxPool removed": 1}
+    check_numerics(make(text), g, X8)
+
+
 def test_dropout_with_used_mask_stays():
     text = """
     <ir_version: 8, opset_import: ["" : 13]>
