@@ -98,7 +98,7 @@ def test_conv_scratch_counts_in_budget():
     data = _model("""<ir_version: 8, opset_import: ["" : 13]>
         g (float[1,1,4,4] x) => (float[1,1,1,1] y) {
             y = Conv <kernel_shape=[1,1], pads=[20000,20000,20000,20000],
-                      strides=[40000,40000]> (x, w)
+                      strides=[50000,50000]> (x, w)
         }""", w=np.ones((1, 1, 1, 1), np.float32))
     s = convrt.InferenceSession(data, SMALL_BUDGET)
     with pytest.raises(convrt.InputError, match="memory budget") as ei:
@@ -227,3 +227,57 @@ def test_run_time_kernel_failures_are_convrt_errors(monkeypatch):
     with pytest.raises(convrt.ShapeError, match="Relu.*failed at run time.*IndexError") as ei:
         s.run(None, {"x": np.ones((2, 3), np.float32)})
     _one_line(ei.value)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_model_path_not_a_regular_file(tmp_path, special):
+    """onnx_io.py:read_model: /dev/zero read until MemoryError, a FIFO blocked forever."""
+    if special == "fifo":
+        special = tmp_path / "model.onnx"
+        os.mkfifo(special)
+    if not os.path.exists(special):
+        pytest.skip(f"{special} does not exist here")
+    with pytest.raises(convrt.ModelLoadError, match="not a regular file"):
+        convrt.InferenceSession(str(special))
+
+
+def test_attribute_types_checked_against_schema():
+    """ops/infer.py:_call (+ registry.attr_type_ok): Gemm transB='SAME_UPPER' (a STRING where
+    the schema says INT) was accepted and crashed fuse_gemm_activation with a ValueError."""
+    m = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3] x) => (float[2,4] y) { y = Gemm <transB=1> (x, w) }""")
+    m.graph.initializer.append(numpy_helper.from_array(np.ones((4, 3), np.float32), "w"))
+    for bad in ("SAME_UPPER", [1, 2], 1.5):
+        m.graph.node[0].attribute[0].CopyFrom(onnx.helper.make_attribute("transB", bad))
+        with pytest.raises(convrt.ShapeError, match="wrong type") as ei:
+            convrt.InferenceSession(m.SerializeToString())
+        _one_line(ei.value)
+
+
+@pytest.mark.parametrize("dims", [[1 << 20, 1 << 20], [1 << 32, 1 << 32], [3, 1 << 62]])
+def test_huge_constant_of_shape_refused_before_allocating(dims):
+    """runtime/plan.py:_plan_memory, ops/infer.py fold limits: a 12-byte shape input that asks
+    for terabytes is refused by the budget, never allocated (and never wrapped in int64)."""
+    data = _model("""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1] x) => (float[A,B] y, float[1] z) {
+            y = ConstantOfShape <value=float[1] {1.5}> (shp)
+            z = Identity (x)
+        }""".replace("A", str(dims[0])).replace("B", str(dims[1])),
+                  shp=np.array(dims, np.int64))
+    with pytest.raises(convrt.InputError, match="memory budget") as ei:
+        s = convrt.InferenceSession(data, SMALL_BUDGET)
+        s.run(None, {"x": np.ones(1, np.float32)})
+    _one_line(ei.value)
+
+
+def test_trailing_omitted_input_when_folding():
+    """ops/infer.py:_evaluate passed a trailing omitted input ("") to the kernel as None when
+    folding constants (np.concatenate got None); the plan never did."""
+    data = _model("""<ir_version: 8, opset_import: ["" : 13]>
+        g (float[2,3] x) => (float[3,2] y) {
+            shp = Concat <axis=0> (a, b, "")
+            y = Reshape (x, shp)
+        }""", a=np.array([3], np.int64), b=np.array([2], np.int64))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(convrt.InferenceSession(data).run(None, {"x": x})[0],
+                                  x.reshape(3, 2))

@@ -16,6 +16,7 @@ Usage::
 
     python tests/fuzz/fuzzer.py --cases 10000 --seed 1 --workers 2 [--save DIR]
     python tests/fuzz/fuzzer.py --replay 1:1234      # rebuild case 1234 of seed 1, run in-process
+    python tests/fuzz/fuzzer.py --boundscheck /tmp/nbc ...  # workers with NUMBA_BOUNDSCHECK=1
 
 Cases are a pure function of (seed, index), so any finding can be replayed.
 """
@@ -604,7 +605,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
     ap.add_argument("--save", help="directory for the models of findings")
     ap.add_argument("--replay", help="SEED:INDEX: rebuild one case and run it in-process")
+    ap.add_argument("--boundscheck", metavar="CACHE_DIR",
+                    help="workers run numba with NUMBA_BOUNDSCHECK=1 (kernels cached in "
+                    "CACHE_DIR): an out-of-bounds access becomes a 'wrapped' finding")
     args = ap.parse_args(argv)
+    if args.boundscheck:  # spawn children inherit the environment
+        os.environ["NUMBA_BOUNDSCHECK"] = "1"
+        os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(args.boundscheck)
     if args.replay:
         s, i = (int(v) for v in args.replay.split(":"))
         desc, data, fs = make_case(s, i)
