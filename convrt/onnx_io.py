@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.defs
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
@@ -264,6 +265,10 @@ def _upgrade(model, source: str):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelLoadError(f"{source}: model imports no default-domain opset")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:  # ops may have changed in versions this onnx cannot describe
+        raise UnsupportedOpError(f"{source}: opset {opset} is newer than {newest}, the newest "
+                                 f"the installed onnx {onnx.__version__} knows")
     if opset >= MIN_OPSET:
         return model
     try:

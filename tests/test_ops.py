@@ -300,3 +300,27 @@ def test_reduce_mean(opset, axes, keep):
     else:
         attrs = {"keepdims": keep} if axes is None else {"keepdims": keep, "axes": axes}
         check_op("ReduceMean", {"x": x}, attrs, opset=opset)
+
+
+def test_pad_with_symbolic_batch():
+    """Regression (found by the fuzzer): Pad's load-time inference on a symbolic batch dim."""
+    import onnx.parser
+    from oracle import assert_close, run_both
+
+    m = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 18]>
+    g (float[N,2,3,3] x) => (float[N,2,5,5] y) {
+        p = Constant<value = int64[8] {0,0,1,1,0,0,1,1}>()
+        y = Pad<mode = "reflect">(x, p)
+    }""")
+    got, ref = run_both(m, {"x": randn(3, 2, 3, 3)})
+    assert_close(got, ref)
+
+
+def test_opset_newer_than_onnx_is_refused():
+    import onnx
+    from oracle import node_model
+
+    import convrt
+    m = node_model("Relu", {"x": randn(2)}, opset=onnx.defs.onnx_opset_version() + 1)
+    with pytest.raises(convrt.UnsupportedOpError, match="newer"):
+        convrt.load(m)

@@ -56,7 +56,7 @@ def _pad(ctx, data, pads, mode, axes=None, const=None):
     shape = []
     for i, d in enumerate(data.shape):
         if not known(d):
-            shape.append(None)
+            shape.append(d if begin[i] == end[i] == 0 else None)  # an unpadded batch keeps "N"
             continue
         o = d + begin[i] + end[i]
         ctx.check(o >= 0, f"pads {pads} crop axis {i} of size {d} below zero")
@@ -71,6 +71,8 @@ def _pad(ctx, data, pads, mode, axes=None, const=None):
                   f"data {data.dtype}")
         ctx.check(const.shape in ((), (1,)) or const.shape is None,
                   "constant_value must be a scalar")
+    if not ctx.binding:
+        return ctx.result([shape], [data.dtype])
     crop = tuple(slice(max(-b, 0), d - max(-e, 0)) for b, e, d in zip(begin, end, data.shape))
     widths = tuple((max(b, 0), max(e, 0)) for b, e in zip(begin, end))
 
