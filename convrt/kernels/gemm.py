@@ -6,6 +6,7 @@ PERFORMANCE.md: two thread pools on two cores cost 50-60 %).  Columns are split 
 one ``prange`` task each; the chunk of every output row stays in L1 while K is walked.
 """
 
+import numpy as np
 from numba import prange
 
 from ._jit import pjit
@@ -36,6 +37,76 @@ def gemm_packed(a, bkm, c, out, alpha, beta, chunk, act):
         for i in range(n):
             for j in range(j0, j1):
                 v = alpha * out[i, j]
+                if has_c:
+                    v += beta * c[i, j]
+                if act == ACT_RELU and v < 0:
+                    v = 0
+                out[i, j] = v
+
+
+# The dot-product kernel below needs ``reassoc`` on its reductions so LLVM can split them over
+# vector lanes (without it each sum is a serial chain); NaN/Inf semantics are unaffected.
+_DOT_FM = {"contract", "reassoc", "nsz"}
+JB = 4  # rows of B per task (one register tile: 4 running dot products share each a[k])
+KC = 2048  # K elements per pass: 4 B rows + one a row of a pass stay in L1
+
+
+@pjit(fastmath=_DOT_FM)
+def gemm_nt(a, bmk, c, out, alpha, beta, act):
+    """out = act(alpha * a @ bmk.T + beta * c); a (N, K), bmk (M, K) row-major (ONNX Gemm's
+    transB=1 weights as stored: no packed copy), c (N, M) or (0, 0) when absent, out (N, M).
+
+    Each task owns JB rows of B and streams them once from memory (contiguous 4*K floats) while
+    every row of ``a`` is applied to them in K passes of KC (L1-resident): memory-bound GEMV at
+    batch 1, and at batch 8-64 each weight loaded from memory serves all N rows.
+    """
+    n, k = a.shape
+    m = bmk.shape[0]
+    has_c = c.shape[0] != 0
+    ntask = (m + JB - 1) // JB
+    for t in prange(ntask):
+        j0 = t * JB
+        acc = np.zeros((n, JB), out.dtype)
+        if j0 + JB <= m:
+            b0 = bmk[j0]
+            b1 = bmk[j0 + 1]
+            b2 = bmk[j0 + 2]
+            b3 = bmk[j0 + 3]
+            for k0 in range(0, k, KC):
+                k1 = min(k, k0 + KC)
+                # views, so the inner index is the bare loop variable (vectorizable)
+                c0 = b0[k0:k1]
+                c1 = b1[k0:k1]
+                c2 = b2[k0:k1]
+                c3 = b3[k0:k1]
+                for i in range(n):
+                    ar = a[i, k0:k1]
+                    s0 = acc[i, 0]
+                    s1 = acc[i, 1]
+                    s2 = acc[i, 2]
+                    s3 = acc[i, 3]
+                    for kk in range(k1 - k0):
+                        av = ar[kk]
+                        s0 += av * c0[kk]
+                        s1 += av * c1[kk]
+                        s2 += av * c2[kk]
+                        s3 += av * c3[kk]
+                    acc[i, 0] = s0
+                    acc[i, 1] = s1
+                    acc[i, 2] = s2
+                    acc[i, 3] = s3
+        else:
+            for j in range(j0, m):
+                br = bmk[j]
+                for i in range(n):
+                    ar = a[i]
+                    s = acc[i, j - j0]
+                    for kk in range(k):
+                        s += ar[kk] * br[kk]
+                    acc[i, j - j0] = s
+        for i in range(n):
+            for j in range(j0, min(m, j0 + JB)):
+                v = alpha * acc[i, j - j0]
                 if has_c:
                     v += beta * c[i, j]
                 if act == ACT_RELU and v < 0:

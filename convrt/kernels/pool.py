@@ -9,35 +9,63 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from ._jit import njit, pjit
+
+
+@njit
+def _nanmax_into(dst, src):
+    """dst[i] = max(dst[i], src[i]), NaN-sticky (a NaN in either stays NaN, as np.max)."""
+    for i in range(dst.shape[0]):
+        v = src[i]
+        m = dst[i]
+        dst[i] = v if (v > m or v != v) else m
 
 
 @pjit
 def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
+    """Separable: per output row, the NaN-sticky max of the window's input rows (a contiguous,
+    vectorised pass over W), then the max over each window's columns of that one row."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     for nc in prange(n * c):
         i, j = nc // c, nc % c
         src = x[i, j]
         dst = out[i, j]
+        row = np.empty(w, x.dtype)
         for y in range(oh):
+            y0 = y * sh - pt
+            first = True
+            for a in range(kh):
+                yy = y0 + a * dh
+                if yy < 0 or yy >= h:
+                    continue
+                if first:
+                    row[:] = src[yy]
+                    first = False
+                else:
+                    _nanmax_into(row, src[yy])
+            dr = dst[y]
+            # outputs [lo, hi) have their whole window inside the row: no index tests
+            lo = min(ow, (pl + sw - 1) // sw)
+            hi = max(lo, min(ow, (w - 1 - (kw - 1) * dw + pl) // sw + 1))
+            for xo in range(hi - lo):
+                seg = row[(xo + lo) * sw - pl:]
+                m = seg[0]
+                for b in range(1, kw):
+                    v = seg[b * dw]
+                    m = v if (v > m or v != v) else m
+                dr[xo + lo] = m
             for xo in range(ow):
+                if xo >= lo and xo < hi:
+                    continue
+                x0 = xo * sw - pl
                 m = -np.inf
-                nan = False
-                for a in range(kh):
-                    yy = y * sh - pt + a * dh
-                    if yy < 0 or yy >= h:
-                        continue
-                    for b in range(kw):
-                        xx = xo * sw - pl + b * dw
-                        if xx < 0 or xx >= w:
-                            continue
-                        v = src[yy, xx]
-                        if v > m:
-                            m = v
-                        elif v != v:
-                            nan = True
-                dst[y, xo] = math.nan if nan else m
+                for b in range(kw):
+                    xx = x0 + b * dw
+                    if xx >= 0 and xx < w:
+                        v = row[xx]
+                        m = v if (v > m or v != v) else m
+                dr[xo] = m
 
 
 @pjit
