@@ -70,6 +70,23 @@ def new_const(graph: Graph, hint: str, array: np.ndarray) -> Value:
     return graph.add_initializer(name, np.ascontiguousarray(array))
 
 
+def set_bias(graph: Graph, node: Node, array: np.ndarray, index: int = 2) -> None:
+    """Give ``node`` (Conv, Gemm) the bias ``array`` at input ``index``: the private
+    initializer already there is overwritten, else a new one is attached."""
+    old = node.input(index)
+    if old is not None:
+        set_const(graph, old, array)
+        return
+    w = node.input(1)
+    v = new_const(graph, f"{node.name or (w.name if w is not None else 'node')}.bias", array)
+    while len(node.inputs) < index:
+        node.add_input(None)
+    if len(node.inputs) == index:
+        node.add_input(v)
+    else:
+        node.set_input(index, v)
+
+
 def _detach(graph: Graph, nodes: list[Node], keep: set[int]) -> None:
     ids = {id(n) for n in nodes}
     for n in nodes:

@@ -40,7 +40,8 @@ from convrt.ops.normalization import bn_affine
 
 from ._infra import Pass, PassResult
 from ._match import (FLOATS, absorb, extra_outputs_unused, new_const, only_consumer,
-                     private_const, replace_chain, set_const, static_shape)
+                     private_const, replace_chain, set_bias, set_const,
+                     static_shape)
 
 
 def _bn_params(graph: Graph, bn: Node):
@@ -75,15 +76,7 @@ def _fold_into_conv(graph: Graph, conv: Node, a, b) -> bool:
     b0 = np.zeros(a.shape) if bias is None else np.asarray(bias.const, np.float64)
     set_const(graph, w, (W.astype(np.float64) * a.reshape((-1,) + (1,) * (W.ndim - 1)))
               .astype(dt))
-    nb = (b0 * a + b).astype(dt)
-    if bias is None:
-        v = new_const(graph, f"{conv.name or w.name}.bias", nb)
-        if len(conv.inputs) == 2:
-            conv.add_input(v)
-        else:
-            conv.set_input(2, v)
-    else:
-        set_const(graph, bias, nb)
+    set_bias(graph, conv, (b0 * a + b).astype(dt))
     return True
 
 
@@ -111,12 +104,7 @@ def _fold_into_gemm(graph: Graph, gemm: Node, a, b) -> bool:
             return False
         set_const(graph, c, new_c.astype(dt))
     else:
-        gemm_in = gemm.inputs
-        v = new_const(graph, f"{gemm.name or w.name}.bias", b.astype(dt))
-        if len(gemm_in) == 2:
-            gemm.add_input(v)
-        else:
-            gemm.set_input(2, v)
+        set_bias(graph, gemm, b.astype(dt))
     set_const(graph, w, new_w)
     gemm.attrs["beta"] = 1.0
     return True

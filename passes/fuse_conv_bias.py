@@ -27,8 +27,7 @@ import numpy as np
 from convrt.ir import Graph
 
 from ._infra import Pass, PassResult
-from ._match import (absorb, channel_vector, new_const, only_consumer, private_const,
-                     set_const)
+from ._match import absorb, channel_vector, only_consumer, private_const, set_bias
 
 
 class FuseConvBiasPass(Pass):
@@ -62,15 +61,7 @@ class FuseConvBiasPass(Pass):
                 continue
             add = np.broadcast_to(np.asarray(c.const, np.float64).reshape(-1), (m,))
             b0 = np.zeros(m) if bias is None else np.asarray(bias.const, np.float64)
-            nb = (b0 + sign * add).astype(w.dtype)
-            if bias is None:
-                v = new_const(graph, f"{conv.name or w.name}.bias", nb)
-                if len(conv.inputs) == 2:
-                    conv.add_input(v)
-                else:
-                    conv.set_input(2, v)
-            else:
-                set_const(graph, bias, nb)
+            set_bias(graph, conv, (b0 + sign * add).astype(w.dtype))
             absorb(graph, conv, [op])
             fused += 1
         removed = graph.remove_unused_initializers() if fused else 0
