@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..errors import ConvrtError, InputError, ShapeError
@@ -25,6 +26,11 @@ from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import TensorInfo
 
 ALIGN = 64
+# Steps with less work than this run on the calling thread alone: waking the pool for a few
+# microseconds of work costs more than it saves, and far more when another process holds the
+# other cores (a parallel region waits for its slowest thread's next time slice).
+SERIAL_MACS = 1 << 21  # multiply-accumulates (Conv, Gemm...)
+SERIAL_ELEMS = 1 << 17  # output elements, for ops that report no MACs
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Step:
     label: str
     op_type: str
     run: object
+    serial: bool = False  # run single-threaded (little work; see SERIAL_MACS)
 
 
 def _n_inputs(node) -> int:
@@ -119,8 +126,12 @@ class Plan:
         step_defs.append(mine)
         self.scratch_bytes += int(res.extra.get("scratch", 0))
         label = node.name or node.outputs[0].name
+        macs = int(res.flops or 0)
+        elems = sum(math.prod(o.shape) for o in res.outputs)
+        serial = res.alias or (macs < SERIAL_MACS if macs else elems < SERIAL_ELEMS)
         self.steps.append(Step(label, node.op_type,
-                               _make_step(res.kernel, ins, outs, len(node.outputs), res.alias)))
+                               _make_step(res.kernel, ins, outs, len(node.outputs), res.alias),
+                               serial))
 
     def _plan_memory(self, step_defs, defs, last_use, alias_of, budget):
         """Greedy best-fit assignment of value slots to shared buffers by liveness."""
@@ -189,14 +200,23 @@ class Plan:
                 env[s] = feeds[name]
             step = None
             try:
-                if profile is None:
-                    for step in self.steps:
+                nthreads = numba.get_num_threads()
+                pooled = nthreads > 1
+                for step in self.steps:
+                    if pooled and step.serial:
+                        numba.set_num_threads(1)
+                        pooled = False
+                    elif not pooled and not step.serial and nthreads > 1:
+                        numba.set_num_threads(nthreads)
+                        pooled = True
+                    if profile is None:
                         step.run(env)
-                else:
-                    for step in self.steps:
+                    else:
                         t0 = time.perf_counter()
                         step.run(env)
                         profile.append((step.label, step.op_type, time.perf_counter() - t0))
+                if nthreads > 1 and not pooled:
+                    numba.set_num_threads(nthreads)
             except ConvrtError:
                 raise
             except Exception as e:  # a validation gap: never let it out as a raw exception

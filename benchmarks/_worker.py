@@ -1,0 +1,125 @@
+"""One measurement in a fresh process, for benchmarks/run.py (not meant to be run by hand).
+
+    python benchmarks/_worker.py SPEC.json
+
+SPEC: {"kind": "convrt" | "ort" | "peak", "model": path, "batch": n, "threads": 2,
+       "repeat": n, "warmup": n, "seed": 0, "t_spawn": parent's time.time() before the spawn,
+       "out_npy": where to save the first output, "result": where to write the JSON result}
+
+Only the runtime being measured is imported (peak RSS and thread pools stay its own).  Cold
+start = first output's wall time minus ``t_spawn`` (process start, imports, load, plan, run).
+"""
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+
+
+def _input(shape, seed):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _timed(fn, repeat, warmup):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def run_ort(spec):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = spec["threads"]
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
+    x = _input(shape, spec["seed"])
+    feeds = {inp.name: x}
+    y = sess.run(None, feeds)[0]
+    cold = time.time() - spec["t_spawn"]
+    rss_after_first = _rss_mb()
+    ts = _timed(lambda: sess.run(None, feeds), spec["repeat"], spec["warmup"])
+    if spec.get("out_npy"):
+        np.save(spec["out_npy"], y)
+    return {"cold_s": cold, "times_s": ts, "rss_first_mb": rss_after_first,
+            "version": ort.__version__}
+
+
+def run_convrt(spec):
+    import numpy as np
+
+    import convrt
+    from convrt.runtime import InferenceSession, SessionOptions
+
+    sess = InferenceSession(spec["model"], SessionOptions(intra_op_num_threads=spec["threads"]))
+    inp = sess.get_inputs()[0]
+    shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
+    x = _input(shape, spec["seed"])
+    feeds = {inp.name: x}
+    y = sess.run(None, feeds)[0]
+    cold = time.time() - spec["t_spawn"]
+    rss_after_first = _rss_mb()
+    res = {"cold_s": cold, "rss_first_mb": rss_after_first,
+           "version": getattr(convrt, "__version__", "dev")}
+    if spec["repeat"] > 0:
+        res["times_s"] = _timed(lambda: sess.run(None, feeds), spec["repeat"], spec["warmup"])
+        from convrt.bench import step_flops
+
+        res["flops"] = int(sum(step_flops(sess, feeds).values()))
+        try:  # which BLAS pools exist in this process, and how many threads each may start
+            from threadpoolctl import threadpool_info
+
+            res["threadpools"] = [{k: p.get(k) for k in ("internal_api", "num_threads")}
+                                  for p in threadpool_info()]
+        except ImportError:
+            pass
+    if spec.get("out_npy"):
+        np.save(spec["out_npy"], y)
+    return res
+
+
+def run_peak(spec):
+    """numpy float32 matmul 2048^3 (the machine's practical sgemm peak with this many threads)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    n = 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    c = np.empty((n, n), np.float32)
+    with threadpool_limits(spec["threads"], user_api="blas"):
+        ts = _timed(lambda: np.matmul(a, b, out=c), spec["repeat"], spec["warmup"])
+    ts.sort()
+    return {"times_s": ts, "gflops_median": 2 * n ** 3 / ts[len(ts) // 2] / 1e9,
+            "gflops_best": 2 * n ** 3 / ts[0] / 1e9}
+
+
+def main():
+    spec = json.loads(open(sys.argv[1]).read())
+    fn = {"ort": run_ort, "convrt": run_convrt, "peak": run_peak}[spec["kind"]]
+    res = fn(spec)
+    res["peak_rss_mb"] = _rss_mb()
+    res["pid"] = os.getpid()
+    with open(spec["result"], "w") as f:
+        json.dump(res, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""`convrt bench MODEL`: warm latency and a per-node time profile.
+
+Prints a table of nodes sorted by time (median over the profiled runs, % of the total, op type,
+GFLOP/s where the node's MACs are known) and, with ``--profile FILE.json``, writes the last
+profiled run as a Chrome trace (``{"traceEvents": [...]}`` with ``ph: "X"`` complete events,
+microseconds), which chrome://tracing and https://ui.perfetto.dev open.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def add_parser(subparsers) -> None:
+    b = subparsers.add_parser(
+        "bench", help="warm latency and a per-node time profile",
+        description="Run MODEL --warmup times, then --repeat timed runs with per-node timing; "
+        "print the nodes sorted by median time and optionally write a Chrome trace.")
+    b.add_argument("model", help="path to an .onnx file")
+    b.add_argument("--batch", type=int, default=1, help="value for symbolic dims (1)")
+    b.add_argument("--repeat", type=int, default=10, help="profiled runs (10)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (2)")
+    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all)")
+    b.add_argument("--top", type=int, default=0, help="print only the N slowest nodes")
+    b.add_argument("--profile", metavar="FILE.json", help="write a Chrome-trace JSON")
+    b.add_argument("--level", default="all", choices=["disable", "basic", "extended", "all"])
+    b.add_argument("--disable", action="append", default=[], metavar="PASS")
+    b.set_defaults(fn=cmd_bench)
+
+
+def profile_runs(sess, feeds: dict, repeat: int, warmup: int = 2):
+    """Per-step times of ``repeat`` runs: (labels, op types, seconds[repeat, steps], totals,
+    start offsets of the last run)."""
+    for _ in range(max(0, warmup)):
+        sess.run(None, feeds)
+    runs, totals, starts = [], [], []
+    labels = ops = None
+    for _ in range(max(1, repeat)):
+        prof: list = []
+        t0 = time.perf_counter()
+        sess.run(None, feeds, profile=prof)
+        totals.append(time.perf_counter() - t0)
+        labels = [p[0] for p in prof]
+        ops = [p[1] for p in prof]
+        runs.append([p[2] for p in prof])
+    # the last run's start offsets (steps run back to back; the gap before the first step is
+    # the session's feed validation)
+    last = runs[-1]
+    lead = max(0.0, totals[-1] - sum(last))
+    t = lead
+    for s in last:
+        starts.append(t)
+        t += s
+    return labels, ops, np.array(runs), np.array(totals), starts
+
+
+def chrome_trace(labels, ops, secs, starts, model: str, flops: dict | None = None) -> dict:
+    """A Chrome trace (Trace Event Format) of one run: one ``ph: "X"`` event per step."""
+    events = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 0,
+               "args": {"name": f"convrt {Path(model).name}"}}]
+    for label, op, s, t in zip(labels, ops, secs, starts):
+        args = {"op_type": op}
+        if flops and label in flops:
+            args["gflop"] = flops[label] / 1e9
+        events.append({"name": label, "cat": op, "ph": "X", "ts": round(t * 1e6, 3),
+                       "dur": round(s * 1e6, 3), "pid": 1, "tid": 1, "args": args})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def render_table(labels, ops, med, flops=None, top: int = 0) -> str:
+    total = float(med.sum()) or 1e-12
+    order = np.argsort(-med, kind="stable")
+    if top:
+        order = order[:top]
+    w = max([len("node")] + [len(labels[i]) for i in order])
+    lines = [f"{'node':<{w}}  {'op type':<18} {'ms':>9} {'%':>6} {'cum %':>6} {'GFLOP/s':>8}"]
+    cum = 0.0
+    for i in order:
+        cum += med[i]
+        gf = ""
+        if flops and labels[i] in flops and med[i] > 0:
+            gf = f"{flops[labels[i]] / med[i] / 1e9:8.1f}"
+        lines.append(f"{labels[i]:<{w}}  {ops[i]:<18} {med[i] * 1e3:9.3f} "
+                     f"{100 * med[i] / total:6.1f} {100 * cum / total:6.1f} {gf:>8}")
+    by_op: dict[str, float] = {}
+    for op, t in zip(ops, med):
+        by_op[op] = by_op.get(op, 0.0) + t
+    lines.append("")
+    lines.append("by op type: " + ", ".join(
+        f"{op} {t * 1e3:.2f} ms ({100 * t / total:.1f} %)"
+        for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    from .cli import _feeds, _session
+
+    if args.repeat < 1:
+        raise InputError("--repeat must be >= 1")
+    t0 = time.perf_counter()
+    sess = _session(args)
+    feeds = _feeds(sess, [], args.batch)
+    sess.run(None, feeds)
+    first = time.perf_counter() - t0
+    labels, ops, runs, totals, starts = profile_runs(sess, feeds, args.repeat, args.warmup)
+    med = np.median(runs, axis=0)
+    flops = step_flops(sess, feeds)
+    total_flops = sum(flops.values())
+    print(f"model: {args.model}  batch {args.batch}  threads {sess._threads}")
+    print(f"load + first run: {first * 1e3:.1f} ms")
+    m = float(np.median(totals))
+    line = (f"latency over {len(totals)} profiled runs: median {m * 1e3:.2f} ms, "
+            f"min {totals.min() * 1e3:.2f} ms")
+    if total_flops:
+        line += f", {total_flops / 1e9:.2f} GFLOP, {total_flops / m / 1e9:.1f} GFLOP/s"
+    print(line)
+    print(f"sum of node medians {med.sum() * 1e3:.2f} ms; per-run overhead "
+          f"{(m - med.sum()) * 1e3:.3f} ms")
+    print()
+    print(render_table(labels, ops, med, flops, args.top))
+    if args.profile:
+        trace = chrome_trace(labels, ops, runs[-1], starts, args.model, flops)
+        try:
+            Path(args.profile).write_text(json.dumps(trace))
+        except OSError as e:
+            raise InputError(f"cannot write {args.profile}: {e.strerror}") from None
+        print(f"\nwrote {args.profile} (open in chrome://tracing or ui.perfetto.dev)")
+    return 0
+
+
+def step_flops(sess, feeds) -> dict[str, int]:
+    """label -> FLOPs (2 x MACs) per planned node, from binding-time inference."""
+    from .ops.infer import infer
+    from .ops.registry import TensorInfo
+
+    infos_in = {n: TensorInfo(tuple(a.shape), a.dtype) for n, a in feeds.items()}
+    try:
+        _, infos = infer(sess.graph, infos_in, binding=False)
+    except Exception:
+        return {}
+    out = {}
+    for ni in infos:
+        res = getattr(ni, "result", None)
+        macs = getattr(res, "flops", 0) if res is not None else 0
+        if macs and not getattr(ni, "folded", False):
+            out[ni.node.name or ni.node.outputs[0].name] = 2 * int(macs)
+    return out
