@@ -12,6 +12,7 @@ plan serves many threads.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -64,10 +65,15 @@ def _make_step(kernel, ins: list[int | None], outs: list[int], n_keep: int, alia
     return run
 
 
+def _set_threads(n: int, env) -> None:
+    numba.set_num_threads(n)
+
+
 class Plan:
     """An executable form of ``graph`` for one set of input shapes."""
 
-    def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None):
+    def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None,
+                 threads: int = 1):
         self.source = graph.source
         env, infos = infer(graph, feeds, binding=True)
         slot: dict[str, int] = {}
@@ -97,6 +103,7 @@ class Plan:
         for s in self.output_slots:
             last_use[alias_of.get(s, s)] = end
         self._plan_memory(step_defs, defs, last_use, alias_of, budget)
+        self._schedule(threads)
         self._lock = threading.Lock()
         self._free: list[list] = []
 
@@ -132,6 +139,24 @@ class Plan:
         self.steps.append(Step(label, node.op_type,
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias),
                                serial))
+
+    def _schedule(self, threads: int) -> None:
+        """The run list: each step's ``run``, with thread-count switches baked in where serial
+        steps begin and end (so the run loop has no per-step decisions)."""
+        self.calls: list = []
+        self.labels: list = []  # (label, op_type) per call; None for a thread switch
+        current = threads
+        for step in self.steps:
+            want = 1 if step.serial else threads
+            if want != current:
+                self.calls.append(functools.partial(_set_threads, want))
+                self.labels.append(None)
+                current = want
+            self.calls.append(step.run)
+            self.labels.append((step.label, step.op_type))
+        if current != threads:
+            self.calls.append(functools.partial(_set_threads, threads))
+            self.labels.append(None)
 
     def _plan_memory(self, step_defs, defs, last_use, alias_of, budget):
         """Greedy best-fit assignment of value slots to shared buffers by liveness."""
@@ -198,29 +223,22 @@ class Plan:
             env = list(views)
             for name, s in self.feed_slots.items():
                 env[s] = feeds[name]
-            step = None
+            i = -1
             try:
-                nthreads = numba.get_num_threads()
-                pooled = nthreads > 1
-                for step in self.steps:
-                    if pooled and step.serial:
-                        numba.set_num_threads(1)
-                        pooled = False
-                    elif not pooled and not step.serial and nthreads > 1:
-                        numba.set_num_threads(nthreads)
-                        pooled = True
-                    if profile is None:
-                        step.run(env)
-                    else:
+                if profile is None:
+                    for i, call in enumerate(self.calls):
+                        call(env)
+                else:
+                    for i, call in enumerate(self.calls):
                         t0 = time.perf_counter()
-                        step.run(env)
-                        profile.append((step.label, step.op_type, time.perf_counter() - t0))
-                if nthreads > 1 and not pooled:
-                    numba.set_num_threads(nthreads)
+                        call(env)
+                        if self.labels[i] is not None:
+                            profile.append((*self.labels[i], time.perf_counter() - t0))
             except ConvrtError:
                 raise
             except Exception as e:  # a validation gap: never let it out as a raw exception
-                where = f"node '{step.label}' ({step.op_type})" if step else "plan"
+                lab = self.labels[i] if i >= 0 else None
+                where = f"node '{lab[0]}' ({lab[1]})" if lab else "plan"
                 raise ShapeError(f"{self.source}: {where} failed at run time "
                                  f"({one_line(e)})") from e
             return [np.array(env[s], copy=True) for s in self.output_slots]

@@ -173,7 +173,7 @@ class InferenceSession:
             with self._lock:
                 plan = self._plans.get(key)
                 if plan is None:
-                    plan = Plan(self.graph, infos, self.options.memory_budget)
+                    plan = Plan(self.graph, infos, self.options.memory_budget, self._threads)
                     if len(self._plans) >= MAX_PLANS:
                         self._plans.pop(next(iter(self._plans)))
                     self._plans[key] = plan
