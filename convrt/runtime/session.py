@@ -92,6 +92,48 @@ def _node_arg(v) -> NodeArg:
     return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
 
 
+def check_feeds(feeds, inputs: dict, required, source: str,
+                cast_numbers: bool = False) -> dict[str, np.ndarray]:
+    """Validate ``feeds`` (name -> array) against the graph input Values in ``inputs``.
+
+    Names, dtypes (numbers are cast to a float input's dtype when ``cast_numbers``), ranks, fixed
+    dims and the consistency of symbolic dims are checked; every name in ``required`` must be
+    fed.  Returns C-contiguous arrays.  Raises InputError naming the input at fault.
+    """
+    if not isinstance(feeds, dict):
+        raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
+    arrays, dims = {}, {}
+    for name, arr in feeds.items():
+        v = inputs.get(name)
+        if v is None:
+            raise InputError(f"{source}: unknown input '{name}'; expected {sorted(required)}")
+        if not isinstance(arr, np.ndarray):
+            try:
+                arr = np.asarray(arr)
+            except Exception:
+                raise InputError(f"input '{name}': not convertible to an array") from None
+        if arr.dtype != v.dtype:
+            if cast_numbers and arr.dtype.kind in "fiu" and v.dtype.kind == "f":
+                arr = arr.astype(v.dtype)
+            else:
+                raise InputError(f"input '{name}': dtype {arr.dtype}, expected {v.dtype}")
+        if v.shape is not None:
+            if arr.ndim != len(v.shape):
+                raise InputError(f"input '{name}': rank {arr.ndim}, expected "
+                                 f"{len(v.shape)} (shape {list(v.shape)})")
+            for i, (want, got) in enumerate(zip(v.shape, arr.shape)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(f"input '{name}': dim {i} is {got}, expected {want}")
+                if isinstance(want, str) and dims.setdefault(want, got) != got:
+                    raise InputError(f"input '{name}': dim {i} ('{want}') is {got} "
+                                     f"but {dims[want]} elsewhere")
+        arrays[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    missing = [n for n in required if n not in arrays]
+    if missing:
+        raise InputError(f"{source}: missing input(s) {missing}")
+    return arrays
+
+
 def resolve_threads(n: int) -> int:
     return max(1, min(int(n) if n and n > 0 else numba.config.NUMBA_NUM_THREADS,
                       numba.config.NUMBA_NUM_THREADS))
@@ -132,37 +174,10 @@ class InferenceSession:
 
     # -- running ------------------------------------------------------------------------------
     def _check_feeds(self, feeds) -> tuple[dict, dict]:
-        if not isinstance(feeds, dict):
-            raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
-        arrays, infos, dims = {}, {}, {}
-        for name, arr in feeds.items():
-            v = self._inputs.get(name) or self._overridable.get(name)
-            if v is None:
-                raise InputError(f"{self.graph.source}: unknown input '{name}'; expected "
-                                 f"{sorted(self._inputs)}")
-            if not isinstance(arr, np.ndarray):
-                try:
-                    arr = np.asarray(arr)
-                except Exception:
-                    raise InputError(f"input '{name}': not convertible to an array") from None
-            if arr.dtype != v.dtype:
-                raise InputError(f"input '{name}': dtype {arr.dtype}, expected {v.dtype}")
-            if v.shape is not None:
-                if arr.ndim != len(v.shape):
-                    raise InputError(f"input '{name}': rank {arr.ndim}, expected "
-                                     f"{len(v.shape)} (shape {list(v.shape)})")
-                for i, (want, got) in enumerate(zip(v.shape, arr.shape)):
-                    if isinstance(want, int) and want != got:
-                        raise InputError(f"input '{name}': dim {i} is {got}, expected {want}")
-                    if isinstance(want, str):
-                        if dims.setdefault(want, got) != got:
-                            raise InputError(f"input '{name}': dim {i} ('{want}') is {got} "
-                                             f"but {dims[want]} elsewhere")
-            arrays[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-            infos[name] = TensorInfo(tuple(int(d) for d in arr.shape), arr.dtype)
-        missing = [n for n in self._inputs if n not in arrays]
-        if missing:
-            raise InputError(f"{self.graph.source}: missing input(s) {missing}")
+        arrays = check_feeds(feeds, {**self._overridable, **self._inputs}, self._inputs,
+                             self.graph.source)
+        infos = {n: TensorInfo(tuple(int(d) for d in a.shape), a.dtype)
+                 for n, a in arrays.items()}
         return arrays, infos
 
     def plan_for(self, infos: dict[str, TensorInfo]) -> Plan:

@@ -20,6 +20,7 @@ import numpy as np
 from ..compiler import load
 from ..errors import InputError, TrainingError
 from ..onnx_io import from_graph
+from ..runtime.session import check_feeds
 from .autodiff import Program
 from .losses import get_loss
 from .optim import SGD, Optimizer
@@ -101,32 +102,7 @@ class Trainer:
                 raise InputError(f"{self.source}: the model has inputs {sorted(self.inputs)}; "
                                  "pass a dict")
             feeds = {next(iter(self.inputs)): feeds}
-        if not isinstance(feeds, dict):
-            raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
-        out = {}
-        for name, a in feeds.items():
-            v = self.inputs.get(name)
-            if v is None:
-                raise InputError(f"{self.source}: unknown input '{name}'; expected "
-                                 f"{sorted(self.inputs)}")
-            a = np.asarray(a)
-            if a.dtype != v.dtype:
-                if a.dtype.kind in "fiu" and v.dtype.kind == "f":
-                    a = a.astype(v.dtype)
-                else:
-                    raise InputError(f"input '{name}': dtype {a.dtype}, expected {v.dtype}")
-            if v.shape is not None:
-                if a.ndim != len(v.shape):
-                    raise InputError(f"input '{name}': rank {a.ndim}, expected {len(v.shape)} "
-                                     f"(shape {list(v.shape)})")
-                for i, (want, got) in enumerate(zip(v.shape, a.shape)):
-                    if isinstance(want, int) and want != got:
-                        raise InputError(f"input '{name}': dim {i} is {got}, expected {want}")
-            out[name] = np.ascontiguousarray(a)
-        missing = [n for n in self.inputs if n not in out]
-        if missing:
-            raise InputError(f"{self.source}: missing input(s) {missing}")
-        return out
+        return check_feeds(feeds, self.inputs, self.inputs, self.source, cast_numbers=True)
 
     def _dynamic(self):
         d = dict(self.params)
