@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--layers", default=None)
     ap.add_argument("--threads", type=int, default=2, help="for both runtimes (default 2)")
+    ap.add_argument("--algo", default="auto", choices=["auto", "direct", "winograd"],
+                    help="Conv2d's algorithm (default: its own per-layer choice)")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -77,7 +79,7 @@ def main():
         x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
         w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         b = rng.standard_normal(m).astype(np.float32)
-        conv = Conv2d(w, b, x.shape, pads=(1, 1, 1, 1), activation="relu")
+        conv = Conv2d(w, b, x.shape, pads=(1, 1, 1, 1), activation="relu", algo=args.algo)
         out = np.empty(conv.out_shape, np.float32)
         t = time.perf_counter()
         conv(x, out)
@@ -93,7 +95,7 @@ def main():
         gflop = 2 * m * c * 9 * hw * hw / 1e9
         tot_c += times * tc
         tot_o += times * to
-        name = f"{hw}^2 {c}->{m}" + (f" (x{times})" if times > 1 else "")
+        name = f"{conv.algo[0]} {hw}^2 {c}->{m}" + (f" (x{times})" if times > 1 else "")
         print(f"{name:>22} {tc:10.2f} {gflop / tc * 1e3:8.1f} {to:8.2f} {gflop / to * 1e3:8.1f} "
               f"{tc / to:6.2f}  (min {tca.min():.2f} vs {toa.min():.2f}: {tca.min() / toa.min():.2f})"
               f"  first call {compile_s:.2f}s, max|err| {err:.1e}", flush=True)

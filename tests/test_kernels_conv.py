@@ -159,3 +159,150 @@ def test_threads_share_one_conv():
     for t in threads:
         t.join()
     assert not errors
+
+
+# ---- Winograd F(2x2, 3x3) -----------------------------------------------------------------
+WINO_CASES = {  # (N, C, H, W, M, pads)
+    "even": (1, 16, 8, 8, 32, (1, 1, 1, 1)),
+    "odd_hw": (2, 8, 7, 9, 40, (1, 1, 1, 1)),
+    "asym_pad": (3, 8, 9, 6, 16, (0, 1, 2, 0)),
+    "nopad": (1, 12, 5, 5, 70, (0, 0, 0, 0)),
+    "big_pad": (1, 4, 6, 5, 16, (2, 3, 1, 2)),
+    "m_small": (2, 8, 6, 7, 3, (1, 1, 1, 1)),
+    "vgg_like": (1, 128, 14, 14, 64, (1, 1, 1, 1)),
+}
+
+
+def _wino_data(case, dtype, seed=0):
+    n, c, h, w, m, pads = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
+    return x, wt, rng.standard_normal(m).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(WINO_CASES))
+def test_winograd_vs_naive(name, dtype):
+    case = WINO_CASES[name]
+    x, wt, b = _wino_data(case, dtype)
+    conv = Conv2d(wt, b, x.shape, pads=case[5], dtype=dtype, algo="winograd")
+    assert conv.algo == "winograd"
+    out = np.full(conv.out_shape, np.nan, dtype=dtype)
+    conv(x, out)
+    ref = conv2d_ref(x, wt, b, (1, 1), case[5])
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, **TOL[dtype])
+    out2 = np.full_like(out, np.nan)
+    conv(x, out2)  # deterministic: bit for bit the same on a second call
+    np.testing.assert_array_equal(out, out2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", range(len(ACTS)))
+def test_winograd_epilogue(act, residual, dtype):
+    case = WINO_CASES["odd_hw"]
+    x, wt, b = _wino_data(case, dtype, seed=act)
+    ref = conv2d_ref(x, wt, b, (1, 1), case[5])
+    res = None
+    if residual:
+        res = np.random.default_rng(7).standard_normal(ref.shape).astype(dtype)
+        ref = ref + res
+    conv = Conv2d(wt, b, x.shape, pads=case[5], dtype=dtype, algo="winograd", **ACTS[act])
+    out = np.full(conv.out_shape, np.nan, dtype=dtype)
+    conv(x, out, res)
+    np.testing.assert_allclose(out, activation_ref(ref, **ACTS[act]), **TOL[dtype])
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "sigmoid"])
+def test_winograd_nan_inf(act):
+    case = WINO_CASES["odd_hw"]
+    x, wt, b = _wino_data(case, np.float32, seed=5)
+    x[0, 1, 2, 3] = np.nan
+    x[-1, 0, -1, -2] = np.inf
+    ref = activation_ref(conv2d_ref(x, wt, b, (1, 1), case[5]), act)
+    conv = Conv2d(wt, b, x.shape, pads=case[5], algo="winograd", activation=act)
+    out = np.full(conv.out_shape, 0.5, np.float32)
+    conv(x, out)
+    # Winograd mixes a tile's 4x4 input patch into all its outputs: an Inf may become NaN (Inf -
+    # Inf) and reach the other outputs of its 2x2 tile, but never a pixel the direct conv keeps
+    # finite outside that tile's reach; every non-finite reference stays non-finite.
+    assert not np.isfinite(out[~np.isfinite(ref)]).any()
+    fin = np.isfinite(out)
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
+
+
+def test_winograd_batch_chunks(monkeypatch):
+    """A batch too big for the transform buffer runs in chunks of images: same answer."""
+    from convrt.kernels import winograd
+
+    monkeypatch.setattr(winograd, "V_BUDGET", 1)  # one image per chunk
+    case = (5, 8, 6, 7, 16, (1, 1, 1, 1))
+    x, wt, b = _wino_data(case, np.float32)
+    conv = Conv2d(wt, b, x.shape, pads=case[5], algo="winograd", activation="relu")
+    assert conv._wino.chunk == 1
+    res = np.random.default_rng(1).standard_normal(conv.out_shape).astype(np.float32)
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out, res)
+    ref = np.maximum(conv2d_ref(x, wt, b, (1, 1), case[5]) + res, 0)
+    np.testing.assert_allclose(out, ref, **TOL[np.float32])
+
+
+def test_winograd_choice_is_by_shape():
+    from convrt.kernels.conv import use_winograd
+
+    assert use_winograd((1, 256, 56, 56), (256, 256, 3, 3), (1, 1), (1, 1), 1)
+    assert use_winograd((1, 512, 14, 14), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 64, 224, 224), (64, 64, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 128, 112, 112), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 256, 28, 28), (256, 256, 3, 3), (2, 2), (1, 1), 1)
+    assert not use_winograd((1, 256, 28, 28), (256, 256, 3, 3), (1, 1), (2, 2), 1)
+    assert not use_winograd((1, 256, 28, 28), (256, 128, 3, 3), (1, 1), (1, 1), 2)
+    assert not use_winograd((1, 256, 28, 28), (256, 256, 1, 1), (1, 1), (1, 1), 1)
+    x, wt, b = _wino_data((1, 128, 8, 8, 32, (1, 1, 1, 1)), np.float32)
+    assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).algo == "winograd"
+
+
+def test_winograd_threads_share_one_conv():
+    case = WINO_CASES["odd_hw"]
+    x0, wt, b = _wino_data(case, np.float32)
+    conv = Conv2d(wt, b, x0.shape, pads=case[5], algo="winograd")
+    xs = [_wino_data(case, np.float32, seed=s)[0] for s in range(4)]
+    refs = [conv2d_ref(x, wt, b, (1, 1), case[5]) for x in xs]
+    errors = []
+
+    def work(i):
+        out = np.empty(conv.out_shape, np.float32)
+        for _ in range(10):
+            conv(xs[i], out)
+            if not np.allclose(out, refs[i], **TOL[np.float32]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("algo", ["direct", "winograd"])
+def test_bitwise_same_across_thread_counts(algo):
+    import numba
+
+    case = WINO_CASES["vgg_like"]
+    x, wt, b = _wino_data(case, np.float32, seed=2)
+    conv = Conv2d(wt, b, x.shape, pads=case[5], algo=algo, activation="relu")
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nthreads)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(old)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)

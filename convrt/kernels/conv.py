@@ -351,6 +351,22 @@ def _choose_shape(mg, ow_n, dtype):
     return best
 
 
+def use_winograd(in_shape, w_shape, strides, dilations, group):
+    """Whether ``Conv2d`` runs a layer as Winograd F(2x2, 3x3): a function of the shapes only,
+    so the choice (and hence the result, bit for bit) is the same on every run."""
+    c_n, h_n, w_n = in_shape[1:]
+    m_all, _, kh, kw = w_shape
+    return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+            and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
+            and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW)
+
+
+# Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
+# from 128 input channels on 56x56 and smaller maps; on the 112x112 / 224x224 maps its
+# transforms (memory-bound) cost more than the multiplies it saves.
+WINO_MIN_C, WINO_MIN_M, WINO_MAX_HW = 128, 32, 56 * 56
+
+
 class Conv2d:
     """A 2-D convolution bound once: validated shapes, weights packed at construction.
 
@@ -362,6 +378,8 @@ class Conv2d:
         activation: one of ``ACTIVATIONS``, applied after the bias and the optional residual.
         alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
+        algo: "auto" (``use_winograd`` decides from the shapes), "direct" or "winograd"
+            (3x3, stride 1, dilation 1, group 1 only).
 
     Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
     ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
@@ -370,7 +388,7 @@ class Conv2d:
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
-                 dtype=np.float32):
+                 dtype=np.float32, algo="auto"):
         dtype = np.dtype(dtype)
         w = np.asarray(w, dtype=dtype)
         n_img, c_n, h_n, w_n = (int(v) for v in in_shape)
@@ -420,6 +438,18 @@ class Conv2d:
 
         bias = np.zeros(m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
         assert bias.shape == (m_all,)
+        if algo == "auto":
+            algo = "winograd" if use_winograd(self.in_shape, w.shape, strides, dilations,
+                                              group) else "direct"
+        self.algo = algo
+        if algo == "winograd":
+            from .winograd import Winograd  # winograd imports this module
+            assert kh == kw == 3 and sh == sw == dh == dw == 1 and group == 1
+            tpi = -(-oh_n // 2) * -(-ow_n // 2)
+            self._wino = Winograd(w, bias, self.in_shape, (pt, pl, pb, pr),
+                                  _choose_shape(m_all, tpi, dtype), dtype)
+            self._copy = False
+            return
         # ---- weights ------------------------------------------------------------------------
         self._blocked = mg >= 8
         if self._blocked:
@@ -453,6 +483,9 @@ class Conv2d:
 
     def __call__(self, x, out, residual=None):
         n_img, c_n, h_n, w_n = self.in_shape
+        if self.algo == "winograd":
+            self._wino(x, out, residual, self.act, self._prm, self._tls)
+            return out
         if self._copy:
             xf = self._scratch()
             hp, q_n, sw, pt, pl, cstride = self._geom

@@ -1,0 +1,257 @@
+"""Winograd F(2x2, 3x3) convolution for 3x3, stride-1, undilated, ungrouped layers.
+
+Each 2x2 block of output pixels ("tile") is computed from the 4x4 input patch under it as
+``Y = A^T [sum_c (G g_c G^T) * (B^T d_c B)] A``: 16 products per input channel instead of 36.
+
+* weights: ``U = G g G^T`` computed once in float64, packed per block of 16*B output channels
+  and per transform position xi as ``up[blk*16 + xi, c, k]`` (so one block's weights are one
+  contiguous run);
+* input transform (``_wino_input``): ``V[xi, c, tile] = (B^T d B)[xi]``, tiles numbered
+  row-major over (image, tile row, tile column); borders read as zeros;
+* per (block of output channels, run of T consecutive tiles): 16 small GEMMs with conv.py's
+  register-tiled microkernel (``_tile_sums``: T tiles x 16*B channels, summed over c) into a
+  stack buffer, then the output transform, bias, residual and activation, stored into NCHW.
+  The last run is shifted back to end at the last tile: it recomputes a few tiles bit for bit.
+
+Every output is computed by exactly one work item with a fixed summation order, so results do
+not depend on the number of threads or on scheduling.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import FAST, njit, pjit
+from .conv import ACT_NONE, VEC, _row_epilogue, _tile_kernel
+
+_FM = set(FAST)
+_U = np.uint64
+NXI = 16  # transform positions of F(2x2, 3x3)
+V_BUDGET = 32 << 20  # bytes of transformed input per call; larger batches go in chunks
+
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def pack_weights(w, bias, wd, dtype):
+    """``(up, zero_bias, bias)``: ``up[blk*16 + xi, c, k] = (G w[blk*wd+k, c] G^T)[xi]``."""
+    m_all, c_n = w.shape[:2]
+    u = np.einsum("ai,mcij,bj->abmc", _G, np.asarray(w, np.float64), _G).reshape(NXI, m_all, c_n)
+    nb = -(-m_all // wd)
+    up = np.zeros((nb, NXI, c_n, wd), dtype=dtype)
+    for bl in range(nb):
+        j = min(wd, m_all - bl * wd)
+        up[bl, :, :, :j] = u[:, bl * wd: bl * wd + j, :].transpose(0, 2, 1)
+    return up.reshape(nb * NXI, c_n, wd), np.zeros((nb * NXI, wd), dtype=dtype), nb
+
+
+# The input transform as single-stream steps ``dst[d + k] = src[a + k] + s * src[b + k]``
+# (s = +-1: exact, a fused multiply-add of +-1 rounds once, like the plain sum).  Offsets are in
+# units of the row length rl (``+1`` = one element), as (d, a, b, s) with a, b, d = (rows, elems).
+# Rows: e_a = (B^T d)_a, kept split by column parity (even at 2*a*rl, odd at (2*a+1)*rl).
+_ROW_STEPS = np.array([(2 * a + p, 2 * i + p, 2 * j + p, s) for p in range(2)
+                       for a, i, j, s in ((0, 0, 2, -1), (1, 1, 2, 1), (2, 2, 1, -1),
+                                          (3, 1, 3, -1))], dtype=np.int64)
+# Columns: (B^T d) B; column j of tile k is E[k], O[k], E[k+1], O[k+1]:
+# xi = 4a+0: E[k] - E[k+1]; 4a+1: O[k] + E[k+1]; 4a+2: E[k+1] - O[k]; 4a+3: O[k] - O[k+1].
+# As (xi, row a, elem a, row b, elem b, s) with rows 2a (E) / 2a+1 (O).
+_COL_STEPS = np.array([r for a in range(4) for r in (
+    (4 * a, 2 * a, 0, 2 * a, 1, -1), (4 * a + 1, 2 * a + 1, 0, 2 * a, 1, 1),
+    (4 * a + 2, 2 * a, 1, 2 * a + 1, 0, -1), (4 * a + 3, 2 * a + 1, 0, 2 * a + 1, 1, -1))],
+    dtype=np.int64)
+
+
+@njit(fastmath=_FM)
+def _transform_seg(rows, rl, ev, v, o, cs, cnt, rsteps, csteps):
+    """Input transform of ``cnt`` consecutive tiles of one tile row.
+
+    ``rows`` holds the 4 input rows under them, zero-padded and split by column parity: row i's
+    even columns at ``2*i*rl``, odd columns at ``(2*i+1)*rl`` (rl >= cnt+1).  The results go to
+    ``v[o + xi*cs + k]``.  Table-driven single-stream loops: they vectorise, and compile once.
+    """
+    h = _U(rl)
+    for e in range(rsteps.shape[0]):
+        d = _U(rsteps[e, 0]) * h
+        a = _U(rsteps[e, 1]) * h
+        b = _U(rsteps[e, 2]) * h
+        sg = ev.dtype.type(rsteps[e, 3])
+        for k in range(cnt + 1):
+            ev[d + _U(k)] = rows[a + _U(k)] + sg * rows[b + _U(k)]
+    for e in range(csteps.shape[0]):
+        d = o + _U(csteps[e, 0]) * cs
+        a = _U(csteps[e, 1]) * h + _U(csteps[e, 2])
+        b = _U(csteps[e, 3]) * h + _U(csteps[e, 4])
+        sg = ev.dtype.type(csteps[e, 5])
+        for k in range(cnt):
+            v[d + _U(k)] = ev[a + _U(k)] + sg * ev[b + _U(k)]
+
+
+@pjit(fastmath=_FM)
+def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps, csteps):
+    """``v[xi*cs + c*vst + (n*th_n + th)*tw_n + tw] = (B^T d B)[xi]`` for the 4x4 patch d at
+    padded (2*th, 2*tw) of plane (n, c) of flat NCHW ``x`` (outside the image reads 0).
+    prange over planes; each tile row is transformed as a whole (long vector loops)."""
+    rl = tw_n + 1
+    for u in prange(n_img * c_n):
+        n = u // c_n
+        c = u - n * c_n
+        rows = np.zeros(8 * rl, dtype=v.dtype)
+        ev = np.empty(8 * rl, dtype=v.dtype)
+        for th in range(th_n):
+            for i in range(4):
+                h = 2 * th + i - pt
+                re = _U(2 * i * rl)
+                ro = re + _U(rl)
+                if 0 <= h < h_n:
+                    src = (u * h_n + h) * w_n - pl
+                    for q in range(rl):  # even padded columns 2q, odd 2q+1
+                        w = 2 * q - pl
+                        rows[re + _U(q)] = x[src + 2 * q] if 0 <= w < w_n else 0
+                        rows[ro + _U(q)] = x[src + 2 * q + 1] if 0 <= w + 1 < w_n else 0
+                else:
+                    for q in range(2 * rl):
+                        rows[re + _U(q)] = 0
+            _transform_seg(rows, rl, ev, v, _U(c * vst + (n * th_n + th) * tw_n), _U(cs), tw_n,
+                           rsteps, csteps)
+
+
+@njit(fastmath=_FM)
+def _wino_store(buf, b0, xs, nt, wd, t0, jv, m0, bias, out, res, has_res, act, prm, tpi, tw_n,
+                m_all, oh_n, ow_n, yb):
+    """Output transform of ``buf[b0 + xi*xs + t*wd + k]`` (tile t0+t, channel m0+k), then bias,
+    residual, activation, stored into flat NCHW ``out``; pixels past the image are dropped.
+
+    The transform is vectorised over channels into ``yb[k*4*nt + i*2*nt + 2*t + j]`` (output
+    pixel (i, j) of tile t); the stores then run along output rows."""
+    n2 = 2 * nt
+    for t in range(nt):
+        tb = b0 + _U(t * wd)
+        yo = _U(2 * t)
+        for k in range(wd):  # vectorised over the channels of the tile
+            i = tb + _U(k)
+            s00 = buf[i] + buf[4 * xs + i] + buf[8 * xs + i]
+            s01 = buf[xs + i] + buf[5 * xs + i] + buf[9 * xs + i]
+            s02 = buf[2 * xs + i] + buf[6 * xs + i] + buf[10 * xs + i]
+            s03 = buf[3 * xs + i] + buf[7 * xs + i] + buf[11 * xs + i]
+            s10 = buf[4 * xs + i] - buf[8 * xs + i] - buf[12 * xs + i]
+            s11 = buf[5 * xs + i] - buf[9 * xs + i] - buf[13 * xs + i]
+            s12 = buf[6 * xs + i] - buf[10 * xs + i] - buf[14 * xs + i]
+            s13 = buf[7 * xs + i] - buf[11 * xs + i] - buf[15 * xs + i]
+            y = _U(k * 2 * n2) + yo
+            yb[y] = s00 + s01 + s02
+            yb[y + 1] = s01 - s02 - s03
+            yb[y + _U(n2)] = s10 + s11 + s12
+            yb[y + _U(n2 + 1)] = s11 - s12 - s13
+    t = 0
+    while t < nt:  # segments of the run lying in one tile row
+        tile = t0 + t
+        n = tile // tpi
+        r = tile - n * tpi
+        th = r // tw_n
+        tw = r - th * tw_n
+        cnt = min(nt - t, tw_n - tw)
+        oh = 2 * th
+        ow = 2 * tw
+        wl = min(2 * cnt, ow_n - ow)
+        nrow = min(2, oh_n - oh)
+        for k in range(jv):
+            m = m0 + k
+            bv = bias[m]
+            for i in range(nrow):
+                o = _U(((n * m_all + m) * oh_n + oh + i) * ow_n + ow)
+                y = _U(k * 2 * n2 + i * n2 + 2 * t)
+                for q in range(wl):
+                    out[o + _U(q)] = yb[y + _U(q)] + bv
+                if has_res or act != ACT_NONE:
+                    _row_epilogue(out, o, _U(wl), res, has_res, act, prm)
+        t += cnt
+
+
+@pjit(fastmath=_FM)
+def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs):
+    """The 16 products, one per transform position xi (prange over (xi, block of 16*nb_
+    output channels, run of nt tiles), xi outermost so one xi's transformed input and weights
+    stay in cache): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
+    shifted back to end at the last tile."""
+    wd = nb_ * VEC
+    sz = nt * wd
+    per = nb * nrun
+    for u in prange(NXI * per):
+        xi = u // per
+        r = u - xi * per
+        blk = r // nrun
+        ri = r - blk * nrun
+        t0 = min(ri * nt, ntiles - nt)
+        _tile_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):], nb_,
+                     nt)
+
+
+@pjit(fastmath=_FM)
+def _wino_out(mb, bias, out, res, has_res, act, prm, nb_, nt, nb, nrun, m_all, ntiles, tpi,
+              tw_n, oh_n, ow_n):
+    """Output transform and epilogue; prange over (block of output channels, run of tiles)."""
+    wd = nb_ * VEC
+    sz = nt * wd
+    xs = _U(nb * nrun * sz)
+    for u in prange(nb * nrun):
+        blk = u // nrun
+        ri = u - blk * nrun
+        yb = np.empty(4 * nt * wd, dtype=mb.dtype)
+        m0 = blk * wd
+        _wino_store(mb, _U(u * sz), xs, nt, wd, min(ri * nt, ntiles - nt), min(wd, m_all - m0),
+                    m0, bias, out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n, yb)
+
+
+class Winograd:
+    """The F(2x2, 3x3) path of ``Conv2d`` (3x3, stride 1, dilation 1, group 1)."""
+
+    def __init__(self, w, bias, in_shape, pads, shape, dtype):
+        n_img, c_n, h_n, w_n = in_shape
+        pt, pl, pb, pr = pads
+        self.oh = h_n + pt + pb - 2
+        self.ow = w_n + pl + pr - 2
+        self.th = -(-self.oh // 2)
+        self.tw = -(-self.ow // 2)
+        self.tpi = self.th * self.tw
+        self.in_shape, self.pads, self.dtype = in_shape, pads, dtype
+        self.m_all = w.shape[0]
+        self.nb_, self.nt = shape
+        self.up, self.zb, self.nb = pack_weights(w, bias, self.nb_ * VEC, dtype)
+        self.bias = np.asarray(bias, dtype=dtype)
+        wd = self.nb_ * VEC
+        per_img = NXI * (c_n + self.nb * wd) * self.tpi * dtype.itemsize
+        self.chunk = max(1, min(n_img, V_BUDGET // per_img))
+        self.nrun = -(-self.chunk * self.tpi // self.nt)
+        vst = self.chunk * self.tpi
+        if (vst * dtype.itemsize) % 1024 == 0:  # avoid cache-set aliasing across channels
+            vst += 64 // dtype.itemsize
+        self.vst = vst
+        self.cs = c_n * vst
+        self.vsize = NXI * self.cs
+        self.msize = self.nrun * NXI * self.nb * self.nt * wd
+        self.offs = np.arange(c_n, dtype=np.uint64) * np.uint64(vst)
+
+    def scratch_bytes(self):
+        return (self.vsize + self.msize) * self.dtype.itemsize
+
+    def __call__(self, x, out, residual, act, prm, tls):
+        n_img, c_n, h_n, w_n = self.in_shape
+        v = getattr(tls, "wv", None)
+        if v is None:
+            v = np.empty(self.vsize, dtype=self.dtype)
+            tls.wv = v
+            tls.wm = np.empty(self.msize, dtype=self.dtype)
+        mb = tls.wm
+        pt, pl = self.pads[0], self.pads[1]
+        has_res = residual is not None
+        for n0 in range(0, n_img, self.chunk):
+            k = min(self.chunk, n_img - n0)
+            ntiles = k * self.tpi
+            nrun = -(-ntiles // self.nt)
+            xf = x[n0:n0 + k].reshape(-1)
+            of = out[n0:n0 + k].reshape(-1)
+            res = residual[n0:n0 + k].reshape(-1) if has_res else of[:1]
+            _wino_input(xf, v, k, c_n, h_n, w_n, pt, pl, self.th, self.tw, self.vst, self.cs,
+                        _ROW_STEPS, _COL_STEPS)
+            _wino_gemm(v, self.offs, self.up, self.zb, mb, self.nb_, self.nt, self.nb, nrun,
+                       ntiles, self.cs)
+            _wino_out(mb, self.bias, of, res, has_res, act, prm, self.nb_, self.nt, self.nb, nrun,
+                      self.m_all, ntiles, self.tpi, self.tw, self.oh, self.ow)
