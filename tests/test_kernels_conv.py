@@ -2,6 +2,7 @@
 
 import threading
 
+import numba
 import numpy as np
 import pytest
 
@@ -306,3 +307,30 @@ def test_bitwise_same_across_thread_counts(algo):
         numba.set_num_threads(old)
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
+
+
+@pytest.mark.parametrize("budget", [None, 1])
+def test_winograd_overlapping_last_run_has_no_race(monkeypatch, budget):
+    """Regression: the last run of tiles is shifted back and overlaps the run before it; both
+    tasks used to store the shared tiles (bias, then residual + activation in place), so under
+    2 threads a pixel could get the residual twice.  Repeat to give the race a chance."""
+    from convrt.kernels import winograd
+
+    if budget is not None:
+        monkeypatch.setattr(winograd, "V_BUDGET", budget)
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 8, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    conv = Conv2d(w, b, x.shape, pads=(1, 1, 1, 1), algo="winograd", activation="relu")
+    res = rng.standard_normal(conv.out_shape).astype(np.float32)
+    ref = np.maximum(conv2d_ref(x, w, b, (1, 1), (1, 1, 1, 1)) + res, 0)
+    first = None
+    for _ in range(100):
+        out = np.empty(conv.out_shape, np.float32)
+        conv(x, out, res)
+        if first is None:
+            first = out
+            np.testing.assert_allclose(out, ref, **TOL[np.float32])
+        np.testing.assert_array_equal(out, first)

@@ -114,10 +114,14 @@ def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
 
 
 @njit(fastmath=_FM)
-def _wino_store(buf, b0, xs, nt, wd, t0, jv, m0, bias, out, res, has_res, act, prm, tpi, tw_n,
-                m_all, oh_n, ow_n, yb):
+def _wino_store(buf, b0, xs, nt, wd, t0, skip, jv, m0, bias, out, res, has_res, act, prm, tpi,
+                tw_n, m_all, oh_n, ow_n, yb):
     """Output transform of ``buf[b0 + xi*xs + t*wd + k]`` (tile t0+t, channel m0+k), then bias,
     residual, activation, stored into flat NCHW ``out``; pixels past the image are dropped.
+
+    The first ``skip`` tiles (the shifted-back last run's overlap with the run before it) are
+    not stored: the other task owns them, and the store is a read-modify-write (bias, then
+    residual and activation in place), so two tasks writing one pixel would race.
 
     The transform is vectorised over channels into ``yb[k*4*nt + i*2*nt + 2*t + j]`` (output
     pixel (i, j) of tile t); the stores then run along output rows."""
@@ -140,7 +144,7 @@ def _wino_store(buf, b0, xs, nt, wd, t0, jv, m0, bias, out, res, has_res, act, p
             yb[y + 1] = s01 - s02 - s03
             yb[y + _U(n2)] = s10 + s11 + s12
             yb[y + _U(n2 + 1)] = s11 - s12 - s13
-    t = 0
+    t = skip
     while t < nt:  # segments of the run lying in one tile row
         tile = t0 + t
         n = tile // tpi
@@ -196,8 +200,9 @@ def _wino_out(mb, bias, out, res, has_res, act, prm, nb_, nt, nb, nrun, m_all, n
         ri = u - blk * nrun
         yb = np.empty(4 * nt * wd, dtype=mb.dtype)
         m0 = blk * wd
-        _wino_store(mb, _U(u * sz), xs, nt, wd, min(ri * nt, ntiles - nt), min(wd, m_all - m0),
-                    m0, bias, out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n, yb)
+        t0 = min(ri * nt, ntiles - nt)
+        _wino_store(mb, _U(u * sz), xs, nt, wd, t0, ri * nt - t0, min(wd, m_all - m0), m0, bias,
+                    out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n, yb)
 
 
 class Winograd:
