@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import ConvrtError, ModelLoadError, ShapeError
 from .ir import Graph, sort_graph
-from .onnx_io import DEFAULT_MEMORY_BUDGET, read_model, to_graph
+from .onnx_io import DEFAULT_MEMORY_BUDGET, load_graph
 from .ops.infer import infer, record
 
 
@@ -30,11 +30,7 @@ def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Grap
             required for bytes that reference external data).
         memory_budget: bytes of weights the model may declare before loading is refused.
     """
-    model, source, base_dir = read_model(src, base_dir)
-    try:
-        graph = to_graph(model, source, base_dir, memory_budget)
-    except RecursionError:
-        raise ModelLoadError(f"{source}: model nests too deeply") from None
+    graph = load_graph(src, base_dir, memory_budget)  # read_model + to_graph, weights read once
     check(graph)
     return graph
 

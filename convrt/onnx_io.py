@@ -6,6 +6,12 @@ regular file inside the model's directory (no absolute paths, ``..``, symlinks o
 out), offsets and lengths must lie within that file, and nothing from the protobuf reaches a
 kernel unvalidated.  Every failure is a :class:`~convrt.errors.ModelLoadError` naming the file
 and the tensor, node or field at fault.
+
+:func:`load_graph` (what ``convrt.load`` uses) reads a path or bytes without a protobuf copy of
+the weights: :mod:`convrt._protowire` cuts large initializer ``raw_data`` out of the message,
+protobuf parses the small remainder, and each payload is read (``pread`` for files, no mmap)
+straight into its own aligned, writable array after the same checks.  Any doubt about the
+bytes sends it down the ordinary ``read_model`` + ``to_graph`` path.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,7 @@ import onnx.defs
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from . import _protowire as wire
 from .errors import ModelLoadError, UnsupportedOpError
 from .ir import Graph, Node, Value
 
@@ -102,6 +110,127 @@ def read_model(src, base_dir: str | os.PathLike | None = None):
     return model, source, base_dir
 
 
+class _Weights:
+    """Initializer payloads left out of a reduced ModelProto: per initializer index, None or
+    ``(offset, length)`` in ``reader`` (see :mod:`convrt._protowire`)."""
+
+    def __init__(self, reader, spans):
+        self.reader, self.spans = reader, spans
+
+    def get(self, i: int):
+        span = self.spans[i] if i < len(self.spans) else None
+        return None if span is None else (self.reader, span[0], span[1])
+
+    def restore(self, model, source: str) -> None:
+        """Put the payloads back into ``model`` (before a rewrite that copies the model)."""
+        for i, t in enumerate(model.graph.initializer):
+            data = self.get(i)
+            if data is not None:
+                t.raw_data = _payload_bytes(data, f"tensor '{t.name}'", source)
+        self.spans = []
+
+
+def _payload_bytes(data, what: str, source: str) -> bytes:
+    reader, offset, length = data
+    try:
+        return bytes(reader.get(offset, offset + length))
+    except (OSError, wire.Malformed):
+        raise ModelLoadError(f"{source}: {what}: the file changed while it was read") from None
+
+
+def _payload_array(data, dt: np.dtype, n: int, what: str, source: str) -> np.ndarray:
+    """One fresh (aligned, writable, C-contiguous) array filled straight from the source."""
+    reader, offset, length = data
+    arr = np.empty(n, dt)
+    try:
+        reader.readinto(memoryview(arr.view(np.uint8)), offset)
+    except OSError as e:
+        raise ModelLoadError(f"{source}: {what}: cannot read its data ({e.strerror})") from None
+    except wire.Malformed:
+        raise ModelLoadError(f"{source}: {what}: the file changed while it was read") from None
+    return arr
+
+
+def _read_reduced(src, base_dir):
+    """The fast path of :func:`load_graph`: (model, source, base_dir, _Weights, fd) or None.
+
+    None means "use read_model": the input is a ModelProto, not a plain file, or anything about
+    it is unusual; read_model then loads it (or refuses it) exactly as before.
+    """
+    if sys.byteorder != "little":
+        return None
+    fd = None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        try:
+            reader = wire.BytesReader(src)
+        except (TypeError, ValueError):  # not C-contiguous, odd format
+            return None
+        if not 0 < reader.size < 1 << 31:  # protobuf refuses >= 2 GiB: read_model says so
+            return None
+        source = "<bytes>"
+    elif isinstance(src, (str, os.PathLike)):
+        try:
+            path = Path(src)
+            st = os.stat(path)
+        except (OSError, ValueError, TypeError):
+            return None
+        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size < 1 << 31:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) |
+                         getattr(os, "O_CLOEXEC", 0))
+        except (OSError, ValueError):
+            return None
+        source = path.name
+    else:
+        return None
+    try:
+        if fd is not None:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or not 0 < fst.st_size < 1 << 31:
+                raise wire.Malformed("not a regular file any more")
+            base_dir = path.resolve().parent if base_dir is None else base_dir
+            reader = wire.FileReader(fd, fst.st_size)
+        data, spans = wire.strip_model(reader)
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+        if not model.HasField("graph") or len(model.graph.initializer) != len(spans) or \
+                (len(model.graph.node) == 0 and len(model.graph.output) == 0):
+            raise wire.Malformed("read_model says why")
+    except (wire.Malformed, OSError, DecodeError, RuntimeError, ValueError, RecursionError):
+        if fd is not None:
+            os.close(fd)
+        return None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return model, source, base_dir, _Weights(reader, spans), fd
+
+
+def load_graph(src, base_dir: str | os.PathLike | None = None,
+               budget: int = DEFAULT_MEMORY_BUDGET) -> Graph:
+    """``to_graph(*read_model(src, base_dir), budget)`` without a protobuf copy of the weights.
+
+    For a path or bytes, large ``raw_data`` of graph initializers is cut out of the message
+    before protobuf parses it and read once, straight into each initializer's own array (same
+    checks as :func:`tensor_to_array`).  Anything unusual takes the ordinary path.
+    """
+    fast = _read_reduced(src, base_dir)
+    if fast is None:
+        model, source, base_dir = read_model(src, base_dir)
+        weights, fd = None, None
+    else:
+        model, source, base_dir, weights, fd = fast
+    try:
+        return to_graph(model, source, base_dir, budget, _weights=weights)
+    except RecursionError:
+        raise ModelLoadError(f"{source}: model nests too deeply") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _external_bytes(t: TensorProto, nbytes: int, base_dir, source: str) -> bytes:
     info = {e.key: e.value for e in t.external_data}
     where = f"{source}: initializer '{t.name}' external data"
@@ -162,8 +291,12 @@ def _external_bytes(t: TensorProto, nbytes: int, base_dir, source: str) -> bytes
 
 
 def tensor_to_array(t: TensorProto, source: str, base_dir=None,
-                    budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
-    """Decode a TensorProto after checking dims, sizes and byte counts."""
+                    budget: int = DEFAULT_MEMORY_BUDGET, *, _data=None) -> np.ndarray:
+    """Decode a TensorProto after checking dims, sizes and byte counts.
+
+    ``_data`` (internal, from :func:`load_graph`): ``(reader, offset, length)`` of raw_data that
+    was cut out of ``t`` before parsing; it stands in for ``t.raw_data``.
+    """
     what = f"tensor '{t.name}'"
     dt = np_dtype(t.data_type, what, source)
     dims = list(t.dims)
@@ -175,6 +308,8 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
         raise ModelLoadError(f"{source}: {what} needs {nbytes} bytes, over the memory budget "
                              f"of {budget}")
     if dt.kind == "V" and t.data_location != TensorProto.EXTERNAL:
+        if _data is not None:
+            t.raw_data = _payload_bytes(_data, what, source)
         try:  # ml_dtypes (float8, int4...): sub-byte packing is onnx's to decode
             arr = numpy_helper.to_array(t)
         except Exception as e:
@@ -186,6 +321,11 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
         raise UnsupportedOpError(f"{source}: {what} is segmented; not supported")
     if t.data_location == TensorProto.EXTERNAL:
         raw = _external_bytes(t, nbytes, base_dir, source)
+    elif _data is not None:
+        if _data[2] != nbytes:
+            raise ModelLoadError(f"{source}: {what} has {_data[2]} bytes of data, dims {dims} "
+                                 f"of {dt} need {nbytes}")
+        return _payload_array(_data, dt, n, what, source).reshape(dims)
     elif t.HasField("raw_data"):
         raw = t.raw_data
     else:
@@ -279,6 +419,13 @@ def _upgrade(model, source: str):
                                  f"not be upgraded ({type(e).__name__})") from None
 
 
+def _rewritten(model) -> bool:
+    """Whether _upgrade or _inline_foreign_functions would replace ``model`` by a copy."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return (opset is not None and opset < MIN_OPSET) or \
+        any(f.domain != "convrt" for f in model.functions)
+
+
 def _inline_foreign_functions(model, source: str):
     """Inline model-local functions except convrt's own (fused nodes run natively)."""
     keep = [(f.domain, f.name) for f in model.functions if f.domain == "convrt"]
@@ -292,10 +439,16 @@ def _inline_foreign_functions(model, source: str):
 
 
 def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
-             budget: int = DEFAULT_MEMORY_BUDGET) -> Graph:
-    """Translate a ModelProto into an (unsorted, uninferred) IR Graph."""
+             budget: int = DEFAULT_MEMORY_BUDGET, *, _weights=None) -> Graph:
+    """Translate a ModelProto into an (unsorted, uninferred) IR Graph.
+
+    ``_weights`` (internal, from :func:`load_graph`): initializer payloads cut out of ``model``.
+    """
     if model.ir_version < 3:
         raise ModelLoadError(f"{source}: IR version {model.ir_version} is older than 3")
+    if _weights is not None and _rewritten(model):
+        _weights.restore(model, source)  # the converters copy the model: give them all of it
+        _weights = None
     model = _inline_foreign_functions(_upgrade(model, source), source)
     g = Graph(model.graph.name or "graph")
     g.source, g.ir_version, g.producer_name = source, model.ir_version, model.producer_name
@@ -303,12 +456,13 @@ def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
                 for o in model.opset_import}
     g.functions = {(f.domain, f.name): f for f in model.functions}
     total = 0
-    for t in model.graph.initializer:
+    for i, t in enumerate(model.graph.initializer):
         if not t.name:
             raise ModelLoadError(f"{source}: an initializer has no name")
         if t.name in g.initializers:
             raise ModelLoadError(f"{source}: initializer '{t.name}' is defined twice")
-        arr = tensor_to_array(t, source, base_dir, budget)
+        arr = tensor_to_array(t, source, base_dir, budget,
+                              _data=None if _weights is None else _weights.get(i))
         total += arr.nbytes
         if total > budget:
             raise ModelLoadError(f"{source}: initializers exceed the memory budget of {budget} "
