@@ -12,6 +12,7 @@ constants), which is how ``Shape -> Gather -> Concat -> Reshape`` chains from ex
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
                       not attr_type_ok(v, types[k]))
     if mistyped:
         raise ctx.fail(f"attribute(s) {mistyped} have the wrong type for the ONNX schema")
-    missing = [k for k, d in opdef.attrs.items() if d is _EMPTY and k not in node.attrs]
+    missing = [k for k, d in opdef.attrs.items() if d is inspect.Parameter.empty and k not in node.attrs]
     if missing:
         raise ctx.fail(f"missing required attribute(s) {missing}")
     try:
@@ -89,9 +90,6 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
     if len(res.outputs) < len(node.outputs):
         raise ctx.fail(f"produces {len(res.outputs)} outputs, node lists {len(node.outputs)}")
     return res
-
-
-_EMPTY = __import__("inspect").Parameter.empty
 
 
 def one_line(e: BaseException) -> str:
