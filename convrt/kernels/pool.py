@@ -4,8 +4,6 @@ The caller resolves pads, strides, dilations and output sizes (ONNX rules, ceil_
 guarantees every window holds at least one real input cell.
 """
 
-import math
-
 import numpy as np
 from numba import prange
 
@@ -48,13 +46,25 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
             # outputs [lo, hi) have their whole window inside the row: no index tests
             lo = min(ow, (pl + sw - 1) // sw)
             hi = max(lo, min(ow, (w - 1 - (kw - 1) * dw + pl) // sw + 1))
-            for xo in range(hi - lo):
-                seg = row[(xo + lo) * sw - pl:]
-                m = seg[0]
-                for b in range(1, kw):
-                    v = seg[b * dw]
-                    m = v if (v > m or v != v) else m
-                dr[xo + lo] = m
+            if kw == 3 and sw == 2 and dw == 1 and hi > lo:
+                # the common 3x3/2 window with constant strides: a branch-free (``|``, not
+                # ``or``) loop that LLVM vectorises with interleaved loads
+                seg = row[lo * 2 - pl:]
+                dseg = dr[lo:hi]
+                for xo in range(hi - lo):
+                    m = seg[2 * xo]
+                    v = seg[2 * xo + 1]
+                    m = v if ((v > m) | (v != v)) else m
+                    v = seg[2 * xo + 2]
+                    dseg[xo] = v if ((v > m) | (v != v)) else m
+            else:
+                for xo in range(hi - lo):
+                    seg = row[(xo + lo) * sw - pl:]
+                    m = seg[0]
+                    for b in range(1, kw):
+                        v = seg[b * dw]
+                        m = v if (v > m or v != v) else m
+                    dr[xo + lo] = m
             for xo in range(ow):
                 if xo >= lo and xo < hi:
                     continue
@@ -94,16 +104,50 @@ def avg_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad
                 dst[y, xo] = s / (padded if count_include_pad else cnt)
 
 
+@njit
+def _mean_rows8(x, i, j0, out):
+    """out[i, j0:j0+8] = the means of rows j0..j0+7 of x[i]: eight independent sums (each in
+    the plain k order, so bit for bit the one-row loop's result), which keeps eight adds in
+    flight instead of one latency-bound chain."""
+    s = x.shape[2]
+    r0, r1, r2, r3 = x[i, j0], x[i, j0 + 1], x[i, j0 + 2], x[i, j0 + 3]
+    r4, r5, r6, r7 = x[i, j0 + 4], x[i, j0 + 5], x[i, j0 + 6], x[i, j0 + 7]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    for k in range(s):
+        a0 += r0[k]
+        a1 += r1[k]
+        a2 += r2[k]
+        a3 += r3[k]
+        a4 += r4[k]
+        a5 += r5[k]
+        a6 += r6[k]
+        a7 += r7[k]
+    out[i, j0] = a0 / s
+    out[i, j0 + 1] = a1 / s
+    out[i, j0 + 2] = a2 / s
+    out[i, j0 + 3] = a3 / s
+    out[i, j0 + 4] = a4 / s
+    out[i, j0 + 5] = a5 / s
+    out[i, j0 + 6] = a6 / s
+    out[i, j0 + 7] = a7 / s
+
+
 @pjit
 def global_avg_pool(x, out):
-    """(N, C, S) -> (N, C): the mean over S."""
+    """(N, C, S) -> (N, C): the mean over S (float64 sums), eight channels per task."""
     n, c, s = x.shape
-    for nc in prange(n * c):
-        i, j = nc // c, nc % c
-        acc = 0.0
-        for k in range(s):
-            acc += x[i, j, k]
-        out[i, j] = acc / s
+    nb = (c + 7) // 8
+    for t in prange(n * nb):
+        i, jb = t // nb, t % nb
+        j0 = jb * 8
+        if j0 + 8 <= c:
+            _mean_rows8(x, i, j0, out)
+        else:
+            for j in range(j0, c):
+                acc = 0.0
+                for k in range(s):
+                    acc += x[i, j, k]
+                out[i, j] = acc / s
 
 
 @pjit

@@ -12,8 +12,8 @@ plan serves many threads.
 
 from __future__ import annotations
 
-import functools
 import math
+import operator
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +32,9 @@ ALIGN = 64
 # other cores (a parallel region waits for its slowest thread's next time slice).
 SERIAL_MACS = 1 << 21  # multiply-accumulates (Conv, Gemm...)
 SERIAL_ELEMS = 1 << 17  # output elements, for ops that report no MACs
+# ... unless the step streams this many bytes of constant inputs (weights): a batch-1 FC layer
+# is a memory-bound GEMV with few MACs per byte, and two cores stream it faster than one.
+PARALLEL_CONST_BYTES = 1 << 20
 
 
 @dataclass
@@ -51,22 +54,51 @@ def _n_inputs(node) -> int:
     return n
 
 
-def _make_step(kernel, ins: list[int | None], outs: list[int], n_keep: int, alias: bool):
-    """A closure over slot indices; None inputs (omitted optionals) pass through as None."""
+def _make_step(kernel, ins: list[int | None], outs: list[int], n_keep: int, alias: bool,
+               none_slot: int):
+    """A closure over slot indices; None inputs (omitted optionals) read ``none_slot``, which
+    always holds None.  The slots are fetched by one ``operator.itemgetter`` (C speed: no
+    per-call list comprehension)."""
     if alias:
-        def run(env):
-            res = kernel(*[None if i is None else env[i] for i in ins])
+        get = _getter([none_slot if i is None else i for i in ins])
+
+        def run(env, get=get):  # a default, not a closure cell: introspection sees kernels only
+            res = kernel(*get(env))
             res = res if isinstance(res, tuple) else (res,)
             for o, a in zip(outs[:n_keep], res):
                 env[o] = a
     else:
-        def run(env):
-            kernel(*[None if i is None else env[i] for i in ins], *[env[o] for o in outs])
+        get = _getter([none_slot if i is None else i for i in ins] + list(outs))
+
+        def run(env, get=get):
+            kernel(*get(env))
     return run
 
 
-def _set_threads(n: int, env) -> None:
-    numba.set_num_threads(n)
+def _getter(slots: list[int]):
+    """``env -> tuple of env[s] for s in slots`` (itemgetter returns a bare item for one slot,
+    and needs at least one)."""
+    if not slots:
+        return lambda env: ()
+    if len(slots) == 1:
+        s = slots[0]
+        return lambda env: (env[s],)
+    return operator.itemgetter(*slots)
+
+
+def _raw_thread_setter():
+    """numba's own per-thread setter, without ``numba.set_num_threads``' checks (which cost
+    ~2 us per call; the plan only asks for counts it validated).  Falls back to the public
+    function if numba's internals differ."""
+    try:
+        from numba.np.ufunc import parallel as par
+        par._launch_threads()
+        raw = par._set_num_threads
+        if callable(raw):
+            return raw
+    except Exception:  # pragma: no cover - depends on numba's internals
+        pass
+    return numba.set_num_threads
 
 
 class Plan:
@@ -87,6 +119,8 @@ class Plan:
             return slot[name]
 
         self.feed_slots = {name: slot_of(name) for name in feeds}
+        self._none_slot = len(self.template)  # always None: omitted optional inputs
+        self.template.append(None)
         self.steps: list[Step] = []
         self.scratch_bytes = 0  # per-run kernel scratch (Conv's padded input copy...)
         defs: list[tuple[int, TensorInfo]] = []  # (slot, info) of buffers per step, in order
@@ -135,9 +169,14 @@ class Plan:
         label = node.name or node.outputs[0].name
         macs = int(res.flops or 0)
         elems = sum(math.prod(o.shape) for o in res.outputs)
-        serial = res.alias or (macs < SERIAL_MACS if macs else elems < SERIAL_ELEMS)
+        const_bytes = sum(getattr(env[v.name].value, "nbytes", 0)
+                          for v in node.inputs[:_n_inputs(node)]
+                          if v is not None and v.name and env.get(v.name) is not None)
+        serial = res.alias or (const_bytes < PARALLEL_CONST_BYTES and (
+            macs < SERIAL_MACS if macs else elems < SERIAL_ELEMS))
         self.steps.append(Step(label, node.op_type,
-                               _make_step(res.kernel, ins, outs, len(node.outputs), res.alias),
+                               _make_step(res.kernel, ins, outs, len(node.outputs), res.alias,
+                                          self._none_slot),
                                serial))
 
     def _schedule(self, threads: int) -> None:
@@ -146,16 +185,18 @@ class Plan:
         self.calls: list = []
         self.labels: list = []  # (label, op_type) per call; None for a thread switch
         current = threads
+        setter = _raw_thread_setter()
+        switch = {n: (lambda env, n=n: setter(n)) for n in {1, threads}}
         for step in self.steps:
             want = 1 if step.serial else threads
             if want != current:
-                self.calls.append(functools.partial(_set_threads, want))
+                self.calls.append(switch[want])
                 self.labels.append(None)
                 current = want
             self.calls.append(step.run)
             self.labels.append((step.label, step.op_type))
         if current != threads:
-            self.calls.append(functools.partial(_set_threads, threads))
+            self.calls.append(switch[threads])
             self.labels.append(None)
 
     def _plan_memory(self, step_defs, defs, last_use, alias_of, budget):

@@ -1,0 +1,187 @@
+"""Depthwise / narrow-group convolution (kernels/depthwise.py, reached through Conv2d)."""
+
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+from convrt.kernels.conv import Conv2d
+from naive import activation_ref, conv2d_ref
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+# (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations, group)
+CASES = {
+    "mnv2_s1": (1, 32, 14, 14, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 32),
+    "mnv2_s2": (1, 24, 15, 14, 24, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 24),
+    "7x7_map": (2, 40, 7, 7, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 40),
+    "tiny_map": (1, 5, 1, 2, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 5),
+    "nopad": (2, 6, 9, 11, 6, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 6),
+    "asym_pad_s2": (1, 6, 10, 9, 6, 3, 3, (2, 2), (0, 1, 2, 0), (1, 1), 6),
+    "s21": (1, 4, 9, 12, 4, 3, 3, (2, 1), (1, 2, 0, 1), (1, 1), 4),
+    "s3": (1, 4, 13, 14, 4, 3, 3, (3, 3), (1, 1, 1, 1), (1, 1), 4),
+    "5x5": (1, 8, 12, 13, 8, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 8),
+    "5x5_s2": (2, 8, 12, 13, 8, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 8),
+    "dil2": (1, 8, 12, 12, 8, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 8),
+    "dil2_s2": (1, 8, 13, 12, 8, 3, 3, (2, 2), (1, 0, 2, 3), (2, 1), 8),
+    "1x1": (1, 8, 5, 6, 8, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 8),
+    "1x3": (1, 8, 5, 6, 8, 1, 3, (1, 1), (0, 1, 0, 1), (1, 1), 8),
+    "multiplier2": (2, 8, 9, 9, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    "group4_cg2": (1, 8, 7, 7, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+    "group2_cg3_m7": (1, 6, 8, 9, 14, 3, 3, (2, 1), (1, 1, 0, 1), (1, 1), 2),
+    "cg9_1x1": (1, 18, 6, 5, 4, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2),
+    "out_1x1": (1, 4, 3, 3, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 4),
+    # channel-blocked kernel (3x3 depthwise, >= 16 channels, small output map)
+    "cb_dil2_s2": (1, 20, 13, 12, 20, 3, 3, (2, 2), (1, 0, 2, 3), (2, 1), 20),
+    "cb_s3": (2, 17, 13, 14, 17, 3, 3, (3, 3), (1, 1, 1, 1), (1, 1), 17),
+    "cb_s21_asym": (1, 33, 9, 12, 33, 3, 3, (2, 1), (1, 2, 0, 1), (1, 1), 33),
+}
+CHANNEL_BLOCKED = ["mnv2_s2", "7x7_map", "cb_dil2_s2", "cb_s3", "cb_s21_asym"]
+ACTS = [dict(activation="none"), dict(activation="relu"),
+        dict(activation="leaky_relu", alpha=0.2),
+        dict(activation="clip", clip_min=0.0, clip_max=6.0), dict(activation="sigmoid"),
+        dict(activation="tanh")]
+
+
+def _data(case, dtype, seed=0, bias=True):
+    n, c, h, w, m, kh, kw, strides, pads, dil, group = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((m, c // group, kh, kw)) / np.sqrt(kh * kw * c // group)
+    b = rng.standard_normal(m).astype(dtype) if bias else None
+    return x, wt.astype(dtype), b
+
+
+def _conv(case, wt, b, dtype, **act):
+    n, c, h, w, m, kh, kw, strides, pads, dil, group = case
+    return Conv2d(wt, b, (n, c, h, w), strides, pads, dil, group, dtype=dtype, **act)
+
+
+def _ref(case, x, wt, b):
+    return conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_depthwise_vs_naive(name, dtype):
+    case = CASES[name]
+    x, wt, b = _data(case, dtype, bias=name != "nopad")
+    conv = _conv(case, wt, b, dtype)
+    assert conv.algo == "depthwise"
+    ref = _ref(case, x, wt, b)
+    assert conv.out_shape == ref.shape
+    out = np.full(conv.out_shape, np.nan, dtype=dtype)
+    conv(x, out)
+    np.testing.assert_allclose(out, ref, **TOL[dtype])
+    out2 = np.full_like(out, np.nan)
+    conv(x, out2)  # the scratch (zero border) is reused: the same answer, bit for bit
+    np.testing.assert_array_equal(out, out2)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", range(len(ACTS)))
+@pytest.mark.parametrize("name", ["mnv2_s1", "mnv2_s2", "5x5", "group4_cg2"])
+def test_depthwise_epilogue(name, act, residual):
+    case = CASES[name]
+    x, wt, b = _data(case, np.float32, seed=act)
+    ref = _ref(case, x, wt, b)
+    res = None
+    if residual:
+        res = np.random.default_rng(7).standard_normal(ref.shape).astype(np.float32)
+        ref = ref + res
+    conv = _conv(case, wt, b, np.float32, **ACTS[act])
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out, res)
+    np.testing.assert_allclose(out, activation_ref(ref, **ACTS[act]), **TOL[np.float32])
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu"])
+@pytest.mark.parametrize("name", ["mnv2_s1", "mnv2_s2", "5x5"])
+def test_depthwise_nan_inf(name, act):
+    case = CASES[name]
+    x, wt, b = _data(case, np.float32, seed=5)
+    x[0, 1, 2, 3] = np.nan
+    x[-1, 0, -1, -2] = np.inf
+    x[-1, -1, 0, 0] = -np.inf
+    kw = dict(activation=act)
+    if act == "clip":
+        kw.update(clip_min=0.0, clip_max=6.0)
+    ref = activation_ref(_ref(case, x, wt, b), **kw)
+    conv = _conv(case, wt, b, np.float32, **kw)
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out)
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
+
+
+def test_depthwise_bitwise_same_across_thread_counts():
+    case = (2, 48, 28, 28, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 48)
+    x, wt, b = _data(case, np.float32, seed=2)
+    conv = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nthreads)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(old)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+
+
+def test_depthwise_threads_share_one_conv():
+    case = CASES["mnv2_s2"]
+    _, wt, b = _data(case, np.float32)
+    conv = _conv(case, wt, b, np.float32, activation="relu")
+    errors = []
+
+    def work(seed):
+        try:
+            for i in range(20):
+                x, _, _ = _data(case, np.float32, seed=seed * 100 + i)
+                out = np.empty(conv.out_shape, np.float32)
+                conv(x, out)
+                ref = activation_ref(_ref(case, x, wt, b), "relu")
+                np.testing.assert_allclose(out, ref, **TOL[np.float32])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("name", CHANNEL_BLOCKED)
+def test_channel_blocked_matches_planar(name, monkeypatch):
+    """Small maps take the channel-blocked kernel; the planar one agrees (to rounding: the
+    two contract multiply-adds differently), and each is bitwise stable run to run."""
+    from convrt.kernels import depthwise
+
+    case = CASES[name]
+    x, wt, b = _data(case, np.float32, seed=4)
+    blocked = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
+    assert blocked._dw._kernel in (depthwise._cb_run_seq, depthwise._cb_run_par)
+    monkeypatch.setattr(depthwise, "CB_MAX_PIXELS", 0)
+    planar = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
+    assert planar._dw._kernel in (depthwise._run_seq, depthwise._run_par)
+    outs = []
+    for conv in (blocked, planar):
+        out = np.empty(conv.out_shape, np.float32)
+        conv(x, out)
+        outs.append(out)
+    ref = np.clip(_ref(case, x, wt, b), 0, 6)
+    for conv, out in zip((blocked, planar), outs):
+        np.testing.assert_allclose(out, ref, **TOL[np.float32])
+        again = np.empty_like(out)
+        conv(x, again)
+        np.testing.assert_array_equal(out, again)
