@@ -1,6 +1,7 @@
-"""VGG-16 conv layers at batch 1: convrt's Conv2d (+ReLU) vs onnxruntime's Conv+Relu, same run.
+"""VGG-16 conv layers at batch 1 (or small VGG, --set small_vgg, batch 64): convrt's Conv2d (+ReLU) vs onnxruntime's Conv+Relu, same run.
 
 Usage: python benchmarks/conv_layers.py [--runs 15] [--layers 0,1,...] [--threads 2]
+       [--set vgg16|small_vgg] [--batch N] [--algo auto|direct|winograd]
 Prints per layer: ms (median of runs after warm-up; the two runtimes alternate call by call),
 GFLOP/s, the ratio convrt / onnxruntime, and the same ratio of the fastest runs (the machine is
 shared, so minima are the steadier measure of what each kernel can do).
@@ -23,6 +24,11 @@ VGG16 = [  # (C, M, H=W) of each distinct conv layer shape, times it occurs in V
     (128, 256, 56, 1), (256, 256, 56, 2), (256, 512, 28, 1), (512, 512, 28, 2),
     (512, 512, 14, 3),
 ]
+SMALL_VGG = [  # sample_models/builders.py small_vgg_32(), run at batch 64 (--set small_vgg)
+    (3, 64, 32, 1), (64, 64, 32, 1), (64, 128, 16, 1), (128, 128, 16, 1), (128, 256, 8, 1),
+    (256, 256, 8, 1),
+]
+SETS = {"vgg16": (VGG16, 1), "small_vgg": (SMALL_VGG, 64)}
 
 
 def ort_session(w, b, threads=2):
@@ -67,16 +73,21 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="for both runtimes (default 2)")
     ap.add_argument("--algo", default="auto", choices=["auto", "direct", "winograd"],
                     help="Conv2d's algorithm (default: its own per-layer choice)")
+    ap.add_argument("--set", default="vgg16", choices=sorted(SETS),
+                    help="layer set: VGG-16 (batch 1) or small VGG on 32x32 (batch 64)")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the set's)")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
+    layers, batch = SETS[args.set]
+    batch = args.batch or batch
     rng = np.random.default_rng(0)
-    sel = range(len(VGG16)) if args.layers is None else [int(i) for i in args.layers.split(",")]
+    sel = range(len(layers)) if args.layers is None else [int(i) for i in args.layers.split(",")]
     print(f"{'layer':>22} {'convrt ms':>10} {'GFLOP/s':>8} {'ort ms':>8} {'GFLOP/s':>8} "
           f"{'ratio':>6}")
     tot_c = tot_o = min_c = min_o = 0.0
     for i in sel:
-        c, m, hw, times = VGG16[i]
-        x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        c, m, hw, times = layers[i]
+        x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
         w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         b = rng.standard_normal(m).astype(np.float32)
         conv = Conv2d(w, b, x.shape, pads=(1, 1, 1, 1), activation="relu", algo=args.algo)
@@ -92,14 +103,14 @@ def main():
         tc, to = float(np.median(tca)), float(np.median(toa))
         min_c += times * tca.min()
         min_o += times * toa.min()
-        gflop = 2 * m * c * 9 * hw * hw / 1e9
+        gflop = 2 * m * c * 9 * hw * hw * batch / 1e9
         tot_c += times * tc
         tot_o += times * to
         name = f"{conv.algo[0]} {hw}^2 {c}->{m}" + (f" (x{times})" if times > 1 else "")
         print(f"{name:>22} {tc:10.2f} {gflop / tc * 1e3:8.1f} {to:8.2f} {gflop / to * 1e3:8.1f} "
               f"{tc / to:6.2f}  (min {tca.min():.2f} vs {toa.min():.2f}: {tca.min() / toa.min():.2f})"
               f"  first call {compile_s:.2f}s, max|err| {err:.1e}", flush=True)
-    print(f"{'total (VGG-16 convs)':>22} {tot_c:10.2f} {'':>8} {tot_o:8.2f} {'':>8} "
+    print(f"{'total (' + args.set + ')':>22} {tot_c:10.2f} {'':>8} {tot_o:8.2f} {'':>8} "
           f"{tot_c / tot_o:6.2f}  (sum of minima {min_c:.2f} vs {min_o:.2f}: {min_c / min_o:.2f})")
 
 

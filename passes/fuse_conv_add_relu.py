@@ -1,23 +1,29 @@
-"""fuse_conv_add_relu: Conv + residual Add + Relu (a ResNet block's tail) -> one fused node.
+"""fuse_conv_add_relu: Conv + residual Add (+ Relu) -> one fused node.
 
 Before::
 
-    x -> Conv(W, B) -> y -> Add(y, r) -> s -> Relu -> z        (or Add(r, y))
+    x -> Conv(W, B) -> y -> Add(y, r) -> s -> Relu -> z        (ResNet block tail; or Add(r, y))
+    x -> Conv(W, B) -> y -> Add(y, r) -> s                     (MobileNetV2: no activation)
 
 After::
 
     x -> convrt.FusedConvAddRelu(W, B, r) -> z
+    x -> convrt.FusedConvAdd(W, B, r) -> s
 
 Conditions:
-    * Conv, Add and Relu are in the default domain; ``y`` is read by the Add only, ``s`` by the
-      Relu only, and neither is a graph output;
+    * Conv, Add and Relu are in the default domain; ``y`` is read by the Add only and is not a
+      graph output; with a Relu, ``s`` is read by the Relu only and is not a graph output
+      (otherwise the Add alone is fused and the Relu stays);
     * the residual ``r`` has exactly ``y``'s shape (no broadcasting: the kernel adds it
       element-wise in its epilogue) and dtype, and is not ``y`` itself;
     * the fused node takes the Relu's place, after ``r``'s producer.
 
+    * a Conv whose output already feeds an activation is left to fuse_conv_activation, which
+      runs after this pass (a Conv + Relu + Add chain is not this pattern anyway).
+
 Formula:
-    z = relu(conv(x, W) + B + r), computed in the conv kernel's epilogue; the ONNX definition is
-    Conv -> Add -> Relu.
+    z = relu(conv(x, W) + B + r) (or without relu), computed in the conv kernel's epilogue; the
+    ONNX definition is Conv -> Add (-> Relu).
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ class FuseConvAddReluPass(Pass):
     level = "extended"
 
     def run(self, graph: Graph) -> PassResult:
-        fused = 0
+        counts = {"Conv+Add+Relu fused": 0, "Conv+Add fused": 0}
         for add in list(graph.nodes):
             if add.domain or add.op_type != "Add" or len(add.inputs) != 2:
                 continue
             relu = only_consumer(graph, add.outputs[0])
-            if relu is None or relu.domain or relu.op_type != "Relu":
-                continue
+            if relu is not None and (relu.domain or relu.op_type != "Relu" or
+                                     add.outputs[0] in graph.outputs):
+                relu = None
             for i in (0, 1):
                 y, r = add.inputs[i], add.inputs[1 - i]
                 conv = producer_is(y, "Conv")
@@ -58,15 +65,17 @@ class FuseConvAddReluPass(Pass):
                 ins = conv_with_bias(graph, conv)
                 if ins is None:
                     continue
-                new = Node("FusedConvAddRelu", ins + [r], [relu.outputs[0]], dict(conv.attrs),
+                op = "FusedConvAdd" if relu is None else "FusedConvAddRelu"
+                tail = [add] if relu is None else [add, relu]
+                new = Node(op, ins + [r], [tail[-1].outputs[0]], dict(conv.attrs),
                            name=conv.name, domain="convrt")
-                replace_chain(graph, [conv, add, relu], new)
-                ensure_function(graph, "FusedConvAddRelu")
-                fused += 1
+                replace_chain(graph, [conv] + tail, new)
+                ensure_function(graph, op)
+                counts["Conv+Add fused" if relu is None else "Conv+Add+Relu fused"] += 1
                 break
-        return self.result({"Conv+Add+Relu fused": fused})
+        return self.result(counts)
 
     def describe(self, stats):
-        n = stats.get("Conv+Add+Relu fused", 0)
-        return f"{self.name}: {n} Conv+Add+Relu (residual) fused" if n else \
+        parts = [f"{n} {k.split()[0]}" for k, n in stats.items() if n]
+        return f"{self.name}: " + " and ".join(parts) + " (residual) fused" if parts else \
             f"{self.name}: no change"

@@ -261,8 +261,17 @@ def test_winograd_choice_is_by_shape():
     assert not use_winograd((1, 256, 28, 28), (256, 256, 3, 3), (1, 1), (2, 2), 1)
     assert not use_winograd((1, 256, 28, 28), (256, 128, 3, 3), (1, 1), (1, 1), 2)
     assert not use_winograd((1, 256, 28, 28), (256, 256, 1, 1), (1, 1), (1, 1), 1)
-    x, wt, b = _wino_data((1, 128, 8, 8, 32, (1, 1, 1, 1)), np.float32)
+    # 7x7 computes 8x8 outputs (too much waste); 8x8 and 13x13 do not
+    assert not use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    assert use_winograd((1, 512, 8, 8), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    assert use_winograd((1, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), 1)
+    # few channels x short tile rows: direct (small VGG's 16x16x128 at batch 64)
+    assert not use_winograd((64, 128, 16, 16), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    assert use_winograd((1, 512, 13, 13), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    x, wt, b = _wino_data((1, 384, 8, 8, 32, (1, 1, 1, 1)), np.float32)
     assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).algo == "winograd"
+    x, wt, b = _wino_data((1, 128, 8, 8, 32, (1, 1, 1, 1)), np.float32)
+    assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).algo == "direct"
 
 
 def test_winograd_threads_share_one_conv():
@@ -334,3 +343,26 @@ def test_winograd_overlapping_last_run_has_no_race(monkeypatch, budget):
             first = out
             np.testing.assert_allclose(out, ref, **TOL[np.float32])
         np.testing.assert_array_equal(out, first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_microkernel_shape_transposed_store(monkeypatch, dtype):
+    """Each (blocks, pixels) microkernel shape, forced, with the in-register transpose of its
+    tile: partial last block, shifted-back last tile, residual and ReLU."""
+    from convrt.kernels import conv as convmod
+
+    rng = np.random.default_rng(11)
+    for shape in convmod._shapes(np.dtype(dtype)):
+        monkeypatch.setattr(convmod, "_choose_shape", lambda mg, ow, dt, s=shape: s)
+        n, c, h, w, m = 2, 5, 4, max(shape[1] + 3, 9), 40
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((m, c, 3, 3)).astype(dtype)
+        b = rng.standard_normal(m).astype(dtype)
+        conv = Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1), activation="relu", dtype=dtype,
+                      algo="direct")
+        assert conv._shape == shape
+        res = rng.standard_normal(conv.out_shape).astype(dtype)
+        out = np.empty(conv.out_shape, dtype)
+        conv(x, out, res)
+        ref = np.maximum(conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1)) + res, 0)
+        np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=str(shape))

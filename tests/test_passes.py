@@ -428,12 +428,35 @@ def test_fuse_conv_add_relu_negative():
                                  "k": w(4, 1, 1)})
     g, _ = optimize(m)
     assert [n.op_type for n in g.nodes] == ["FusedConvRelu", "FusedConvRelu"]
-    # the Add output is a graph output
+    # the Add output is a graph output: the Relu cannot join, Conv + Add still fuse (writing s)
     text = (RES % "Add(c, x)").replace("=> (float[N,4,8,8] y)",
                                         "=> (float[N,4,8,8] y, float[N,4,8,8] s)")
     m = make(text, {"W1": w(4, 4, 3, 3), "B1": w(4), "W2": w(4, 4, 3, 3)})
     g, _ = optimize(m)
-    assert "FusedConvAddRelu" not in ops(g) and ops(g)["Add"] == 1
+    assert ops(g) == {"FusedConvRelu": 1, "FusedConvAdd": 1, "Relu": 1}, ops(g)
+    check_numerics(m, g, X8)
+    # the conv output itself is a graph output: nothing fuses with the Add
+    text = (RES % "Add(c, x)").replace("=> (float[N,4,8,8] y)",
+                                        "=> (float[N,4,8,8] y, float[N,4,8,8] c)")
+    m = make(text, {"W1": w(4, 4, 3, 3), "B1": w(4), "W2": w(4, 4, 3, 3)})
+    g, _ = optimize(m)
+    assert ops(g)["Add"] == 1 and "FusedConvAdd" not in ops(g), ops(g)
+    check_numerics(m, g, X8)
+
+
+def test_fuse_conv_add_without_activation():
+    """MobileNetV2's residual: Conv (linear bottleneck) + Add, no Relu after."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,4,8,8] x) => (float[N,4,8,8] y) {
+        c = Conv<pads = [0,0,0,0]>(x, W, B)
+        y = Add(x, c)
+    }
+    """
+    m = make(text, {"W": w(4, 4, 1, 1), "B": w(4)})
+    g, rep = optimize(m)
+    assert ops(g) == {"FusedConvAdd": 1}, ops(g)
+    assert rep["fuse_conv_add_relu"].stats == {"Conv+Add fused": 1}
     check_numerics(m, g, X8)
 
 

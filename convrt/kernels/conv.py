@@ -9,16 +9,22 @@ Two direct kernels (no im2col), both reading the input through one layout:
   on the big layers).  It is written as LLVM IR
   with explicit 16-lane vectors (a numba ``@intrinsic``), so it neither depends on the SLP
   vectoriser nor inherits LLVM's preference for 256-bit vectors on Intel CPUs, and compiles in
-  a fraction of a second.  The tile is then written, transposed, into the NCHW output
-  with the epilogue applied.
-* **rowwise** (depthwise and other narrow groups): one output row of one channel at a time,
-  vectorised along the row.
+  a fraction of a second.  The tile is transposed in registers (16x16 shuffles) so that the
+  store into the NCHW output, with the epilogue applied, runs along pixels.
+* depthwise and other narrow groups (fewer than 8 output channels per group) are handed to
+  ``kernels/depthwise.py`` (``Depthwise``) at construction.
 
 The input is read from a zero-bordered copy, laid out per row as ``stride_w`` phases
 (``row[p*Q + q] = padded[q*stride_w + p]``), so that consecutive output pixels always read
 consecutive elements whatever the stride.  The copy is skipped when there is no padding and unit
 stride; a 1x1 unit-stride unpadded convolution is run as one long row per image.  The copy buffer
 is per thread (``threading.local``): one ``Conv2d`` may be called from several threads at once.
+
+Parallel loops claim their work items dynamically from an atomic counter (``_fetch_add``,
+``work_split``) rather than splitting them statically: on a shared 2-vCPU machine a thread that
+another process delays no longer leaves its fixed share undone while the other thread waits
+(the region's closing barrier still waits for it to be scheduled once).  Every item computes the same outputs
+in the same order whichever thread runs it, so results are bit-identical for any thread count.
 
 Index arithmetic inside the kernels is ``uint64``: numba adds a negative-index wrap-around to
 every signed index, which costs instructions and blocks vectorisation.
@@ -27,6 +33,7 @@ every signed index, which costs instructions and blocks vectorisation.
 import threading
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -46,9 +53,14 @@ VEC = 16  # lanes per vector of sums (output channels)
 SHAPES = {(2, 14): 1.0, (2, 8): 0.93, (2, 7): 0.92, (2, 4): 0.8, (2, 2): 0.6, (2, 1): 0.4,
           (1, 28): 0.88, (1, 16): 0.87, (1, 14): 0.86, (1, 8): 0.8, (1, 7): 0.78, (1, 4): 0.62,
           (1, 2): 0.45, (1, 1): 0.3}
-TILE_ELEMS = 28 * VEC  # size of the per-row tile buffer (max T*B*16)
+TILE_ELEMS = 32 * 2 * VEC  # size of the per-row tile buffer (max 16*B * tile_pitch(T))
 _U = np.uint64
 _FM = set(FAST)  # numba wants a set, not a frozenset
+
+
+def tile_pitch(nt):
+    """Pixels per channel in a transposed tile: ``nt`` rounded up to whole vectors."""
+    return -(-nt // VEC) * VEC
 
 
 def _register_budget():
@@ -72,23 +84,27 @@ def _shapes(dtype):
 
 
 @intrinsic
-def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile):
+def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans):
     """``tile[t*W + k] = bp[blk, k] + sum_r xf[xb + offs[r] + t] * wp[blk, r, k]``, t < ntile,
-    k < W = 16*nblk.
+    k < W = 16*nblk; with ``trans`` true the tile is stored transposed instead, one run of
+    ``tile_pitch(ntile)`` pixels per channel: ``tile[k*P + t]`` (lanes t >= ntile hold garbage).
 
-    ``nblk`` and ``ntile`` must be integer literals; arrays C-contiguous; ``xb`` uint64.  Emits
-    one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and Inf
-    propagate as in a plain multiply-add).
+    ``nblk``, ``ntile`` and ``trans`` must be literals; arrays C-contiguous; ``xb`` uint64.
+    Emits one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and
+    Inf propagate as in a plain multiply-add).  The transpose is done in registers, 16x16 at a
+    time (4 rounds of two-input shuffles), so that the store into NCHW runs along pixels.
     """
-    if not (isinstance(ntile, types.IntegerLiteral) and isinstance(nblk, types.IntegerLiteral)):
+    if not (isinstance(ntile, types.IntegerLiteral) and isinstance(nblk, types.IntegerLiteral)
+            and isinstance(trans, types.BooleanLiteral)):
         return None
     n_t = ntile.literal_value
     n_b = nblk.literal_value
+    do_t = trans.literal_value
     width = n_b * VEC
-    sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile)
+    sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans)
 
     def codegen(context, builder, signature, args):
-        xf_v, xb_v, offs_v, wp_v, blk_v, bp_v, tile_v, _, _ = args
+        xf_v, xb_v, offs_v, wp_v, blk_v, bp_v, tile_v, _, _, _ = args
         aty = signature.args
         ft = context.get_value_type(aty[0].dtype)
         vt = ir.VectorType(ft, VEC)
@@ -151,9 +167,31 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile):
             fin.add_incoming(bvecs[i % n_b], pre)
             fin.add_incoming(news[i], end)
             finals.append(fin)
-        for i, fin in enumerate(finals):
-            dst = builder.bitcast(builder.gep(ta.data, [c64(i * VEC)]), vpt)
-            builder.store(fin, dst, align=1)
+        if not do_t:
+            for i, fin in enumerate(finals):
+                dst = builder.bitcast(builder.gep(ta.data, [c64(i * VEC)]), vpt)
+                builder.store(fin, dst, align=1)
+            return context.get_dummy_value()
+        pitch = tile_pitch(n_t)
+        for b in range(n_b):
+            for g0 in range(0, n_t, VEC):
+                rows = [finals[t * n_b + b] if t < n_t else undef for t in range(g0, g0 + VEC)]
+                for bit in (1, 2, 4, 8):  # swap bit `bit` of the row and lane indices
+                    lo_m = [k if not k & bit else VEC + (k ^ bit) for k in range(VEC)]
+                    hi_m = [k ^ bit if not k & bit else VEC + k for k in range(VEC)]
+                    lo_c = ir.Constant(ir.VectorType(i32, VEC), lo_m)
+                    hi_c = ir.Constant(ir.VectorType(i32, VEC), hi_m)
+                    new_rows = list(rows)
+                    for r in range(VEC):
+                        if not r & bit:
+                            a, c = rows[r], rows[r | bit]
+                            new_rows[r] = builder.shuffle_vector(a, c, lo_c)
+                            new_rows[r | bit] = builder.shuffle_vector(a, c, hi_c)
+                    rows = new_rows
+                for k in range(VEC):  # row k now holds channel b*16+k of pixels g0..g0+15
+                    off = (b * VEC + k) * pitch + g0
+                    dst = builder.bitcast(builder.gep(ta.data, [c64(off)]), vpt)
+                    builder.store(rows[k], dst, align=1)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -163,39 +201,73 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile):
 def _tile_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
     """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``."""
     if nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False)
     elif nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False)
     elif nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False)
     elif nb_ == 2 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False)
     elif nb_ == 2 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, False)
     elif nb_ == 2 and nt == 1:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False)
     elif nb_ == 1 and nt == 28:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28, False)
     elif nb_ == 1 and nt == 16:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16, False)
     elif nb_ == 1 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14, False)
     elif nb_ == 1 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8, False)
     elif nb_ == 1 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7, False)
     elif nb_ == 1 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4, False)
     elif nb_ == 1 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2, False)
     else:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False)
+
+
+@njit
+def _tile_kernel_t(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
+    """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``, stored transposed
+    (``tile[k*tile_pitch(nt) + t]``)."""
+    if nb_ == 2 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True)
+    elif nb_ == 2 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True)
+    elif nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True)
+    elif nb_ == 2 and nt == 4:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, True)
+    elif nb_ == 2 and nt == 2:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, True)
+    elif nb_ == 2 and nt == 1:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, True)
+    elif nb_ == 1 and nt == 28:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28, True)
+    elif nb_ == 1 and nt == 16:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16, True)
+    elif nb_ == 1 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14, True)
+    elif nb_ == 1 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8, True)
+    elif nb_ == 1 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7, True)
+    elif nb_ == 1 and nt == 4:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4, True)
+    elif nb_ == 1 and nt == 2:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2, True)
+    else:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, True)
 
 
 @njit(fastmath=_FM)
-def _store_tile(tile, nt, wd, out, ob, ohw, jv, res, has_res, act, prm):
-    """``out[ob + j*ohw + t] = act(tile[t*wd + j] + res[...])`` for t < nt, j < jv (ob, ohw
-    uint64), i.e. the tile transposed into NCHW.
+def _store_tile(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):
+    """``out[ob + j*ohw + t] = act(tile[j*tp + t] + res[...])`` for t < nt, j < jv (ob, ohw
+    uint64): the (already transposed) tile into NCHW, contiguous along pixels.
 
     ``prm`` = (alpha, clip_min, clip_max, 0, 1) in the array's dtype.  Every comparison is
     written so that NaN passes through unchanged (as numpy's maximum/clip do).
@@ -203,60 +275,102 @@ def _store_tile(tile, nt, wd, out, ob, ohw, jv, res, has_res, act, prm):
     alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
     for j in range(jv):
         base = ob + _U(j) * ohw
+        tb = j * tp
         if has_res:
             for t in range(nt):
-                tile[t * wd + j] += res[base + _U(t)]
+                tile[tb + t] += res[base + _U(t)]
         if act == ACT_NONE:
             for t in range(nt):
-                out[base + _U(t)] = tile[t * wd + j]
+                out[base + _U(t)] = tile[tb + t]
         elif act == ACT_RELU:
             for t in range(nt):
-                v = tile[t * wd + j]
+                v = tile[tb + t]
                 out[base + _U(t)] = zero if v < zero else v
         elif act == ACT_LEAKY:
             for t in range(nt):
-                v = tile[t * wd + j]
+                v = tile[tb + t]
                 out[base + _U(t)] = v * alpha if v < zero else v
         elif act == ACT_CLIP:
             for t in range(nt):
-                v = tile[t * wd + j]
+                v = tile[tb + t]
                 v = lo if v < lo else v
                 out[base + _U(t)] = hi if v > hi else v
         elif act == ACT_SIGMOID:
             for t in range(nt):
-                out[base + _U(t)] = one / (one + np.exp(-tile[t * wd + j]))
+                out[base + _U(t)] = one / (one + np.exp(-tile[tb + t]))
         else:
             for t in range(nt):
-                out[base + _U(t)] = np.tanh(tile[t * wd + j])
+                out[base + _U(t)] = np.tanh(tile[tb + t])
+
+
+@intrinsic
+def _fetch_add(typingctx, ctr, val):
+    """Atomically ``old = ctr[0]; ctr[0] += val; return old`` on an int64 array."""
+    if not (isinstance(ctr, types.Array) and ctr.dtype == types.int64):
+        return None
+    sig = types.int64(ctr, val)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        v = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", a.data, v, "monotonic")
+
+    return sig, codegen
+
+
+def work_split(total):
+    """``(threads, grain)`` for a loop of ``total`` work items claimed dynamically: the current
+    numba thread count, and about 8 claims per thread.  Which thread runs an item never changes
+    what the item computes, so results stay bit-identical whatever the split."""
+    nthr = numba.get_num_threads()
+    return nthr, max(1, total // (8 * nthr))
 
 
 @pjit(fastmath=_FM)
 def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, nb, nbg, mg,
-                 m_all, oh_n, ow_n, nstride, gstride, rowstep):
-    """prange over (image, block of 16*nb_ channels, output row); tiles of nt pixels.
+                 m_all, oh_n, ow_n, nstride, gstride, rowstep, nthr, grain):
+    """Work items (image, block of 16*nb_ channels, output row), claimed ``grain`` at a time
+    from a shared atomic counter by ``nthr`` workers (``_blocked_worker``; the body lives
+    outside the prange, which keeps the parallel function's compile short)."""
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
+        _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt,
+                        n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep)
+
+
+@njit(fastmath=_FM)
+def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img,
+                    nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep):
+    """One worker of ``_run_blocked``: claims items until none is left; tiles of nt pixels.
 
     The last tile of a row is shifted left to end at the row's end: it recomputes a few pixels
     (writing the same values again) instead of reading or writing past the row.
     """
     ntiles = (ow_n + nt - 1) // nt
     ohw = _U(oh_n * ow_n)
-    for u in prange(n_img * nb * oh_n):
-        oh = u % oh_n
-        r = u // oh_n
-        blk = r % nb
-        n = r // nb
-        g = blk // nbg
-        bl = blk - g * nbg
-        wd = nb_ * VEC
-        m0 = g * mg + bl * wd
-        jv = min(wd, mg - bl * wd)
-        xrow = n * nstride + g * gstride + oh * rowstep
-        orow = ((n * m_all + m0) * oh_n + oh) * ow_n
-        tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
-        for ti in range(ntiles):
-            ow0 = min(ti * nt, ow_n - nt)
-            _tile_kernel(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt)
-            _store_tile(tile, nt, wd, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+    total = n_img * nb * oh_n
+    wd = nb_ * VEC
+    tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
+    tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    while True:
+        u0 = _fetch_add(ctr, grain)
+        if u0 >= total:
+            break
+        for u in range(u0, min(total, u0 + grain)):
+            oh = u % oh_n
+            r = u // oh_n
+            blk = r % nb
+            n = r // nb
+            g = blk // nbg
+            bl = blk - g * nbg
+            m0 = g * mg + bl * wd
+            jv = min(wd, mg - bl * wd)
+            xrow = n * nstride + g * gstride + oh * rowstep
+            orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+            for ti in range(ntiles):
+                ow0 = min(ti * nt, ow_n - nt)
+                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt)
+                _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
 @pjit
@@ -264,34 +378,28 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
     """Copy NCHW ``x`` (flat) into the zero-bordered, phase-split scratch ``xs`` (flat).
 
     Element (n, c, h, w) goes to row ``h + pt`` of plane (n, c), phase ``(w+pl) % sw``, position
-    ``(w+pl) // sw``.  Border elements are never written (they stay zero).
+    ``(w+pl) // sw``.  Border elements are never written (they stay zero).  A static prange over
+    planes: a short memory-bound step, and the dynamic scheme's compile costs ~1 s more.
     """
-    rl = sw * q_n
     for u in prange(n_img * c_n):
-        for h in range(h_n):
-            src = (u * h_n + h) * w_n
-            dst = u * cstride + (h + pt) * rl
-            for p in range(sw):
-                w0 = (p - pl) % sw  # first w whose padded column has phase p
-                if w0 >= w_n:
-                    continue
-                d = dst + p * q_n + (w0 + pl) // sw
-                cnt = (w_n - w0 + sw - 1) // sw
-                for i in range(cnt):
-                    xs[d + i] = x[src + w0 + i * sw]
+        _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride)
 
 
-@njit(fastmath=_FM)
-def _row(xf, xb, offs, w2, m, b1, out, ob, ow_n):
-    """One output row of channel m: ``out[ob:ob+ow_n] = b + sum_r w2[m, r] * xf[xb+offs[r]+i]``."""
-    bias = b1[m]
-    for i in range(ow_n):
-        out[ob + i] = bias
-    for r in range(offs.shape[0]):
-        wv = w2[m, r]
-        xo = xb + offs[r]
-        for i in range(ow_n):
-            out[ob + i] += wv * xf[xo + i]
+@njit
+def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
+    """``_pad_copy`` of plane u."""
+    rl = sw * q_n
+    for h in range(h_n):
+        src = (u * h_n + h) * w_n
+        dst = u * cstride + (h + pt) * rl
+        for p in range(sw):
+            w0 = (p - pl) % sw  # first w whose padded column has phase p
+            if w0 >= w_n:
+                continue
+            d = dst + p * q_n + (w0 + pl) // sw
+            cnt = (w_n - w0 + sw - 1) // sw
+            for i in range(cnt):
+                xs[d + i] = x[src + w0 + i * sw]
 
 
 @njit(fastmath=_FM)
@@ -322,23 +430,6 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
             out[ob + i] = np.tanh(out[ob + i])
 
 
-@pjit(fastmath=_FM)
-def _run_rowwise(xf, offs, w2, b1, out, res, has_res, act, prm, n_img, m_all, mg, oh_n, ow_n,
-                 nstride, gstride, rowstep):
-    """prange over (image, output channel, output row): depthwise and narrow groups."""
-    for u in prange(n_img * m_all * oh_n):
-        oh = u % oh_n
-        r = u // oh_n
-        m = r % m_all
-        n = r // m_all
-        g = m // mg
-        ob = _U(u * ow_n)
-        _row(xf, _U(n * nstride + g * gstride + oh * rowstep), offs, w2, m, b1, out, ob,
-             _U(ow_n))
-        if has_res or act != ACT_NONE:
-            _row_epilogue(out, ob, _U(ow_n), res, has_res, act, prm)
-
-
 def _choose_shape(mg, ow_n, dtype):
     """The (blocks, pixels) microkernel shape with the least estimated time per output row
     (zero-padded channels of the last block and recomputed pixels of the last tile count)."""
@@ -358,13 +449,25 @@ def use_winograd(in_shape, w_shape, strides, dilations, group):
     m_all, _, kh, kw = w_shape
     return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
             and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
-            and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW)
+            and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW
+            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n
+            and c_n * -(-w_n // 2) >= WINO_MIN_C_TW)
 
 
 # Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
 # from 128 input channels on 56x56 and smaller maps; on the 112x112 / 224x224 maps its
 # transforms (memory-bound) cost more than the multiplies it saves.
 WINO_MIN_C, WINO_MIN_M, WINO_MAX_HW = 128, 32, 56 * 56
+# Odd small maps compute whole 2x2 tiles past the edge: 7x7 computes 8x8 (1.31x the outputs),
+# which measured 10-20 % slower than direct on ResNet-18's 7x7 512-channel layers (1 thread,
+# CPU time); 13x13 (1.16x) and even sizes stay Winograd.
+WINO_MAX_WASTE = 1.2
+# Input channels x tiles per row: small VGG's 16x16x128 and 8x8x256 layers (1024) at batch 64
+# measured no faster than direct (single thread), and Winograd runs 3 parallel regions per chunk
+# of images where direct runs 2 per layer: on a loaded 2-vCPU machine every region waits for the
+# slowest thread to be scheduled, which made them 5-10x slower than direct there.  ResNet-18's
+# 28x28x128 and 14x14x256 (1792) and all VGG-16 layers (3584) gain 10-25 % from Winograd.
+WINO_MIN_C_TW = 1536
 
 
 class Conv2d:
@@ -409,6 +512,13 @@ class Conv2d:
         self._dummy = np.zeros(1, dtype=dtype)
         mg = m_all // group
         kk = kh * kw
+        if mg < 8 and algo != "winograd":  # depthwise / narrow groups: kernels/depthwise.py
+            from .depthwise import Depthwise  # depthwise imports this module
+            bias = np.zeros(m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
+            self.algo = "depthwise"
+            self._dw = Depthwise(w, bias, self.in_shape, (sh, sw), (pt, pl, pb, pr), (dh, dw),
+                                 group, self.act, self._prm, dtype)
+            return
 
         # ---- input layout -------------------------------------------------------------------
         self._copy = not (sw == 1 and pt == pl == pb == pr == 0)
@@ -451,26 +561,21 @@ class Conv2d:
             self._copy = False
             return
         # ---- weights ------------------------------------------------------------------------
-        self._blocked = mg >= 8
-        if self._blocked:
-            self._shape = _choose_shape(mg, self._ow, dtype)
-            wd = self._shape[0] * VEC
-            nbg = -(-mg // wd)
-            nb = group * nbg
-            wp = np.zeros((nb, cg * kk, wd), dtype=dtype)
-            bp = np.zeros((nb, wd), dtype=dtype)
-            w3 = w.reshape(group, mg, cg * kk)
-            b2 = bias.reshape(group, mg)
-            for g in range(group):
-                for bl in range(nbg):
-                    j = min(wd, mg - bl * wd)
-                    wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
-                    bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
-            self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
-        else:
-            self._w2 = np.ascontiguousarray(w.reshape(m_all, cg * kk))
-            self._b1 = bias
-            self._mg = mg
+        # mg >= 8 here: narrower groups went to Depthwise above
+        self._shape = _choose_shape(mg, self._ow, dtype)
+        wd = self._shape[0] * VEC
+        nbg = -(-mg // wd)
+        nb = group * nbg
+        wp = np.zeros((nb, cg * kk, wd), dtype=dtype)
+        bp = np.zeros((nb, wd), dtype=dtype)
+        w3 = w.reshape(group, mg, cg * kk)
+        b2 = bias.reshape(group, mg)
+        for g in range(group):
+            for bl in range(nbg):
+                j = min(wd, mg - bl * wd)
+                wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
+                bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
+        self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
 
     def _scratch(self):
         xs = getattr(self._tls, "xs", None)
@@ -482,6 +587,8 @@ class Conv2d:
         return xs
 
     def __call__(self, x, out, residual=None):
+        if self.algo == "depthwise":
+            return self._dw(x, out, residual)
         n_img, c_n, h_n, w_n = self.in_shape
         if self.algo == "winograd":
             self._wino(x, out, residual, self.act, self._prm, self._tls)
@@ -495,14 +602,10 @@ class Conv2d:
         of = out.reshape(-1)
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
-        if self._blocked:
-            _run_blocked(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act,
-                         self._prm, self._shape[0], self._shape[1], n_img, self._nb,
-                         self._nbg, self._mg,
-                         self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
-                         self._rowstep)
-        else:
-            _run_rowwise(xf, self._offs, self._w2, self._b1, of, res, has_res, self.act,
-                         self._prm, n_img, self.out_shape[1], self._mg, self._oh, self._ow,
-                         self._nstride, self._gstride, self._rowstep)
+        nthr, grain = work_split(n_img * self._nb * self._oh)
+        _run_blocked(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act,
+                     self._prm, self._shape[0], self._shape[1], n_img, self._nb,
+                     self._nbg, self._mg,
+                     self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
+                     self._rowstep, nthr, grain)
         return out

@@ -21,12 +21,16 @@ import numpy as np
 from numba import prange
 
 from ._jit import FAST, njit, pjit
-from .conv import ACT_NONE, VEC, _row_epilogue, _tile_kernel
+from .conv import ACT_NONE, VEC, _fetch_add, _row_epilogue, _tile_kernel, work_split
 
 _FM = set(FAST)
 _U = np.uint64
 NXI = 16  # transform positions of F(2x2, 3x3)
-V_BUDGET = 32 << 20  # bytes of transformed input per call; larger batches go in chunks
+# Bytes of transformed input + products per chunk of images; larger batches go in chunks.  A
+# chunk near L2 matters: at batch 64 on 16x16x128 maps, 32 MiB chunks ran 1.5-1.9x slower than
+# 4-8 MiB ones (single thread, CPU time).  Each chunk costs 3 parallel regions, so not smaller.
+# One image above the budget still makes a chunk of one (VGG-16's 56x56 and 28x28 at batch 1).
+V_BUDGET = 8 << 20
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -85,32 +89,49 @@ def _transform_seg(rows, rl, ev, v, o, cs, cnt, rsteps, csteps):
 
 
 @pjit(fastmath=_FM)
-def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps, csteps):
+def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps, csteps, nthr,
+                grain):
     """``v[xi*cs + c*vst + (n*th_n + th)*tw_n + tw] = (B^T d B)[xi]`` for the 4x4 patch d at
     padded (2*th, 2*tw) of plane (n, c) of flat NCHW ``x`` (outside the image reads 0).
-    prange over planes; each tile row is transformed as a whole (long vector loops)."""
+    Work items are planes, claimed dynamically (see ``_wino_gemm``); each tile row is
+    transformed as a whole (long vector loops)."""
     rl = tw_n + 1
-    for u in prange(n_img * c_n):
-        n = u // c_n
-        c = u - n * c_n
-        rows = np.zeros(8 * rl, dtype=v.dtype)
+    total = n_img * c_n
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
+        rows = np.zeros(8 * rl, dtype=v.dtype)  # every element is rewritten per tile row
         ev = np.empty(8 * rl, dtype=v.dtype)
-        for th in range(th_n):
-            for i in range(4):
-                h = 2 * th + i - pt
-                re = _U(2 * i * rl)
-                ro = re + _U(rl)
-                if 0 <= h < h_n:
-                    src = (u * h_n + h) * w_n - pl
-                    for q in range(rl):  # even padded columns 2q, odd 2q+1
-                        w = 2 * q - pl
-                        rows[re + _U(q)] = x[src + 2 * q] if 0 <= w < w_n else 0
-                        rows[ro + _U(q)] = x[src + 2 * q + 1] if 0 <= w + 1 < w_n else 0
-                else:
-                    for q in range(2 * rl):
-                        rows[re + _U(q)] = 0
-            _transform_seg(rows, rl, ev, v, _U(c * vst + (n * th_n + th) * tw_n), _U(cs), tw_n,
-                           rsteps, csteps)
+        while True:
+            u0 = _fetch_add(ctr, grain)
+            if u0 >= total:
+                break
+            for u in range(u0, min(total, u0 + grain)):
+                _wino_plane(x, v, u, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
+                            csteps, rows, ev)
+
+
+@njit(fastmath=_FM)
+def _wino_plane(x, v, u, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps, csteps, rows, ev):
+    """``_wino_input`` for plane u = n*c_n + c."""
+    rl = tw_n + 1
+    n = u // c_n
+    c = u - n * c_n
+    for th in range(th_n):
+        for i in range(4):
+            h = 2 * th + i - pt
+            re = _U(2 * i * rl)
+            ro = re + _U(rl)
+            if 0 <= h < h_n:
+                src = (u * h_n + h) * w_n - pl
+                for q in range(rl):  # even padded columns 2q, odd 2q+1
+                    w = 2 * q - pl
+                    rows[re + _U(q)] = x[src + 2 * q] if 0 <= w < w_n else 0
+                    rows[ro + _U(q)] = x[src + 2 * q + 1] if 0 <= w + 1 < w_n else 0
+            else:
+                for q in range(2 * rl):
+                    rows[re + _U(q)] = 0
+        _transform_seg(rows, rl, ev, v, _U(c * vst + (n * th_n + th) * tw_n), _U(cs), tw_n,
+                       rsteps, csteps)
 
 
 @njit(fastmath=_FM)
@@ -170,39 +191,63 @@ def _wino_store(buf, b0, xs, nt, wd, t0, skip, jv, m0, bias, out, res, has_res, 
 
 
 @pjit(fastmath=_FM)
-def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs):
-    """The 16 products, one per transform position xi (prange over (xi, block of 16*nb_
+def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs, nthr, grain):
+    """The 16 products, one per transform position xi: work items (xi, block of 16*nb_
     output channels, run of nt tiles), xi outermost so one xi's transformed input and weights
-    stay in cache): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
+    stay in cache, claimed ``grain`` at a time by ``nthr`` workers (conv.py's ``_run_blocked``
+    scheme): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
     shifted back to end at the last tile."""
     wd = nb_ * VEC
     sz = nt * wd
     per = nb * nrun
-    for u in prange(NXI * per):
-        xi = u // per
-        r = u - xi * per
-        blk = r // nrun
-        ri = r - blk * nrun
-        t0 = min(ri * nt, ntiles - nt)
-        _tile_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):], nb_,
-                     nt)
+    total = NXI * per
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
+        _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per,
+                     sz)
+
+
+@njit(fastmath=_FM)
+def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per, sz):
+    """One worker of ``_wino_gemm`` (outside the prange: shorter compile)."""
+    while True:
+        u0 = _fetch_add(ctr, grain)
+        if u0 >= total:
+            break
+        for u in range(u0, min(total, u0 + grain)):
+            xi = u // per
+            r = u - xi * per
+            blk = r // nrun
+            ri = r - blk * nrun
+            t0 = min(ri * nt, ntiles - nt)
+            _tile_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):],
+                         nb_, nt)
 
 
 @pjit(fastmath=_FM)
 def _wino_out(mb, bias, out, res, has_res, act, prm, nb_, nt, nb, nrun, m_all, ntiles, tpi,
-              tw_n, oh_n, ow_n):
-    """Output transform and epilogue; prange over (block of output channels, run of tiles)."""
+              tw_n, oh_n, ow_n, nthr, grain):
+    """Output transform and epilogue; work items (block of output channels, run of tiles),
+    claimed dynamically (see ``_wino_gemm``)."""
     wd = nb_ * VEC
     sz = nt * wd
     xs = _U(nb * nrun * sz)
-    for u in prange(nb * nrun):
-        blk = u // nrun
-        ri = u - blk * nrun
+    total = nb * nrun
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
         yb = np.empty(4 * nt * wd, dtype=mb.dtype)
-        m0 = blk * wd
-        t0 = min(ri * nt, ntiles - nt)
-        _wino_store(mb, _U(u * sz), xs, nt, wd, t0, ri * nt - t0, min(wd, m_all - m0), m0, bias,
-                    out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n, yb)
+        while True:
+            u0 = _fetch_add(ctr, grain)
+            if u0 >= total:
+                break
+            for u in range(u0, min(total, u0 + grain)):
+                blk = u // nrun
+                ri = u - blk * nrun
+                m0 = blk * wd
+                t0 = min(ri * nt, ntiles - nt)
+                _wino_store(mb, _U(u * sz), xs, nt, wd, t0, ri * nt - t0, min(wd, m_all - m0),
+                            m0, bias, out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n,
+                            yb)
 
 
 class Winograd:
@@ -254,9 +299,12 @@ class Winograd:
             xf = x[n0:n0 + k].reshape(-1)
             of = out[n0:n0 + k].reshape(-1)
             res = residual[n0:n0 + k].reshape(-1) if has_res else of[:1]
+            nthr, grain = work_split(k * c_n)
             _wino_input(xf, v, k, c_n, h_n, w_n, pt, pl, self.th, self.tw, self.vst, self.cs,
-                        _ROW_STEPS, _COL_STEPS)
+                        _ROW_STEPS, _COL_STEPS, nthr, grain)
+            nthr, grain = work_split(NXI * self.nb * nrun)
             _wino_gemm(v, self.offs, self.up, self.zb, mb, self.nb_, self.nt, self.nb, nrun,
-                       ntiles, self.cs)
+                       ntiles, self.cs, nthr, grain)
+            nthr, grain = work_split(self.nb * nrun)
             _wino_out(mb, self.bias, of, res, has_res, act, prm, self.nb_, self.nt, self.nb, nrun,
-                      self.m_all, ntiles, self.tpi, self.tw, self.oh, self.ow)
+                      self.m_all, ntiles, self.tpi, self.tw, self.oh, self.ow, nthr, grain)

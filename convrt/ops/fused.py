@@ -20,6 +20,7 @@ FusedConvClip          X, W, B, min, max        Conv -> Clip(min, max)   (ReLU6:
 FusedConvSigmoid       X, W, B                  Conv -> Sigmoid
 FusedConvTanh          X, W, B                  Conv -> Tanh
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
+FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
 FusedGemmRelu          A, B, C                  Gemm -> Relu
 ChannelAffine          X, scale, shift          Mul -> Add   (scale/shift shaped [C,1,..])
 =====================  =======================  =============================================
@@ -54,6 +55,7 @@ CONV_VARIANTS = {
     "FusedConvSigmoid": ("sigmoid", ()),
     "FusedConvTanh": ("tanh", ()),
     "FusedConvAddRelu": ("relu", ("Z",)),
+    "FusedConvAdd": ("none", ("Z",)),
 }
 # activation op (ONNX) -> fused conv op type
 CONV_ACTIVATIONS = {"Relu": "FusedConvRelu", "LeakyRelu": "FusedConvLeakyRelu",
@@ -120,6 +122,13 @@ def FusedConvAddRelu(ctx, X, W, B, Z, *, auto_pad="NOTSET", dilations=None, grou
                  group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
 
 
+@register_op("FusedConvAdd", since=1, domain=CONVRT_DOMAIN)
+def FusedConvAdd(ctx, X, W, B, Z, *, auto_pad="NOTSET", dilations=None, group=1,
+                 kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "none", Z=Z, auto_pad=auto_pad, dilations=dilations,
+                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
 @register_op("FusedGemmRelu", since=1, domain=CONVRT_DOMAIN)
 def FusedGemmRelu(ctx, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     return bind_gemm(ctx, A, B, C, alpha, beta, transA, transB, act="relu")
@@ -168,9 +177,11 @@ def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
         attrs = list(CONV_ATTRS)
         y = "conv"
         if "Z" in extra:
-            nodes.append(_node("Add", ["conv", "Z"], ["sum"]))
+            nodes.append(_node("Add", ["conv", "Z"], ["Y" if act == "none" else "sum"]))
             y = "sum"
-        if act == "relu":
+        if act == "none":
+            pass
+        elif act == "relu":
             nodes.append(_node("Relu", [y], ["Y"]))
         elif act == "leaky_relu":
             nodes.append(_node("LeakyRelu", [y], ["Y"], {"alpha": AttributeProto.FLOAT}))
