@@ -9,8 +9,8 @@ from .registry import register_op
 ACTIVATIONS = ("none", "relu", "leaky_relu", "clip", "sigmoid", "tanh")
 
 
-def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides):
-    """Validate a Conv's inputs and attributes; return the resolved geometry and out shape."""
+def check_conv_inputs(ctx, X, W, what: str = "convolution") -> int:
+    """Dtype and rank checks shared by Conv and ConvTranspose; returns the spatial rank."""
     ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
     ctx.check(W.dtype == X.dtype, f"W dtype {W.dtype} differs from X dtype {X.dtype}")
     ctx.check(X.rank is not None and W.rank is not None, "input ranks must be known")
@@ -18,7 +18,13 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
               "match and be >= 3")
     nsp = X.rank - 2
     if nsp > 3:
-        raise ctx.unsupported(f"{nsp}-D convolution is not supported (1-D to 3-D are)")
+        raise ctx.unsupported(f"{nsp}-D {what} is not supported (1-D to 3-D are)")
+    return nsp
+
+
+def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, strides):
+    """Validate a Conv's inputs and attributes; return the resolved geometry and out shape."""
+    nsp = check_conv_inputs(ctx, X, W)
     wsp = tuple(W.shape[2:])
     ctx.check(all(known(d) for d in W.shape), "W shape must be static")
     ctx.check(all(d >= 1 for d in W.shape), f"W shape {list(W.shape)} has empty dims")

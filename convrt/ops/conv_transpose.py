@@ -5,20 +5,14 @@ import math
 import numpy as np
 
 from ..kernels.conv_transpose import conv_transpose3d
-from ._shape import FLOAT_TYPES, ints, known
+from ._shape import ints, known
+from .conv import check_conv_inputs
 from .registry import register_op
 
 
 def _geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, output_padding,
               output_shape, pads, strides):
-    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
-    ctx.check(W.dtype == X.dtype, f"W dtype {W.dtype} differs from X dtype {X.dtype}")
-    ctx.check(X.rank is not None and W.rank is not None, "input ranks must be known")
-    ctx.check(X.rank >= 3 and W.rank == X.rank, f"X rank {X.rank} and W rank {W.rank} must "
-              "match and be >= 3")
-    nsp = X.rank - 2
-    if nsp > 3:
-        raise ctx.unsupported(f"{nsp}-D ConvTranspose is not supported (1-D to 3-D are)")
+    nsp = check_conv_inputs(ctx, X, W, "ConvTranspose")
     ctx.check(all(known(d) and d >= 1 for d in W.shape), f"W shape {list(W.shape)} must be "
               "static and non-empty")
     wsp = tuple(W.shape[2:])
