@@ -78,6 +78,25 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
                 dr[xo] = m
 
 
+@njit
+def avg_divisor(y, xo, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad):
+    """The divisor of output cell (y, xo): window cells inside the padded input
+    (count_include_pad) or inside the input itself (ONNX's two AveragePool rules).  Shared with
+    the backward kernel in convrt/train/kernels/pool.py."""
+    cnt = 0
+    padded = 0
+    for a in range(kh):
+        yy = y * sh - pt + a * dh
+        in_pad_y = -pt <= yy < h + pb
+        for b in range(kw):
+            xx = xo * sw - pl + b * dw
+            if in_pad_y and -pl <= xx < w + pr:
+                padded += 1
+            if 0 <= yy < h and 0 <= xx < w:
+                cnt += 1
+    return padded if count_include_pad else cnt
+
+
 @pjit
 def avg_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad):
     n, c, h, w = x.shape
@@ -89,19 +108,16 @@ def avg_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad
         for y in range(oh):
             for xo in range(ow):
                 s = 0.0
-                cnt = 0
-                padded = 0
                 for a in range(kh):
                     yy = y * sh - pt + a * dh
-                    in_pad_y = -pt <= yy < h + pb
+                    if yy < 0 or yy >= h:
+                        continue
                     for b in range(kw):
                         xx = xo * sw - pl + b * dw
-                        if in_pad_y and -pl <= xx < w + pr:
-                            padded += 1
-                        if 0 <= yy < h and 0 <= xx < w:
+                        if 0 <= xx < w:
                             s += src[yy, xx]
-                            cnt += 1
-                dst[y, xo] = s / (padded if count_include_pad else cnt)
+                dst[y, xo] = s / avg_divisor(y, xo, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr,
+                                             count_include_pad)
 
 
 @njit

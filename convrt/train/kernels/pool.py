@@ -8,6 +8,7 @@ import numpy as np
 from numba import prange
 
 from ...kernels._jit import pjit
+from ...kernels.pool import avg_divisor
 
 
 @pjit
@@ -70,18 +71,8 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_in
                 dst[yy, xx] = 0
         for y in range(oh):
             for xo in range(ow):
-                cnt = 0
-                padded = 0
-                for a in range(kh):
-                    yy = y * sh - pt + a * dh
-                    in_pad_y = -pt <= yy < h + pb
-                    for b in range(kw):
-                        xx = xo * sw - pl + b * dw
-                        if in_pad_y and -pl <= xx < w + pr:
-                            padded += 1
-                        if 0 <= yy < h and 0 <= xx < w:
-                            cnt += 1
-                g = gy[i, j, y, xo] / (padded if count_include_pad else cnt)
+                g = gy[i, j, y, xo] / avg_divisor(y, xo, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb,
+                                                  pr, count_include_pad)
                 for a in range(kh):
                     yy = y * sh - pt + a * dh
                     if yy < 0 or yy >= h:
