@@ -16,6 +16,9 @@ CASES = {
     "1x1": (1, 8, 7, 9, 16, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "1x1_s2": (3, 8, 9, 10, 24, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
     "1x1_pad": (1, 5, 6, 6, 8, 1, 1, (1, 1), (1, 0, 0, 1), (1, 1), 1),
+    "1x1_wide": (2, 24, 12, 13, 150, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_s21": (1, 16, 15, 23, 37, 1, 1, (2, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_7x7": (1, 32, 7, 7, 40, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "3x3": (1, 16, 16, 16, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "3x3_nopad": (3, 6, 10, 19, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "3x3_s2_asym": (1, 8, 11, 12, 70, 3, 3, (2, 2), (0, 1, 2, 1), (1, 1), 1),
@@ -82,7 +85,7 @@ ACTS = [dict(activation="none"), dict(activation="relu"),
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("act", range(len(ACTS)))
-@pytest.mark.parametrize("name", ["3x3", "1x1", "depthwise", "3x3_s2_asym"])
+@pytest.mark.parametrize("name", ["3x3", "1x1", "depthwise", "3x3_s2_asym", "1x1_wide"])
 def test_epilogue(name, act, residual, dtype):
     case = CASES[name]
     x, wt, b = _data(case, dtype, seed=act)
@@ -123,7 +126,7 @@ def test_conv_vs_onnx_reference(name, dtype):
 
 
 @pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu", "sigmoid", "tanh"])
-@pytest.mark.parametrize("name", ["3x3", "3x3_s2_asym", "depthwise", "1x1"])
+@pytest.mark.parametrize("name", ["3x3", "3x3_s2_asym", "depthwise", "1x1", "1x1_wide"])
 def test_nan_inf_propagate(name, act):
     case = CASES[name]
     x, wt, b = _data(case, np.float32, seed=5)
@@ -366,3 +369,60 @@ def test_every_microkernel_shape_transposed_store(monkeypatch, dtype):
         conv(x, out, res)
         ref = np.maximum(conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1)) + res, 0)
         np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=str(shape))
+
+
+# ---- 1x1 as a pixel-vectorised GEMM (kernels/pointwise.py) ------------------------------------
+def test_pointwise_choice_is_by_shape():
+    """1x1 unpadded group-1 layers with 64+ pixels (or whole vectors of 16) go to Pointwise;
+    smaller maps, padding and an explicit algo="direct" stay on the blocked kernel."""
+    def algo(name, **kw):
+        case = CASES[name]
+        x, wt, b = _data(case, np.float32)
+        return Conv2d(wt, b, x.shape, case[7], case[8], case[9], case[10], **kw).algo
+
+    assert algo("1x1_wide") == algo("1x1_s21") == "pointwise"
+    assert algo("1x1_7x7") == algo("1x1") == algo("1x1_pad") == "direct"  # 49, 63 pixels
+    assert algo("1x1_wide", algo="direct") == "direct"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_pointwise_shape(monkeypatch, dtype):
+    """Each (channels, pixel vectors) pointwise microkernel, forced: partial last channel
+    block, shifted-back last pixel tile, stride, residual and clip."""
+    from convrt.kernels import pointwise
+
+    rng = np.random.default_rng(12)
+    for shape in pointwise._shapes(np.dtype(dtype)):
+        monkeypatch.setattr(pointwise, "choose_shape", lambda m, p, dt, s=shape: s)
+        n, c, h, w, m = 2, 7, 2 * 8, 2 * (shape[1] * 8 + 3), 2 * shape[0] + 3
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((m, c, 1, 1)).astype(dtype)
+        b = rng.standard_normal(m).astype(dtype)
+        for strides in [(1, 1), (2, 2)]:
+            conv = Conv2d(wt, b, x.shape, strides, activation="clip", clip_min=-0.5,
+                          clip_max=1.5, dtype=dtype)
+            assert conv.algo == "pointwise" and conv._pw.shape == shape
+            res = rng.standard_normal(conv.out_shape).astype(dtype)
+            out = np.full(conv.out_shape, np.nan, dtype)
+            conv(x, out, res)
+            ref = np.clip(conv2d_ref(x, wt, b, strides, (0, 0, 0, 0)) + res, -0.5, 1.5)
+            np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=f"{shape} {strides}")
+
+
+def test_pointwise_bitwise_same_across_thread_counts():
+    case = CASES["1x1_wide"]
+    x, wt, b = _data(case, np.float32, seed=4)
+    conv = Conv2d(wt, b, x.shape, activation="relu")
+    assert conv.algo == "pointwise"
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nthreads)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(old)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)

@@ -78,9 +78,9 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
 
     const = W.value is not None and (B is None or B.value is not None)
     conv = make(W.value, None if B is None else B.value) if const else None
-    wino = getattr(conv, "_wino", None)
-    if wino is not None:  # Winograd's transform buffers replace the bordered input copy
-        scratch = wino.scratch_bytes()
+    alt = getattr(conv, "_wino", None) or getattr(conv, "_pw", None)
+    if alt is not None:  # Winograd's transforms / the strided 1x1 gather replace the copy
+        scratch = alt.scratch_bytes()
 
     has_b = B is not None
 
