@@ -1,11 +1,14 @@
 """convrt vs onnxruntime benchmark suite.
 
     python benchmarks/run.py [--models vgg16_b1 ...] [--repeat N] [--out results.json]
-                             [--threads 2] [--pause 2] [--no-empty-cache] [--markdown FILE]
+                             [--threads 2] [--pause 2] [--rounds 3] [--no-empty-cache]
+                             [--markdown FILE]
 
 Every measurement runs in its own fresh subprocess (benchmarks/_worker.py), one runtime at a
 time with a pause between them (idle worker threads of one runtime must not steal the cores of
-the other).  Per model it reports, for convrt and onnxruntime and their ratio:
+the other).  The two runtimes alternate for --rounds rounds and each one's timed runs are pooled:
+on this shared machine the background load drifts over minutes, and alternating spreads a slow
+spell over both sides of the ratio instead of one.  Per model it reports, for convrt and onnxruntime and their ratio:
 
 * warm latency: median and min of --repeat runs after warm-up, throughput (images/s), achieved
   GFLOP/s and % of this machine's float32 matmul peak (numpy sgemm 2048^3, own subprocess);
@@ -89,6 +92,23 @@ def worker(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:
         return json.loads(Path(spec["result"]).read_text())
 
 
+def pool_rounds(runs: list[dict]) -> dict:
+    """One result from several processes of one runtime: every round's timed runs pooled (the
+    median is taken over all of them), cold start the median of the rounds, peak RSS the max."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    out = dict(runs[0])
+    out["times_s"] = [t for r in runs for t in r.get("times_s", [])]
+    out["round_medians_ms"] = [float(np.median(r["times_s"])) * 1e3 for r in runs
+                               if r.get("times_s")]
+    out["cold_s"] = float(np.median([r["cold_s"] for r in runs]))
+    for key in ("rss_first_mb", "peak_rss_mb"):
+        if all(key in r for r in runs):
+            out[key] = max(r[key] for r in runs)
+    return out
+
+
 def summarize(res: dict, batch: int, flops: int, peak: float) -> dict:
     ts = res.get("times_s") or []
     if not ts:
@@ -115,11 +135,14 @@ def bench_model(name: str, args, peak: float, log) -> dict:
         log(f"[{name}] priming convrt's numba cache")
         prime = worker(dict(common, kind="convrt", repeat=0), env)
         time.sleep(args.pause)
-        log(f"[{name}] onnxruntime")
-        ort = worker(dict(common, kind="ort", repeat=args.repeat, out_npy=y_ort), env)
-        time.sleep(args.pause)
-        log(f"[{name}] convrt")
-        cv = worker(dict(common, kind="convrt", repeat=args.repeat, out_npy=y_cv), env)
+        rounds = {"ort": [], "convrt": []}
+        for r in range(args.rounds):  # alternate, so that a slow spell hits both runtimes
+            for kind, npy in (("ort", y_ort), ("convrt", y_cv)):
+                log(f"[{name}] {kind} (round {r + 1}/{args.rounds})")
+                rounds[kind].append(worker(dict(common, kind=kind, repeat=args.repeat,
+                                                out_npy=npy), env))
+                time.sleep(args.pause)
+        ort, cv = pool_rounds(rounds["ort"]), pool_rounds(rounds["convrt"])
         out = {"model": builder, "batch": batch, "path": path, "ort": ort, "convrt": cv}
         if "error" in prime:
             out["prime_error"] = prime["error"]
@@ -190,7 +213,8 @@ def _fmt(v, unit=""):
 def render_text(results: dict) -> str:
     m = results["machine"]
     lines = [f"convrt vs onnxruntime  {results['date']}  {m.get('cpu')}, {m.get('cores')} cores, "
-             f"{results['threads']} threads each, {results['repeat']} runs (median)",
+             f"{results['threads']} threads each, median of {results.get('rounds', 1)} x "
+             f"{results['repeat']} runs",
              f"float32 sgemm 2048^3 peak ({results['threads']} threads): "
              f"{results['peak_gflops']:.1f} GFLOP/s", ""]
     hdr = f"{'model':<16} {'metric':<26} {'convrt':>10} {'ort':>10} {'ratio':>7}"
@@ -221,8 +245,9 @@ def render_markdown(results: dict) -> str:
            f"Measured {results['date']} on {m.get('cpu')}, {m.get('cores')} cores "
            f"({m.get('mem_gib', '?')} GiB), Python {m.get('python')}, onnxruntime "
            f"{results.get('ort_version', '?')}; {results['threads']} threads for both, "
-           f"all optimizations; medians of {results['repeat']} warm runs; each runtime in its own "
-           f"fresh process, one after the other.  float32 sgemm 2048³ peak: "
+           f"all optimizations; medians of {results.get('rounds', 1)} x {results['repeat']} warm "
+           f"runs, each runtime in its own fresh process, the two alternating "
+           f"{results.get('rounds', 1)} times.  float32 sgemm 2048³ peak: "
            f"{results['peak_gflops']:.1f} GFLOP/s.  Ratio = convrt / onnxruntime (lower is "
            f"better for times and memory).  Reproduce: `python benchmarks/run.py`.", "",
            "| model | metric | convrt | onnxruntime | ratio |", "|---|---|---:|---:|---:|"]
@@ -248,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeat", type=int, default=10, help="timed warm runs per runtime (10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="processes per runtime, alternating onnxruntime and convrt; the timed "
+                        "runs of all rounds are pooled (3)")
     p.add_argument("--threads", type=int, default=2, help="threads for both runtimes (2)")
     p.add_argument("--pause", type=float, default=2.0, help="seconds between processes (2)")
     p.add_argument("--no-empty-cache", action="store_true",
@@ -265,6 +293,7 @@ def main(argv=None) -> int:
     time.sleep(args.pause)
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": machine(), "threads": args.threads, "repeat": args.repeat,
+               "rounds": args.rounds,
                "peak_gflops": peak_gf, "peak": peak, "models": {}}
     for name in args.models:
         results["models"][name] = bench_model(name, args, peak_gf, log)
