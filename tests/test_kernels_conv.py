@@ -385,12 +385,14 @@ def test_pointwise_choice_is_by_shape():
     assert algo("1x1_wide", algo="direct") == "direct"
 
 
+@pytest.mark.parametrize("pix_major", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_pointwise_shape(monkeypatch, dtype):
-    """Each (channels, pixel vectors) pointwise microkernel, forced: partial last channel
-    block, shifted-back last pixel tile, stride, residual and clip."""
+def test_every_pointwise_shape(monkeypatch, dtype, pix_major):
+    """Each (channels, pixel vectors) pointwise microkernel, forced, in both work orders:
+    partial last channel block, shifted-back last pixel tile, stride, residual and clip."""
     from convrt.kernels import pointwise
 
+    monkeypatch.setattr(pointwise, "PIX_MAJOR_BYTES", 0 if pix_major else 1 << 40)
     rng = np.random.default_rng(12)
     for shape in pointwise._shapes(np.dtype(dtype)):
         monkeypatch.setattr(pointwise, "choose_shape", lambda m, p, dt, s=shape: s)
@@ -402,6 +404,7 @@ def test_every_pointwise_shape(monkeypatch, dtype):
             conv = Conv2d(wt, b, x.shape, strides, activation="clip", clip_min=-0.5,
                           clip_max=1.5, dtype=dtype)
             assert conv.algo == "pointwise" and conv._pw.shape == shape
+            assert conv._pw._geo[8] == pix_major
             res = rng.standard_normal(conv.out_shape).astype(dtype)
             out = np.full(conv.out_shape, np.nan, dtype)
             conv(x, out, res)

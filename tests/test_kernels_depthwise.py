@@ -53,9 +53,9 @@ def _data(case, dtype, seed=0, bias=True):
     return x, wt.astype(dtype), b
 
 
-def _conv(case, wt, b, dtype, **act):
+def _conv(case, wt, b, dtype, algo="auto", **act):
     n, c, h, w, m, kh, kw, strides, pads, dil, group = case
-    return Conv2d(wt, b, (n, c, h, w), strides, pads, dil, group, dtype=dtype, **act)
+    return Conv2d(wt, b, (n, c, h, w), strides, pads, dil, group, dtype=dtype, algo=algo, **act)
 
 
 def _ref(case, x, wt, b):
@@ -169,10 +169,11 @@ def test_channel_blocked_matches_planar(name, monkeypatch):
 
     case = CASES[name]
     x, wt, b = _data(case, np.float32, seed=4)
-    blocked = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
+    kw = dict(algo="depthwise", activation="clip", clip_min=0.0, clip_max=6.0)
+    blocked = _conv(case, wt, b, np.float32, **kw)
     assert blocked._dw._kernel in (depthwise._cb_run_seq, depthwise._cb_run_par)
     monkeypatch.setattr(depthwise, "CB_MAX_PIXELS", 0)
-    planar = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
+    planar = _conv(case, wt, b, np.float32, **kw)
     assert planar._dw._kernel in (depthwise._run_seq, depthwise._run_par)
     outs = []
     for conv in (blocked, planar):
@@ -185,3 +186,102 @@ def test_channel_blocked_matches_planar(name, monkeypatch):
         again = np.empty_like(out)
         conv(x, again)
         np.testing.assert_array_equal(out, again)
+
+
+# ---- 3x3, padding 1, stride 1/2 depthwise rows (kernels/dw3x3.py) ----------------------------
+DW3 = {  # (N, C, H, W, stride): rows shorter than, equal to and longer than one 16-lane vector
+    "w1": (1, 3, 1, 1, 1), "h1_w2": (2, 5, 1, 2, 2), "w7": (2, 9, 7, 7, 1),
+    "w7_s2": (1, 9, 7, 7, 2), "w16": (1, 4, 5, 16, 1), "w16_s2": (1, 4, 6, 16, 2),
+    "w33": (1, 3, 6, 33, 1), "w33_s2": (2, 3, 9, 33, 2), "w35_s2_even_h": (1, 2, 10, 35, 2),
+    "w64_s2": (1, 2, 4, 64, 2), "w17_h18": (1, 3, 18, 17, 1),
+}
+
+
+def _dw3(name, dtype, seed=0):
+    n, c, h, w, s = DW3[name]
+    case = (n, c, h, w, c, 3, 3, (s, s), (1, 1, 1, 1), (1, 1), c)
+    x, wt, b = _data(case, dtype, seed=seed)
+    return case, x, wt, b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", range(4))  # none, relu, leaky_relu, clip: done in registers
+@pytest.mark.parametrize("name", sorted(DW3))
+def test_dw3x3_vs_naive(name, act, residual, dtype):
+    from convrt.kernels.dw3x3 import Depthwise3x3
+
+    case, x, wt, b = _dw3(name, dtype, seed=act)
+    conv = _conv(case, wt, b, dtype, **ACTS[act])
+    assert isinstance(conv._dw, Depthwise3x3)
+    ref = _ref(case, x, wt, b)
+    res = None
+    if residual:
+        res = np.random.default_rng(7).standard_normal(ref.shape).astype(dtype)
+        ref = ref + res
+    out = np.full(conv.out_shape, np.nan, dtype)
+    conv(x, out, res)
+    np.testing.assert_allclose(out, activation_ref(ref, **ACTS[act]), **TOL[dtype])
+
+
+def test_dw3x3_choice():
+    """3x3 / pad 1 / stride 1 or 2 / one channel per group / an in-register activation only;
+    everything else (and algo="depthwise") keeps the general kernel."""
+    from convrt.kernels.dw3x3 import Depthwise3x3
+
+    def fast(name, **kw):
+        case = CASES[name]
+        x, wt, b = _data(case, np.float32)
+        return isinstance(_conv(case, wt, b, np.float32, **kw)._dw, Depthwise3x3)
+
+    assert fast("mnv2_s1") and fast("mnv2_s2") and fast("7x7_map")
+    assert fast("mnv2_s1", activation="clip", clip_min=0.0, clip_max=6.0)
+    for name in ("nopad", "asym_pad_s2", "s21", "s3", "5x5", "dil2", "multiplier2",
+                 "group4_cg2"):
+        assert not fast(name), name
+    assert not fast("mnv2_s1", activation="sigmoid")
+    assert not fast("mnv2_s1", algo="depthwise")
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu"])
+@pytest.mark.parametrize("name", ["w7", "w33_s2", "w17_h18"])
+def test_dw3x3_nan_inf(name, act):
+    case, x, wt, b = _dw3(name, np.float32, seed=5)
+    x[0, 1, 2, 3 % x.shape[3]] = np.nan
+    x[-1, 0, -1, -2] = np.inf
+    x[-1, -1, 0, 0] = -np.inf
+    kw = dict(activation=act)
+    if act == "clip":
+        kw.update(clip_min=0.0, clip_max=6.0)
+    ref = activation_ref(_ref(case, x, wt, b), **kw)
+    out = np.empty(_conv(case, wt, b, np.float32, **kw).out_shape, np.float32)
+    _conv(case, wt, b, np.float32, **kw)(x, out)
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride):
+    from convrt.kernels import dw3x3
+
+    case = (4, 128, 60, 37, 128, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), 128)
+    x, wt, b = _data(case, np.float32, seed=2)
+    conv = _conv(case, wt, b, np.float32, activation="relu")
+    assert conv._dw._kernel is dw3x3._run_par
+    ref = activation_ref(_ref(case, x, wt, b), "relu")
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nthreads)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_allclose(outs[0], ref, **TOL[np.float32])
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)

@@ -490,9 +490,10 @@ class Conv2d:
         activation: one of ``ACTIVATIONS``, applied after the bias and the optional residual.
         alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
-        algo: "auto" (``use_pointwise`` / ``use_winograd`` decide from the shapes), "direct",
-            "pointwise" (1x1, no padding, group 1, 16+ output pixels) or "winograd" (3x3,
-            stride 1, dilation 1, group 1 only).
+        algo: "auto" (``use_pointwise`` / ``use_winograd`` / ``dw3x3.supports`` decide from
+            the shapes), "direct", "pointwise" (1x1, no padding, group 1, 16+ output pixels),
+            "winograd" (3x3, stride 1, dilation 1, group 1 only) or "depthwise" (narrow
+            groups: the general kernel of depthwise.py, never dw3x3.py).
 
     Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
     ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
@@ -523,9 +524,16 @@ class Conv2d:
         mg = m_all // group
         kk = kh * kw
         if mg < 8 and algo != "winograd":  # depthwise / narrow groups: kernels/depthwise.py
-            from .depthwise import Depthwise  # depthwise imports this module
+            from . import dw3x3
+            from .depthwise import SERIAL_MACS, Depthwise  # depthwise imports this module
             bias = np.zeros(m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
             self.algo = "depthwise"
+            if (algo == "auto" and n_img * c_n * h_n * w_n < 2**62 and w_n < dw3x3.MAX_WIDTH
+                    and dw3x3.supports((kh, kw), (sh, sw), pads, (dh, dw), cg, mg, self.act)):
+                serial = n_img * m_all * oh_n * ow_n * 9 < SERIAL_MACS
+                self._dw = dw3x3.Depthwise3x3(w, bias, self.in_shape, sh, self.act, self._prm,
+                                              dtype, serial)
+                return
             self._dw = Depthwise(w, bias, self.in_shape, (sh, sw), (pt, pl, pb, pr), (dh, dw),
                                  group, self.act, self._prm, dtype)
             return

@@ -1,0 +1,290 @@
+"""3x3 depthwise convolution, padding 1, stride 1 or 2: MobileNet's layer, one row at a time.
+
+The general depthwise kernel (``kernels/depthwise.py``) copies each plane into a zero-bordered
+scratch, sums the nine taps over the flattened plane and then compacts the rows into the
+output: three passes, and on 7x7..28x28 maps the short rows leave most of the time in loop
+set-up and scalar remainders.  Here the LLVM-level microkernel ``_dw3_plane`` writes
+the output rows straight from the input, in 16-lane vectors along each row:
+
+* the zero padding is never materialised: lanes that fall outside the row, and whole rows that
+  fall outside the plane, are masked off (``llvm.masked.load`` reads nothing for a masked lane
+  and yields 0 there, which is what the padding holds);
+* stride 2 loads 32 consecutive inputs and splits them into even and odd columns with two
+  shuffles; the left neighbours are the odd columns shifted by one lane, carried over from the
+  previous vector;
+* bias, residual and activation (none, ReLU, LeakyRelu, Clip) are applied in registers and the
+  row is written with one masked store per vector: no scratch, no second pass.
+
+One call of ``_dw3_plane`` does a whole plane, so the weights and the activation's constants are
+loaded once per plane.  Planes (image, channel) are claimed dynamically by the workers, as in the other conv kernels;
+each plane is computed by the same instructions whichever thread runs it (bitwise reproducible).
+Every comparison in the activations lets NaN through, as numpy's maximum/clip do.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import njit, pjit
+from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, VEC, _fetch_add, work_split
+
+ACTS = (ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP)
+
+
+@intrinsic
+def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+               stride, act):
+    """One plane: ``out[oo + y*ow + j] = act(b + res[...] + sum_{i,k} w[i,k] *
+    x[xo + (y*s - 1 + i)*w_n + j*s - 1 + k])`` for y < oh_n, j < ow_n, x read as 0 outside the
+    ``h_n x w_n`` plane (the padding); the residual only if ``has_res`` (else its load is fully
+    masked: it reads nothing).
+
+    ``wb[wo:wo+9]`` are the taps, ``wb[wo+9]`` the bias; ``prm`` = (alpha, clip_min, clip_max).
+    ``stride`` (1 or 2) and ``act`` must be literals; offsets int64, ``w_n`` < 2**31.
+    """
+    if not all(isinstance(v, types.IntegerLiteral) for v in (stride, act)):
+        return None
+    s_l, a_l = stride.literal_value, act.literal_value
+    sig = types.void(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stride,
+                     act)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        ft = context.get_value_type(aty[0].dtype)
+        vt = ir.VectorType(ft, VEC)
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        mt = ir.VectorType(i1, VEC)
+        it = ir.VectorType(i32, VEC)
+        vpt = vt.as_pointer()
+        suffix = "v%d%s" % (VEC, "f32" if isinstance(ft, ir.FloatType) else "f64")
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vpt, i32, mt, vt]),
+            "llvm.masked.load.%s.p0" % suffix)
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vt, vpt, i32, mt]),
+            "llvm.masked.store.%s.p0" % suffix)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                             "llvm.fmuladd.%s" % suffix)
+        align = ir.Constant(i32, 4 if isinstance(ft, ir.FloatType) else 8)
+        zero = ir.Constant(vt, None)
+        splat_mask = ir.Constant(it, [0] * VEC)
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        def splat(v, t=vt):
+            u = ir.Constant(t, ir.Undefined)
+            return builder.shuffle_vector(builder.insert_element(u, v, ir.Constant(i32, 0)),
+                                          u, splat_mask)
+
+        def arg(i, kind=types.int64):
+            return context.cast(builder, args[i], aty[i], kind)
+
+        xa = context.make_array(aty[0])(context, builder, args[0])
+        oa = context.make_array(aty[6])(context, builder, args[6])
+        ra = context.make_array(aty[8])(context, builder, args[8])
+        wa = context.make_array(aty[10])(context, builder, args[10])
+        pa = context.make_array(aty[12])(context, builder, args[12])
+        xo, h_n, w_n, oh_n, ow_n, oo, wo = (arg(i) for i in (1, 2, 3, 4, 5, 7, 11))
+        hr = splat(arg(9, types.boolean), mt)
+        wts = [splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(k))])))
+               for k in range(10)]
+        alpha, lo, hi = (splat(builder.load(builder.gep(pa.data, [c64(k)]))) for k in range(3))
+        iota = ir.Constant(it, list(range(VEC)))
+        w_s = splat(builder.trunc(w_n, i32), it)
+        ow_s = splat(builder.trunc(ow_n, i32), it)
+        one_s = ir.Constant(it, [1] * VEC)
+        nch = builder.udiv(builder.add(ow_n, c64(VEC - 1)), c64(VEC))
+
+        def load(base, off, mask):  # masked vector load of x[base + off + lane]
+            ptr = builder.bitcast(builder.gep(xa.data, [builder.add(base, off)]), vpt)
+            return builder.call(mload, [ptr, align, mask, zero])
+
+        entry = builder.block
+        yloop = builder.append_basic_block("dw3.rows")
+        kloop = builder.append_basic_block("dw3.vecs")
+        ynext = builder.append_basic_block("dw3.next")
+        done = builder.append_basic_block("dw3.done")
+        nonempty = builder.and_(builder.icmp_signed(">", oh_n, c64(0)),
+                                builder.icmp_signed(">", nch, c64(0)))
+        builder.cbranch(nonempty, yloop, done)
+
+        builder.position_at_end(yloop)  # per output row: which input rows exist, where
+        y = builder.phi(i64)
+        y.add_incoming(c64(0), entry)
+        r = builder.sub(builder.mul(y, c64(s_l)), c64(1))
+        present, bases = [], []
+        for i in range(3):
+            ri = builder.add(r, c64(i))
+            ok = builder.and_(builder.icmp_signed(">=", ri, c64(0)),
+                              builder.icmp_signed("<", ri, h_n))
+            present.append(splat(ok, mt))
+            safe = builder.select(ok, ri, c64(0))
+            bases.append(builder.add(xo, builder.mul(safe, w_n)))
+        orow = builder.add(oo, builder.mul(y, ow_n))
+        builder.branch(kloop)
+
+        builder.position_at_end(kloop)  # per vector of 16 outputs along the row
+        k = builder.phi(i64)
+        k.add_incoming(c64(0), yloop)
+        prev = []
+        if s_l == 2:  # previous vector's odd columns, per input row (0 = the left padding)
+            for _ in range(3):
+                p = builder.phi(vt)
+                p.add_incoming(zero, yloop)
+                prev.append(p)
+        x0 = builder.mul(k, c64(VEC))
+        ox = builder.add(splat(builder.trunc(x0, i32), it), iota)
+        omask = builder.icmp_signed("<", ox, ow_s)
+        acc = wts[9]
+        odds = []
+        if s_l == 1:  # column masks, shared by the three rows (unsigned: -1 is out)
+            cm = builder.icmp_signed("<", ox, w_s)
+            lm = builder.icmp_unsigned("<", builder.sub(ox, one_s), w_s)
+            rm = builder.icmp_signed("<", builder.add(ox, one_s), w_s)
+        else:
+            x2 = builder.mul(x0, c64(2))
+            ia = builder.add(splat(builder.trunc(x2, i32), it), iota)
+            am = builder.icmp_signed("<", ia, w_s)
+            bm = builder.icmp_signed("<", builder.add(ia, ir.Constant(it, [VEC] * VEC)), w_s)
+        for i in range(3):
+            if s_l == 1:
+                left = load(bases[i], builder.sub(x0, c64(1)), builder.and_(lm, present[i]))
+                mid = load(bases[i], x0, builder.and_(cm, present[i]))
+                right = load(bases[i], builder.add(x0, c64(1)), builder.and_(rm, present[i]))
+            else:
+                va = load(bases[i], x2, builder.and_(am, present[i]))
+                vb = load(bases[i], builder.add(x2, c64(VEC)), builder.and_(bm, present[i]))
+                mid = builder.shuffle_vector(va, vb, ir.Constant(it, list(range(0, 2 * VEC, 2))))
+                right = builder.shuffle_vector(va, vb,
+                                               ir.Constant(it, list(range(1, 2 * VEC, 2))))
+                left = builder.shuffle_vector(prev[i], right,
+                                              ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
+                odds.append(right)
+            acc = builder.call(fma, [wts[3 * i], left, acc])
+            acc = builder.call(fma, [wts[3 * i + 1], mid, acc])
+            acc = builder.call(fma, [wts[3 * i + 2], right, acc])
+        opos = builder.add(orow, x0)
+        rptr = builder.bitcast(builder.gep(ra.data, [opos]), vpt)
+        acc = builder.fadd(acc, builder.call(mload, [rptr, align, builder.and_(omask, hr), zero]))
+        if a_l == ACT_RELU:
+            acc = builder.select(builder.fcmp_ordered("<", acc, zero), zero, acc)
+        elif a_l == ACT_LEAKY:
+            acc = builder.select(builder.fcmp_ordered("<", acc, zero), builder.fmul(acc, alpha),
+                                 acc)
+        elif a_l == ACT_CLIP:
+            acc = builder.select(builder.fcmp_ordered("<", acc, lo), lo, acc)
+            acc = builder.select(builder.fcmp_ordered(">", acc, hi), hi, acc)
+        optr = builder.bitcast(builder.gep(oa.data, [opos]), vpt)
+        builder.call(mstore, [acc, optr, align, omask])
+        kn = builder.add(k, c64(1))
+        kend = builder.block
+        k.add_incoming(kn, kend)
+        for p, o in zip(prev, odds):
+            p.add_incoming(o, kend)
+        builder.cbranch(builder.icmp_signed("<", kn, nch), kloop, ynext)
+
+        builder.position_at_end(ynext)
+        yn = builder.add(y, c64(1))
+        y.add_incoming(yn, ynext)
+        builder.cbranch(builder.icmp_signed("<", yn, oh_n), yloop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stride, act):
+    """``_dw3_plane`` for a runtime (stride, act)."""
+    if stride == 1:
+        if act == ACT_NONE:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 0)
+        elif act == ACT_RELU:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 1)
+        elif act == ACT_LEAKY:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 2)
+        else:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 3)
+    else:
+        if act == ACT_NONE:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 0)
+        elif act == ACT_RELU:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 1)
+        elif act == ACT_LEAKY:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 2)
+        else:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 3)
+
+
+@njit
+def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo):
+    """Claims planes (image, channel) ``grain`` at a time until none is left.
+
+    ``geo`` (int64) = images, channels, h, w, oh, ow, stride, act.
+    """
+    n_img, c_n, h_n, w_n, oh_n, ow_n, st, act = (geo[0], geo[1], geo[2], geo[3], geo[4],
+                                                 geo[5], geo[6], geo[7])
+    total = n_img * c_n
+    hw = h_n * w_n
+    ohw = oh_n * ow_n
+    while True:
+        u0 = _fetch_add(ctr, grain)
+        if u0 >= total:
+            break
+        for u in range(u0, min(total, u0 + grain)):
+            _plane(x, u * hw, h_n, w_n, oh_n, ow_n, out, u * ohw, res, has_res, wb,
+                   (u % c_n) * 10, prm, st, act)
+
+
+@pjit
+def _run_par(x, out, res, has_res, wb, prm, geo, nthr, grain):
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
+        _worker(ctr, grain, x, out, res, has_res, wb, prm, geo)
+
+
+@njit
+def _run_seq(x, out, res, has_res, wb, prm, geo, nthr, grain):
+    _worker(np.zeros(1, dtype=np.int64), grain, x, out, res, has_res, wb, prm, geo)
+
+
+def supports(kernel_shape, strides, pads, dilations, cg, mg, act):
+    """Whether a depthwise layer fits this kernel: 3x3, padding 1 all round, stride 1 or 2 (both
+    axes alike), no dilation, one input and one output channel per group, and an activation
+    the microkernel applies in registers."""
+    return (tuple(kernel_shape) == (3, 3) and tuple(pads) == (1, 1, 1, 1)
+            and tuple(strides) in ((1, 1), (2, 2)) and tuple(dilations) == (1, 1)
+            and cg == 1 and mg == 1 and act in ACTS)
+
+
+MAX_WIDTH = 2**31 - 2 * VEC  # column indices are int32 lanes
+
+
+class Depthwise3x3:
+    """A layer ``supports`` accepts, bound once (the contract of ``Conv2d``)."""
+
+    def __init__(self, w, bias, in_shape, stride, act, prm, dtype, serial):
+        n_img, c_n, h_n, w_n = (int(v) for v in in_shape)
+        oh_n, ow_n = (h_n - 1) // stride + 1, (w_n - 1) // stride + 1
+        self._wb = np.empty((c_n, 10), dtype=dtype)
+        self._wb[:, :9] = w.reshape(c_n, 9)
+        self._wb[:, 9] = bias
+        self._wb = self._wb.reshape(-1)
+        self._prm = prm
+        self._dummy = np.zeros(1, dtype=dtype)
+        self._geo = np.array([n_img, c_n, h_n, w_n, oh_n, ow_n, stride, act], dtype=np.int64)
+        self._planes = n_img * c_n
+        self._kernel = _run_seq if serial else _run_par
+
+    def scratch_bytes(self) -> int:
+        return 0
+
+    def __call__(self, x, out, residual=None):
+        nthr, grain = work_split(self._planes)
+        res = self._dummy if residual is None else residual.reshape(-1)
+        self._kernel(x.reshape(-1), out.reshape(-1), res, residual is not None, self._wb,
+                     self._prm, self._geo, nthr, grain)
+        return out
