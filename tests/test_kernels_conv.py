@@ -19,6 +19,11 @@ CASES = {
     "1x1_wide": (2, 24, 12, 13, 150, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "1x1_s21": (1, 16, 15, 23, 37, 1, 1, (2, 1), (0, 0, 0, 0), (1, 1), 1),
     "1x1_7x7": (1, 32, 7, 7, 40, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "3x3_c3_w40": (2, 3, 9, 40, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_c3_s2": (1, 3, 20, 45, 32, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "7x7_c3_s2_asym": (1, 3, 21, 70, 24, 7, 7, (2, 2), (3, 2, 3, 4), (1, 1), 1),
+    "3x3_c2_d2_s21": (1, 2, 12, 37, 13, 3, 3, (2, 1), (2, 0, 1, 2), (2, 2), 1),
+    "1x1_pad_w20": (1, 5, 6, 20, 8, 1, 1, (1, 1), (1, 0, 0, 1), (1, 1), 1),
     "3x3": (1, 16, 16, 16, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "3x3_nopad": (3, 6, 10, 19, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "3x3_s2_asym": (1, 8, 11, 12, 70, 3, 3, (2, 2), (0, 1, 2, 1), (1, 1), 1),
@@ -371,31 +376,36 @@ def test_every_microkernel_shape_transposed_store(monkeypatch, dtype):
         np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=str(shape))
 
 
-# ---- 1x1 as a pixel-vectorised GEMM (kernels/pointwise.py) ------------------------------------
-def test_pointwise_choice_is_by_shape():
-    """1x1 unpadded group-1 layers with 64+ pixels (or whole vectors of 16) go to Pointwise;
-    smaller maps, padding and an explicit algo="direct" stay on the blocked kernel."""
+# ---- the pixel-vectorised kernel (kernels/pixel.py) ------------------------------------------
+def test_pixel_choice_is_by_shape():
+    """1x1 unpadded group-1 layers with 64+ pixels (or whole vectors of 16) and short
+    reductions with rows of 16+ pixels go to the pixel kernel; smaller maps, groups, long
+    reductions and an explicit algo="direct" stay on the blocked kernel."""
     def algo(name, **kw):
         case = CASES[name]
         x, wt, b = _data(case, np.float32)
         return Conv2d(wt, b, x.shape, case[7], case[8], case[9], case[10], **kw).algo
 
-    assert algo("1x1_wide") == algo("1x1_s21") == "pointwise"
-    assert algo("1x1_7x7") == algo("1x1") == algo("1x1_pad") == "direct"  # 49, 63 pixels
+    assert algo("1x1_wide") == algo("1x1_s21") == "pixel"
+    assert algo("1x1_7x7") == algo("1x1") == "direct"  # 49, 63 pixels
+    assert algo("3x3_c3_w40") == algo("3x3_c3_s2") == algo("1x1_pad_w20") == "pixel"
+    assert algo("3x3") == algo("group2") == algo("3x3_nopad") == "direct"  # 144 taps, groups
+    assert algo("1x1_pad") == "direct"  # rows of 7
     assert algo("1x1_wide", algo="direct") == "direct"
 
 
 @pytest.mark.parametrize("pix_major", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_pointwise_shape(monkeypatch, dtype, pix_major):
-    """Each (channels, pixel vectors) pointwise microkernel, forced, in both work orders:
-    partial last channel block, shifted-back last pixel tile, stride, residual and clip."""
-    from convrt.kernels import pointwise
+def test_every_pixel_shape(monkeypatch, dtype, pix_major):
+    """Each (channels, pixel vectors) pixel microkernel, forced, in both work orders, on 1x1
+    layers (one long row; gathered when strided): partial last channel block, shifted-back
+    last pixel tile, stride, residual and clip."""
+    from convrt.kernels import pixel
 
-    monkeypatch.setattr(pointwise, "PIX_MAJOR_BYTES", 0 if pix_major else 1 << 40)
+    monkeypatch.setattr(pixel, "PIX_MAJOR_BYTES", 0 if pix_major else 1 << 40)
     rng = np.random.default_rng(12)
-    for shape in pointwise._shapes(np.dtype(dtype)):
-        monkeypatch.setattr(pointwise, "choose_shape", lambda m, p, dt, s=shape: s)
+    for shape in pixel._shapes(np.dtype(dtype)):
+        monkeypatch.setattr(pixel, "choose_shape", lambda m, p, dt, s=shape: s)
         n, c, h, w, m = 2, 7, 2 * 8, 2 * (shape[1] * 8 + 3), 2 * shape[0] + 3
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
         wt = rng.standard_normal((m, c, 1, 1)).astype(dtype)
@@ -403,8 +413,8 @@ def test_every_pointwise_shape(monkeypatch, dtype, pix_major):
         for strides in [(1, 1), (2, 2)]:
             conv = Conv2d(wt, b, x.shape, strides, activation="clip", clip_min=-0.5,
                           clip_max=1.5, dtype=dtype)
-            assert conv.algo == "pointwise" and conv._pw.shape == shape
-            assert conv._pw._geo[8] == pix_major
+            assert conv.algo == "pixel" and conv._shape == shape
+            assert conv._pgeo[8] == pix_major
             res = rng.standard_normal(conv.out_shape).astype(dtype)
             out = np.full(conv.out_shape, np.nan, dtype)
             conv(x, out, res)
@@ -412,11 +422,12 @@ def test_every_pointwise_shape(monkeypatch, dtype, pix_major):
             np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=f"{shape} {strides}")
 
 
-def test_pointwise_bitwise_same_across_thread_counts():
-    case = CASES["1x1_wide"]
+@pytest.mark.parametrize("name", ["1x1_wide", "3x3_c3_s2"])
+def test_pixel_bitwise_same_across_thread_counts(name):
+    case = CASES[name]
     x, wt, b = _data(case, np.float32, seed=4)
-    conv = Conv2d(wt, b, x.shape, activation="relu")
-    assert conv.algo == "pointwise"
+    conv = Conv2d(wt, b, x.shape, case[7], case[8], case[9], case[10], activation="relu")
+    assert conv.algo == "pixel"
     outs = []
     old = numba.get_num_threads()
     try:
@@ -429,3 +440,22 @@ def test_pointwise_bitwise_same_across_thread_counts():
         numba.set_num_threads(old)
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["3x3_c3_w40", "3x3_c3_s2", "7x7_c3_s2_asym",
+                                  "3x3_c2_d2_s21", "1x1_pad_w20"])
+def test_pixel_spatial_forced_vs_naive(monkeypatch, name, dtype):
+    """The pixel kernel on kernels with taps (padding, stride, dilation), forced for the
+    7x7 one whose 147 taps would otherwise go to the blocked kernel; residual and ReLU."""
+    from convrt.kernels import conv as convmod
+
+    monkeypatch.setattr(convmod, "PIXEL_MAX_TAPS", 1000)
+    case = CASES[name]
+    x, wt, b = _data(case, dtype, seed=6)
+    conv, _ = _run(case, x, wt, b, dtype)
+    assert conv.algo == "pixel"
+    ref = conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10])
+    res = np.random.default_rng(8).standard_normal(ref.shape).astype(dtype)
+    _, out = _run(case, x, wt, b, dtype, residual=res, activation="relu")
+    np.testing.assert_allclose(out, np.maximum(ref + res, 0), **TOL[dtype])

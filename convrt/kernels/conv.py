@@ -470,13 +470,26 @@ WINO_MAX_WASTE = 1.2
 WINO_MIN_C_TW = 1536
 
 
-def use_pointwise(m_all, npix, dtype):
-    """Whether a 1x1, unpadded, group-1 layer runs on ``kernels/pointwise.py``: from 64 output
-    pixels per image, or whole vectors of 16.  On 7x7 maps (49 pixels, computed as 64) the
-    blocked kernel measured as fast or faster; on MobileNetV2's 112x112..14x14 maps pointwise
-    is 1.6-3.8x faster (benchmarks/conv_layers.py)."""
-    from .pointwise import choose_shape
-    return (npix >= 64 or npix % VEC == 0) and choose_shape(m_all, npix, dtype) is not None
+def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
+    """Whether ``Conv2d`` runs a layer on the pixel-vectorised kernel (``kernels/pixel.py``).
+
+    * 1x1 unpadded layers: from 64 output pixels per image (run as one long row), or whole
+      vectors of 16.  On 7x7 maps (49 pixels, computed as 64) the blocked kernel measured as
+      fast or faster; on MobileNetV2's 112x112..14x14 maps the pixel kernel is 1.6-3.8x faster.
+    * other kernels: a short reduction (``cg*kH*kW <= PIXEL_MAX_TAPS``, first layers) and
+      output rows of 16+ pixels.
+    """
+    from .pixel import choose_shape
+    if group != 1:
+        return False
+    kh, kw = kernel
+    if kh == kw == 1 and not any(pads):
+        npix = oh_n * ow_n
+        return (npix >= 64 or npix % VEC == 0) and choose_shape(m_all, npix, dtype) is not None
+    return cg * kh * kw <= PIXEL_MAX_TAPS and choose_shape(m_all, ow_n, dtype) is not None
+
+
+PIXEL_MAX_TAPS = 32
 
 
 class Conv2d:
@@ -490,8 +503,8 @@ class Conv2d:
         activation: one of ``ACTIVATIONS``, applied after the bias and the optional residual.
         alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
-        algo: "auto" (``use_pointwise`` / ``use_winograd`` / ``dw3x3.supports`` decide from
-            the shapes), "direct", "pointwise" (1x1, no padding, group 1, 16+ output pixels),
+        algo: "auto" (``use_pixel`` / ``use_winograd`` / ``dw3x3.supports`` decide from
+            the shapes), "direct", "pixel" (group 1, output rows of 16+ pixels),
             "winograd" (3x3, stride 1, dilation 1, group 1 only) or "depthwise" (narrow
             groups: the general kernel of depthwise.py, never dw3x3.py).
 
@@ -517,6 +530,7 @@ class Conv2d:
         assert oh_n >= 1 and ow_n >= 1 and min(sh, sw, dh, dw) >= 1 and min(pads) >= 0
         self.in_shape = (n_img, c_n, h_n, w_n)
         self.out_shape = (n_img, m_all, oh_n, ow_n)
+        self._strides = (sh, sw)
         self.dtype = dtype
         self.act = ACTIVATIONS[activation]
         self._prm = np.array([alpha, clip_min, clip_max, 0.0, 1.0], dtype=dtype)
@@ -538,17 +552,21 @@ class Conv2d:
                                  group, self.act, self._prm, dtype)
             return
 
-        if (kh == kw == 1 and not any(pads) and group == 1 and algo in ("auto", "pointwise")
-                and use_pointwise(m_all, oh_n * ow_n, dtype)):
-            from .pointwise import Pointwise  # pointwise imports this module
-            bias = np.zeros(m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
-            self.algo = "pointwise"
-            self._pw = Pointwise(w, bias, self.in_shape, (sh, sw), self.act, self._prm, dtype)
-            return
+        sane = max(n_img * c_n * (h_n + pt + pb) * (w_n + pl + pr), n_img * m_all * oh_n * ow_n)
+        if (algo == "auto" and sane < 2**61
+                and use_pixel((kh, kw), pads, strides, group, cg, m_all, oh_n, ow_n, dtype)):
+            algo = "pixel"
 
         # ---- input layout -------------------------------------------------------------------
         self._copy = not (sw == 1 and pt == pl == pb == pr == 0)
-        if self._copy:
+        # a strided 1x1 layer on the pixel kernel gathers its pixels into one long row instead
+        self._gather = (algo == "pixel" and kh == kw == 1 and not any(pads)
+                        and (sh, sw) != (1, 1))
+        if self._gather:
+            self._copy = False
+            rl = cstride = q_n = oh_n * ow_n
+            self._xs_len = n_img * c_n * cstride
+        elif self._copy:
             hp = h_n + pt + pb
             q_n = -(-(w_n + pl + pr) // sw)
             rl = sw * q_n
@@ -556,13 +574,15 @@ class Conv2d:
             if (cstride * dtype.itemsize) % 1024 == 0:  # avoid cache-set aliasing across planes
                 cstride += 64 // dtype.itemsize
             self._geom = (hp, q_n, sw, pt, pl, cstride)
+            # one spare plane-stride at the end keeps every read in bounds
+            self._xs_len = n_img * c_n * cstride + cstride
         elif kh == kw == 1 and sh == 1:  # 1x1, unit stride, no padding: one long row per image
             rl = cstride = h_n * w_n
             q_n = rl
         else:
             rl = q_n = w_n
             cstride = h_n * w_n
-        flat = not self._copy and kh == kw == 1 and sh == 1
+        flat = self._gather or (not self._copy and kh == kw == 1 and sh == 1)
         self._oh, self._ow = (1, oh_n * ow_n) if flat else (oh_n, ow_n)
         self._nstride = c_n * cstride
         self._gstride = cg * cstride
@@ -586,6 +606,18 @@ class Conv2d:
                                   _choose_shape(m_all, tpi, dtype), dtype)
             self._copy = False
             return
+        if algo == "pixel":
+            from . import pixel  # pixel imports this module
+            assert group == 1
+            self._shape = pixel.choose_shape(m_all, self._ow, dtype)
+            mr, nv = self._shape
+            self._wp, self._bp = pixel.pack_weights(w, bias, mr, dtype)
+            nmb = self._bp.shape[0] // mr
+            pix_major = int(c_n * h_n * w_n * dtype.itemsize > pixel.PIX_MAJOR_BYTES)
+            self._items = n_img * self._oh * -(-self._ow // (nv * VEC)) * nmb
+            self._pgeo = np.array([n_img, self._oh, self._ow, m_all, mr, nv, nmb, self.act,
+                                   pix_major, self._nstride, self._rowstep], dtype=np.int64)
+            return
         # ---- weights ------------------------------------------------------------------------
         # mg >= 8 here: narrower groups went to Depthwise above
         self._shape = _choose_shape(mg, self._ow, dtype)
@@ -605,18 +637,20 @@ class Conv2d:
 
     def _scratch(self):
         xs = getattr(self._tls, "xs", None)
-        if xs is None:
-            hp, q_n, sw, pt, pl, cstride = self._geom
-            # one spare plane-stride at the end keeps every read in bounds
-            xs = np.zeros(self._nstride * self.in_shape[0] + cstride, dtype=self.dtype)
-            self._tls.xs = xs
+        if xs is None:  # zeros: the copy never writes the border
+            xs = self._tls.xs = np.zeros(self._xs_len, dtype=self.dtype)
         return xs
+
+    def scratch_bytes(self) -> int:
+        """Bytes of one calling thread's input copy (0 when the input is read in place)."""
+        for alt in ("_dw", "_wino"):
+            if hasattr(self, alt):
+                return getattr(self, alt).scratch_bytes()
+        return self._xs_len * self.dtype.itemsize if self._copy or self._gather else 0
 
     def __call__(self, x, out, residual=None):
         if self.algo == "depthwise":
             return self._dw(x, out, residual)
-        if self.algo == "pointwise":
-            return self._pw(x, out, residual)
         n_img, c_n, h_n, w_n = self.in_shape
         if self.algo == "winograd":
             self._wino(x, out, residual, self.act, self._prm, self._tls)
@@ -625,11 +659,22 @@ class Conv2d:
             xf = self._scratch()
             hp, q_n, sw, pt, pl, cstride = self._geom
             _pad_copy(x.reshape(-1), xf, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride)
+        elif self._gather:
+            from .pixel import gather
+            xf = self._scratch()
+            (sh, sw), (oh_n, ow_n) = self._strides, self.out_shape[2:]
+            gather(x.reshape(-1), xf, n_img * c_n, h_n, w_n, oh_n, ow_n, sh, sw)
         else:
             xf = x.reshape(-1)
         of = out.reshape(-1)
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
+        if self.algo == "pixel":
+            from .pixel import run
+            nthr, grain = work_split(self._items)
+            run(xf, self._offs, self._wp, self._bp, of, res, has_res, self._prm, self._pgeo,
+                nthr, grain)
+            return out
         nthr, grain = work_split(n_img * self._nb * self._oh)
         _run_blocked(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act,
                      self._prm, self._shape[0], self._shape[1], n_img, self._nb,

@@ -78,9 +78,8 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
 
     const = W.value is not None and (B is None or B.value is not None)
     conv = make(W.value, None if B is None else B.value) if const else None
-    alt = getattr(conv, "_wino", None) or getattr(conv, "_pw", None)
-    if alt is not None:  # Winograd's transforms / the strided 1x1 gather replace the copy
-        scratch = alt.scratch_bytes()
+    if conv is not None:  # the bound kernel knows its own copy (Winograd, gather, none)
+        scratch = conv.scratch_bytes()
 
     has_b = B is not None
 
