@@ -272,11 +272,14 @@ def test_winograd_choice_is_by_shape():
     # 7x7 computes 8x8 outputs (too much waste); 8x8 and 13x13 do not
     assert not use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 8, 8), (512, 512, 3, 3), (1, 1), (1, 1), 1)
-    assert use_winograd((1, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), 1)
-    # few channels x short tile rows: direct (small VGG's 16x16x128 at batch 64)
+    assert use_winograd((1, 512, 14, 14), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    # few channels x short tile rows: direct (small VGG's 16x16x128 at batch 64, ResNet-18's
+    # 28x28x128 and 14x14x256)
     assert not use_winograd((64, 128, 16, 16), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 128, 28, 28), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 13, 13), (512, 512, 3, 3), (1, 1), (1, 1), 1)
-    x, wt, b = _wino_data((1, 384, 8, 8, 32, (1, 1, 1, 1)), np.float32)
+    x, wt, b = _wino_data((1, 512, 8, 8, 32, (1, 1, 1, 1)), np.float32)
     assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).algo == "winograd"
     x, wt, b = _wino_data((1, 128, 8, 8, 32, (1, 1, 1, 1)), np.float32)
     assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).algo == "direct"

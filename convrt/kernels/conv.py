@@ -465,9 +465,10 @@ WINO_MAX_WASTE = 1.2
 # Input channels x tiles per row: small VGG's 16x16x128 and 8x8x256 layers (1024) at batch 64
 # measured no faster than direct (single thread), and Winograd runs 3 parallel regions per chunk
 # of images where direct runs 2 per layer: on a loaded 2-vCPU machine every region waits for the
-# slowest thread to be scheduled, which made them 5-10x slower than direct there.  ResNet-18's
-# 28x28x128 and 14x14x256 (1792) and all VGG-16 layers (3584) gain 10-25 % from Winograd.
-WINO_MIN_C_TW = 1536
+# slowest thread to be scheduled.  With 2 threads, interleaved in one process
+# (2026-11-27), direct was 9-16 % faster than Winograd on ResNet-18's 28x28x128 (1792) and tied
+# on 14x14x256 (1792); VGG-16's layers (3584 and up) gain 8-30 % from Winograd.
+WINO_MIN_C_TW = 2048
 
 
 def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
@@ -608,8 +609,9 @@ class Conv2d:
             return
         if algo == "pixel":
             from . import pixel  # pixel imports this module
-            assert group == 1
             self._shape = pixel.choose_shape(m_all, self._ow, dtype)
+            if group != 1 or self._shape is None:
+                raise ValueError("algo='pixel' needs group 1 and output rows of 16+ pixels")
             mr, nv = self._shape
             self._wp, self._bp = pixel.pack_weights(w, bias, mr, dtype)
             nmb = self._bp.shape[0] // mr
