@@ -273,9 +273,10 @@ def test_winograd_choice_is_by_shape():
     assert not use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 8, 8), (512, 512, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 14, 14), (512, 512, 3, 3), (1, 1), (1, 1), 1)
-    # few channels x short tile rows: direct (small VGG's 16x16x128 at batch 64, ResNet-18's
-    # 28x28x128 and 14x14x256)
-    assert not use_winograd((64, 128, 16, 16), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    # few channels x short tile rows: direct (ResNet-18's 28x28x128 and 14x14x256), unless
+    # there are tiles enough for the fused path (small VGG's 16x16x128 at batch 64)
+    assert use_winograd((64, 128, 16, 16), (128, 128, 3, 3), (1, 1), (1, 1), 1)
+    assert not use_winograd((1, 128, 16, 16), (128, 128, 3, 3), (1, 1), (1, 1), 1)
     assert not use_winograd((1, 128, 28, 28), (128, 128, 3, 3), (1, 1), (1, 1), 1)
     assert not use_winograd((1, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 13, 13), (512, 512, 3, 3), (1, 1), (1, 1), 1)
@@ -462,3 +463,71 @@ def test_pixel_spatial_forced_vs_naive(monkeypatch, name, dtype):
     res = np.random.default_rng(8).standard_normal(ref.shape).astype(dtype)
     _, out = _run(case, x, wt, b, dtype, residual=res, activation="relu")
     np.testing.assert_allclose(out, np.maximum(ref + res, 0), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("g_bytes", [1, 40_000, 1 << 30])
+@pytest.mark.parametrize("name", sorted(WINO_CASES))
+def test_winograd_fused_groups(monkeypatch, name, g_bytes, dtype):
+    """The fused path (one pass per group of tiles): groups of one run, groups spanning tile
+    rows and images with a short last group, whole-image groups (the plane-wise input
+    transform) and one group for everything; residual + ReLU."""
+    from convrt.kernels import winograd
+
+    monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
+    monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
+    monkeypatch.setattr(winograd, "G_BYTES", g_bytes)
+    n, c, h, w, m, pads = WINO_CASES[name]
+    x, wt, b = _wino_data((n + 2, c, h, w, m, pads), dtype, seed=9)
+    conv = Conv2d(wt, b, x.shape, pads=pads, algo="winograd", activation="relu", dtype=dtype)
+    assert conv._wino.fused
+    res = np.random.default_rng(10).standard_normal(conv.out_shape).astype(dtype)
+    out = np.full(conv.out_shape, np.nan, dtype)
+    conv(x, out, res)
+    ref = np.maximum(conv2d_ref(x, wt, b, (1, 1), pads) + res, 0)
+    np.testing.assert_allclose(out, ref, **TOL[dtype])
+    again = np.empty_like(out)
+    conv(x, again, res)
+    np.testing.assert_array_equal(out, again)
+
+
+def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
+    from convrt.kernels import winograd
+
+    monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
+    monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
+    monkeypatch.setattr(winograd, "G_BYTES", 100_000)
+    x, wt, b = _wino_data((4, 48, 14, 13, 40, (1, 1, 1, 1)), np.float32, seed=2)
+    conv = Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1), algo="winograd", activation="relu")
+    assert conv._wino.fused
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nthreads)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_allclose(outs[0], np.maximum(conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1)),
+                                                   0), **TOL[np.float32])
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+
+
+def test_winograd_fused_takes_both_input_transforms(monkeypatch):
+    """Whole-image groups use the plane-wise input transform, others the per-segment one."""
+    from convrt.kernels import winograd
+
+    monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
+    monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
+    paths = set()
+    for name, g_bytes in [("vgg_like", 1 << 30), ("even", 1 << 30), ("odd_hw", 1 << 30),
+                          ("vgg_like", 1)]:
+        monkeypatch.setattr(winograd, "G_BYTES", g_bytes)
+        n, c, h, w, m, pads = WINO_CASES[name]
+        x, wt, b = _wino_data((n + 2, c, h, w, m, pads), np.float32)
+        wz = Conv2d(wt, b, x.shape, pads=pads, algo="winograd")._wino
+        paths.add(wz.gsz % wz.tpi == 0)
+    assert paths == {True, False}

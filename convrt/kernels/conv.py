@@ -442,16 +442,24 @@ def _choose_shape(mg, ow_n, dtype):
     return best
 
 
-def use_winograd(in_shape, w_shape, strides, dilations, group):
+def use_winograd(in_shape, w_shape, strides, dilations, group, dtype=np.float32,
+                 pads=(1, 1, 1, 1)):
     """Whether ``Conv2d`` runs a layer as Winograd F(2x2, 3x3): a function of the shapes only,
-    so the choice (and hence the result, bit for bit) is the same on every run."""
-    c_n, h_n, w_n = in_shape[1:]
+    so the choice (and hence the result, bit for bit) is the same on every run.  Layers with
+    few channels x tile columns qualify only when the fused path takes them (many tiles)."""
+    n_img, c_n, h_n, w_n = in_shape
     m_all, _, kh, kw = w_shape
-    return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+    if not (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
             and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
             and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW
-            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n
-            and c_n * -(-w_n // 2) >= WINO_MIN_C_TW)
+            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n):
+        return False
+    if c_n * -(-w_n // 2) >= WINO_MIN_C_TW:
+        return True
+    from .winograd import plan_groups
+    tpi = -(-(h_n + pads[0] + pads[2] - 2) // 2) * -(-(w_n + pads[1] + pads[3] - 2) // 2)
+    nt = _choose_shape(m_all, tpi, np.dtype(dtype))[1]
+    return plan_groups(n_img, c_n, m_all, tpi, nt, np.dtype(dtype).itemsize)[1]
 
 
 # Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
@@ -597,7 +605,7 @@ class Conv2d:
         assert bias.shape == (m_all,)
         if algo == "auto":
             algo = "winograd" if use_winograd(self.in_shape, w.shape, strides, dilations,
-                                              group) else "direct"
+                                              group, dtype, pads) else "direct"
         self.algo = algo
         if algo == "winograd":
             from .winograd import Winograd  # winograd imports this module
