@@ -4,7 +4,8 @@
 
 SPEC: {"kind": "convrt" | "ort" | "peak", "model": path, "batch": n, "threads": 2,
        "repeat": n, "warmup": n, "seed": 0, "t_spawn": parent's time.time() before the spawn,
-       "out_npy": where to save the first output, "result": where to write the JSON result}
+       "out_npy": where to save the first output, "result": where to write the JSON result,
+       "serve": true for the interleaved mode (``_serve``: timed batches on request)}
 
 Only the runtime being measured is imported (peak RSS and thread pools stay its own).  Cold
 start = first output's wall time minus ``t_spawn`` (process start, imports, load, plan, run).
@@ -25,6 +26,29 @@ def _input(shape, seed):
     import numpy as np
 
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _serve(fn, warmup):
+    """Interleaved mode: warm up, say ``ready``, then time ``run N`` batches on request (one
+    JSON list of seconds per line) until ``quit``; returns every time measured."""
+    for _ in range(warmup):
+        fn()
+    print("ready", flush=True)
+    ts = []
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        batch = _timed(fn, int(cmd[1]), 0)
+        ts += batch
+        print(json.dumps(batch), flush=True)
+    return ts
+
+
+def _measure(fn, spec):
+    if spec.get("serve"):
+        return _serve(fn, spec["warmup"])
+    return _timed(fn, spec["repeat"], spec["warmup"])
 
 
 def _timed(fn, repeat, warmup):
@@ -54,9 +78,9 @@ def run_ort(spec):
     y = sess.run(None, feeds)[0]
     cold = time.time() - spec["t_spawn"]
     rss_after_first = _rss_mb()
-    ts = _timed(lambda: sess.run(None, feeds), spec["repeat"], spec["warmup"])
     if spec.get("out_npy"):
         np.save(spec["out_npy"], y)
+    ts = _measure(lambda: sess.run(None, feeds), spec)
     return {"cold_s": cold, "times_s": ts, "rss_first_mb": rss_after_first,
             "version": ort.__version__}
 
@@ -77,8 +101,10 @@ def run_convrt(spec):
     rss_after_first = _rss_mb()
     res = {"cold_s": cold, "rss_first_mb": rss_after_first,
            "version": getattr(convrt, "__version__", "dev")}
+    if spec.get("out_npy"):
+        np.save(spec["out_npy"], y)
     if spec["repeat"] > 0:
-        res["times_s"] = _timed(lambda: sess.run(None, feeds), spec["repeat"], spec["warmup"])
+        res["times_s"] = _measure(lambda: sess.run(None, feeds), spec)
         from convrt.bench import step_flops
 
         res["flops"] = int(sum(step_flops(sess, feeds).values()))
@@ -89,8 +115,6 @@ def run_convrt(spec):
                                   for p in threadpool_info()]
         except ImportError:
             pass
-    if spec.get("out_npy"):
-        np.save(spec["out_npy"], y)
     return res
 
 

@@ -1,16 +1,17 @@
 """convrt vs onnxruntime benchmark suite.
 
     python benchmarks/run.py [--models vgg16_b1 ...] [--repeat N] [--out results.json]
-                             [--threads 2] [--pause 2] [--rounds 3] [--no-empty-cache]
+                             [--threads 2] [--pause 2] [--rounds 8] [--no-empty-cache]
                              [--markdown FILE]
 
 Every measurement runs in its own fresh subprocess (benchmarks/_worker.py), one runtime at a
 time with a pause between them (idle worker threads of one runtime must not steal the cores of
-the other).  The two runtimes alternate for --rounds rounds and each one's timed runs are pooled:
-on this shared machine the background load drifts over minutes, and alternating spreads a slow
-spell over both sides of the ratio instead of one.  Per model it reports, for convrt and onnxruntime and their ratio:
+the other).  For the warm latency both runtimes' processes stay up and take turns: --rounds
+rounds of --repeat runs each (``interleaved``), every run of a runtime pooled for its median.  On
+this shared machine the background load drifts within seconds; alternating closely spreads a
+slow spell over both sides of the ratio instead of one.  Per model it reports, for convrt and onnxruntime and their ratio:
 
-* warm latency: median and min of --repeat runs after warm-up, throughput (images/s), achieved
+* warm latency: median and min of all rounds' runs after warm-up, throughput (images/s), achieved
   GFLOP/s and % of this machine's float32 matmul peak (numpy sgemm 2048^3, own subprocess);
 * cold start: process start -> first output; convrt with a warm numba cache (a priming process
   runs first) and with an empty one (a temporary NUMBA_CACHE_DIR);
@@ -92,21 +93,61 @@ def worker(spec: dict, env: dict | None = None, timeout: float = 1800) -> dict:
         return json.loads(Path(spec["result"]).read_text())
 
 
-def pool_rounds(runs: list[dict]) -> dict:
-    """One result from several processes of one runtime: every round's timed runs pooled (the
-    median is taken over all of them), cold start the median of the rounds, peak RSS the max."""
-    bad = [r for r in runs if "error" in r]
-    if bad:
-        return bad[0]
-    out = dict(runs[0])
-    out["times_s"] = [t for r in runs for t in r.get("times_s", [])]
-    out["round_medians_ms"] = [float(np.median(r["times_s"])) * 1e3 for r in runs
-                               if r.get("times_s")]
-    out["cold_s"] = float(np.median([r["cold_s"] for r in runs]))
-    for key in ("rss_first_mb", "peak_rss_mb"):
-        if all(key in r for r in runs):
-            out[key] = max(r[key] for r in runs)
-    return out
+SWITCH_PAUSE = 0.3  # s between handing the cores from one runtime to the other (idle spin)
+
+
+def interleaved(specs: dict, env: dict, rounds: int, per_round: int, pause: float,
+                timeout: float = 1800) -> dict:
+    """Both runtimes at once, each in its own process (``_worker.py`` in serve mode), timed in
+    alternation: ``rounds`` rounds of ``per_round`` runs each, the first runtime of a round
+    alternating too, with SWITCH_PAUSE between (the idle one is blocked on its pipe).  Drift in
+    the machine's background load then falls on both sides of the ratio alike.  The processes
+    start one after the other, so each cold start is measured on an otherwise idle machine."""
+    procs, out, tmps = {}, {}, []
+    try:
+        for kind, spec in specs.items():
+            tmp = tempfile.TemporaryDirectory(prefix="convrt-bench-")
+            tmps.append(tmp)
+            spec = dict(spec, result=os.path.join(tmp.name, "result.json"), serve=True,
+                        repeat=1, t_spawn=time.time())
+            path = os.path.join(tmp.name, "spec.json")
+            Path(path).write_text(json.dumps(spec))
+            proc = subprocess.Popen([sys.executable, str(HERE / "_worker.py"), path], env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            procs[kind] = (proc, spec)
+            if proc.stdout.readline().strip() != "ready":
+                proc.kill()
+                err = proc.stderr.read().strip().splitlines()[-5:]
+                return {k: {"error": " | ".join(err) or "worker did not start"} for k in specs}
+            time.sleep(pause)
+        times = {kind: [] for kind in specs}
+        order = list(specs)
+        for r in range(rounds):
+            for kind in (order if r % 2 == 0 else order[::-1]):
+                proc = procs[kind][0]
+                proc.stdin.write(f"run {per_round}\n")
+                proc.stdin.flush()
+                times[kind].append(json.loads(proc.stdout.readline()))
+                time.sleep(SWITCH_PAUSE)
+        for kind, (proc, spec) in procs.items():
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+            _, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0 or not os.path.exists(spec["result"]):
+                out[kind] = {"error": " | ".join(err.strip().splitlines()[-5:])}
+                continue
+            res = json.loads(Path(spec["result"]).read_text())
+            res["times_s"] = [t for batch in times[kind] for t in batch]
+            res["round_medians_ms"] = [float(np.median(b)) * 1e3 for b in times[kind]]
+            out[kind] = res
+        return out
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for tmp in tmps:
+            tmp.cleanup()
 
 
 def summarize(res: dict, batch: int, flops: int, peak: float) -> dict:
@@ -135,14 +176,12 @@ def bench_model(name: str, args, peak: float, log) -> dict:
         log(f"[{name}] priming convrt's numba cache")
         prime = worker(dict(common, kind="convrt", repeat=0), env)
         time.sleep(args.pause)
-        rounds = {"ort": [], "convrt": []}
-        for r in range(args.rounds):  # alternate, so that a slow spell hits both runtimes
-            for kind, npy in (("ort", y_ort), ("convrt", y_cv)):
-                log(f"[{name}] {kind} (round {r + 1}/{args.rounds})")
-                rounds[kind].append(worker(dict(common, kind=kind, repeat=args.repeat,
-                                                out_npy=npy), env))
-                time.sleep(args.pause)
-        ort, cv = pool_rounds(rounds["ort"]), pool_rounds(rounds["convrt"])
+        log(f"[{name}] onnxruntime and convrt, {args.rounds} alternating rounds of "
+            f"{args.repeat} runs")
+        res = interleaved({"ort": dict(common, kind="ort", out_npy=y_ort),
+                           "convrt": dict(common, kind="convrt", out_npy=y_cv)},
+                          env, args.rounds, args.repeat, args.pause)
+        ort, cv = res["ort"], res["convrt"]
         out = {"model": builder, "batch": batch, "path": path, "ort": ort, "convrt": cv}
         if "error" in prime:
             out["prime_error"] = prime["error"]
@@ -271,11 +310,12 @@ def render_markdown(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--repeat", type=int, default=10, help="timed warm runs per runtime (10)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="timed warm runs per runtime per round (5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (2)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="processes per runtime, alternating onnxruntime and convrt; the timed "
-                        "runs of all rounds are pooled (3)")
+    p.add_argument("--rounds", type=int, default=8,
+                   help="alternations of onnxruntime and convrt, --repeat runs each; the runs "
+                        "of all rounds are pooled (8)")
     p.add_argument("--threads", type=int, default=2, help="threads for both runtimes (2)")
     p.add_argument("--pause", type=float, default=2.0, help="seconds between processes (2)")
     p.add_argument("--no-empty-cache", action="store_true",
