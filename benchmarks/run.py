@@ -275,7 +275,20 @@ def render_text(results: dict) -> str:
                          f"{'PASS' if c['ok'] else 'FAIL'} (tol {c['tol']:g} x max|y|)")
         else:
             lines.append(f"{name:<16} check vs onnxruntime: not run")
+    lines.append("")
+    for name, r in results["models"].items():
+        spread = round_ratios(r)
+        if spread:
+            lines.append(f"{name:<16} latency ratio per round (median of each): "
+                         f"{min(spread):.2f} .. {max(spread):.2f}")
     return "\n".join(lines)
+
+
+def round_ratios(r: dict) -> list:
+    """convrt / onnxruntime of each round's medians: how much the ratio moves with the load."""
+    a = r.get("convrt", {}).get("round_medians_ms") or []
+    b = r.get("ort", {}).get("round_medians_ms") or []
+    return [x / y for x, y in zip(a, b) if y]
 
 
 def render_markdown(results: dict) -> str:

@@ -469,9 +469,8 @@ def test_pixel_spatial_forced_vs_naive(monkeypatch, name, dtype):
 @pytest.mark.parametrize("g_bytes", [1, 40_000, 1 << 30])
 @pytest.mark.parametrize("name", sorted(WINO_CASES))
 def test_winograd_fused_groups(monkeypatch, name, g_bytes, dtype):
-    """The fused path (one pass per group of tiles): groups of one run, groups spanning tile
-    rows and images with a short last group, whole-image groups (the plane-wise input
-    transform) and one group for everything; residual + ReLU."""
+    """The fused path (one pass per group of whole tile rows): groups of one tile row, groups
+    spanning images with a short last group, and one group for everything; residual + ReLU."""
     from convrt.kernels import winograd
 
     monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
@@ -514,20 +513,3 @@ def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
                                                    0), **TOL[np.float32])
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
-
-
-def test_winograd_fused_takes_both_input_transforms(monkeypatch):
-    """Whole-image groups use the plane-wise input transform, others the per-segment one."""
-    from convrt.kernels import winograd
-
-    monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
-    monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
-    paths = set()
-    for name, g_bytes in [("vgg_like", 1 << 30), ("even", 1 << 30), ("odd_hw", 1 << 30),
-                          ("vgg_like", 1)]:
-        monkeypatch.setattr(winograd, "G_BYTES", g_bytes)
-        n, c, h, w, m, pads = WINO_CASES[name]
-        x, wt, b = _wino_data((n + 2, c, h, w, m, pads), np.float32)
-        wz = Conv2d(wt, b, x.shape, pads=pads, algo="winograd")._wino
-        paths.add(wz.gsz % wz.tpi == 0)
-    assert paths == {True, False}

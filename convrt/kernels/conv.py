@@ -198,39 +198,6 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans):
 
 
 @njit
-def _tile_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
-    """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``."""
-    if nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False)
-    elif nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False)
-    elif nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False)
-    elif nb_ == 2 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False)
-    elif nb_ == 2 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, False)
-    elif nb_ == 2 and nt == 1:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False)
-    elif nb_ == 1 and nt == 28:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28, False)
-    elif nb_ == 1 and nt == 16:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16, False)
-    elif nb_ == 1 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14, False)
-    elif nb_ == 1 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8, False)
-    elif nb_ == 1 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7, False)
-    elif nb_ == 1 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4, False)
-    elif nb_ == 1 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2, False)
-    else:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False)
-
-
-@njit
 def _tile_kernel_t(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
     """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``, stored transposed
     (``tile[k*tile_pitch(nt) + t]``)."""
@@ -430,12 +397,13 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
             out[ob + i] = np.tanh(out[ob + i])
 
 
-def _choose_shape(mg, ow_n, dtype):
+def _choose_shape(mg, ow_n, dtype, allowed=None):
     """The (blocks, pixels) microkernel shape with the least estimated time per output row
-    (zero-padded channels of the last block and recomputed pixels of the last tile count)."""
+    (zero-padded channels of the last block and recomputed pixels of the last tile count),
+    among ``allowed`` if given; (1, 1) fits everything."""
     best, best_cost = (1, 1), None
     for (b, t), eff in _shapes(dtype).items():
-        if t <= ow_n:
+        if t <= ow_n and (allowed is None or (b, t) in allowed):
             cost = -(-mg // (b * VEC)) * b * -(-ow_n // t) * t / eff
             if best_cost is None or cost < best_cost:
                 best, best_cost = (b, t), cost
@@ -457,9 +425,11 @@ def use_winograd(in_shape, w_shape, strides, dilations, group, dtype=np.float32,
     if c_n * -(-w_n // 2) >= WINO_MIN_C_TW:
         return True
     from .winograd import plan_groups
-    tpi = -(-(h_n + pads[0] + pads[2] - 2) // 2) * -(-(w_n + pads[1] + pads[3] - 2) // 2)
-    nt = _choose_shape(m_all, tpi, np.dtype(dtype))[1]
-    return plan_groups(n_img, c_n, m_all, tpi, nt, np.dtype(dtype).itemsize)[1]
+    tw_n = -(-(w_n + pads[1] + pads[3] - 2) // 2)
+    tpi = -(-(h_n + pads[0] + pads[2] - 2) // 2) * tw_n
+    from .winograd import WINO_SHAPES
+    nt = _choose_shape(m_all, tpi, np.dtype(dtype), WINO_SHAPES)[1]
+    return plan_groups(n_img, c_n, m_all, tpi, tw_n, nt, np.dtype(dtype).itemsize)[1]
 
 
 # Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
@@ -612,7 +582,7 @@ class Conv2d:
             assert kh == kw == 3 and sh == sw == dh == dw == 1 and group == 1
             tpi = -(-oh_n // 2) * -(-ow_n // 2)
             self._wino = Winograd(w, bias, self.in_shape, (pt, pl, pb, pr),
-                                  _choose_shape(m_all, tpi, dtype), dtype)
+                                  _choose_shape(m_all, tpi, dtype, Winograd.SHAPES), dtype)
             self._copy = False
             return
         if algo == "pixel":

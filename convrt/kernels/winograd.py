@@ -13,6 +13,10 @@ Each 2x2 block of output pixels ("tile") is computed from the 4x4 input patch un
   stack buffer, then the output transform, bias, residual and activation, stored into NCHW.
   The last run is shifted back to end at the last tile: it recomputes a few tiles bit for bit.
 
+With many tiles (batched small maps, VGG-16's 56x56 layers) the three steps run fused instead,
+one group of tiles at a time per thread (``plan_groups``, ``_wino_fused``): the group's
+transformed input and products stay in L2 and the layer is one parallel region, not three.
+
 Every output is computed by exactly one work item with a fixed summation order, so results do
 not depend on the number of threads or on scheduling.
 """
@@ -22,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import FAST, njit, pjit
-from .conv import ACT_NONE, VEC, _fetch_add, _row_epilogue, _tile_kernel, work_split
+from .conv import ACT_NONE, VEC, _fetch_add, _row_epilogue, _tile_sums, work_split
 
 _FM = set(FAST)
 _U = np.uint64
@@ -32,6 +36,30 @@ NXI = 16  # transform positions of F(2x2, 3x3)
 # 4-8 MiB ones (single thread, CPU time).  Each chunk costs 3 parallel regions, so not smaller.
 # One image above the budget still makes a chunk of one (VGG-16's 56x56 and 28x28 at batch 1).
 V_BUDGET = 8 << 20
+
+# The microkernel shapes the products use: a few, not conv.py's fourteen, since every shape is
+# compiled into each caller (unfused and fused) and compile time is cold-start time.  Tiles run
+# over all of a layer's (or a group's) tiles, so long runs almost always fit.
+WINO_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1))
+
+
+@njit
+def _wino_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
+    """conv.py's ``_tile_sums`` (untransposed) for a runtime shape of ``WINO_SHAPES`` or
+    (1, 1)."""
+    if nb_ == 2 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False)
+    elif nb_ == 2 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False)
+    elif nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False)
+    elif nb_ == 2 and nt == 4:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False)
+    elif nb_ == 2 and nt == 1:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False)
+    else:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False)
+
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -221,7 +249,7 @@ def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, 
             blk = r // nrun
             ri = r - blk * nrun
             t0 = min(ri * nt, ntiles - nt)
-            _tile_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):],
+            _wino_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):],
                          nb_, nt)
 
 
@@ -265,121 +293,84 @@ FUSED_MIN_GROUPS = 8  # groups per layer below which the unfused path (finer spl
 FUSED_MAX_U_PER_TILE = 128 << 10
 
 
-def plan_groups(n_img, c_n, m_all, tpi, nt, itemsize):
-    """``(group size G, fused?)`` for a layer: whole images per group when an image's tiles
-    fit ``G_BYTES`` of transformed input (and are whole runs of nt), else a multiple of nt."""
+def plan_groups(n_img, c_n, m_all, tpi, tw_n, nt, itemsize):
+    """``(group size G, fused?)`` for a layer: G is whole tile rows (possibly across images),
+    at least one run of nt tiles, with at most ``G_BYTES`` of transformed input if possible."""
     ntiles = n_img * tpi
-    gsz = max(1, G_BYTES // (NXI * c_n * itemsize))
-    if tpi % nt == 0 and tpi <= gsz:
-        gsz = min(gsz // tpi, n_img) * tpi
-    else:
-        gsz = max(nt, min(gsz // nt * nt, -(-ntiles // nt) * nt))
-    fused = (-(-ntiles // gsz) >= FUSED_MIN_GROUPS and ntiles >= nt
+    rows = max(1, G_BYTES // (NXI * c_n * itemsize)) // tw_n
+    rows = max(rows, -(-nt // tw_n))
+    gsz = min(rows, ntiles // tw_n) * tw_n
+    fused = (gsz >= nt and -(-ntiles // gsz) >= FUSED_MIN_GROUPS
              and NXI * c_n * m_all * itemsize <= FUSED_MAX_U_PER_TILE * gsz)
     return gsz, fused
 
 
 @njit(fastmath=_FM)
-def _input_group(x, vl, g0, cnt, gsz, c_n, h_n, w_n, pt, pl, tpi, tw_n, rsteps, csteps, rows,
-                 ev):
-    """``vl[xi*c_n*gsz + c*gsz + (t - g0)] = (B^T d B)[xi]`` for tiles g0 <= t < g0 + cnt (the
-    4x4 padded patch d at (2*th, 2*tw) of image t // tpi); per tile-row segment and channel."""
-    cs = _U(c_n * gsz)
-    for c in range(c_n):
-        t = g0
-        while t < g0 + cnt:
-            n = t // tpi
-            r = t - n * tpi
-            th = r // tw_n
-            tw = r - th * tw_n
-            seg = min(g0 + cnt - t, tw_n - tw)
-            rl = seg + 1
-            plane = (n * c_n + c) * h_n
-            for i in range(4):
-                h = 2 * th + i - pt
-                re = _U(2 * i * rl)
-                ro = re + _U(rl)
-                if 0 <= h < h_n:
-                    src = (plane + h) * w_n
-                    for q in range(rl):  # padded columns 2*(tw+q) (even) and +1 (odd)
-                        w = 2 * (tw + q) - pl
-                        rows[re + _U(q)] = x[src + w] if 0 <= w < w_n else 0
-                        rows[ro + _U(q)] = x[src + w + 1] if 0 <= w + 1 < w_n else 0
-                else:
-                    for q in range(2 * rl):
-                        rows[re + _U(q)] = 0
-            _transform_seg(rows, rl, ev, vl, _U(c * gsz + (t - g0)), cs, seg, rsteps, csteps)
-            t += seg
-
-
-@njit(fastmath=_FM)
-def _input_planes(x, vl, n0, nimg, gsz, c_n, h_n, w_n, pt, pl, th_n, tw_n, pe, po, eb):
-    """The input transform of whole images n0 .. n0+nimg-1 (groups aligned to images):
-    ``vl[xi*c_n*gsz + c*gsz + (n - n0)*tpi + th*tw_n + tw]``.  Per plane, the zero-padded
-    input is split by column parity into ``pe``/``po`` (``Hp x (tw_n+1)``, borders never
-    written, so they stay zero), then B^T d over rows into ``eb`` and d B over columns into
-    ``vl``: unit-stride loops with no per-element tests."""
+def _input_rows(x, vl, tr0, ntr, gsz, c_n, h_n, w_n, pt, pl, th_n, tw_n, pe, po, eb):
+    """Input transform of the tile rows tr0 .. tr0+ntr-1 (numbered over (image, tile row)):
+    ``vl[xi*c_n*gsz + c*gsz + (tr - tr0)*tw_n + tw] = (B^T d B)[xi]``.  Per tile row, its 4
+    zero-padded input rows are split by column parity into ``pe``/``po`` (4 x (tw_n+1); the
+    border columns are never written, so they stay zero), then B^T d over rows into ``eb`` and
+    d B over columns into ``vl``: unit-stride loops with no per-element tests."""
     rl = tw_n + 1
-    tpi = th_n * tw_n
     cs = c_n * gsz
     qe0 = (pl + 1) // 2  # first q with 0 <= 2q - pl (even padded column 2q)
     qe1 = min(rl, (w_n + pl + 1) // 2)  # 2q - pl < w_n
     qo0 = pl // 2  # 0 <= 2q + 1 - pl
     qo1 = min(rl, (w_n + pl) // 2)  # 2q + 1 - pl < w_n
-    hp = 2 * th_n + 2
-    pl_ = pl
-    for n in range(n0, n0 + nimg):
-        for c in range(c_n):
+    for c in range(c_n):
+        for tr in range(tr0, tr0 + ntr):
+            n = tr // th_n
+            th = tr - n * th_n
             plane = (n * c_n + c) * h_n * w_n
-            for h in range(min(h_n, hp - pt)):
-                src = plane + h * w_n - pl_
-                d = (h + pt) * rl
-                for q in range(qe0, qe1):
-                    pe[d + q] = x[src + 2 * q]
-                for q in range(qo0, qo1):
-                    po[d + q] = x[src + 2 * q + 1]
-            vb = c * gsz + (n - n0) * tpi
-            for th in range(th_n):
-                r0 = 2 * th * rl
-                r1 = r0 + rl
-                r2 = r1 + rl
-                r3 = r2 + rl
-                for q in range(rl):  # B^T d: rows; eb = (a, parity, q)
-                    eb[q] = pe[r0 + q] - pe[r2 + q]
-                    eb[rl + q] = po[r0 + q] - po[r2 + q]
-                    eb[2 * rl + q] = pe[r1 + q] + pe[r2 + q]
-                    eb[3 * rl + q] = po[r1 + q] + po[r2 + q]
-                    eb[4 * rl + q] = pe[r2 + q] - pe[r1 + q]
-                    eb[5 * rl + q] = po[r2 + q] - po[r1 + q]
-                    eb[6 * rl + q] = pe[r1 + q] - pe[r3 + q]
-                    eb[7 * rl + q] = po[r1 + q] - po[r3 + q]
-                o = vb + th * tw_n
-                for a in range(4):  # (B^T d) B: columns, one tile per k
-                    e = 2 * a * rl
-                    f = e + rl
-                    d0 = 4 * a * cs + o
-                    for k in range(tw_n):
-                        vl[d0 + k] = eb[e + k] - eb[e + k + 1]
-                        vl[d0 + cs + k] = eb[f + k] + eb[e + k + 1]
-                        vl[d0 + 2 * cs + k] = eb[e + k + 1] - eb[f + k]
-                        vl[d0 + 3 * cs + k] = eb[f + k] - eb[f + k + 1]
+            for i in range(4):
+                h = 2 * th + i - pt
+                d = i * rl
+                if 0 <= h < h_n:
+                    src = plane + h * w_n - pl
+                    for q in range(qe0, qe1):
+                        pe[d + q] = x[src + 2 * q]
+                    for q in range(qo0, qo1):
+                        po[d + q] = x[src + 2 * q + 1]
+                else:
+                    for q in range(rl):
+                        pe[d + q] = 0
+                        po[d + q] = 0
+            for q in range(rl):  # B^T d: rows; eb = (a, parity, q)
+                eb[q] = pe[q] - pe[2 * rl + q]
+                eb[rl + q] = po[q] - po[2 * rl + q]
+                eb[2 * rl + q] = pe[rl + q] + pe[2 * rl + q]
+                eb[3 * rl + q] = po[rl + q] + po[2 * rl + q]
+                eb[4 * rl + q] = pe[2 * rl + q] - pe[rl + q]
+                eb[5 * rl + q] = po[2 * rl + q] - po[rl + q]
+                eb[6 * rl + q] = pe[rl + q] - pe[3 * rl + q]
+                eb[7 * rl + q] = po[rl + q] - po[3 * rl + q]
+            o = c * gsz + (tr - tr0) * tw_n
+            for a in range(4):  # (B^T d) B: columns, one tile per k
+                e = 2 * a * rl
+                f = e + rl
+                d0 = 4 * a * cs + o
+                for k in range(tw_n):
+                    vl[d0 + k] = eb[e + k] - eb[e + k + 1]
+                    vl[d0 + cs + k] = eb[f + k] + eb[e + k + 1]
+                    vl[d0 + 2 * cs + k] = eb[e + k + 1] - eb[f + k]
+                    vl[d0 + 3 * cs + k] = eb[f + k] - eb[f + k + 1]
 
 
 @pjit(fastmath=_FM)
-def _wino_fused(x, out, res, has_res, act, prm, up, zb, bias, offs, scr, geo, rsteps, csteps,
-                nthr):
+def _wino_fused(x, out, res, has_res, act, prm, up, zb, bias, offs, scr, geo, nthr):
     """Groups of tiles claimed one at a time by ``nthr`` workers; ``scr[worker]`` holds the
     worker's buffers.  ``geo`` (int64) = C, H, W, pt, pl, tiles per image, tile columns, all
     tiles, group size G, M, channel blocks, nb_, nt, oh, ow."""
     ctr = np.zeros(1, dtype=np.int64)
     for wk in prange(nthr):
-        _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, scr[wk], geo,
-                      rsteps, csteps)
+        _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, scr[wk], geo)
 
 
 @njit(fastmath=_FM)
-def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, geo, rsteps,
-                  csteps):
+def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, geo):
+    """One worker of ``_wino_fused``: per group (whole tile rows), the input transform, the 16
+    products and the output transform of each block of output channels."""
     c_n, h_n, w_n, pt, pl, tpi, tw_n, ntiles, gsz, m_all, nb, nb_, nt, oh_n, ow_n = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10],
         geo[11], geo[12], geo[13], geo[14])
@@ -390,13 +381,10 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
     ml = buf[nv:nv + nm]
     yb = buf[nv + nm:nv + nm + 4 * gsz * wd]
     rl = tw_n + 1
-    rows = buf[nv + nm + 4 * gsz * wd:nv + nm + 4 * gsz * wd + 8 * rl]
     e0 = nv + nm + 4 * gsz * wd
-    ev = buf[e0 + 8 * rl:e0 + 16 * rl]
-    hp = 2 * (tpi // tw_n) + 2
-    pe = buf[e0 + 16 * rl:e0 + 16 * rl + hp * rl]
-    po = buf[e0 + 16 * rl + hp * rl:e0 + 16 * rl + 2 * hp * rl]
-    eb = buf[e0 + 16 * rl + 2 * hp * rl:e0 + 24 * rl + 2 * hp * rl]
+    pe = buf[e0:e0 + 4 * rl]
+    po = buf[e0 + 4 * rl:e0 + 8 * rl]
+    eb = buf[e0 + 8 * rl:e0 + 16 * rl]
     ngroups = (ntiles + gsz - 1) // gsz
     nrun = (gsz + nt - 1) // nt
     while True:
@@ -404,18 +392,14 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
         if gi >= ngroups:
             break
         g0 = gi * gsz
-        cnt = min(gsz, ntiles - g0)
-        if gsz % tpi == 0:  # groups of whole images
-            _input_planes(x, vl, g0 // tpi, cnt // tpi, gsz, c_n, h_n, w_n, pt, pl, tpi // tw_n,
-                          tw_n, pe, po, eb)
-        else:
-            _input_group(x, vl, g0, cnt, gsz, c_n, h_n, w_n, pt, pl, tpi, tw_n, rsteps, csteps,
-                         rows, ev)
+        cnt = min(gsz, ntiles - g0)  # a short last group leaves stale columns: never stored
+        _input_rows(x, vl, g0 // tw_n, cnt // tw_n, gsz, c_n, h_n, w_n, pt, pl, tpi // tw_n,
+                    tw_n, pe, po, eb)
         for blk in range(nb):
             for xi in range(NXI):
                 for ri in range(nrun):
                     t0 = min(ri * nt, gsz - nt)
-                    _tile_kernel(vl, _U(xi * c_n * gsz + t0), offs, up, blk * NXI + xi, zb,
+                    _wino_kernel(vl, _U(xi * c_n * gsz + t0), offs, up, blk * NXI + xi, zb,
                                  ml[_U((xi * gsz + t0) * wd):], nb_, nt)
             m0 = blk * wd
             _wino_store(ml, _U(0), _U(gsz * wd), cnt, wd, g0, 0, min(wd, m_all - m0), m0,
@@ -424,6 +408,8 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
 
 class Winograd:
     """The F(2x2, 3x3) path of ``Conv2d`` (3x3, stride 1, dilation 1, group 1)."""
+
+    SHAPES = WINO_SHAPES
 
     def __init__(self, w, bias, in_shape, pads, shape, dtype):
         n_img, c_n, h_n, w_n = in_shape
@@ -452,10 +438,10 @@ class Winograd:
         self.offs = np.arange(c_n, dtype=np.uint64) * np.uint64(vst)
         # fused path: groups of G tiles whose transformed input fits G_BYTES
         ntiles = n_img * self.tpi
-        self.gsz, self.fused = plan_groups(n_img, c_n, self.m_all, self.tpi, self.nt,
+        self.gsz, self.fused = plan_groups(n_img, c_n, self.m_all, self.tpi, self.tw, self.nt,
                                            dtype.itemsize)
         self.buf_len = (NXI * c_n * self.gsz + NXI * self.gsz * wd + 4 * self.gsz * wd
-                        + (24 + 2 * (2 * self.th + 2)) * (self.tw + 1))
+                        + 16 * (self.tw + 1))
         self.offs_g = np.arange(c_n, dtype=np.uint64) * np.uint64(self.gsz)
         self.geo = np.array([c_n, h_n, w_n, pt, pl, self.tpi, self.tw, ntiles, self.gsz,
                              self.m_all, self.nb, self.nb_, self.nt, self.oh, self.ow],
@@ -476,7 +462,7 @@ class Winograd:
             has_res = residual is not None
             res = residual.reshape(-1) if has_res else out.reshape(-1)[:1]
             _wino_fused(x.reshape(-1), out.reshape(-1), res, has_res, act, prm, self.up,
-                        self.zb, self.bias, self.offs_g, scr, self.geo, _ROW_STEPS, _COL_STEPS,
+                        self.zb, self.bias, self.offs_g, scr, self.geo,
                         min(numba.get_num_threads(), -(-self.geo[7] // self.gsz)))
             return
         v = getattr(tls, "wv", None)
