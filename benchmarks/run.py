@@ -317,6 +317,13 @@ def render_markdown(results: dict) -> str:
         if c:
             out.append(f"| {name} | {c['max_abs_err']:.3g} | {c['max_abs_y']:.3g} | "
                        f"{'yes' if c['ok'] else 'NO'} |")
+    out += ["", "Latency ratio of each round's medians (how far the load moved it within this "
+            "run):", "", "| model | min | max | per round |", "|---|---:|---:|---|"]
+    for name, r in results["models"].items():
+        spread = round_ratios(r)
+        if spread:
+            out.append(f"| {name} | {min(spread):.2f} | {max(spread):.2f} | "
+                       f"{' '.join(f'{v:.2f}' for v in spread)} |")
     return "\n".join(out) + "\n"
 
 
