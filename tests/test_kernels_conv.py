@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from convrt.kernels.conv import Conv2d
+from kernel_threads import outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -311,21 +312,10 @@ def test_winograd_threads_share_one_conv():
 
 @pytest.mark.parametrize("algo", ["direct", "winograd"])
 def test_bitwise_same_across_thread_counts(algo):
-    import numba
-
     case = WINO_CASES["vgg_like"]
     x, wt, b = _wino_data(case, np.float32, seed=2)
     conv = Conv2d(wt, b, x.shape, pads=case[5], algo=algo, activation="relu")
-    outs = []
-    old = numba.get_num_threads()
-    try:
-        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(nthreads)
-            out = np.empty(conv.out_shape, np.float32)
-            conv(x, out)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(old)
+    outs = outputs_at_thread_counts(conv, x)
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
 
@@ -432,16 +422,7 @@ def test_pixel_bitwise_same_across_thread_counts(name):
     x, wt, b = _data(case, np.float32, seed=4)
     conv = Conv2d(wt, b, x.shape, case[7], case[8], case[9], case[10], activation="relu")
     assert conv.algo == "pixel"
-    outs = []
-    old = numba.get_num_threads()
-    try:
-        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(nthreads)
-            out = np.empty(conv.out_shape, np.float32)
-            conv(x, out)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(old)
+    outs = outputs_at_thread_counts(conv, x)
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
 
@@ -499,16 +480,7 @@ def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
     x, wt, b = _wino_data((4, 48, 14, 13, 40, (1, 1, 1, 1)), np.float32, seed=2)
     conv = Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1), algo="winograd", activation="relu")
     assert conv._wino.fused
-    outs = []
-    old = numba.get_num_threads()
-    try:
-        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(nthreads)
-            out = np.empty(conv.out_shape, np.float32)
-            conv(x, out)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(old)
+    outs = outputs_at_thread_counts(conv, x)
     np.testing.assert_allclose(outs[0], np.maximum(conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1)),
                                                    0), **TOL[np.float32])
     for out in outs[1:]:

@@ -2,11 +2,11 @@
 
 import threading
 
-import numba
 import numpy as np
 import pytest
 
 from convrt.kernels.conv import Conv2d
+from kernel_threads import outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -122,16 +122,7 @@ def test_depthwise_bitwise_same_across_thread_counts():
     case = (2, 48, 28, 28, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 48)
     x, wt, b = _data(case, np.float32, seed=2)
     conv = _conv(case, wt, b, np.float32, activation="clip", clip_min=0.0, clip_max=6.0)
-    outs = []
-    old = numba.get_num_threads()
-    try:
-        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(nthreads)
-            out = np.empty(conv.out_shape, np.float32)
-            conv(x, out)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(old)
+    outs = outputs_at_thread_counts(conv, x)
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
 
@@ -272,16 +263,7 @@ def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride):
     conv = _conv(case, wt, b, np.float32, activation="relu")
     assert conv._dw._kernel is dw3x3._run_par
     ref = activation_ref(_ref(case, x, wt, b), "relu")
-    outs = []
-    old = numba.get_num_threads()
-    try:
-        for nthreads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(nthreads)
-            out = np.empty(conv.out_shape, np.float32)
-            conv(x, out)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(old)
+    outs = outputs_at_thread_counts(conv, x)
     np.testing.assert_allclose(outs[0], ref, **TOL[np.float32])
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)

@@ -37,15 +37,14 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
 
 ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP, ACT_SIGMOID, ACT_TANH = range(6)
 ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY, "clip": ACT_CLIP,
                "sigmoid": ACT_SIGMOID, "tanh": ACT_TANH}
-VEC = 16  # lanes per vector of sums (output channels)
 # Microkernel shapes (B vectors of 16 output channels, T pixels) -> relative speed, measured on
 # VGG-16 layers (benchmarks/conv_layers.py): per inner step B weight loads, T broadcasts and T*B
 # multiply-adds.  B=4 (T=7) needs fewer loads still but streams 4x the weights per tile from L2
@@ -104,73 +103,33 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans):
     sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans)
 
     def codegen(context, builder, signature, args):
-        xf_v, xb_v, offs_v, wp_v, blk_v, bp_v, tile_v, _, _, _ = args
         aty = signature.args
-        ft = context.get_value_type(aty[0].dtype)
-        vt = ir.VectorType(ft, VEC)
-        vpt = vt.as_pointer()
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-
-        def c64(v):
-            return ir.Constant(i64, v)
-
-        xa = context.make_array(aty[0])(context, builder, xf_v)
-        oa = context.make_array(aty[2])(context, builder, offs_v)
-        wa = context.make_array(aty[3])(context, builder, wp_v)
-        ba = context.make_array(aty[5])(context, builder, bp_v)
-        ta = context.make_array(aty[6])(context, builder, tile_v)
+        v = VecIR(context, builder, aty[0].dtype)
+        c64, vt = v.c64, v.vt
+        xa, oa, wa, ba, ta = arrays(context, builder, aty, args, (0, 2, 3, 5, 6))
         nr = builder.extract_value(oa.shape, 0)
-        blk = context.cast(builder, blk_v, aty[4], types.int64)
-        xb = context.cast(builder, xb_v, aty[1], types.uint64)
+        blk = context.cast(builder, args[4], aty[4], types.int64)
+        xb = context.cast(builder, args[1], aty[1], types.uint64)
         wrow = builder.gep(wa.data, [builder.mul(blk, builder.mul(nr, c64(width)))])
         bptr = builder.gep(ba.data, [builder.mul(blk, c64(width))])
-        bvecs = [builder.load(builder.bitcast(builder.gep(bptr, [c64(b * VEC)]), vpt), align=1)
-                 for b in range(n_b)]
-        fname = "llvm.fmuladd.v%d%s" % (VEC, "f32" if isinstance(ft, ir.FloatType) else "f64")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), fname)
-        splat_mask = ir.Constant(ir.VectorType(i32, VEC), [0] * VEC)
+        bvecs = [v.vload(bptr, c64(b * VEC)) for b in range(n_b)]
         undef = ir.Constant(vt, ir.Undefined)
-        pre = builder.block
-        loop = builder.append_basic_block("tile.loop")
-        done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", nr, c64(0)), loop, done)
-        builder.position_at_end(loop)
-        r = builder.phi(i64)
-        r.add_incoming(c64(0), pre)
-        accs = []  # accs[t*n_b + b]
-        for _ in range(n_t):
-            for b in range(n_b):
-                acc = builder.phi(vt)
-                acc.add_incoming(bvecs[b], pre)
-                accs.append(acc)
-        xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))
-        wr = builder.gep(wrow, [builder.mul(r, c64(width))])
-        wvs = [builder.load(builder.bitcast(builder.gep(wr, [c64(b * VEC)]), vpt), align=1)
-               for b in range(n_b)]
-        news = []
-        for t in range(n_t):
-            xs = builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))]))
-            splat = builder.shuffle_vector(builder.insert_element(undef, xs, ir.Constant(i32, 0)),
-                                           undef, splat_mask)
-            for b in range(n_b):
-                news.append(builder.call(fma, [splat, wvs[b], accs[t * n_b + b]]))
-        rn = builder.add(r, c64(1))
-        end = builder.block
-        r.add_incoming(rn, end)
-        for acc, new in zip(accs, news):
-            acc.add_incoming(new, end)
-        builder.cbranch(builder.icmp_signed("<", rn, nr), loop, done)
-        builder.position_at_end(done)
-        finals = []
-        for i in range(n_t * n_b):
-            fin = builder.phi(vt)
-            fin.add_incoming(bvecs[i % n_b], pre)
-            fin.add_incoming(news[i], end)
-            finals.append(fin)
+
+        def body(r, accs):  # accs[t*n_b + b]
+            xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))
+            wr = builder.gep(wrow, [builder.mul(r, c64(width))])
+            wvs = [v.vload(wr, c64(b * VEC)) for b in range(n_b)]
+            news = []
+            for t in range(n_t):
+                splat = v.splat(builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))])))
+                for b in range(n_b):
+                    news.append(builder.call(v.fma, [splat, wvs[b], accs[t * n_b + b]]))
+            return news
+
+        finals = v.accumulate(nr, [bvecs[i % n_b] for i in range(n_t * n_b)], body, "tile")
         if not do_t:
             for i, fin in enumerate(finals):
-                dst = builder.bitcast(builder.gep(ta.data, [c64(i * VEC)]), vpt)
-                builder.store(fin, dst, align=1)
+                v.vstore(fin, ta.data, c64(i * VEC))
             return context.get_dummy_value()
         pitch = tile_pitch(n_t)
         for b in range(n_b):
@@ -179,8 +138,8 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans):
                 for bit in (1, 2, 4, 8):  # swap bit `bit` of the row and lane indices
                     lo_m = [k if not k & bit else VEC + (k ^ bit) for k in range(VEC)]
                     hi_m = [k ^ bit if not k & bit else VEC + k for k in range(VEC)]
-                    lo_c = ir.Constant(ir.VectorType(i32, VEC), lo_m)
-                    hi_c = ir.Constant(ir.VectorType(i32, VEC), hi_m)
+                    lo_c = ir.Constant(ir.VectorType(v.i32, VEC), lo_m)
+                    hi_c = ir.Constant(ir.VectorType(v.i32, VEC), hi_m)
                     new_rows = list(rows)
                     for r in range(VEC):
                         if not r & bit:
@@ -189,9 +148,7 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans):
                             new_rows[r | bit] = builder.shuffle_vector(a, c, hi_c)
                     rows = new_rows
                 for k in range(VEC):  # row k now holds channel b*16+k of pixels g0..g0+15
-                    off = (b * VEC + k) * pitch + g0
-                    dst = builder.bitcast(builder.gep(ta.data, [c64(off)]), vpt)
-                    builder.store(rows[k], dst, align=1)
+                    v.vstore(rows[k], ta.data, c64((b * VEC + k) * pitch + g0))
         return context.get_dummy_value()
 
     return sig, codegen

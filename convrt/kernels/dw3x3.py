@@ -24,11 +24,11 @@ Every comparison in the activations lets NaN through, as numpy's maximum/clip do
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import VEC, VecIR, arrays
 from ._jit import njit, pjit
-from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, VEC, _fetch_add, work_split
+from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _fetch_add, work_split
 
 ACTS = (ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP)
 
@@ -52,41 +52,20 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
 
     def codegen(context, builder, signature, args):
         aty = signature.args
-        ft = context.get_value_type(aty[0].dtype)
-        vt = ir.VectorType(ft, VEC)
-        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        v = VecIR(context, builder, aty[0].dtype)
+        c64, vt, vpt, i1, i32, i64, splat = v.c64, v.vt, v.vpt, v.i1, v.i32, v.i64, v.splat
         mt = ir.VectorType(i1, VEC)
         it = ir.VectorType(i32, VEC)
-        vpt = vt.as_pointer()
-        suffix = "v%d%s" % (VEC, "f32" if isinstance(ft, ir.FloatType) else "f64")
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vt, [vpt, i32, mt, vt]),
-            "llvm.masked.load.%s.p0" % suffix)
-        mstore = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vt, vpt, i32, mt]),
-            "llvm.masked.store.%s.p0" % suffix)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3),
-                                             "llvm.fmuladd.%s" % suffix)
-        align = ir.Constant(i32, 4 if isinstance(ft, ir.FloatType) else 8)
+        mload = v.intrinsic("llvm.masked.load", vt, [vpt, i32, mt, vt], ".p0")
+        mstore = v.intrinsic("llvm.masked.store", ir.VoidType(), [vt, vpt, i32, mt], ".p0")
+        fma = v.fma
+        align = ir.Constant(i32, 4 if isinstance(v.ft, ir.FloatType) else 8)
         zero = ir.Constant(vt, None)
-        splat_mask = ir.Constant(it, [0] * VEC)
-
-        def c64(v):
-            return ir.Constant(i64, v)
-
-        def splat(v, t=vt):
-            u = ir.Constant(t, ir.Undefined)
-            return builder.shuffle_vector(builder.insert_element(u, v, ir.Constant(i32, 0)),
-                                          u, splat_mask)
 
         def arg(i, kind=types.int64):
             return context.cast(builder, args[i], aty[i], kind)
 
-        xa = context.make_array(aty[0])(context, builder, args[0])
-        oa = context.make_array(aty[6])(context, builder, args[6])
-        ra = context.make_array(aty[8])(context, builder, args[8])
-        wa = context.make_array(aty[10])(context, builder, args[10])
-        pa = context.make_array(aty[12])(context, builder, args[12])
+        xa, oa, ra, wa, pa = arrays(context, builder, aty, args, (0, 6, 8, 10, 12))
         xo, h_n, w_n, oh_n, ow_n, oo, wo = (arg(i) for i in (1, 2, 3, 4, 5, 7, 11))
         hr = splat(arg(9, types.boolean), mt)
         wts = [splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(k))])))

@@ -23,13 +23,12 @@ runs it (bitwise reproducible).  The last tile of a row is shifted left to end a
 """
 
 import numpy as np
-from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
-from .conv import _NREGS, _VBITS, VEC, _fetch_add, _store_tile, work_split
+from .conv import _NREGS, _VBITS, _fetch_add, _store_tile
 
 _FM = set(FAST)
 _U = np.uint64
@@ -76,75 +75,32 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv):
     sig = types.void(xf, xb, offs, wp, blk, bp, tile, mr, nv)
 
     def codegen(context, builder, signature, args):
-        xf_v, xb_v, offs_v, wp_v, blk_v, bp_v, tile_v, _, _ = args
         aty = signature.args
-        ft = context.get_value_type(aty[0].dtype)
-        vt = ir.VectorType(ft, VEC)
-        vpt = vt.as_pointer()
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-
-        def c64(v):
-            return ir.Constant(i64, v)
-
-        xa = context.make_array(aty[0])(context, builder, xf_v)
-        oa = context.make_array(aty[2])(context, builder, offs_v)
-        wa = context.make_array(aty[3])(context, builder, wp_v)
-        ba = context.make_array(aty[5])(context, builder, bp_v)
-        ta = context.make_array(aty[6])(context, builder, tile_v)
-        xb = context.cast(builder, xb_v, aty[1], types.uint64)
-        blk = context.cast(builder, blk_v, aty[4], types.int64)
+        v = VecIR(context, builder, aty[0].dtype)
+        c64 = v.c64
+        xa, oa, wa, ba, ta = arrays(context, builder, aty, args, (0, 2, 3, 5, 6))
+        xb = context.cast(builder, args[1], aty[1], types.uint64)
+        blk = context.cast(builder, args[4], aty[4], types.int64)
         nc = builder.extract_value(oa.shape, 0)
         wb = builder.mul(blk, builder.mul(nc, c64(n_m)))
-        fname = "llvm.fmuladd.v%d%s" % (VEC, "f32" if isinstance(ft, ir.FloatType) else "f64")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), fname)
-        splat_mask = ir.Constant(ir.VectorType(i32, VEC), [0] * VEC)
-        undef = ir.Constant(vt, ir.Undefined)
-
-        def splat(s):
-            return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                          undef, splat_mask)
-
         bbase = builder.mul(blk, c64(n_m))
-        inits = [splat(builder.load(builder.gep(ba.data, [builder.add(bbase, c64(m))])))
+        inits = [v.splat(builder.load(builder.gep(ba.data, [builder.add(bbase, c64(m))])))
                  for m in range(n_m)]
-        pre = builder.block
-        loop = builder.append_basic_block("px.loop")
-        done = builder.append_basic_block("px.done")
-        builder.cbranch(builder.icmp_signed(">", nc, c64(0)), loop, done)
-        builder.position_at_end(loop)
-        c = builder.phi(i64)
-        c.add_incoming(c64(0), pre)
-        accs = []  # accs[m*n_v + v]
-        for m in range(n_m):
-            for _ in range(n_v):
-                acc = builder.phi(vt)
-                acc.add_incoming(inits[m], pre)
-                accs.append(acc)
-        xo = builder.add(xb, builder.load(builder.gep(oa.data, [c])))
-        xvs = [builder.load(builder.bitcast(builder.gep(xa.data, [builder.add(xo, c64(v * VEC))]),
-                                            vpt), align=1) for v in range(n_v)]
-        wo = builder.add(wb, builder.mul(c, c64(n_m)))
-        news = []
-        for m in range(n_m):
-            ws = splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(m))])))
-            for v in range(n_v):
-                news.append(builder.call(fma, [ws, xvs[v], accs[m * n_v + v]]))
-        cn = builder.add(c, c64(1))
-        end = builder.block
-        c.add_incoming(cn, end)
-        for acc, new in zip(accs, news):
-            acc.add_incoming(new, end)
-        builder.cbranch(builder.icmp_signed("<", cn, nc), loop, done)
-        builder.position_at_end(done)
-        finals = []
-        for i in range(n_m * n_v):  # every phi first: LLVM wants them at the block's top
-            fin = builder.phi(vt)
-            fin.add_incoming(inits[i // n_v], pre)
-            fin.add_incoming(news[i], end)
-            finals.append(fin)
+
+        def body(c, accs):  # accs[m*n_v + k]
+            xo = builder.add(xb, builder.load(builder.gep(oa.data, [c])))
+            xvs = [v.vload(xa.data, builder.add(xo, c64(k * VEC))) for k in range(n_v)]
+            wo = builder.add(wb, builder.mul(c, c64(n_m)))
+            news = []
+            for m in range(n_m):
+                ws = v.splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(m))])))
+                for k in range(n_v):
+                    news.append(builder.call(v.fma, [ws, xvs[k], accs[m * n_v + k]]))
+            return news
+
+        finals = v.accumulate(nc, [inits[i // n_v] for i in range(n_m * n_v)], body, "px")
         for i, fin in enumerate(finals):
-            dst = builder.bitcast(builder.gep(ta.data, [c64(i * VEC)]), vpt)
-            builder.store(fin, dst, align=1)
+            v.vstore(fin, ta.data, c64(i * VEC))
         return context.get_dummy_value()
 
     return sig, codegen
