@@ -1,6 +1,6 @@
 """2-D convolution (ONNX ``Conv``) with a fused epilogue: bias, residual add, activation.
 
-Two direct kernels (no im2col), both reading the input through one layout:
+``Conv2d`` picks one algorithm per layer from the shapes alone (no im2col anywhere):
 
 * **blocked** (dense and grouped convolutions with at least 8 output channels per group): weights
   are packed at construction into blocks of 16*B output channels ``(block, c*kH*kW, 16*B)``; the
@@ -11,10 +11,13 @@ Two direct kernels (no im2col), both reading the input through one layout:
   vectoriser nor inherits LLVM's preference for 256-bit vectors on Intel CPUs, and compiles in
   a fraction of a second.  The tile is transposed in registers (16x16 shuffles) so that the
   store into the NCHW output, with the epilogue applied, runs along pixels.
+* **pixel** (``kernels/pixel.py``, ``use_pixel``): the mirror image, weights broadcast and 16
+  pixels per vector, for 1x1 layers and short reductions (first layers); same input layout.
+* **Winograd** F(2x2, 3x3) (``kernels/winograd.py``, ``use_winograd``) for deep 3x3 layers.
 * depthwise and other narrow groups (fewer than 8 output channels per group) are handed to
-  ``kernels/depthwise.py`` (``Depthwise``) at construction.
+  ``kernels/dw3x3.py`` (3x3, padding 1, stride 1 or 2) or ``kernels/depthwise.py``.
 
-The input is read from a zero-bordered copy, laid out per row as ``stride_w`` phases
+The blocked and pixel kernels read the input from a zero-bordered copy, laid out per row as ``stride_w`` phases
 (``row[p*Q + q] = padded[q*stride_w + p]``), so that consecutive output pixels always read
 consecutive elements whatever the stride.  The copy is skipped when there is no padding and unit
 stride; a 1x1 unit-stride unpadded convolution is run as one long row per image.  The copy buffer
