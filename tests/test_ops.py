@@ -57,6 +57,8 @@ def test_conv_runtime_weights():
 # -- pooling ---------------------------------------------------------------------------------
 POOL_CASES = {
     "k2s2": dict(x=(1, 3, 8, 8), attrs={"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "k2s2_pads_odd": dict(x=(1, 2, 9, 11), attrs={"kernel_shape": [2, 2], "strides": [2, 2],
+                                                  "pads": [1, 1, 0, 1]}),
     "k3s1p1": dict(x=(2, 2, 7, 7), attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
     "asym_pads": dict(x=(1, 2, 7, 6), attrs={"kernel_shape": [3, 3], "pads": [0, 1, 2, 0],
                                              "strides": [2, 1]}),
@@ -101,13 +103,14 @@ def test_maxpool_nan_propagates():
     from oracle import node_model
 
     import convrt
-    x = randn(1, 1, 4, 4)
-    x[0, 0, 1, 1] = np.nan
+    x = randn(1, 1, 4, 6)
+    x[0, 0, 1, 1] = np.nan  # second column of its window
+    x[0, 0, 2, 4] = np.nan  # first column of its window
     model = node_model("MaxPool", {"x": x}, {"kernel_shape": [2, 2], "strides": [2, 2]})
     got = convrt.InferenceSession(model).run(None, {"x": x})[0]
-    want = x.reshape(1, 1, 2, 2, 2, 2).max(axis=(3, 5))
+    want = x.reshape(1, 1, 2, 2, 3, 2).max(axis=(3, 5))
     np.testing.assert_array_equal(got, want)
-    assert np.isnan(got[0, 0, 0, 0])
+    assert np.isnan(got[0, 0, 0, 0]) and np.isnan(got[0, 0, 1, 2])
 
 
 # -- BatchNormalization ----------------------------------------------------------------------

@@ -57,6 +57,13 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
                     m = v if ((v > m) | (v != v)) else m
                     v = seg[2 * xo + 2]
                     dseg[xo] = v if ((v > m) | (v != v)) else m
+            elif kw == 2 and sw == 2 and dw == 1 and hi > lo:  # VGG's 2x2/2, likewise
+                seg = row[lo * 2 - pl:]
+                dseg = dr[lo:hi]
+                for xo in range(hi - lo):
+                    m = seg[2 * xo]
+                    v = seg[2 * xo + 1]
+                    dseg[xo] = v if ((v > m) | (v != v)) else m
             else:
                 for xo in range(hi - lo):
                     seg = row[(xo + lo) * sw - pl:]
