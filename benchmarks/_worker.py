@@ -28,6 +28,23 @@ def _input(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def _first_run(sess, spec):
+    """Feed the seeded input once (either runtime's session: same ``get_inputs``/``run``);
+    returns the feeds, the cold start (spawn -> first output) and the RSS after it, and saves
+    the output where ``out_npy`` says."""
+    import numpy as np
+
+    inp = sess.get_inputs()[0]
+    shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
+    feeds = {inp.name: _input(shape, spec["seed"])}
+    y = sess.run(None, feeds)[0]
+    cold = time.time() - spec["t_spawn"]
+    rss = _rss_mb()
+    if spec.get("out_npy"):
+        np.save(spec["out_npy"], y)
+    return feeds, cold, rss
+
+
 def _serve(fn, warmup):
     """Interleaved mode: warm up, say ``ready``, then time ``run N`` batches on request (one
     JSON list of seconds per line) until ``quit``; returns every time measured."""
@@ -63,7 +80,6 @@ def _timed(fn, repeat, warmup):
 
 
 def run_ort(spec):
-    import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -71,38 +87,20 @@ def run_ort(spec):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
-    x = _input(shape, spec["seed"])
-    feeds = {inp.name: x}
-    y = sess.run(None, feeds)[0]
-    cold = time.time() - spec["t_spawn"]
-    rss_after_first = _rss_mb()
-    if spec.get("out_npy"):
-        np.save(spec["out_npy"], y)
+    feeds, cold, rss_after_first = _first_run(sess, spec)
     ts = _measure(lambda: sess.run(None, feeds), spec)
     return {"cold_s": cold, "times_s": ts, "rss_first_mb": rss_after_first,
             "version": ort.__version__}
 
 
 def run_convrt(spec):
-    import numpy as np
-
     import convrt
     from convrt.runtime import InferenceSession, SessionOptions
 
     sess = InferenceSession(spec["model"], SessionOptions(intra_op_num_threads=spec["threads"]))
-    inp = sess.get_inputs()[0]
-    shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
-    x = _input(shape, spec["seed"])
-    feeds = {inp.name: x}
-    y = sess.run(None, feeds)[0]
-    cold = time.time() - spec["t_spawn"]
-    rss_after_first = _rss_mb()
+    feeds, cold, rss_after_first = _first_run(sess, spec)
     res = {"cold_s": cold, "rss_first_mb": rss_after_first,
            "version": getattr(convrt, "__version__", "dev")}
-    if spec.get("out_npy"):
-        np.save(spec["out_npy"], y)
     if spec["repeat"] > 0:
         res["times_s"] = _measure(lambda: sess.run(None, feeds), spec)
         from convrt.bench import step_flops

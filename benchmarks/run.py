@@ -293,7 +293,7 @@ def round_ratios(r: dict) -> list:
 
 def render_markdown(results: dict) -> str:
     m = results["machine"]
-    out = [f"# convrt vs onnxruntime", "",
+    out = ["# convrt vs onnxruntime", "",
            f"Measured {results['date']} on {m.get('cpu')}, {m.get('cores')} cores "
            f"({m.get('mem_gib', '?')} GiB), Python {m.get('python')}, onnxruntime "
            f"{results.get('ort_version', '?')}; {results['threads']} threads for both, "

@@ -1,13 +1,12 @@
 """Conv2d against the naive numpy reference and onnx's ReferenceEvaluator."""
 
-import threading
 
 import numba
 import numpy as np
 import pytest
 
 from convrt.kernels.conv import Conv2d
-from kernel_threads import outputs_at_thread_counts
+from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -154,21 +153,7 @@ def test_threads_share_one_conv():
     conv = Conv2d(wt, b, case[:4], case[7], case[8], case[9], case[10], activation="relu")
     xs = [_data(case, np.float32, seed=s)[0] for s in range(4)]
     refs = [np.maximum(conv2d_ref(x, wt, b, case[7], case[8], case[9], case[10]), 0) for x in xs]
-    errors = []
-
-    def work(i):
-        out = np.empty(conv.out_shape, np.float32)
-        for _ in range(20):
-            conv(xs[i], out)
-            if not np.allclose(out, refs[i], **TOL[np.float32]):
-                errors.append(i)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    check_concurrent_calls(conv, xs, refs, 20, TOL[np.float32])
 
 
 # ---- Winograd F(2x2, 3x3) -----------------------------------------------------------------
@@ -293,21 +278,7 @@ def test_winograd_threads_share_one_conv():
     conv = Conv2d(wt, b, x0.shape, pads=case[5], algo="winograd")
     xs = [_wino_data(case, np.float32, seed=s)[0] for s in range(4)]
     refs = [conv2d_ref(x, wt, b, (1, 1), case[5]) for x in xs]
-    errors = []
-
-    def work(i):
-        out = np.empty(conv.out_shape, np.float32)
-        for _ in range(10):
-            conv(xs[i], out)
-            if not np.allclose(out, refs[i], **TOL[np.float32]):
-                errors.append(i)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    check_concurrent_calls(conv, xs, refs, 10, TOL[np.float32])
 
 
 @pytest.mark.parametrize("algo", ["direct", "winograd"])

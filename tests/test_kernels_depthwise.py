@@ -1,12 +1,11 @@
 """Depthwise / narrow-group convolution (kernels/depthwise.py, reached through Conv2d)."""
 
-import threading
 
 import numpy as np
 import pytest
 
 from convrt.kernels.conv import Conv2d
-from kernel_threads import outputs_at_thread_counts
+from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -131,25 +130,9 @@ def test_depthwise_threads_share_one_conv():
     case = CASES["mnv2_s2"]
     _, wt, b = _data(case, np.float32)
     conv = _conv(case, wt, b, np.float32, activation="relu")
-    errors = []
-
-    def work(seed):
-        try:
-            for i in range(20):
-                x, _, _ = _data(case, np.float32, seed=seed * 100 + i)
-                out = np.empty(conv.out_shape, np.float32)
-                conv(x, out)
-                ref = activation_ref(_ref(case, x, wt, b), "relu")
-                np.testing.assert_allclose(out, ref, **TOL[np.float32])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    xs = [_data(case, np.float32, seed=s)[0] for s in range(3)]
+    refs = [activation_ref(_ref(case, x, wt, b), "relu") for x in xs]
+    check_concurrent_calls(conv, xs, refs, 20, TOL[np.float32])
 
 
 @pytest.mark.parametrize("name", CHANNEL_BLOCKED)

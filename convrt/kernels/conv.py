@@ -538,11 +538,11 @@ class Conv2d:
                                               group, dtype, pads) else "direct"
         self.algo = algo
         if algo == "winograd":
-            from .winograd import Winograd  # winograd imports this module
+            from .winograd import WINO_SHAPES, Winograd  # winograd imports this module
             assert kh == kw == 3 and sh == sw == dh == dw == 1 and group == 1
             tpi = -(-oh_n // 2) * -(-ow_n // 2)
             self._wino = Winograd(w, bias, self.in_shape, (pt, pl, pb, pr),
-                                  _choose_shape(m_all, tpi, dtype, Winograd.SHAPES), dtype)
+                                  _choose_shape(m_all, tpi, dtype, WINO_SHAPES), dtype)
             self._copy = False
             return
         if algo == "pixel":

@@ -409,8 +409,6 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
 class Winograd:
     """The F(2x2, 3x3) path of ``Conv2d`` (3x3, stride 1, dilation 1, group 1)."""
 
-    SHAPES = WINO_SHAPES
-
     def __init__(self, w, bias, in_shape, pads, shape, dtype):
         n_img, c_n, h_n, w_n = in_shape
         pt, pl, pb, pr = pads
