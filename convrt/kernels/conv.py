@@ -314,8 +314,17 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
 
 @njit
 def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
-    """``_pad_copy`` of plane u."""
+    """``_pad_copy`` of plane u.  Unit stride (most layers) copies whole rows with ``uint64``
+    indices, which LLVM turns into vector moves; the strided case scatters each phase."""
     rl = sw * q_n
+    if sw == 1:
+        wn = _U(w_n)
+        for h in range(h_n):
+            src = _U((u * h_n + h) * w_n)
+            dst = _U(u * cstride + (h + pt) * rl + pl)
+            for i in range(wn):
+                xs[dst + i] = x[src + i]
+        return
     for h in range(h_n):
         src = (u * h_n + h) * w_n
         dst = u * cstride + (h + pt) * rl
