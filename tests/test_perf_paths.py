@@ -100,6 +100,26 @@ def test_max_pool_matches_naive_with_nan(k, s, d, p):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("shape,ceil", [((2, 3, 8, 64), False), ((1, 2, 6, 34), False),
+                                         ((1, 2, 7, 33), True)])
+def test_max_pool_2x2_fast_path_nan_in_every_cell(shape, ceil):
+    """The whole-plane 2x2/2 path (vectorised rows): a NaN in any of the four window cells
+    wins, -inf windows stay -inf; ceil-mode outputs (a partial last window) take the general
+    path."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    for cell, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        x[0, 0, dy, 2 * cell + dx] = np.nan
+    x[0, 1, 2:4, 4:8] = -np.inf
+    h, w = shape[2:]
+    oh, ow = (-(-h // 2), -(-w // 2)) if ceil else (h // 2, w // 2)
+    ref = _naive_max_pool(x, (2, 2), (2, 2), (1, 1), (0, 0, 2 * oh - h, 2 * ow - w))
+    out = np.empty((shape[0], shape[1], oh, ow), np.float32)
+    max_pool2d(x, out, 2, 2, 2, 2, 1, 1, 0, 0)
+    np.testing.assert_array_equal(out, ref)
+    assert np.isnan(out[0, 0, 0, :4]).all() and (out[0, 1, 1, 2:4] == -np.inf).all()
+
+
 def _fc_model(m=9, k=40, trans_b=1):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((m, k) if trans_b else (k, m)).astype(np.float32)

@@ -19,12 +19,39 @@ def _nanmax_into(dst, src):
         dst[i] = v if (v > m or v != v) else m
 
 
+@njit
+def _max2x2_plane(xf, of, nc, h, w, oh, ow):
+    """Plane ``nc`` of an unpadded 2x2/2 max pool on flat arrays: per output row, the
+    NaN-sticky max of a 2x2 block.  Row slices indexed ``2*xo + k`` and branch-free selects
+    (``|``, not ``or``) let LLVM vectorise it with interleaved loads."""
+    for y in range(oh):
+        r0 = (nc * h + 2 * y) * w
+        s0 = xf[r0:r0 + w]
+        s1 = xf[r0 + w:r0 + 2 * w]
+        d = of[(nc * oh + y) * ow:(nc * oh + y + 1) * ow]
+        for xo in range(ow):
+            a = s0[2 * xo]
+            v = s0[2 * xo + 1]
+            a = v if ((v > a) | (v != v)) else a
+            v = s1[2 * xo]
+            a = v if ((v > a) | (v != v)) else a
+            v = s1[2 * xo + 1]
+            d[xo] = v if ((v > a) | (v != v)) else a
+
+
 @pjit
 def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
     """Separable: per output row, the NaN-sticky max of the window's input rows (a contiguous,
     vectorised pass over W), then the max over each window's columns of that one row."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    if (kh == kw == sh == sw == 2 and dh == dw == 1 and pt == pl == 0
+            and 2 * oh <= h and 2 * ow <= w):  # VGG's 2x2/2: whole planes, no row copy
+        xf = x.reshape(-1)
+        of = out.reshape(-1)
+        for nc in prange(n * c):
+            _max2x2_plane(xf, of, nc, h, w, oh, ow)
+        return
     for nc in prange(n * c):
         i, j = nc // c, nc % c
         src = x[i, j]
@@ -56,13 +83,6 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
                     v = seg[2 * xo + 1]
                     m = v if ((v > m) | (v != v)) else m
                     v = seg[2 * xo + 2]
-                    dseg[xo] = v if ((v > m) | (v != v)) else m
-            elif kw == 2 and sw == 2 and dw == 1 and hi > lo:  # VGG's 2x2/2, likewise
-                seg = row[lo * 2 - pl:]
-                dseg = dr[lo:hi]
-                for xo in range(hi - lo):
-                    m = seg[2 * xo]
-                    v = seg[2 * xo + 1]
                     dseg[xo] = v if ((v > m) | (v != v)) else m
             else:
                 for xo in range(hi - lo):
