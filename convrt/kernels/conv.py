@@ -210,20 +210,14 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
 @njit
 def _tile_kernel_t(xf, xb, offs, wp, blk, bp, tile, nb_, nt, taps3):
     """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``, stored transposed
-    (``tile[k*tile_pitch(nt) + t]``); ``taps3`` picks the unrolled 3x3 loop (B=2 shapes)."""
-    if taps3 and nb_ == 2:
-        if nt == 14:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, True)
-        elif nt == 8:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, True)
-        elif nt == 7:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, True)
-        elif nt == 4:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, True, True)
-        elif nt == 2:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, True, True)
-        else:
-            _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, True, True)
+    (``tile[k*tile_pitch(nt) + t]``).  ``taps3`` picks the unrolled 3x3 loop for the shapes
+    3x3 layers use most (each instance costs ~0.6 s of compile on an empty cache)."""
+    if taps3 and nb_ == 2 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, True)
+    elif taps3 and nb_ == 2 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, True)
+    elif taps3 and nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, True)
     elif nb_ == 2 and nt == 14:
         _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, False)
     elif nb_ == 2 and nt == 8:
@@ -395,6 +389,7 @@ def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
             for i in range(wn):
                 xs[dst + i] = x[src + i]
         return
+    swu = _U(sw)
     for h in range(h_n):
         src = (u * h_n + h) * w_n
         dst = u * cstride + (h + pt) * rl
@@ -402,10 +397,10 @@ def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
             w0 = (p - pl) % sw  # first w whose padded column has phase p
             if w0 >= w_n:
                 continue
-            d = dst + p * q_n + (w0 + pl) // sw
-            cnt = (w_n - w0 + sw - 1) // sw
-            for i in range(cnt):
-                xs[d + i] = x[src + w0 + i * sw]
+            d = _U(dst + p * q_n + (w0 + pl) // sw)
+            s0 = _U(src + w0)
+            for i in range((w_n - w0 + sw - 1) // sw):
+                xs[d + i] = x[s0 + i * swu]
 
 
 @njit(fastmath=_FM)
