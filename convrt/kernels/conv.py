@@ -447,23 +447,14 @@ def _choose_shape(mg, ow_n, dtype, allowed=None):
 def use_winograd(in_shape, w_shape, strides, dilations, group, dtype=np.float32,
                  pads=(1, 1, 1, 1)):
     """Whether ``Conv2d`` runs a layer as Winograd F(2x2, 3x3): a function of the shapes only,
-    so the choice (and hence the result, bit for bit) is the same on every run.  Layers with
-    few channels x tile columns qualify only when the fused path takes them (many tiles)."""
+    so the choice (and hence the result, bit for bit) is the same on every run."""
     n_img, c_n, h_n, w_n = in_shape
     m_all, _, kh, kw = w_shape
-    if not (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+    return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
             and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
             and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW
-            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n):
-        return False
-    if c_n * -(-w_n // 2) >= WINO_MIN_C_TW:
-        return True
-    from .winograd import plan_groups
-    tw_n = -(-(w_n + pads[1] + pads[3] - 2) // 2)
-    tpi = -(-(h_n + pads[0] + pads[2] - 2) // 2) * tw_n
-    from .winograd import WINO_SHAPES
-    nt = _choose_shape(m_all, tpi, np.dtype(dtype), WINO_SHAPES)[1]
-    return plan_groups(n_img, c_n, m_all, tpi, tw_n, nt, np.dtype(dtype).itemsize)[1]
+            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n
+            and c_n * -(-w_n // 2) >= WINO_MIN_C_TW)
 
 
 # Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
@@ -474,12 +465,11 @@ WINO_MIN_C, WINO_MIN_M, WINO_MAX_HW = 128, 32, 56 * 56
 # which measured 10-20 % slower than direct on ResNet-18's 7x7 512-channel layers (1 thread,
 # CPU time); 13x13 (1.16x) and even sizes stay Winograd.
 WINO_MAX_WASTE = 1.2
-# Input channels x tiles per row: small VGG's 16x16x128 and 8x8x256 layers (1024) at batch 64
-# measured no faster than direct (single thread), and Winograd runs 3 parallel regions per chunk
-# of images where direct runs 2 per layer: on a loaded 2-vCPU machine every region waits for the
-# slowest thread to be scheduled.  With 2 threads, interleaved in one process
-# (2026-11-27), direct was 9-16 % faster than Winograd on ResNet-18's 28x28x128 (1792) and tied
-# on 14x14x256 (1792); VGG-16's layers (3584 and up) gain 8-30 % from Winograd.
+# Input channels x tiles per row.  With 2 threads, interleaved in one process (2026-11-27),
+# direct was 9-16 % faster than Winograd on ResNet-18's 28x28x128 (1792) and tied on 14x14x256
+# (1792); VGG-16's layers (3584 and up) gain 5-37 % from Winograd.  At batch 64 the direct
+# kernel with unrolled taps beat even the fused Winograd path on small VGG's 16x16x128 (17.4 vs
+# 20.3 ms) and 8x8x128->256 (8.7 vs 9.3 ms) layers and came within 4 % on 8x8x256 (1024).
 WINO_MIN_C_TW = 2048
 
 
