@@ -302,6 +302,20 @@ def _fetch_add(typingctx, ctr, val):
     return sig, codegen
 
 
+@njit
+def _claim(ctr, total, grain):
+    """The next claim ``[u0, u1)`` of a loop of ``total`` items (``u0 >= total``: none left).
+
+    Guided: an eighth of what is left, at most ``grain``, at least 1.  Early claims are whole
+    grains; the last ones shrink, so the two threads finish together instead of one waiting
+    out the other's last grain (up to a millisecond on VGG-16's big layers).  The plain read of
+    the counter may be stale; only the size of a claim depends on it, never which items it
+    holds, so every item is still claimed exactly once."""
+    g = min(grain, max(1, (total - ctr[0]) // 8))
+    u0 = _fetch_add(ctr, g)
+    return u0, min(total, u0 + g)
+
+
 def work_split(total):
     """``(threads, grain)`` for a loop of ``total`` work items claimed dynamically: the current
     numba thread count, and about 8 claims per thread.  Which thread runs an item never changes
@@ -338,10 +352,10 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
     tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
     tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
     while True:
-        u0 = _fetch_add(ctr, grain)
+        u0, u1 = _claim(ctr, total, grain)
         if u0 >= total:
             break
-        for u in range(u0, min(total, u0 + grain)):
+        for u in range(u0, u1):
             if row_major:  # (image, row, block): a row's input serves every block from L2
                 blk = u % nb
                 r = u // nb

@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import njit, pjit
-from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _fetch_add, work_split
+from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _claim, work_split
 
 ACTS = (ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP)
 
@@ -210,10 +210,10 @@ def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo):
     hw = h_n * w_n
     ohw = oh_n * ow_n
     while True:
-        u0 = _fetch_add(ctr, grain)
+        u0, u1 = _claim(ctr, total, grain)
         if u0 >= total:
             break
-        for u in range(u0, min(total, u0 + grain)):
+        for u in range(u0, u1):
             _plane(x, u * hw, h_n, w_n, oh_n, ow_n, out, u * ohw, res, has_res, wb,
                    (u % c_n) * 10, prm, st, act)
 

@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
-from .conv import _NREGS, _VBITS, _fetch_add, _store_tile
+from .conv import _NREGS, _VBITS, _claim, _store_tile
 
 _FM = set(FAST)
 _U = np.uint64
@@ -151,10 +151,10 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
     ohw = _U(oh_n * ow_n)
     tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
     while True:
-        u0 = _fetch_add(ctr, grain)
+        u0, u1 = _claim(ctr, total, grain)
         if u0 >= total:
             break
-        for u in range(u0, min(total, u0 + grain)):
+        for u in range(u0, u1):
             if pix_major:  # consecutive items: one pixel tile, every channel block
                 mb = u % nmb
                 r = u // nmb

@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import FAST, njit, pjit
-from .conv import ACT_NONE, VEC, _fetch_add, _row_epilogue, _tile_sums, work_split
+from .conv import ACT_NONE, VEC, _claim, _fetch_add, _row_epilogue, _tile_sums, work_split
 
 _FM = set(FAST)
 _U = np.uint64
@@ -131,10 +131,10 @@ def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
         rows = np.zeros(8 * rl, dtype=v.dtype)  # every element is rewritten per tile row
         ev = np.empty(8 * rl, dtype=v.dtype)
         while True:
-            u0 = _fetch_add(ctr, grain)
+            u0, u1 = _claim(ctr, total, grain)
             if u0 >= total:
                 break
-            for u in range(u0, min(total, u0 + grain)):
+            for u in range(u0, u1):
                 _wino_plane(x, v, u, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
                             csteps, rows, ev)
 
@@ -240,10 +240,10 @@ def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs, nthr, grain):
 def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per, sz):
     """One worker of ``_wino_gemm`` (outside the prange: shorter compile)."""
     while True:
-        u0 = _fetch_add(ctr, grain)
+        u0, u1 = _claim(ctr, total, grain)
         if u0 >= total:
             break
-        for u in range(u0, min(total, u0 + grain)):
+        for u in range(u0, u1):
             xi = u // per
             r = u - xi * per
             blk = r // nrun
@@ -266,10 +266,10 @@ def _wino_out(mb, bias, out, res, has_res, act, prm, nb_, nt, nb, nrun, m_all, n
     for _ in prange(nthr):
         yb = np.empty(4 * nt * wd, dtype=mb.dtype)
         while True:
-            u0 = _fetch_add(ctr, grain)
+            u0, u1 = _claim(ctr, total, grain)
             if u0 >= total:
                 break
-            for u in range(u0, min(total, u0 + grain)):
+            for u in range(u0, u1):
                 blk = u // nrun
                 ri = u - blk * nrun
                 m0 = blk * wd
