@@ -341,39 +341,43 @@ def test_every_microkernel_shape_transposed_store(monkeypatch, dtype):
         np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=str(shape))
 
 
-TAPS3_CASES = {  # (N, C, H, W, M, strides, pads, dilations, group, forced microkernel shape)
-    "w40_t14": (1, 7, 5, 40, 40, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 14)),
-    "w32_t8": (2, 6, 4, 32, 64, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 8)),
-    "w7_t7": (1, 9, 7, 7, 33, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 7)),
-    "s21_d21_asym": (1, 5, 13, 19, 40, (2, 1), (2, 0, 1, 2), (2, 1), 1, (2, 8)),
-    "group2": (2, 6, 6, 11, 70, (1, 1), (1, 1, 1, 1), (1, 1), 2, (2, 8)),
-    "cg1": (1, 2, 6, 9, 64, (1, 1), (0, 1, 0, 1), (1, 1), 2, (2, 8)),
-    "nopad": (1, 3, 5, 9, 32, (1, 1), (0, 0, 0, 0), (1, 1), 1, (2, 7)),
+TAPS_CASES = {  # (N, C, H, W, M, strides, pads, dilations, group, forced shape, taps mode)
+    "w40_t14": (1, 7, 5, 40, 40, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 14), 1),
+    "w32_t8": (2, 6, 4, 32, 64, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 8), 1),
+    "w7_t7": (1, 9, 7, 7, 33, (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 7), 1),
+    "s21_d21_asym": (1, 5, 13, 19, 40, (2, 1), (2, 0, 1, 2), (2, 1), 1, (2, 8), 1),
+    "group2": (2, 6, 6, 11, 70, (1, 1), (1, 1, 1, 1), (1, 1), 2, (2, 8), 1),
+    "cg1": (1, 2, 6, 9, 64, (1, 1), (0, 1, 0, 1), (1, 1), 2, (2, 8), 1),
+    "nopad": (1, 3, 5, 9, 32, (1, 1), (0, 0, 0, 0), (1, 1), 1, (2, 7), 1),
+    "s2_t14": (1, 5, 33, 34, 40, (2, 2), (1, 1, 1, 1), (1, 1), 1, (2, 14), 2),
+    "s2_t7_asym": (2, 4, 15, 16, 64, (2, 2), (0, 1, 1, 0), (1, 1), 1, (2, 7), 2),
+    "d12_t7": (1, 3, 8, 12, 32, (1, 1), (1, 2, 1, 2), (1, 2), 1, (2, 7), 2),
+    "s3_t7_group2": (1, 6, 9, 23, 48, (1, 3), (1, 1, 1, 1), (1, 1), 2, (2, 7), 2),
 }
 
 
 @pytest.mark.parametrize("row_major", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", sorted(TAPS3_CASES))
-def test_taps3_loop_matches_generic_loop(monkeypatch, name, dtype, row_major):
-    """The 3x3 loop with its taps unrolled (and its prefetches) sums in the same order as the
-    one-offset-per-step loop, so the two agree bit for bit, and both match the naive
-    reference; with both work orders, dilation and stride along H, groups, one channel per
-    group, and the residual + ReLU epilogue."""
+@pytest.mark.parametrize("name", sorted(TAPS_CASES))
+def test_unrolled_taps_match_generic_loop(monkeypatch, name, dtype, row_major):
+    """The 3x3 loop with its taps unrolled (constant or loaded tap offsets, and prefetches)
+    sums in the same order as the one-offset-per-step loop, so the two agree bit for bit, and
+    both match the naive reference; with both work orders, strides and dilations along either
+    axis, groups, one channel per group, and the residual + ReLU epilogue."""
     from convrt.kernels import conv as convmod
 
-    n, c, h, w, m, strides, pads, dil, group, shape = TAPS3_CASES[name]
+    n, c, h, w, m, strides, pads, dil, group, shape, mode = TAPS_CASES[name]
     monkeypatch.setattr(convmod, "_choose_shape", lambda mg, ow, dt, allowed=None: shape)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((m, c // group, 3, 3)).astype(dtype)
     b = rng.standard_normal(m).astype(dtype)
     outs = []
-    for taps3 in (True, False):
+    for taps in (mode, 0):
         conv = Conv2d(wt, b, x.shape, strides, pads, dil, group, activation="relu",
                       dtype=dtype, algo="direct")
-        assert conv._taps3 and conv._shape == shape
-        conv._taps3, conv._row_major = taps3, row_major
+        assert conv._taps == mode and conv._shape == shape
+        conv._taps, conv._row_major = taps, row_major
         res = np.linspace(-1, 1, np.prod(conv.out_shape)).reshape(conv.out_shape).astype(dtype)
         out = np.full(conv.out_shape, np.nan, dtype)
         conv(x, out, res)

@@ -10,11 +10,11 @@
   with explicit 16-lane vectors (a numba ``@intrinsic``), so it neither depends on the SLP
   vectoriser nor inherits LLVM's preference for 256-bit vectors on Intel CPUs, and compiles in
   a fraction of a second.  The tile is transposed in registers (16x16 shuffles) so that the
-  store into the NCHW output, with the epilogue applied, runs along pixels.  3x3 layers with
-  unit stride along W (``taps3``) run the reduction per input channel with the 9 taps unrolled
-  and a software prefetch of the rows 4 channels ahead: 8-25 % faster than one offset per step
-  (the rows of the next channels are 1-2 cache lines each, far apart, which the hardware
-  prefetcher does not follow).  Big inputs with small weights take their work items row-major.
+  store into the NCHW output, with the epilogue applied, runs along pixels.  3x3 layers run the
+  reduction per input channel with the 9 taps unrolled and a software prefetch of the rows 4
+  channels ahead (``taps``): 8-25 % faster than one offset per step (the rows of the next
+  channels are 1-2 cache lines each, far apart, which the hardware prefetcher does not follow).
+  Big inputs with small weights take their work items row-major.
 * **pixel** (``kernels/pixel.py``, ``use_pixel``): the mirror image, weights broadcast and 16
   pixels per vector, for 1x1 layers and short reductions (first layers); same input layout.
 * **Winograd** F(2x2, 3x3) (``kernels/winograd.py``, ``use_winograd``) for deep 3x3 layers.
@@ -92,7 +92,7 @@ def _shapes(dtype):
 
 
 @intrinsic
-def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, taps3):
+def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, taps):
     """``tile[t*W + k] = bp[blk, k] + sum_r xf[xb + offs[r] + t] * wp[blk, r, k]``, t < ntile,
     k < W = 16*nblk; with ``trans`` true the tile is stored transposed instead, one run of
     ``tile_pitch(ntile)`` pixels per channel: ``tile[k*P + t]`` (lanes t >= ntile hold garbage).
@@ -102,21 +102,25 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
     Inf propagate as in a plain multiply-add).  The transpose is done in registers, 16x16 at a
     time (4 rounds of two-input shuffles), so that the store into NCHW runs along pixels.
 
-    With ``taps3`` (a literal) the reduction is 3x3 taps per channel with offsets
-    ``offs[9c] + i*(offs[3]-offs[0]) + j`` (unit stride and dilation along W): the loop runs over
-    channels with the 9 taps unrolled, so every input load is a base register plus a constant
-    displacement and ``offs`` is read once per channel instead of once per step.
+    ``taps`` (a literal) > 0 says the reduction is 3x3 taps per channel: the loop runs over
+    channels with the 9 taps unrolled and prefetches the rows ``PF_DIST`` channels ahead
+    (``offs[9] - offs[0]`` apart).  With ``taps == 1`` (unit stride and dilation along W, at
+    most 8 pixels) the tap offsets are ``offs[9c] + i*(offs[3]-offs[0]) + j``: every input load
+    is a base register plus a constant, and LLVM reuses a loaded pixel across the three taps of
+    a row.  With ``taps == 2`` (wider tiles, where that reuse would spill registers, or strided
+    layers) each tap's offset is read from ``offs``.  The sums are the same, in the same order.
     """
     if not (isinstance(ntile, types.IntegerLiteral) and isinstance(nblk, types.IntegerLiteral)
             and isinstance(trans, types.BooleanLiteral)
-            and isinstance(taps3, types.BooleanLiteral)):
+            and isinstance(taps, types.IntegerLiteral)):
         return None
     n_t = ntile.literal_value
     n_b = nblk.literal_value
     do_t = trans.literal_value
-    unroll = taps3.literal_value
+    unroll = taps.literal_value
+    assert unroll in (0, 1, 2) and (unroll != 1 or n_t <= 8)
     width = n_b * VEC
-    sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, taps3)
+    sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, taps)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
@@ -144,26 +148,26 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
             xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))
             return step(xo, builder.gep(wrow, [builder.mul(r, c64(width))]), accs)
 
-        def body3(c, accs):  # channel c: 9 taps, rows drow apart
-            xc = builder.add(xb, builder.load(builder.gep(oa.data, [builder.mul(c, c64(9))])))
-            if PF_DIST:
-                xp = builder.add(xc, builder.mul(cstr, c64(PF_DIST)))
-                for i in range(3):
-                    for e in sorted({0, n_t + 1}):
-                        a = builder.gep(xa.data, [builder.add(xp, builder.add(
-                            builder.mul(drow, c64(i)), c64(e)))])
-                        builder.call(pf, [builder.bitcast(a, i8p), ir.Constant(v.i32, 0),
-                                          ir.Constant(v.i32, 3), ir.Constant(v.i32, 1)])
+        def tap(c, i, j):  # input offset of tap (i, j) of channel c
+            if unroll == 1:
+                xc = builder.add(xb, builder.load(builder.gep(oa.data, [builder.mul(c, c64(9))])))
+                return builder.add(builder.add(xc, builder.mul(drow, c64(i))), c64(j))
+            k = builder.add(builder.mul(c, c64(9)), c64(3 * i + j))
+            return builder.add(xb, builder.load(builder.gep(oa.data, [k])))
+
+        def body3(c, accs):  # channel c: 9 taps
+            ahead = builder.mul(cstr, c64(PF_DIST))
+            for i in range(3):  # the rows (both phases if strided) PF_DIST channels ahead
+                for j, e in ((0, 0), (0, n_t + 1)) if unroll == 1 else ((0, 0), (0, n_t),
+                                                                          (1, 0), (1, n_t)):
+                    a = builder.gep(xa.data, [builder.add(builder.add(tap(c, i, j), ahead),
+                                                          c64(e))])
+                    builder.call(pf, [builder.bitcast(a, i8p), ir.Constant(v.i32, 0),
+                                      ir.Constant(v.i32, 3), ir.Constant(v.i32, 1)])
             wc = builder.gep(wrow, [builder.mul(c, c64(9 * width))])
             for i in range(3):
-                xr = builder.add(xc, builder.mul(drow, c64(i)))
                 for j in range(3):
-                    if n_t > 8:  # offsets from memory: no reuse of loads across taps (spills)
-                        k = builder.add(builder.mul(c, c64(9)), c64(3 * i + j))
-                        xo = builder.add(xb, builder.load(builder.gep(oa.data, [k])))
-                    else:
-                        xo = builder.add(xr, c64(j))
-                    accs = step(xo, builder.gep(wc, [c64((3 * i + j) * width)]), accs)
+                    accs = step(tap(c, i, j), builder.gep(wc, [c64((3 * i + j) * width)]), accs)
             return accs
 
         inits = [bvecs[i % n_b] for i in range(n_t * n_b)]
@@ -208,44 +212,47 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
 
 
 @njit
-def _tile_kernel_t(xf, xb, offs, wp, blk, bp, tile, nb_, nt, taps3):
+def _tile_kernel_t(xf, xb, offs, wp, blk, bp, tile, nb_, nt, taps):
     """``_tile_sums`` for a runtime shape (nb_, nt), one of ``SHAPES``, stored transposed
-    (``tile[k*tile_pitch(nt) + t]``).  ``taps3`` picks the unrolled 3x3 loop for the shapes
-    3x3 layers use most (each instance costs ~0.6 s of compile on an empty cache)."""
-    if taps3 and nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, True)
-    elif taps3 and nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, True)
-    elif taps3 and nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, True)
+    (``tile[k*tile_pitch(nt) + t]``).  ``taps`` (0, 1 or 2, see ``_tile_sums``) picks the
+    unrolled 3x3 loop for the shapes 3x3 layers use most (each instance costs ~0.6 s of compile
+    on an empty cache); the other shapes run the per-step loop."""
+    if taps != 0 and nb_ == 2 and nt == 14:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, 2)
+    elif taps == 1 and nb_ == 2 and nt == 8:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, 1)
+    elif taps == 1 and nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, 1)
+    elif taps == 2 and nb_ == 2 and nt == 7:
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, 2)
     elif nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, True, 0)
     elif nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, True, 0)
     elif nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, True, 0)
     elif nb_ == 2 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, True, 0)
     elif nb_ == 2 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 2, True, 0)
     elif nb_ == 2 and nt == 1:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, True, 0)
     elif nb_ == 1 and nt == 28:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 28, True, 0)
     elif nb_ == 1 and nt == 16:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 16, True, 0)
     elif nb_ == 1 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 14, True, 0)
     elif nb_ == 1 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 8, True, 0)
     elif nb_ == 1 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 7, True, 0)
     elif nb_ == 1 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 4, True, 0)
     elif nb_ == 1 and nt == 2:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 2, True, 0)
     else:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, True, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, True, 0)
 
 
 @njit(fastmath=_FM)
@@ -326,20 +333,20 @@ def work_split(total):
 
 @pjit(fastmath=_FM)
 def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, nb, nbg, mg,
-                 m_all, oh_n, ow_n, nstride, gstride, rowstep, taps3, row_major, nthr, grain):
+                 m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major, nthr, grain):
     """Work items (image, block of 16*nb_ channels, output row), claimed ``grain`` at a time
     from a shared atomic counter by ``nthr`` workers (``_blocked_worker``; the body lives
     outside the prange, which keeps the parallel function's compile short)."""
     ctr = np.zeros(1, dtype=np.int64)
     for _ in prange(nthr):
         _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt,
-                        n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps3,
+                        n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps,
                         row_major)
 
 
 @njit(fastmath=_FM)
 def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img,
-                    nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps3, row_major):
+                    nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major):
     """One worker of ``_run_blocked``: claims items until none is left; tiles of nt pixels.
 
     The last tile of a row is shifted left to end at the row's end: it recomputes a few pixels
@@ -374,7 +381,7 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             orow = ((n * m_all + m0) * oh_n + oh) * ow_n
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_n - nt)
-                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps3)
+                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps)
                 _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
 
 
@@ -653,8 +660,9 @@ class Conv2d:
                 wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
                 bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
         self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
-        # 3x3 taps unrolled per channel (needs unit stride and dilation along W)
-        self._taps3 = kh == kw == 3 and sw == dw == 1
+        # 3x3 taps unrolled per channel: constant tap offsets need unit stride and dilation
+        # along W (see _tile_sums)
+        self._taps = 0 if (kh, kw) != (3, 3) else 1 if sw == dw == 1 else 2
         # Work order: (image, row, block) when an image's input would not stay in L2 through
         # every block's rows but all the weights do; measured 5 % faster on VGG-16's 224x224x64
         # and 112x112x128 layers, 3-7 % slower on 56x56x256 (2.4 MB of weights).
@@ -706,5 +714,5 @@ class Conv2d:
                      self._prm, self._shape[0], self._shape[1], n_img, self._nb,
                      self._nbg, self._mg,
                      self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
-                     self._rowstep, self._taps3, self._row_major, nthr, grain)
+                     self._rowstep, self._taps, self._row_major, nthr, grain)
         return out

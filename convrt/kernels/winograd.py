@@ -48,17 +48,17 @@ def _wino_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
     """conv.py's ``_tile_sums`` (untransposed) for a runtime shape of ``WINO_SHAPES`` or
     (1, 1)."""
     if nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False, 0)
     elif nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False, 0)
     elif nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False, 0)
     elif nb_ == 2 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False, 0)
     elif nb_ == 2 and nt == 1:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False, 0)
     else:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False, False)
+        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False, 0)
 
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
