@@ -20,6 +20,17 @@ def _nanmax_into(dst, src):
 
 
 @njit
+def _nanmax3(dst, a, b, c):
+    """dst[i] = the NaN-sticky max of a[i], b[i], c[i] (branch-free selects, vectorised)."""
+    for i in range(dst.shape[0]):
+        m = a[i]
+        v = b[i]
+        m = v if ((v > m) | (v != v)) else m
+        v = c[i]
+        dst[i] = v if ((v > m) | (v != v)) else m
+
+
+@njit
 def _max2x2_plane(xf, of, nc, h, w, oh, ow):
     """Plane ``nc`` of an unpadded 2x2/2 max pool on flat arrays: per output row, the
     NaN-sticky max of a 2x2 block.  Row slices indexed ``2*xo + k`` and branch-free selects
@@ -59,16 +70,19 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
         row = np.empty(w, x.dtype)
         for y in range(oh):
             y0 = y * sh - pt
-            first = True
-            for a in range(kh):
-                yy = y0 + a * dh
-                if yy < 0 or yy >= h:
-                    continue
-                if first:
-                    row[:] = src[yy]
-                    first = False
-                else:
-                    _nanmax_into(row, src[yy])
+            if kh == 3 and y0 >= 0 and y0 + 2 * dh < h:  # a whole 3-row window: one pass
+                _nanmax3(row, src[y0], src[y0 + dh], src[y0 + 2 * dh])
+            else:
+                first = True
+                for a in range(kh):
+                    yy = y0 + a * dh
+                    if yy < 0 or yy >= h:
+                        continue
+                    if first:
+                        row[:] = src[yy]
+                        first = False
+                    else:
+                        _nanmax_into(row, src[yy])
             dr = dst[y]
             # outputs [lo, hi) have their whole window inside the row: no index tests
             lo = min(ow, (pl + sw - 1) // sw)
@@ -92,9 +106,8 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
                         v = seg[b * dw]
                         m = v if (v > m or v != v) else m
                     dr[xo + lo] = m
-            for xo in range(ow):
-                if xo >= lo and xo < hi:
-                    continue
+            for e in range(lo + ow - hi):  # the edge outputs only: [0, lo) and [hi, ow)
+                xo = e if e < lo else e - lo + hi
                 x0 = xo * sw - pl
                 m = -np.inf
                 for b in range(kw):
