@@ -88,9 +88,9 @@ def _softmax_op(ctx, X, ax, log, legacy):
     def run(x, out):
         s = x.shape
         if legacy:  # opset < 13: rows are the flattened dims from `axis` on
-            outer, n, inner = int(np.prod(s[:a])), int(np.prod(s[a:])), 1
+            outer, n, inner = math.prod(s[:a]), math.prod(s[a:]), 1
         else:
-            outer, n, inner = int(np.prod(s[:a])), s[a], int(np.prod(s[a + 1:]))
+            outer, n, inner = math.prod(s[:a]), s[a], math.prod(s[a + 1:])
         _softmax(x.reshape(outer, n, inner), out.reshape(outer, n, inner), log)
 
     return ctx.result([X.shape], [X.dtype], run)

@@ -1,5 +1,7 @@
 """Pooling: MaxPool, AveragePool (2-D windows), GlobalAveragePool, GlobalMaxPool."""
 
+import math
+
 import numpy as np
 
 from ..kernels import pool as K
@@ -73,7 +75,8 @@ def _global(ctx, X, kernel):
 
     def run(x, out):
         n, c = x.shape[:2]
-        kernel(x.reshape(n, c, int(np.prod(x.shape[2:]))), out.reshape(n, c))
+        # math.prod, not np.prod: numpy's reduce machinery measured 80 us here, the kernel 30
+        kernel(x.reshape(n, c, math.prod(x.shape[2:])), out.reshape(n, c))
 
     return ctx.result([shape], [X.dtype], run)
 
