@@ -294,6 +294,37 @@ def _store_tile(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):
                 out[base + _U(t)] = np.tanh(tile[tb + t])
 
 
+@njit(fastmath=_FM)
+def _store_tile16(tile, out, ob, ohw, jv, res, has_res, act, prm):
+    """``_store_tile`` of a whole vector of 16 pixels per channel (pitch 16), for a tile whose
+    16 pixels all lie inside its output row: lanes past the tile's own pixels hold garbage,
+    which the row's later tiles (same work item, stored after this one) overwrite.  Fixed trip
+    counts make every channel one vector load, add, select and store."""
+    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
+    for j in range(jv):
+        base = ob + _U(j) * ohw
+        tb = j * 16
+        if has_res:
+            for t in range(16):
+                tile[tb + t] += res[base + _U(t)]
+        if act == ACT_NONE:
+            for t in range(16):
+                out[base + _U(t)] = tile[tb + t]
+        elif act == ACT_RELU:
+            for t in range(16):
+                v = tile[tb + t]
+                out[base + _U(t)] = zero if v < zero else v
+        elif act == ACT_LEAKY:
+            for t in range(16):
+                v = tile[tb + t]
+                out[base + _U(t)] = v * alpha if v < zero else v
+        else:  # ACT_CLIP (sigmoid and tanh take _store_tile)
+            for t in range(16):
+                v = tile[tb + t]
+                v = lo if v < lo else v
+                out[base + _U(t)] = hi if v > hi else v
+
+
 @intrinsic
 def _fetch_add(typingctx, ctr, val):
     """Atomically ``old = ctr[0]; ctr[0] += val; return old`` on an int64 array."""
@@ -382,7 +413,11 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_n - nt)
                 _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps)
-                _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+                if tp == 16 and ow0 + 16 <= ow_n and act <= ACT_CLIP:
+                    _store_tile16(tile, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+                else:
+                    _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act,
+                                prm)
 
 
 @pjit
