@@ -425,30 +425,50 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
     """Copy NCHW ``x`` (flat) into the zero-bordered, phase-split scratch ``xs`` (flat).
 
     Element (n, c, h, w) goes to row ``h + pt`` of plane (n, c), phase ``(w+pl) % sw``, position
-    ``(w+pl) // sw``.  Border elements are never written (they stay zero).  A static prange over
-    planes: a short memory-bound step, and the dynamic scheme's compile costs ~1 s more.
+    ``(w+pl) // sw``; everything else of each plane's ``cstride`` elements, and one spare plane
+    after the last, is written with zeros: the scratch is shared by every convolution a thread
+    runs (``_shared_scratch``), so it holds another layer's data.  A static prange over planes:
+    a short memory-bound step, and the dynamic scheme's compile costs ~1 s more.
     """
-    for u in prange(n_img * c_n):
-        _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride)
+    for u in prange(n_img * c_n + 1):
+        if u == n_img * c_n:  # the spare plane
+            base = _U(u * cstride)
+            for i in range(_U(cstride)):
+                xs[base + i] = 0
+        else:
+            _pad_plane(x, xs, u, h_n, w_n, hp, q_n, sw, pt, pl, cstride)
 
 
 @njit
-def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
-    """``_pad_copy`` of plane u.  Unit stride (most layers) copies whole rows with ``uint64``
-    indices, which LLVM turns into vector moves; the strided case scatters each phase."""
+def _pad_plane(x, xs, u, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
+    """``_pad_copy`` of plane u.  Unit stride (most layers) writes each row as zeros, data,
+    zeros with ``uint64`` indices, which LLVM turns into vector moves; the strided case zeroes
+    the row, then scatters each phase."""
     rl = sw * q_n
+    base = _U(u * cstride)
+    for i in range(_U(pt * rl)):  # top border rows
+        xs[base + i] = 0
+    for i in range(_U((pt + h_n) * rl), _U(cstride)):  # bottom rows and the plane gap
+        xs[base + i] = 0
     if sw == 1:
         wn = _U(w_n)
+        tail = _U(rl - pl - w_n)
         for h in range(h_n):
             src = _U((u * h_n + h) * w_n)
-            dst = _U(u * cstride + (h + pt) * rl + pl)
+            row = base + _U((h + pt) * rl)
+            for i in range(_U(pl)):
+                xs[row + i] = 0
             for i in range(wn):
-                xs[dst + i] = x[src + i]
+                xs[row + _U(pl) + i] = x[src + i]
+            for i in range(tail):
+                xs[row + _U(pl) + wn + i] = 0
         return
     swu = _U(sw)
     for h in range(h_n):
         src = (u * h_n + h) * w_n
         dst = u * cstride + (h + pt) * rl
+        for i in range(_U(rl)):
+            xs[_U(dst) + i] = 0
         for p in range(sw):
             w0 = (p - pl) % sw  # first w whose padded column has phase p
             if w0 >= w_n:
@@ -457,6 +477,22 @@ def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
             s0 = _U(src + w0)
             for i in range((w_n - w0 + sw - 1) // sw):
                 xs[d + i] = x[s0 + i * swu]
+
+
+_SCRATCH = threading.local()
+
+
+def _shared_scratch(n, dtype):
+    """``n`` elements of this thread's scratch, shared by every Conv2d the thread calls (one
+    layer runs at a time per thread): the padded input copy stays warm in L2 from layer to
+    layer, and the process holds one such buffer per thread instead of one per layer.  Kernels
+    that use it rewrite every element they read (``_pad_copy``, ``pixel.gather``)."""
+    key = np.dtype(dtype).char
+    buf = getattr(_SCRATCH, key, None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(n, dtype=dtype)  # exactly: VGG-16's largest copy is 13 MB
+        setattr(_SCRATCH, key, buf)
+    return buf[:n]
 
 
 @njit(fastmath=_FM)
@@ -705,10 +741,7 @@ class Conv2d:
                            and wp.nbytes <= ROW_MAJOR_BYTES // 2)
 
     def _scratch(self):
-        xs = getattr(self._tls, "xs", None)
-        if xs is None:  # zeros: the copy never writes the border
-            xs = self._tls.xs = np.zeros(self._xs_len, dtype=self.dtype)
-        return xs
+        return _shared_scratch(self._xs_len, self.dtype)
 
     def scratch_bytes(self) -> int:
         """Bytes of one calling thread's input copy (0 when the input is read in place)."""
