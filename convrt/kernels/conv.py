@@ -21,17 +21,21 @@
 * depthwise and other narrow groups (fewer than 8 output channels per group) are handed to
   ``kernels/dw3x3.py`` (3x3, padding 1, stride 1 or 2) or ``kernels/depthwise.py``.
 
-The blocked and pixel kernels read the input from a zero-bordered copy, laid out per row as ``stride_w`` phases
-(``row[p*Q + q] = padded[q*stride_w + p]``), so that consecutive output pixels always read
-consecutive elements whatever the stride.  The copy is skipped when there is no padding and unit
-stride; a 1x1 unit-stride unpadded convolution is run as one long row per image.  The copy buffer
-is per thread (``threading.local``): one ``Conv2d`` may be called from several threads at once.
+The blocked and pixel kernels read the input from a zero-bordered copy, laid out per row as
+``stride_w`` phases (``row[p*Q + q] = padded[q*stride_w + p]``), so that consecutive output
+pixels always read consecutive elements whatever the stride.  The copy is skipped when there is
+no padding and unit stride; a 1x1 unit-stride unpadded convolution is run as one long row per
+image.  The copy lives in one buffer per calling thread shared by every ``Conv2d``
+(``_shared_scratch``): it stays warm from layer to layer, and one ``Conv2d`` may still be called
+from several threads at once.  Since it holds another layer's data, the copy writes every
+element it covers, borders included.
 
-Parallel loops claim their work items dynamically from an atomic counter (``_fetch_add``,
+Parallel loops claim their work items dynamically from an atomic counter (``_claim``,
 ``work_split``) rather than splitting them statically: on a shared 2-vCPU machine a thread that
 another process delays no longer leaves its fixed share undone while the other thread waits
-(the region's closing barrier still waits for it to be scheduled once).  Every item computes the same outputs
-in the same order whichever thread runs it, so results are bit-identical for any thread count.
+(the region's closing barrier still waits for it to be scheduled once).  Claims are guided:
+whole grains first, smaller ones as the loop runs out.  Every item computes the same outputs in
+the same order whichever thread runs it, so results are bit-identical for any thread count.
 
 Index arithmetic inside the kernels is ``uint64``: numba adds a negative-index wrap-around to
 every signed index, which costs instructions and blocks vectorisation.
