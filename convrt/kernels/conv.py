@@ -101,7 +101,8 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
     k < W = 16*nblk; with ``trans`` true the tile is stored transposed instead, one run of
     ``tile_pitch(ntile)`` pixels per channel: ``tile[k*P + t]`` (lanes t >= ntile hold garbage).
 
-    ``nblk``, ``ntile`` and ``trans`` must be literals; arrays C-contiguous; ``xb`` uint64.
+    ``nblk``, ``ntile``, ``trans`` and ``taps`` must be literals; arrays C-contiguous; ``xb``
+    uint64.
     Emits one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and
     Inf propagate as in a plain multiply-add).  The transpose is done in registers, 16x16 at a
     time (4 rounds of two-input shuffles), so that the store into NCHW runs along pixels.
@@ -440,11 +441,11 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
             for i in range(_U(cstride)):
                 xs[base + i] = 0
         else:
-            _pad_plane(x, xs, u, h_n, w_n, hp, q_n, sw, pt, pl, cstride)
+            _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride)
 
 
 @njit
-def _pad_plane(x, xs, u, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
+def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
     """``_pad_copy`` of plane u.  Unit stride (most layers) writes each row as zeros, data,
     zeros with ``uint64`` indices, which LLVM turns into vector moves; the strided case zeroes
     the row, then scatters each phase."""
@@ -540,11 +541,10 @@ def _choose_shape(mg, ow_n, dtype, allowed=None):
     return best
 
 
-def use_winograd(in_shape, w_shape, strides, dilations, group, dtype=np.float32,
-                 pads=(1, 1, 1, 1)):
+def use_winograd(in_shape, w_shape, strides, dilations, group):
     """Whether ``Conv2d`` runs a layer as Winograd F(2x2, 3x3): a function of the shapes only,
     so the choice (and hence the result, bit for bit) is the same on every run."""
-    n_img, c_n, h_n, w_n = in_shape
+    _, c_n, h_n, w_n = in_shape
     m_all, _, kh, kw = w_shape
     return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
             and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
@@ -696,7 +696,7 @@ class Conv2d:
         assert bias.shape == (m_all,)
         if algo == "auto":
             algo = "winograd" if use_winograd(self.in_shape, w.shape, strides, dilations,
-                                              group, dtype, pads) else "direct"
+                                              group) else "direct"
         self.algo = algo
         if algo == "winograd":
             from .winograd import WINO_SHAPES, Winograd  # winograd imports this module
