@@ -359,6 +359,19 @@ def _claim(ctr, total, grain):
     return u0, min(total, u0 + g)
 
 
+@njit
+def _item(u, na, nb, a_fastest):
+    """Work item ``u`` of a loop over images x a (``na`` values) x b (``nb`` values), as
+    ``(a, b, image)``; a varies fastest if ``a_fastest``, else b does."""
+    if a_fastest:
+        a = u % na
+        r = u // na
+        return a, r % nb, r // nb
+    b = u % nb
+    r = u // nb
+    return r % na, b, r // na
+
+
 def work_split(total):
     """``(threads, grain)`` for a loop of ``total`` work items claimed dynamically: the current
     numba thread count, and about 8 claims per thread.  Which thread runs an item never changes
@@ -399,16 +412,9 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
         if u0 >= total:
             break
         for u in range(u0, u1):
-            if row_major:  # (image, row, block): a row's input serves every block from L2
-                blk = u % nb
-                r = u // nb
-                oh = r % oh_n
-                n = r // oh_n
-            else:  # (image, block, row): a block's weights serve every row
-                oh = u % oh_n
-                r = u // oh_n
-                blk = r % nb
-                n = r // nb
+            # row-major: (image, row, block), a row's input serves every block from L2;
+            # else (image, block, row), a block's weights serve every row
+            blk, oh, n = _item(u, nb, oh_n, row_major)
             g = blk // nbg
             bl = blk - g * nbg
             m0 = g * mg + bl * wd

@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
-from .conv import _NREGS, _VBITS, _claim, _store_tile
+from .conv import _NREGS, _VBITS, _claim, _item, _store_tile
 
 _FM = set(FAST)
 _U = np.uint64
@@ -155,16 +155,9 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
         if u0 >= total:
             break
         for u in range(u0, u1):
-            if pix_major:  # consecutive items: one pixel tile, every channel block
-                mb = u % nmb
-                r = u // nmb
-                q = r % rt
-                n = r // rt
-            else:  # consecutive items: one channel block along the image's pixel tiles
-                q = u % rt
-                r = u // rt
-                mb = r % nmb
-                n = r // nmb
+            # pixel-major: consecutive items are one pixel tile, every channel block; else one
+            # channel block along the image's pixel tiles
+            mb, q, n = _item(u, nmb, rt, pix_major)
             y = q // ntl
             p0 = min((q - y * ntl) * px, ow_n - px)
             m0 = mb * mr
