@@ -51,6 +51,16 @@ class VecIR:
     def vstore(self, value, base, index):
         self.builder.store(value, self.vptr(base, index), align=1)
 
+    def outer_fma(self, scalars, vecs, accs):
+        """One step of a register-tiled outer product: ``accs[i*len(vecs) + j] += scalars[i] *
+        vecs[j]`` (each scalar splat once), returned as the new accumulators."""
+        news = []
+        for i, x in enumerate(scalars):
+            splat = self.splat(x)
+            for j, vec in enumerate(vecs):
+                news.append(self.builder.call(self.fma, [splat, vec, accs[i * len(vecs) + j]]))
+        return news
+
     def accumulate(self, n, inits, body, name):
         """Emit ``for r in range(n): accs = body(r, accs)`` (``n`` an i64) with the accumulators
         carried in registers (phi nodes); returns their final values (``inits`` if n <= 0)."""

@@ -142,12 +142,9 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
 
         def step(xo, wr, accs):  # one reduction step; accs[t*n_b + b]
             wvs = [v.vload(wr, c64(b * VEC)) for b in range(n_b)]
-            news = []
-            for t in range(n_t):
-                splat = v.splat(builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))])))
-                for b in range(n_b):
-                    news.append(builder.call(v.fma, [splat, wvs[b], accs[t * n_b + b]]))
-            return news
+            pixels = [builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))]))
+                      for t in range(n_t)]
+            return v.outer_fma(pixels, wvs, accs)
 
         def body(r, accs):
             xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))

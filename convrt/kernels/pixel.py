@@ -91,12 +91,9 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv):
             xo = builder.add(xb, builder.load(builder.gep(oa.data, [c])))
             xvs = [v.vload(xa.data, builder.add(xo, c64(k * VEC))) for k in range(n_v)]
             wo = builder.add(wb, builder.mul(c, c64(n_m)))
-            news = []
-            for m in range(n_m):
-                ws = v.splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(m))])))
-                for k in range(n_v):
-                    news.append(builder.call(v.fma, [ws, xvs[k], accs[m * n_v + k]]))
-            return news
+            weights = [builder.load(builder.gep(wa.data, [builder.add(wo, c64(m))]))
+                       for m in range(n_m)]
+            return v.outer_fma(weights, xvs, accs)
 
         finals = v.accumulate(nc, [inits[i // n_v] for i in range(n_m * n_v)], body, "px")
         for i, fin in enumerate(finals):
