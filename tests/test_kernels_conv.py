@@ -408,6 +408,37 @@ def test_shared_scratch_holds_no_stale_data(dtype):
         np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=name)
 
 
+@pytest.mark.parametrize("c, h, w, stride, pads", [
+    (3, 7, 7, 1, (1, 1, 1, 1)),      # short rows: zero the plane, then copy the rows
+    (2, 5, 40, 1, (2, 0, 1, 3)),     # long rows: borders and data row by row
+    (4, 9, 11, 2, (1, 2, 0, 1)),     # stride phases
+    (1, 3, 33, 3, (0, 1, 2, 0)),
+])
+def test_pad_copy_serial_and_parallel_agree(c, h, w, stride, pads):
+    """The input copy runs on the calling thread when small (``PAD_SERIAL_ELEMS``), else as a
+    parallel loop; both write every element of the scratch (borders, plane gaps, the spare
+    plane) with the same values, whatever stale data it held."""
+    from convrt.kernels.conv import _pad_copy, _pad_copy_serial
+
+    x = np.random.default_rng(c * h + w).standard_normal((2, c, h, w)).astype(np.float32)
+    wt = np.ones((8, c, 3, 3), np.float32)
+    conv = Conv2d(wt, None, x.shape, (stride, stride), pads, algo="direct")
+    assert conv._copy
+    outs = []
+    for copy in (_pad_copy, _pad_copy_serial):
+        xs = np.full(conv._xs_len, np.nan, np.float32)
+        copy(x.reshape(-1), xs, 2, c, h, w, *conv._geom)
+        outs.append(xs)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    hp, q_n, sw, pt, pl, cstride = conv._geom
+    planes = outs[0][:2 * c * cstride].reshape(2 * c, cstride)[:, :hp * sw * q_n]
+    rows = planes.reshape(2, c, hp, sw, q_n).transpose(0, 1, 2, 4, 3).reshape(2, c, hp, -1)
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pads[2]), (pl, pads[3])))
+    np.testing.assert_array_equal(rows[..., :padded.shape[3]], padded)
+    assert not np.any(outs[0][2 * c * cstride:])  # the spare plane
+    assert not np.any(np.isnan(outs[0]))
+
+
 # ---- the pixel-vectorised kernel (kernels/pixel.py) ------------------------------------------
 def test_pixel_choice_is_by_shape():
     """1x1 unpadded group-1 layers with 64+ pixels (or whole vectors of 16) and short

@@ -51,6 +51,17 @@ class VecIR:
     def vstore(self, value, base, index):
         self.builder.store(value, self.vptr(base, index), align=1)
 
+    def prefetch(self, base, index):
+        """Hint the cache line holding element ``index`` of ``base`` into L1 (``llvm.prefetch``:
+        never faults, so the address may lie past the array)."""
+        b = self.builder
+        i8p = ir.IntType(8).as_pointer()
+        pf = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(ir.VoidType(), [i8p, self.i32, self.i32, self.i32]),
+            "llvm.prefetch.p0")
+        b.call(pf, [b.bitcast(b.gep(base, [index]), i8p), ir.Constant(self.i32, 0),
+                    ir.Constant(self.i32, 3), ir.Constant(self.i32, 1)])
+
     def outer_fma(self, scalars, vecs, accs):
         """One step of a register-tiled outer product: ``accs[i*len(vecs) + j] += scalars[i] *
         vecs[j]`` (each scalar splat once), returned as the new accumulators."""

@@ -48,7 +48,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
@@ -162,10 +161,7 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
             for i in range(3):  # the rows (both phases if strided) PF_DIST channels ahead
                 for j, e in ((0, 0), (0, n_t + 1)) if unroll == 1 else ((0, 0), (0, n_t),
                                                                           (1, 0), (1, n_t)):
-                    a = builder.gep(xa.data, [builder.add(builder.add(tap(c, i, j), ahead),
-                                                          c64(e))])
-                    builder.call(pf, [builder.bitcast(a, i8p), ir.Constant(v.i32, 0),
-                                      ir.Constant(v.i32, 3), ir.Constant(v.i32, 1)])
+                    v.prefetch(xa.data, builder.add(builder.add(tap(c, i, j), ahead), c64(e)))
             wc = builder.gep(wrow, [builder.mul(c, c64(9 * width))])
             for i in range(3):
                 for j in range(3):
@@ -176,10 +172,6 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
         if unroll:
             drow = builder.sub(builder.load(builder.gep(oa.data, [c64(3)])),
                                builder.load(builder.gep(oa.data, [c64(0)])))
-            i8p = ir.IntType(8).as_pointer()
-            pf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, v.i32, v.i32, v.i32]),
-                "llvm.prefetch.p0")
             cstr = builder.sub(builder.load(builder.gep(oa.data, [builder.select(  # offs[9]-offs[0]
                 builder.icmp_unsigned(">", nr, c64(9)), c64(9), c64(0))])),
                 builder.load(builder.gep(oa.data, [c64(0)])))
@@ -369,11 +361,33 @@ def _item(u, na, nb, a_fastest):
     return r % na, b, r // na
 
 
+def _thread_getter():
+    """numba's raw per-thread getter (0.15 us a call) instead of ``numba.get_num_threads`` (1-2
+    us: it checks that the pool is launched every time); the public one if internals differ."""
+    try:
+        from numba.np.ufunc import parallel as par
+        par._launch_threads()
+        raw = par._get_num_threads
+        if callable(raw) and raw() == numba.get_num_threads():
+            return raw
+    except Exception:  # pragma: no cover - depends on numba's internals
+        pass
+    return numba.get_num_threads
+
+
+_num_threads = None
+
+
 def work_split(total):
     """``(threads, grain)`` for a loop of ``total`` work items claimed dynamically: the current
     numba thread count, and about 8 claims per thread.  Which thread runs an item never changes
     what the item computes, so results stay bit-identical whatever the split."""
-    nthr = numba.get_num_threads()
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _thread_getter()
+    nthr = _num_threads()
+    if nthr < 1:  # pragma: no cover - the raw getter before numba set this thread's count
+        nthr = numba.get_num_threads()
     return nthr, max(1, total // (8 * nthr))
 
 
@@ -439,21 +453,38 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
     a short memory-bound step, and the dynamic scheme's compile costs ~1 s more.
     """
     for u in prange(n_img * c_n + 1):
-        if u == n_img * c_n:  # the spare plane
-            base = _U(u * cstride)
-            for i in range(_U(cstride)):
-                xs[base + i] = 0
-        else:
-            _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride)
+        _pad_plane(x, xs, u, n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
 
 
 @njit
-def _pad_plane(x, xs, u, h_n, w_n, q_n, sw, pt, pl, cstride):
-    """``_pad_copy`` of plane u.  Unit stride (most layers) writes each row as zeros, data,
-    zeros with ``uint64`` indices, which LLVM turns into vector moves; the strided case zeroes
-    the row, then scatters each phase."""
-    rl = sw * q_n
+def _pad_copy_serial(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
+    """``_pad_copy`` on the calling thread, for copies too small to be worth waking the pool
+    (``PAD_SERIAL_ELEMS``): a parallel region costs 4-5 us, a 16x10x10 plane copy 0.5."""
+    for u in range(n_img * c_n + 1):
+        _pad_plane(x, xs, u, n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
+
+
+@njit
+def _pad_plane(x, xs, u, n_planes, h_n, w_n, q_n, sw, pt, pl, cstride):
+    """``_pad_copy`` of plane u (u == n_planes: the spare plane, all zeros).  Unit stride (most
+    layers) writes each row as zeros, data, zeros with ``uint64`` indices, which LLVM turns into
+    vector moves; the strided case zeroes the row, then scatters each phase."""
     base = _U(u * cstride)
+    if u == n_planes:
+        for i in range(_U(cstride)):
+            xs[base + i] = 0
+        return
+    rl = sw * q_n
+    if sw == 1 and w_n <= SMALL_ROW:
+        # short rows: zero the whole plane in one vector loop, then copy the rows in
+        for i in range(_U(cstride)):
+            xs[base + i] = 0
+        for h in range(h_n):
+            src = _U((u * h_n + h) * w_n)
+            row = base + _U((h + pt) * rl + pl)
+            for i in range(_U(w_n)):
+                xs[row + i] = x[src + i]
+        return
     for i in range(_U(pt * rl)):  # top border rows
         xs[base + i] = 0
     for i in range(_U((pt + h_n) * rl), _U(cstride)):  # bottom rows and the plane gap
@@ -592,6 +623,8 @@ def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
 
 
 PIXEL_MAX_TAPS = 32
+PAD_SERIAL_ELEMS = 1 << 14
+SMALL_ROW = 32  # _pad_plane: rows up to this long take the zero-then-copy loop  # input copies up to this size run on the calling thread
 ROW_MAJOR_BYTES = 2 << 20  # see Conv2d: the blocked kernel's work order
 
 
@@ -766,8 +799,8 @@ class Conv2d:
             return out
         if self._copy:
             xf = self._scratch()
-            hp, q_n, sw, pt, pl, cstride = self._geom
-            _pad_copy(x.reshape(-1), xf, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride)
+            copy = _pad_copy_serial if self._xs_len <= PAD_SERIAL_ELEMS else _pad_copy
+            copy(x.reshape(-1), xf, n_img, c_n, h_n, w_n, *self._geom)
         elif self._gather:
             from .pixel import gather
             xf = self._scratch()
@@ -779,15 +812,21 @@ class Conv2d:
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
         if self.algo == "pixel":
-            from .pixel import run
+            from . import pixel
             nthr, grain = work_split(self._items)
-            run(xf, self._offs, self._wp, self._bp, of, res, has_res, self._prm, self._pgeo,
-                nthr, grain)
+            args = (xf, self._offs, self._wp, self._bp, of, res, has_res, self._prm, self._pgeo)
+            if nthr == 1:
+                pixel._worker(np.zeros(1, dtype=np.int64), grain, *args)
+            else:
+                pixel.run(*args, nthr, grain)
             return out
         nthr, grain = work_split(n_img * self._nb * self._oh)
-        _run_blocked(xf, self._offs, self._wp, self._bp, of, res, has_res, self.act,
-                     self._prm, self._shape[0], self._shape[1], n_img, self._nb,
-                     self._nbg, self._mg,
-                     self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
-                     self._rowstep, self._taps, self._row_major, nthr, grain)
+        args = (xf, self._offs, self._wp, self._bp, of, res, has_res, self.act, self._prm,
+                self._shape[0], self._shape[1], n_img, self._nb, self._nbg, self._mg,
+                self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
+                self._rowstep, self._taps, self._row_major)
+        if nthr == 1:  # a serial step (runtime/plan.py): no parallel region to launch
+            _blocked_worker(np.zeros(1, dtype=np.int64), grain, *args)
+        else:
+            _run_blocked(*args, nthr, grain)
         return out
