@@ -408,6 +408,34 @@ def test_shared_scratch_holds_no_stale_data(dtype):
         np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=name)
 
 
+@pytest.mark.parametrize("algo, shape, strides, group", [
+    ("direct", (2, 16, 14, 14), (2, 2), 1),  # ResNet's downsample at 14x14 -> 7x7 (49 px)
+    ("pixel", (2, 16, 14, 14), (2, 2), 1),
+    ("direct", (1, 12, 9, 23), (3, 2), 1),
+    ("pixel", (1, 12, 9, 23), (3, 2), 1),
+    ("direct", (1, 16, 10, 10), (2, 2), 2),  # grouped: each group reads its gathered planes
+])
+def test_strided_1x1_gathers_its_pixels(algo, shape, strides, group):
+    """A strided unpadded 1x1 layer, on either kernel, gathers the pixels it reads into one
+    long row per plane (no phase-split copy of the whole input) and matches ONNX."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((32, shape[1] // group, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    conv = Conv2d(wt, b, shape, strides, (0, 0, 0, 0), group=group, algo=algo)
+    assert conv._gather and not conv._copy and conv.algo == algo
+    _shared_scratch_poison()
+    out = np.full(conv.out_shape, np.nan, np.float32)
+    conv(x, out)
+    ref = _onnx_conv(x, wt, b, strides, (0, 0, 0, 0), (1, 1), group)
+    np.testing.assert_allclose(out, ref, **TOL[np.float32])
+
+
+def _shared_scratch_poison():
+    from convrt.kernels.conv import _shared_scratch
+    _shared_scratch(1 << 16, np.float32)[:] = np.nan
+
+
 @pytest.mark.parametrize("c, h, w, stride, pads", [
     (3, 7, 7, 1, (1, 1, 1, 1)),      # short rows: zero the plane, then copy the rows
     (2, 5, 40, 1, (2, 0, 1, 3)),     # long rows: borders and data row by row
