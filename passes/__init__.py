@@ -20,6 +20,7 @@ from .fold_constants import FoldConstantsPass
 from .fuse_conv_activation import FuseConvActivationPass
 from .fuse_conv_add_relu import FuseConvAddReluPass
 from .fuse_conv_bias import FuseConvBiasPass
+from .fuse_conv_maxpool import FuseConvMaxPoolPass
 from .fuse_gemm_activation import FuseGemmActivationPass
 
 # Order matters: constants first (they expose static parameters), identities out before
@@ -32,6 +33,7 @@ DEFAULT_PIPELINE: tuple[type[Pass], ...] = (
     FuseConvBiasPass,
     FuseConvAddReluPass,
     FuseConvActivationPass,
+    FuseConvMaxPoolPass,
     FuseGemmActivationPass,
     EliminateDeadNodesPass,
 )

@@ -20,7 +20,7 @@ def test_render_report():
     g, report, before = _optimized()
     text = inspect.render_report(report, before, len(g.nodes))
     lines = text.splitlines()
-    assert lines[0] == "optimization: 24 -> 11 nodes (-13)"
+    assert lines[0] == "optimization: 24 -> 8 nodes (-16)"
     assert "  fold_batchnorm: 5 BatchNormalization folded into Conv" in lines
     assert any(line.startswith("  unchanged: ") for line in lines)
     assert inspect.render_report([], 24, 24) == "optimization: disabled (24 nodes)"
@@ -48,7 +48,7 @@ def test_render_svg_is_valid_and_labeled():
 def test_cli_inspect_optimized(tmp_path, capsys):
     assert main(["inspect", SMALL_VGG, "--optimized"]) == 0
     out = capsys.readouterr().out
-    assert "optimization: 24 -> 11 nodes" in out and "convrt.FusedConvRelu" in out
+    assert "optimization: 24 -> 8 nodes" in out and "convrt.FusedConvRelu" in out
     path = tmp_path / "g.svg"
     assert main(["inspect", SMALL_VGG, "--optimized", "--format", "svg", "-o", str(path)]) == 0
     ET.fromstring(path.read_text())

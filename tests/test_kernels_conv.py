@@ -582,3 +582,74 @@ def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
                                                    0), **TOL[np.float32])
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
+
+
+# ---- convolution + 2x2/2 max pool in one pass (kernels/conv_pool.py) -------------------------
+POOL_CASES = {  # name: (x shape, M, kernel, strides, pads, group, algo, activation, fused?)
+    "vgg": ((2, 8, 12, 12), 32, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "relu", True),
+    "odd": ((1, 5, 9, 13), 20, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "relu", True),
+    "narrow": ((3, 4, 7, 3), 16, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "none", True),
+    "wide": ((1, 3, 6, 70), 40, 3, (1, 1), (1, 1, 1, 1), 1, "direct", "relu", True),
+    "strided": ((1, 6, 17, 19), 24, 3, (2, 2), (1, 0, 1, 2), 1, "direct", "relu", True),
+    "grouped": ((2, 16, 10, 10), 32, 3, (1, 1), (1, 1, 1, 1), 2, "auto", "relu", True),
+    "5x5_2x2": ((1, 4, 8, 8), 16, 5, (1, 1), (2, 2, 2, 2), 1, "direct", "relu", True),
+    # the general path: convolution into scratch, then kernels/pool.max_pool2d
+    "winograd": ((1, 8, 10, 10), 32, 3, (1, 1), (1, 1, 1, 1), 1, "winograd", "relu", False),
+    "pixel": ((1, 3, 20, 20), 24, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "relu", False),
+    "1x1_row": ((1, 16, 6, 6), 16, 1, (1, 1), (0, 0, 0, 0), 1, "direct", "relu", False),
+    "depthwise": ((1, 8, 8, 8), 8, 3, (1, 1), (1, 1, 1, 1), 8, "auto", "relu", False),
+    "tanh": ((1, 8, 8, 8), 16, 3, (1, 1), (1, 1, 1, 1), 1, "direct", "tanh", False),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(POOL_CASES))
+def test_conv_maxpool_equals_conv_then_pool(name, dtype):
+    """``ConvMaxPool`` (fused or general path) equals ``Conv2d`` followed by the MaxPool kernel
+    bit for bit, NaN included, at 1 and all threads; the pooled output is every element of
+    ``out`` (it starts poisoned)."""
+    from convrt.kernels.conv_pool import ConvMaxPool
+    from convrt.kernels.pool import max_pool2d
+
+    shape, m, k, strides, pads, group, algo, act, fused = POOL_CASES[name]
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[rng.choice(x.size, 2, replace=False)] = np.nan
+    wt = rng.standard_normal((m, shape[1] // group, k, k)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    f = ConvMaxPool(wt, b, shape, strides, pads, (1, 1), group, act, dtype=dtype, algo=algo)
+    assert f.fused == fused
+    conv = Conv2d(wt, b, shape, strides, pads, (1, 1), group, act, dtype=dtype, algo=algo)
+    y = np.empty(conv.out_shape, dtype)
+    conv(x, y)
+    ref = np.full(f.out_shape, -1.0, dtype)
+    max_pool2d(y, ref, 2, 2, 2, 2, 1, 1, 0, 0)
+    assert f.out_shape == (shape[0], m, y.shape[2] // 2, y.shape[3] // 2)
+    for out in outputs_at_thread_counts(f, x, dtype):
+        np.testing.assert_array_equal(out, ref)
+    assert np.isnan(ref).any() and not np.isnan(ref).all()
+
+
+def test_conv_maxpool_matches_onnx():
+    """The fused path against ONNX's reference Conv -> Relu -> MaxPool."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx import TensorProto, helper, numpy_helper
+    from convrt.kernels.conv_pool import ConvMaxPool
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 11, 14)).astype(np.float32)
+    wt = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(wt, "w"), numpy_helper.from_array(b, "b")])
+    ref = ReferenceEvaluator(helper.make_model(g)).run(None, {"x": x})[0]
+    f = ConvMaxPool(wt, b, x.shape, pads=(1, 1, 1, 1), activation="relu")
+    assert f.fused
+    out = np.empty(f.out_shape, np.float32)
+    f(x, out)
+    np.testing.assert_allclose(out, ref, **TOL[np.float32])

@@ -401,6 +401,83 @@ def test_fuse_conv_activation_negative():
     check_numerics(m, g, X8)
 
 
+# -- fuse_conv_maxpool ------------------------------------------------------------------------
+POOL = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N,4,9,8] x) => (float[N,6,%s] y) {
+    c = Conv<pads = [1,1,1,1]>(x, W, B)
+    r = Relu(c)
+    y = MaxPool<%s>(r)
+}
+"""
+
+
+def test_fuse_conv_maxpool():
+    m = make(POOL % ("4,4", "kernel_shape = [2,2], strides = [2,2]"), {"W": w(6, 4, 3, 3),
+                                                                      "B": w(6)})
+    g, rep = optimize(m)
+    assert [(n.domain, n.op_type) for n in g.nodes] == [("convrt", "FusedConvReluMaxPool")]
+    assert rep["fuse_conv_maxpool"].stats == {"Conv+Relu+MaxPool fused": 1}
+    x = {"x": RNG.standard_normal((2, 4, 9, 8)).astype(np.float32)}
+    check_numerics(m, g, x)  # also: the export (Conv -> Relu -> MaxPool body) in onnxruntime
+    g, _ = optimize(m, "all", disabled=["fuse_conv_maxpool"])
+    assert ops(g) == {"FusedConvRelu": 1, "MaxPool": 1}
+
+
+@pytest.mark.parametrize("attrs, out", [
+    ("kernel_shape = [3,3], strides = [2,2]", "4,3"),
+    ("kernel_shape = [2,2]", "8,7"),
+    ("kernel_shape = [2,2], strides = [2,2], pads = [1,1,1,1]", "5,5"),
+    ("kernel_shape = [2,2], strides = [2,2], ceil_mode = 1", "5,4"),
+    ("kernel_shape = [2,2], strides = [2,2], dilations = [2,2]", "4,3"),
+    ("kernel_shape = [2,2], strides = [2,2], auto_pad = \"SAME_UPPER\"", "5,4"),
+])
+def test_fuse_conv_maxpool_negative_pools(attrs, out):
+    m = make(POOL % (out, attrs), {"W": w(6, 4, 3, 3), "B": w(6)})
+    g, _ = optimize(m)
+    assert ops(g) == {"FusedConvRelu": 1, "MaxPool": 1}, attrs
+    check_numerics(m, g, {"x": RNG.standard_normal((1, 4, 9, 8)).astype(np.float32)})
+
+
+def test_fuse_conv_maxpool_negative_graphs():
+    consts = {"W": w(6, 4, 3, 3), "B": w(6)}
+    text = POOL % ("4,4", "kernel_shape = [2,2], strides = [2,2]")
+    # the activation output is also a graph output
+    m = make(text.replace("=> (float[N,6,4,4] y)", "=> (float[N,6,4,4] y, float[N,6,9,8] r)"),
+             consts)
+    assert ops(optimize(m)[0]) == {"FusedConvRelu": 1, "MaxPool": 1}
+    # a second reader of the activation
+    m = make(text.replace("y = MaxPool", "z = Sigmoid(r)\n    y = MaxPool").replace(
+        "=> (float[N,6,4,4] y)", "=> (float[N,6,4,4] y, float[N,6,9,8] z)"), consts)
+    assert ops(optimize(m)[0]) == {"FusedConvRelu": 1, "MaxPool": 1, "Sigmoid": 1}
+    # the pool's Indices are used
+    m = make(text.replace("y = MaxPool<", "y, i = MaxPool<").replace(
+        "=> (float[N,6,4,4] y)", "=> (float[N,6,4,4] y, int64[N,6,4,4] i)"), consts)
+    assert ops(optimize(m)[0]) == {"FusedConvRelu": 1, "MaxPool": 1}
+    # another activation (not fused with the pool)
+    m = make(text.replace("Relu(c)", "Sigmoid(c)"), consts)
+    assert ops(optimize(m)[0]) == {"FusedConvSigmoid": 1, "MaxPool": 1}
+
+
+def test_fused_conv_maxpool_too_small_is_a_clear_error():
+    """A hand-written FusedConvReluMaxPool whose convolution output is 1x1 fails at load with
+    convrt's own error naming the node, not inside a kernel."""
+    from convrt.errors import ConvrtError
+    from convrt.ops.fused import function_proto
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 1, 1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    node = onnx.helper.make_node("FusedConvReluMaxPool", ["x", "W", "B"], ["y"], name="cp",
+                                 domain="convrt")
+    g = onnx.helper.make_graph([node], "g", [x], [y], [
+        numpy_helper.from_array(w(3, 2, 1, 1), "W"), numpy_helper.from_array(w(3), "B")])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13),
+                                                 onnx.helper.make_opsetid("convrt", 1)],
+                               functions=[function_proto("FusedConvReluMaxPool", 13)])
+    with pytest.raises(ConvrtError, match="cp.*smaller than the 2x2 pool window"):
+        convrt.InferenceSession(m.SerializeToString())
+
+
 # -- fuse_conv_add_relu -----------------------------------------------------------------------
 RES = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -501,8 +578,10 @@ def test_vgg16_bn_optimized_matches_onnxruntime():
     assert "BatchNormalization" not in left and "Dropout" not in left
     relu_after_conv = [n for n in g.nodes if n.op_type == "Relu" and n.inputs[0].producer
                        is not None and "Conv" in n.inputs[0].producer.op_type]
-    assert not relu_after_conv and left["FusedConvRelu"] == 13 and left["FusedGemmRelu"] == 2
-    assert len(g.nodes) == 22 and len(m.graph.node) == 52
+    assert not relu_after_conv and left["FusedGemmRelu"] == 2
+    assert left["FusedConvRelu"] == 8 and left["FusedConvReluMaxPool"] == 5
+    assert "MaxPool" not in left
+    assert len(g.nodes) == 17 and len(m.graph.node) == 52
     check_numerics(m, g, {"input": RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)})
 
 
@@ -520,10 +599,11 @@ def test_cli_optimize_output_runs_in_onnxruntime(tmp_path, capsys):
     out = tmp_path / "vgg_opt.onnx"
     assert main(["optimize", "sample_models/small_vgg.onnx", "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "24 -> 11 nodes" in text and "wrote" in text
+    assert "24 -> 8 nodes" in text and "wrote" in text
     m = onnx.load(str(out))
     onnx.checker.check_model(m, full_check=True)
-    assert {f.name for f in m.functions} == {"FusedConvRelu", "FusedGemmRelu"}
+    assert {f.name for f in m.functions} == {"FusedConvRelu", "FusedConvReluMaxPool",
+                                             "FusedGemmRelu"}
     x = RNG.standard_normal((3, 3, 32, 32)).astype(np.float32)
     ref = ort.InferenceSession("sample_models/small_vgg.onnx").run(None, {"input": x})[0]
     got = ort.InferenceSession(str(out)).run(None, {"input": x})[0]

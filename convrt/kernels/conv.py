@@ -624,8 +624,8 @@ def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
 
 
 PIXEL_MAX_TAPS = 32
-PAD_SERIAL_ELEMS = 1 << 14
-SMALL_ROW = 32  # _pad_plane: rows up to this long take the zero-then-copy loop  # input copies up to this size run on the calling thread
+PAD_SERIAL_ELEMS = 1 << 14  # input copies up to this size run on the calling thread
+SMALL_ROW = 32  # _pad_plane: rows up to this long zero the whole plane, then copy the rows in
 ROW_MAJOR_BYTES = 2 << 20  # see Conv2d: the blocked kernel's work order
 
 
@@ -792,24 +792,31 @@ class Conv2d:
                 return getattr(self, alt).scratch_bytes()
         return self._xs_len * self.dtype.itemsize if self._copy or self._gather else 0
 
-    def __call__(self, x, out, residual=None):
-        if self.algo == "depthwise":
-            return self._dw(x, out, residual)
+    def prepare(self, x):
+        """The flat input the blocked and pixel kernels read: the zero-bordered copy, the
+        gathered pixels (both in this thread's scratch) or ``x`` itself."""
         n_img, c_n, h_n, w_n = self.in_shape
-        if self.algo == "winograd":
-            self._wino(x, out, residual, self.act, self._prm, self._tls)
-            return out
         if self._copy:
             xf = self._scratch()
             copy = _pad_copy_serial if self._xs_len <= PAD_SERIAL_ELEMS else _pad_copy
             copy(x.reshape(-1), xf, n_img, c_n, h_n, w_n, *self._geom)
-        elif self._gather:
+            return xf
+        if self._gather:
             from .pixel import gather
             xf = self._scratch()
             (sh, sw), (oh_n, ow_n) = self._strides, self.out_shape[2:]
             gather(x.reshape(-1), xf, n_img * c_n, h_n, w_n, oh_n, ow_n, sh, sw)
-        else:
-            xf = x.reshape(-1)
+            return xf
+        return x.reshape(-1)
+
+    def __call__(self, x, out, residual=None):
+        if self.algo == "depthwise":
+            return self._dw(x, out, residual)
+        n_img = self.in_shape[0]
+        if self.algo == "winograd":
+            self._wino(x, out, residual, self.act, self._prm, self._tls)
+            return out
+        xf = self.prepare(x)
         of = out.reshape(-1)
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy

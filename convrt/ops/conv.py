@@ -3,6 +3,7 @@
 import math
 
 from ..kernels.conv import Conv2d
+from ..kernels.conv_pool import ConvMaxPool
 from ._shape import FLOAT_TYPES, ints, known, window
 from .registry import register_op
 
@@ -54,12 +55,16 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
 
 
 def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha=0.01,
-              clip=(-math.inf, math.inf), residual=False):
-    """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height."""
+              clip=(-math.inf, math.inf), residual=False, pool=False):
+    """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height.  With
+    ``pool`` (2-D only) the result is max-pooled 2x2/2 (``kernels/conv_pool.py``)."""
     if len(k) == 3:
         from .conv3d import bind_conv3d
         return bind_conv3d(ctx, X, W, B, k, s, d, p, g, shape, macs, activation, alpha, clip,
                            residual)
+    unpooled = shape
+    if pool:  # the op checked: 2-D, output at least 2x2 where known
+        shape = shape[:2] + tuple(v // 2 if known(v) else None for v in shape[2:])
     if not ctx.binding:
         return ctx.result([shape], [X.dtype], flops=macs)
     one_d = len(k) == 1
@@ -71,10 +76,13 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     # clamping keeps the kernel's offset arithmetic far from int64 overflow.
     s = tuple(min(v, max(1, n + p[i] + p[i + 2])) for i, (v, n) in enumerate(zip(s, in4[2:])))
     scratch = _scratch_bytes(in4, s, p, X.dtype.itemsize)
+    if pool:  # bound for the general path, which pools a full-size output
+        scratch += math.prod(unpooled) * X.dtype.itemsize
+    kind = ConvMaxPool if pool else Conv2d
 
     def make(w, b):
         w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
-        return Conv2d(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype)
+        return kind(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype)
 
     const = W.value is not None and (B is None or B.value is not None)
     conv = make(W.value, None if B is None else B.value) if const else None

@@ -21,6 +21,7 @@ FusedConvSigmoid       X, W, B                  Conv -> Sigmoid
 FusedConvTanh          X, W, B                  Conv -> Tanh
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
 FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
+FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
 FusedGemmRelu          A, B, C                  Gemm -> Relu
 ChannelAffine          X, scale, shift          Mul -> Add   (scale/shift shaped [C,1,..])
 =====================  =======================  =============================================
@@ -61,12 +62,21 @@ CONV_VARIANTS = {
 CONV_ACTIVATIONS = {"Relu": "FusedConvRelu", "LeakyRelu": "FusedConvLeakyRelu",
                     "Clip": "FusedConvClip", "Sigmoid": "FusedConvSigmoid",
                     "Tanh": "FusedConvTanh"}
-FUSED_OPS = tuple(CONV_VARIANTS) + ("FusedGemmRelu", "ChannelAffine")
+# fused conv op -> the conv op it pools (kernel 2x2, stride 2, no padding, floor mode)
+POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
+POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
+FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine")
 
 
-def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=None, **conv):
+def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=None,
+          pool=False, **conv):
     geo = conv_geometry(ctx, X, W, B, conv["auto_pad"], conv["dilations"], conv["group"],
                         conv["kernel_shape"], conv["pads"], conv["strides"])
+    if pool:
+        out = geo[5][2:]
+        ctx.check(len(out) == 2, f"a 2x2 max pool needs a 2-D convolution, got {len(out)}-D")
+        ctx.check(all(not isinstance(v, int) or v >= 2 for v in out),
+                  f"conv output {list(out)} is smaller than the 2x2 pool window")
     if Z is not None:
         shape = geo[5]
         ctx.check(Z.dtype == X.dtype, f"Z dtype {Z.dtype} differs from X dtype {X.dtype}")
@@ -75,7 +85,7 @@ def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=No
             for a, b in zip(Z.shape, shape)),
             f"residual Z shape {Z.shape} must equal the conv output shape {shape}")
     return bind_conv(ctx, X, W, B, *geo, activation=activation, alpha=float(alpha), clip=clip,
-                     residual=Z is not None)
+                     residual=Z is not None, pool=pool)
 
 
 @register_op("FusedConvRelu", since=1, domain=CONVRT_DOMAIN)
@@ -129,6 +139,13 @@ def FusedConvAdd(ctx, X, W, B, Z, *, auto_pad="NOTSET", dilations=None, group=1,
                  group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
 
 
+@register_op("FusedConvReluMaxPool", since=1, domain=CONVRT_DOMAIN)
+def FusedConvReluMaxPool(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                         kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "relu", pool=True, auto_pad=auto_pad, dilations=dilations,
+                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
 @register_op("FusedGemmRelu", since=1, domain=CONVRT_DOMAIN)
 def FusedGemmRelu(ctx, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     return bind_gemm(ctx, A, B, C, alpha, beta, transA, transB, act="relu")
@@ -170,6 +187,15 @@ def _node(op, inputs, outputs, refs=None, **attrs):
 def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
     """The FunctionProto defining ``op_type`` with default-domain ``opset`` ops."""
     attrs = []
+    if op_type in POOLED:
+        f = function_proto(POOLED[op_type], opset)
+        nodes = list(f.node)
+        nodes[-1].output[0] = "unpooled"
+        nodes.append(_node("MaxPool", ["unpooled"], ["Y"], **POOL_ATTRS))
+        return helper.make_function(CONVRT_DOMAIN, op_type, list(f.input), ["Y"], nodes,
+                                    [helper.make_opsetid("", int(opset))], list(f.attribute),
+                                    doc_string=f"convrt fused op {op_type} (see "
+                                    "convrt/ops/fused.py)")
     if op_type in CONV_VARIANTS:
         act, extra = CONV_VARIANTS[op_type]
         inputs = ["X", "W", "B", *extra]

@@ -1,0 +1,159 @@
+"""Convolution + activation + 2x2/2 max pool in one pass (VGG's ``conv -> relu -> pool``).
+
+Unfused, the convolution writes its whole output (small VGG at batch 64: 16.8 MB after its
+second layer) and the pool reads it back to keep a quarter.  Here a work item of the blocked
+kernel (``kernels/conv.py``) is (image, block of 16*B channels, *pooled* row): it computes the
+two convolution rows of that pooled row tile by tile, takes each 2x2 window's max from the two
+tiles while they are still in L1, applies the activation and stores only the pooled values.
+
+The results equal the unfused ops bit for bit: the bias is in every sum already, and ReLU is
+monotonic, so ``relu(max(a, b, c, d)) == max(relu(a), ..., relu(d))``; the max is NaN-sticky in
+the same order as ``kernels/pool.py``.  Tiles hold an even number of pixels and start at even
+columns, so a window never straddles two tiles (the last tile of a row is shifted left, as in
+the blocked kernel, and recomputes a few windows with the same values).
+
+Layers the blocked kernel does not run (Winograd, pixel, depthwise, 1x1 layers read as one
+long row), and activations other than none/ReLU, take the general path: the convolution into a
+per-thread scratch, then ``kernels/pool.max_pool2d``.
+"""
+
+import threading
+
+import numpy as np
+from numba import prange
+
+from ._jit import FAST, njit, pjit
+from .conv import (ACT_NONE, ACT_RELU, SHAPES, TILE_ELEMS, VEC, Conv2d, _U, _choose_shape,
+                   _claim, _item, _tile_kernel_t, work_split)
+from .pool import max_pool2d
+
+_FM = set(FAST)
+
+
+@njit(fastmath=_FM)
+def _store_pool(t0, t1, npool, tp, out, ob, phw, jv, act, prm):
+    """``out[ob + j*phw + q] = act(max of t0/t1[j*tp + 2q], [j*tp + 2q + 1])`` for q < npool,
+    j < jv: the 2x2 windows of two transposed tiles (rows 2p and 2p+1), NaN-sticky, in
+    ``pool._max2x2_plane``'s order.  ``prm`` as ``conv._store_tile`` (its [3] is 0)."""
+    zero = prm[3]
+    for j in range(jv):
+        base = ob + _U(j) * phw
+        a = t0[j * tp:j * tp + 2 * npool]
+        b = t1[j * tp:j * tp + 2 * npool]
+        for q in range(npool):
+            m = a[2 * q]
+            v = a[2 * q + 1]
+            m = v if ((v > m) | (v != v)) else m
+            v = b[2 * q]
+            m = v if ((v > m) | (v != v)) else m
+            v = b[2 * q + 1]
+            m = v if ((v > m) | (v != v)) else m
+            if act == ACT_RELU:
+                m = zero if m < zero else m
+            out[base + _U(q)] = m
+
+
+@pjit(fastmath=_FM)
+def _run_pooled(xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg, mg, m_all, ph_n, pw_n,
+                nstride, gstride, rowstep, taps, row_major, nthr, grain):
+    """Work items (image, block, pooled row) claimed by ``nthr`` workers, as ``_run_blocked``."""
+    ctr = np.zeros(1, dtype=np.int64)
+    for _ in prange(nthr):
+        _pooled_worker(ctr, grain, xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg,
+                       mg, m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major)
+
+
+@njit(fastmath=_FM)
+def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg, mg,
+                   m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major):
+    """One worker of ``_run_pooled``: per item, the two convolution rows of a pooled row in
+    tiles of ``nt`` (even) pixels at even columns, pooled as they come."""
+    ow_e = 2 * pw_n  # the convolution columns the pool reads (floor mode drops an odd last)
+    ntiles = (ow_e + nt - 1) // nt
+    total = n_img * nb * ph_n
+    wd = nb_ * VEC
+    tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
+    phw = _U(ph_n * pw_n)
+    t0 = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    t1 = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    while True:
+        u0, u1 = _claim(ctr, total, grain)
+        if u0 >= total:
+            break
+        for u in range(u0, u1):
+            blk, ph, n = _item(u, nb, ph_n, row_major)
+            g = blk // nbg
+            bl = blk - g * nbg
+            m0 = g * mg + bl * wd
+            jv = min(wd, mg - bl * wd)
+            xrow = n * nstride + g * gstride + 2 * ph * rowstep
+            orow = ((n * m_all + m0) * ph_n + ph) * pw_n
+            for ti in range(ntiles):
+                ow0 = min(ti * nt, ow_e - nt)
+                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, t0, nb_, nt, taps)
+                _tile_kernel_t(xf, _U(xrow + rowstep + ow0), offs, wp, blk, bp, t1, nb_, nt,
+                               taps)
+                _store_pool(t0, t1, nt // 2, tp, out, _U(orow + ow0 // 2), phw, jv, act, prm)
+
+
+def pooled_shape(conv_shape):
+    """Output shape of a 2x2/2 max pool (floor mode, no padding) over ``conv_shape``."""
+    n, m, oh, ow = conv_shape
+    return (n, m, oh // 2, ow // 2)
+
+
+class ConvMaxPool:
+    """``maxpool2x2(act(conv(x) + b))`` bound once; arguments as ``Conv2d`` (activation "none"
+    or "relu" on the fused path, any on the general one).  The convolution's output must be at
+    least 2x2.  Calling ``f(x, out)`` writes the pooled result into ``out`` (``Conv2d``'s call
+    signature; there is no residual)."""
+
+    def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                 group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
+                 dtype=np.float32, algo="auto"):
+        conv = Conv2d(w, b, in_shape, strides, pads, dilations, group, activation, alpha,
+                      clip_min, clip_max, dtype, algo)
+        _, m_all, oh_n, ow_n = conv.out_shape
+        assert oh_n >= 2 and ow_n >= 2
+        self.conv = conv
+        self.in_shape = conv.in_shape
+        self.out_shape = pooled_shape(conv.out_shape)
+        self.dtype = conv.dtype
+        # the blocked kernel, reading 2-D rows (not a 1x1 layer's single long row)
+        self.fused = (conv.algo == "direct" and conv._oh == oh_n
+                      and conv.act in (ACT_NONE, ACT_RELU))
+        if self.fused:
+            nb_ = conv._shape[0]  # the packing; only the tile width changes
+            even = {s for s in SHAPES if s[0] == nb_ and s[1] % 2 == 0}
+            self._shape = _choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype, even)
+            assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
+        self._tls = threading.local()
+
+    def scratch_bytes(self) -> int:
+        """Bytes of one calling thread's scratch: the input copy, plus the unpooled output on
+        the general path."""
+        extra = 0 if self.fused else int(np.prod(self.conv.out_shape)) * self.dtype.itemsize
+        return self.conv.scratch_bytes() + extra
+
+    def __call__(self, x, out, residual=None):
+        assert residual is None  # a fused residual add has no pooled form here
+        c = self.conv
+        if not self.fused:
+            y = getattr(self._tls, "y", None)
+            if y is None:
+                y = self._tls.y = np.empty(c.out_shape, self.dtype)
+            c(x, y)
+            max_pool2d(y, out, 2, 2, 2, 2, 1, 1, 0, 0)
+            return out
+        xf = c.prepare(x)
+        n_img = c.in_shape[0]
+        ph_n, pw_n = self.out_shape[2:]
+        nthr, grain = work_split(n_img * c._nb * ph_n)
+        args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c.act, c._prm, self._shape[0],
+                self._shape[1], n_img, c._nb, c._nbg, c._mg, c.out_shape[1], ph_n, pw_n,
+                c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
+        if nthr == 1:
+            _pooled_worker(np.zeros(1, dtype=np.int64), grain, *args)
+        else:
+            _run_pooled(*args, nthr, grain)
+        return out
