@@ -653,3 +653,21 @@ def test_conv_maxpool_matches_onnx():
     out = np.empty(f.out_shape, np.float32)
     f(x, out)
     np.testing.assert_allclose(out, ref, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("name", ["vgg", "winograd"])
+def test_conv_maxpool_concurrent_calls(name):
+    """Per-thread scratch (input copy, unpooled output): calls from several Python threads at
+    once, interleaved with another geometry, each get their own result."""
+    from convrt.kernels.conv_pool import ConvMaxPool
+
+    shape, m, k, strides, pads, group, algo, act, _ = POOL_CASES[name]
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    wt = rng.standard_normal((m, shape[1] // group, k, k)).astype(np.float32)
+    f = ConvMaxPool(wt, None, shape, strides, pads, (1, 1), group, act, algo=algo)
+    refs = []
+    for x in xs:
+        refs.append(np.empty(f.out_shape, np.float32))
+        f(x, refs[-1])
+    check_concurrent_calls(f, xs, refs, repeats=5, tol=dict(rtol=0, atol=0))

@@ -17,6 +17,7 @@ long row), and activations other than none/ReLU, take the general path: the conv
 per-thread scratch, then ``kernels/pool.max_pool2d``.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -96,6 +97,21 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, 
                 _store_pool(t0, t1, nt // 2, tp, out, _U(orow + ow0 // 2), phw, jv, act, prm)
 
 
+_UNPOOLED = threading.local()
+
+
+def _unpooled_scratch(n, dtype):
+    """This thread's buffer for the general path's unpooled output, shared by every
+    ``ConvMaxPool`` (grown to the largest asked for).  Separate from ``conv._shared_scratch``,
+    which holds the input copy the same call reads."""
+    key = np.dtype(dtype).str
+    buf = getattr(_UNPOOLED, key, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=dtype)
+        setattr(_UNPOOLED, key, buf)
+    return buf[:n]
+
+
 def pooled_shape(conv_shape):
     """Output shape of a 2x2/2 max pool (floor mode, no padding) over ``conv_shape``."""
     n, m, oh, ow = conv_shape
@@ -127,21 +143,18 @@ class ConvMaxPool:
             even = {s for s in SHAPES if s[0] == nb_ and s[1] % 2 == 0}
             self._shape = _choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype, even)
             assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
-        self._tls = threading.local()
 
     def scratch_bytes(self) -> int:
         """Bytes of one calling thread's scratch: the input copy, plus the unpooled output on
         the general path."""
-        extra = 0 if self.fused else int(np.prod(self.conv.out_shape)) * self.dtype.itemsize
+        extra = 0 if self.fused else math.prod(self.conv.out_shape) * self.dtype.itemsize
         return self.conv.scratch_bytes() + extra
 
     def __call__(self, x, out, residual=None):
         assert residual is None  # a fused residual add has no pooled form here
         c = self.conv
         if not self.fused:
-            y = getattr(self._tls, "y", None)
-            if y is None:
-                y = self._tls.y = np.empty(c.out_shape, self.dtype)
+            y = _unpooled_scratch(math.prod(c.out_shape), self.dtype).reshape(c.out_shape)
             c(x, y)
             max_pool2d(y, out, 2, 2, 2, 2, 1, 1, 0, 0)
             return out
