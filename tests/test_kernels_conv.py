@@ -513,6 +513,21 @@ def test_every_pixel_shape(monkeypatch, dtype, pix_major):
             np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=f"{shape} {strides}")
 
 
+def test_pixel_work_order_by_shape():
+    """Pixel-major order (a tile's input in L1 while every channel block is computed) for big
+    inputs and for reductions longer than the output channels (projections); block-major
+    for expansions with small inputs."""
+    def order(c, m, hw):
+        wt = np.ones((m, c, 1, 1), np.float32)
+        conv = Conv2d(wt, None, (1, c, hw, hw))
+        assert conv.algo == "pixel"
+        return int(conv._pgeo[8])
+
+    assert order(144, 24, 56) == order(96, 24, 56) == 1  # MobileNetV2 projections
+    assert order(16, 96, 112) == order(24, 144, 56) == 0  # expansions
+    assert order(64, 96, 200) == 1  # a 10 MB input
+
+
 @pytest.mark.parametrize("name", ["1x1_wide", "3x3_c3_s2"])
 def test_pixel_bitwise_same_across_thread_counts(name):
     case = CASES[name]

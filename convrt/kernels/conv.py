@@ -752,7 +752,8 @@ class Conv2d:
             mr, nv = self._shape
             self._wp, self._bp = pixel.pack_weights(w, bias, mr, dtype)
             nmb = self._bp.shape[0] // mr
-            pix_major = int(c_n * h_n * w_n * dtype.itemsize > pixel.PIX_MAJOR_BYTES)
+            pix_major = int(c_n * h_n * w_n * dtype.itemsize > pixel.PIX_MAJOR_BYTES
+                            or cg * kk > m_all)
             self._items = n_img * self._oh * -(-self._ow // (nv * VEC)) * nmb
             self._pgeo = np.array([n_img, self._oh, self._ow, m_all, mr, nv, nmb, self.act,
                                    pix_major, self._nstride, self._rowstep], dtype=np.int64)

@@ -264,6 +264,7 @@ class Depthwise3x3:
     def __call__(self, x, out, residual=None):
         nthr, grain = work_split(self._planes)
         res = self._dummy if residual is None else residual.reshape(-1)
-        self._kernel(x.reshape(-1), out.reshape(-1), res, residual is not None, self._wb,
-                     self._prm, self._geo, nthr, grain)
+        kernel = _run_seq if nthr == 1 else self._kernel  # a serial step: no parallel region
+        kernel(x.reshape(-1), out.reshape(-1), res, residual is not None, self._wb, self._prm,
+               self._geo, nthr, grain)
         return out

@@ -42,6 +42,9 @@ TILE_ELEMS = 24 * VEC  # largest MR * NV * 16
 # re-reads the input from L2 once per block.  Otherwise it keeps one input tile in L1 and walks
 # the channel blocks, which writes M short runs at once.  On MobileNetV2's 112x112 expansion
 # (16 -> 96 channels, 4.8 MB written) the first order took 0.48 ms in the model, the second 1.3.
+# A reduction longer than the output channels (MobileNetV2's projections, 96..576 -> 24..160)
+# also takes the second order: its input is the bigger stream, read once instead of once per
+# block (in-process A/B, 2026-11-27: 2-20 % faster with the caches warm, 2-15 % cold).
 PIX_MAJOR_BYTES = 2 << 20
 
 
