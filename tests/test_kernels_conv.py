@@ -513,6 +513,35 @@ def test_every_pixel_shape(monkeypatch, dtype, pix_major):
             np.testing.assert_allclose(out, ref, **TOL[dtype], err_msg=f"{shape} {strides}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", range(4))  # none, relu, leaky_relu, clip: stored from registers
+@pytest.mark.parametrize("residual", [False, True])
+def test_pixel_direct_stores_equal_tile_stores(act, residual, dtype):
+    """Whole channel blocks store the pixel microkernel's sums straight from its registers,
+    with the residual and activation applied there; the result is bit-identical to going
+    through the tile buffer and ``_store_tile`` (geo[11] = 0 forces that path), NaN included,
+    and a partial last block (which always takes the tile) joins up."""
+    rng = np.random.default_rng(act)
+    x = rng.standard_normal((2, 3, 6, 40)).astype(dtype)
+    x[0, 1, 2, 3] = np.nan
+    wt = rng.standard_normal((27, 3, 3, 3)).astype(dtype)  # 27: a partial last block
+    b = rng.standard_normal(27).astype(dtype)
+    kw = dict(ACTS[[0, 1, 2, 4][act]])
+    conv = Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1), dtype=dtype, **kw)
+    assert conv.algo == "pixel" and conv.act == act
+    res = rng.standard_normal(conv.out_shape).astype(dtype) if residual else None
+    outs = []
+    for allow in (1, 0):
+        conv._pgeo[11] = allow
+        out = np.full(conv.out_shape, -3.0, dtype)
+        conv(x, out, res)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    ref = conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1))
+    ref = activation_ref(ref + (0 if res is None else res), **kw)
+    np.testing.assert_allclose(outs[0], ref, **TOL[dtype])
+
+
 def test_pixel_work_order_by_shape():
     """Pixel-major order (a tile's input in L1 while every channel block is computed) for big
     inputs and for reductions longer than the output channels (projections); block-major

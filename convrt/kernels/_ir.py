@@ -105,6 +105,22 @@ class VecIR:
         return finals
 
 
+    def activate(self, v, act, prm):
+        """``v`` through activation ``act`` (0 none, 1 relu, 2 leaky, 3 clip: conv.ACT_*; a
+        compile-time int) with ``prm`` = (alpha, lo, hi, 0) splats, as ``conv._store_tile``
+        computes it: every comparison ordered, so NaN passes through unchanged."""
+        b = self.builder
+        alpha, lo, hi, zero = prm
+        if act == 1:
+            return b.select(b.fcmp_ordered("<", v, zero), zero, v)
+        if act == 2:
+            return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, alpha), v)
+        if act == 3:
+            v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+            return b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        return v
+
+
 def arrays(context, builder, sig_args, args, which):
     """The numba array structs of the arguments at positions ``which``."""
     return [context.make_array(sig_args[i])(context, builder, args[i]) for i in which]

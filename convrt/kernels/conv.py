@@ -756,7 +756,7 @@ class Conv2d:
                             or cg * kk > m_all)
             self._items = n_img * self._oh * -(-self._ow // (nv * VEC)) * nmb
             self._pgeo = np.array([n_img, self._oh, self._ow, m_all, mr, nv, nmb, self.act,
-                                   pix_major, self._nstride, self._rowstep], dtype=np.int64)
+                                   pix_major, self._nstride, self._rowstep, 1], dtype=np.int64)
             return
         # ---- weights ------------------------------------------------------------------------
         # mg >= 8 here: narrower groups went to Depthwise above
