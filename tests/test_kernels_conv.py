@@ -715,3 +715,32 @@ def test_conv_maxpool_concurrent_calls(name):
         refs.append(np.empty(f.out_shape, np.float32))
         f(x, refs[-1])
     check_concurrent_calls(f, xs, refs, repeats=5, tol=dict(rtol=0, atol=0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", range(4))
+def test_masked_tile_store_equals_scalar_store(act, dtype):
+    """``_store_tile_m`` (vector, masked) writes exactly what ``_store_tile`` writes for every
+    tile width, channel count and residual choice, NaN included, and nothing past ``nt``."""
+    from convrt.kernels.conv import _store_tile, _store_tile_m
+
+    @numba.njit
+    def store_m(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):  # intrinsics need jit
+        _store_tile_m(tile, nt, out, ob, ohw, jv, res, has_res, act, prm)
+
+    rng = np.random.default_rng(act)
+    prm = np.array([0.3, -0.5, 0.7, 0.0, 1.0], dtype)
+    ohw = 40
+    for nt in (1, 7, 8, 14, 16):
+        for jv in (1, 5, 32):
+            tile = rng.standard_normal(32 * 16).astype(dtype)
+            tile[3] = np.nan
+            res = rng.standard_normal(32 * ohw + 8).astype(dtype)
+            for has_res in (False, True):
+                outs = []
+                for store in (_store_tile, store_m):
+                    out = np.full(32 * ohw + 8, -9.0, dtype)
+                    store(tile.copy(), nt, 16, out, np.uint64(3), np.uint64(ohw), jv, res,
+                          has_res, act, prm)
+                    outs.append(out)
+                np.testing.assert_array_equal(outs[1], outs[0], err_msg=f"{nt} {jv} {has_res}")

@@ -288,35 +288,66 @@ def _store_tile(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):
                 out[base + _U(t)] = np.tanh(tile[tb + t])
 
 
-@njit(fastmath=_FM)
-def _store_tile16(tile, out, ob, ohw, jv, res, has_res, act, prm):
-    """``_store_tile`` of a whole vector of 16 pixels per channel (pitch 16), for a tile whose
-    16 pixels all lie inside its output row: lanes past the tile's own pixels hold garbage,
-    which the row's later tiles (same work item, stored after this one) overwrite.  Fixed trip
-    counts make every channel one vector load, add, select and store."""
-    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
-    for j in range(jv):
-        base = ob + _U(j) * ohw
-        tb = j * 16
-        if has_res:
-            for t in range(16):
-                tile[tb + t] += res[base + _U(t)]
-        if act == ACT_NONE:
-            for t in range(16):
-                out[base + _U(t)] = tile[tb + t]
-        elif act == ACT_RELU:
-            for t in range(16):
-                v = tile[tb + t]
-                out[base + _U(t)] = zero if v < zero else v
-        elif act == ACT_LEAKY:
-            for t in range(16):
-                v = tile[tb + t]
-                out[base + _U(t)] = v * alpha if v < zero else v
-        else:  # ACT_CLIP (sigmoid and tanh take _store_tile)
-            for t in range(16):
-                v = tile[tb + t]
-                v = lo if v < lo else v
-                out[base + _U(t)] = hi if v > hi else v
+@intrinsic
+def _store_tile_m(typingctx, tile, nt, out, ob, ohw, jv, res, has_res, act, prm):
+    """``_store_tile`` of a tile with pitch 16 (``nt`` <= 16 pixels) and an activation of
+    none, relu, leaky_relu or clip, as vector code: per channel one load from the tile, the
+    residual (masked load) added, the activation applied (``VecIR.activate``) and one masked
+    store of the ``nt`` pixels.  The scalar loops of ``_store_tile`` cost 5 % of small VGG's
+    8x8 and 16x16 layers, whose rows of 8 pixels never fill a vector.  Same operations, same
+    results; lanes past ``nt`` are neither read nor written."""
+    sig = types.void(tile, nt, out, ob, ohw, jv, res, has_res, act, prm)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        v = VecIR(context, builder, aty[0].dtype)
+        c64 = v.c64
+        ta, oa, ra, pa = arrays(context, builder, aty, args, (0, 2, 6, 9))
+        nt = context.cast(builder, args[1], aty[1], types.int64)
+        ob = context.cast(builder, args[3], aty[3], types.uint64)
+        ohw = context.cast(builder, args[4], aty[4], types.uint64)
+        jv = context.cast(builder, args[5], aty[5], types.int64)
+        has_res = context.cast(builder, args[7], aty[7], types.boolean)
+        actv = context.cast(builder, args[8], aty[8], types.int64)
+        mt = ir.VectorType(v.i1, VEC)
+        mload = v.intrinsic("llvm.masked.load", v.vt, [v.vpt, v.i32, mt, v.vt], ".p0")
+        mstore = v.intrinsic("llvm.masked.store", ir.VoidType(), [v.vt, v.vpt, v.i32, mt],
+                             ".p0")
+        align = ir.Constant(v.i32, 4 if isinstance(v.ft, ir.FloatType) else 8)
+        it = ir.VectorType(v.i32, VEC)
+        mask = builder.icmp_signed("<", ir.Constant(it, list(range(VEC))),
+                                   v.splat(builder.trunc(nt, v.i32), it))
+        prm_s = [v.splat(builder.load(builder.gep(pa.data, [c64(i)]))) for i in (0, 1, 2, 3)]
+        zero = ir.Constant(v.vt, None)
+        fn = builder.function
+        end = fn.append_basic_block("st.end")
+        sw = builder.switch(actv, end)
+        for code in range(4):  # one loop over the channels per (activation, residual or not)
+            case = fn.append_basic_block("st.act%d" % code)
+            sw.add_case(ir.Constant(v.i64, code), case)
+            builder.position_at_end(case)
+            with_res = fn.append_basic_block("st.act%d.res" % code)
+            plain = fn.append_basic_block("st.act%d.plain" % code)
+            builder.cbranch(has_res, with_res, plain)
+            for bb, add_res in ((with_res, True), (plain, False)):
+                builder.position_at_end(bb)
+
+                def body(j, accs, code=code, add_res=add_res):
+                    at = builder.add(ob, builder.mul(ohw, j))
+                    val = v.vload(ta.data, builder.mul(j, c64(VEC)))
+                    optr = v.vptr(oa.data, at)
+                    if add_res:
+                        val = builder.fadd(val, builder.call(mload, [v.vptr(ra.data, at), align,
+                                                                     mask, zero]))
+                    builder.call(mstore, [v.activate(val, code, prm_s), optr, align, mask])
+                    return accs
+
+                v.accumulate(jv, [], body, "st%d%s" % (code, "r" if add_res else ""))
+                builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
@@ -435,8 +466,9 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_n - nt)
                 _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps)
-                if tp == 16 and ow0 + 16 <= ow_n and act <= ACT_CLIP:
-                    _store_tile16(tile, out, _U(orow + ow0), ohw, jv, res, has_res, act, prm)
+                if tp == 16 and act <= ACT_CLIP:
+                    _store_tile_m(tile, nt, out, _U(orow + ow0), ohw, jv, res, has_res, act,
+                                  prm)
                 else:
                     _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act,
                                 prm)
