@@ -424,15 +424,23 @@ def work_split(total):
 
 @pjit(fastmath=_FM)
 def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, nb, nbg, mg,
-                 m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major, nthr, grain):
+                 m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major, pool, nthr,
+                 grain):
     """Work items (image, block of 16*nb_ channels, output row), claimed ``grain`` at a time
     from a shared atomic counter by ``nthr`` workers (``_blocked_worker``; the body lives
-    outside the prange, which keeps the parallel function's compile short)."""
+    outside the prange, which keeps the parallel function's compile short).  With ``pool``
+    the workers are ``_pooled_worker`` and (oh_n, ow_n) the pooled output's size: one parallel
+    function for both (each costs ~4 s of compile on an empty cache)."""
     ctr = np.zeros(1, dtype=np.int64)
     for _ in prange(nthr):
-        _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt,
-                        n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps,
-                        row_major)
+        if pool:
+            _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt,
+                           n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep,
+                           taps, row_major)
+        else:
+            _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_,
+                            nt, n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride,
+                            rowstep, taps, row_major)
 
 
 @njit(fastmath=_FM)
@@ -472,6 +480,64 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
                 else:
                     _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act,
                                 prm)
+
+
+@njit(fastmath=_FM)
+def _store_pool(t0, t1, npool, tp, out, ob, phw, jv, act, prm):
+    """``out[ob + j*phw + q] = act(max of t0/t1[j*tp + 2q], [j*tp + 2q + 1])`` for q < npool,
+    j < jv: the 2x2 windows of two transposed tiles (rows 2p and 2p+1), NaN-sticky, in
+    ``pool._max2x2_plane``'s order.  ``prm`` as ``conv._store_tile`` (its [3] is 0)."""
+    zero = prm[3]
+    for j in range(jv):
+        base = ob + _U(j) * phw
+        a = t0[j * tp:j * tp + 2 * npool]
+        b = t1[j * tp:j * tp + 2 * npool]
+        for q in range(npool):
+            m = a[2 * q]
+            v = a[2 * q + 1]
+            m = v if ((v > m) | (v != v)) else m
+            v = b[2 * q]
+            m = v if ((v > m) | (v != v)) else m
+            v = b[2 * q + 1]
+            m = v if ((v > m) | (v != v)) else m
+            if act == ACT_RELU:
+                m = zero if m < zero else m
+            out[base + _U(q)] = m
+
+
+@njit(fastmath=_FM)
+def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img,
+                   nb, nbg, mg, m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major):
+    """``_blocked_worker`` followed by a 2x2/2 max pool (``kernels/conv_pool.py``): work items
+    (image, block, pooled row); per item the two convolution rows of a pooled row, in tiles of
+    ``nt`` (even) pixels at even columns, pooled as they come.  No residual (``res`` and
+    ``has_res`` keep the blocked worker's signature)."""
+    ow_e = 2 * pw_n  # the convolution columns the pool reads (floor mode drops an odd last)
+    ntiles = (ow_e + nt - 1) // nt
+    total = n_img * nb * ph_n
+    wd = nb_ * VEC
+    tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
+    phw = _U(ph_n * pw_n)
+    t0 = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    t1 = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    while True:
+        u0, u1 = _claim(ctr, total, grain)
+        if u0 >= total:
+            break
+        for u in range(u0, u1):
+            blk, ph, n = _item(u, nb, ph_n, row_major)
+            g = blk // nbg
+            bl = blk - g * nbg
+            m0 = g * mg + bl * wd
+            jv = min(wd, mg - bl * wd)
+            xrow = n * nstride + g * gstride + 2 * ph * rowstep
+            orow = ((n * m_all + m0) * ph_n + ph) * pw_n
+            for ti in range(ntiles):
+                ow0 = min(ti * nt, ow_e - nt)
+                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, t0, nb_, nt, taps)
+                _tile_kernel_t(xf, _U(xrow + rowstep + ow0), offs, wp, blk, bp, t1, nb_, nt,
+                               taps)
+                _store_pool(t0, t1, nt // 2, tp, out, _U(orow + ow0 // 2), phw, jv, act, prm)
 
 
 @pjit
@@ -870,5 +936,5 @@ class Conv2d:
         if nthr == 1:  # a serial step (runtime/plan.py): no parallel region to launch
             _blocked_worker(np.zeros(1, dtype=np.int64), grain, *args)
         else:
-            _run_blocked(*args, nthr, grain)
+            _run_blocked(*args, False, nthr, grain)
         return out

@@ -6,9 +6,10 @@ kernel (``kernels/conv.py``) is (image, block of 16*B channels, *pooled* row): i
 two convolution rows of that pooled row tile by tile, takes each 2x2 window's max from the two
 tiles while they are still in L1, applies the activation and stores only the pooled values.
 
-The results equal the unfused ops bit for bit: the bias is in every sum already, and ReLU is
-monotonic, so ``relu(max(a, b, c, d)) == max(relu(a), ..., relu(d))``; the max is NaN-sticky in
-the same order as ``kernels/pool.py``.  Tiles hold an even number of pixels and start at even
+The workers (``conv._pooled_worker``, ``conv._store_pool``) live beside the blocked kernel's
+and share its parallel driver ``conv._run_blocked``.  The results equal the unfused ops bit for
+bit: the bias is in every sum already, and ReLU is monotonic, so ``relu(max(a, b, c, d)) ==
+max(relu(a), ..., relu(d))``; the max is NaN-sticky in the same order as ``kernels/pool.py``.  Tiles hold an even number of pixels and start at even
 columns, so a window never straddles two tiles (the last tile of a row is shifted left, as in
 the blocked kernel, and recomputes a few windows with the same values).
 
@@ -21,81 +22,10 @@ import math
 import threading
 
 import numpy as np
-from numba import prange
 
-from ._jit import FAST, njit, pjit
-from .conv import (ACT_NONE, ACT_RELU, SHAPES, TILE_ELEMS, VEC, Conv2d, _U, _choose_shape,
-                   _claim, _item, _tile_kernel_t, work_split)
+from .conv import (ACT_NONE, ACT_RELU, SHAPES, Conv2d, _choose_shape, _pooled_worker,
+                   _run_blocked, work_split)
 from .pool import max_pool2d
-
-_FM = set(FAST)
-
-
-@njit(fastmath=_FM)
-def _store_pool(t0, t1, npool, tp, out, ob, phw, jv, act, prm):
-    """``out[ob + j*phw + q] = act(max of t0/t1[j*tp + 2q], [j*tp + 2q + 1])`` for q < npool,
-    j < jv: the 2x2 windows of two transposed tiles (rows 2p and 2p+1), NaN-sticky, in
-    ``pool._max2x2_plane``'s order.  ``prm`` as ``conv._store_tile`` (its [3] is 0)."""
-    zero = prm[3]
-    for j in range(jv):
-        base = ob + _U(j) * phw
-        a = t0[j * tp:j * tp + 2 * npool]
-        b = t1[j * tp:j * tp + 2 * npool]
-        for q in range(npool):
-            m = a[2 * q]
-            v = a[2 * q + 1]
-            m = v if ((v > m) | (v != v)) else m
-            v = b[2 * q]
-            m = v if ((v > m) | (v != v)) else m
-            v = b[2 * q + 1]
-            m = v if ((v > m) | (v != v)) else m
-            if act == ACT_RELU:
-                m = zero if m < zero else m
-            out[base + _U(q)] = m
-
-
-@pjit(fastmath=_FM)
-def _run_pooled(xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg, mg, m_all, ph_n, pw_n,
-                nstride, gstride, rowstep, taps, row_major, nthr, grain):
-    """Work items (image, block, pooled row) claimed by ``nthr`` workers, as ``_run_blocked``."""
-    ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
-        _pooled_worker(ctr, grain, xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg,
-                       mg, m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major)
-
-
-@njit(fastmath=_FM)
-def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, act, prm, nb_, nt, n_img, nb, nbg, mg,
-                   m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major):
-    """One worker of ``_run_pooled``: per item, the two convolution rows of a pooled row in
-    tiles of ``nt`` (even) pixels at even columns, pooled as they come."""
-    ow_e = 2 * pw_n  # the convolution columns the pool reads (floor mode drops an odd last)
-    ntiles = (ow_e + nt - 1) // nt
-    total = n_img * nb * ph_n
-    wd = nb_ * VEC
-    tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
-    phw = _U(ph_n * pw_n)
-    t0 = np.empty(TILE_ELEMS, dtype=wp.dtype)
-    t1 = np.empty(TILE_ELEMS, dtype=wp.dtype)
-    while True:
-        u0, u1 = _claim(ctr, total, grain)
-        if u0 >= total:
-            break
-        for u in range(u0, u1):
-            blk, ph, n = _item(u, nb, ph_n, row_major)
-            g = blk // nbg
-            bl = blk - g * nbg
-            m0 = g * mg + bl * wd
-            jv = min(wd, mg - bl * wd)
-            xrow = n * nstride + g * gstride + 2 * ph * rowstep
-            orow = ((n * m_all + m0) * ph_n + ph) * pw_n
-            for ti in range(ntiles):
-                ow0 = min(ti * nt, ow_e - nt)
-                _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, t0, nb_, nt, taps)
-                _tile_kernel_t(xf, _U(xrow + rowstep + ow0), offs, wp, blk, bp, t1, nb_, nt,
-                               taps)
-                _store_pool(t0, t1, nt // 2, tp, out, _U(orow + ow0 // 2), phw, jv, act, prm)
-
 
 _UNPOOLED = threading.local()
 
@@ -162,11 +92,11 @@ class ConvMaxPool:
         n_img = c.in_shape[0]
         ph_n, pw_n = self.out_shape[2:]
         nthr, grain = work_split(n_img * c._nb * ph_n)
-        args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c.act, c._prm, self._shape[0],
-                self._shape[1], n_img, c._nb, c._nbg, c._mg, c.out_shape[1], ph_n, pw_n,
-                c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
+        args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c._dummy, False, c.act, c._prm,
+                self._shape[0], self._shape[1], n_img, c._nb, c._nbg, c._mg, c.out_shape[1],
+                ph_n, pw_n, c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
         if nthr == 1:
             _pooled_worker(np.zeros(1, dtype=np.int64), grain, *args)
         else:
-            _run_pooled(*args, nthr, grain)
+            _run_blocked(*args, True, nthr, grain)
         return out
