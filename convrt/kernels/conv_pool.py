@@ -9,9 +9,10 @@ tiles while they are still in L1, applies the activation and stores only the poo
 The workers (``conv._pooled_worker``, ``conv._store_pool``) live beside the blocked kernel's
 and share its parallel driver ``conv._run_blocked``.  The results equal the unfused ops bit for
 bit: the bias is in every sum already, and ReLU is monotonic, so ``relu(max(a, b, c, d)) ==
-max(relu(a), ..., relu(d))``; the max is NaN-sticky in the same order as ``kernels/pool.py``.  Tiles hold an even number of pixels and start at even
-columns, so a window never straddles two tiles (the last tile of a row is shifted left, as in
-the blocked kernel, and recomputes a few windows with the same values).
+max(relu(a), ..., relu(d))``; the max is NaN-sticky in the same order as ``kernels/pool.py``.
+Tiles hold an even number of pixels and start at even columns, so a window never straddles two
+tiles (the last tile of a row is shifted left, as in the blocked kernel, and recomputes a few
+windows with the same values).
 
 Layers the blocked kernel does not run (Winograd, pixel, depthwise, 1x1 layers read as one
 long row), and activations other than none/ReLU, take the general path: the convolution into a
