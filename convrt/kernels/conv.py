@@ -409,6 +409,15 @@ def _thread_getter():
 _num_threads = None
 
 
+@njit
+def _block(blk, nbg, mg, wd):
+    """Channel block ``blk`` of ``wd`` channels (``nbg`` blocks per group of ``mg``) as (group,
+    first output channel, channels it holds: ``wd`` but for a group's last block)."""
+    g = blk // nbg
+    bl = blk - g * nbg
+    return g, g * mg + bl * wd, min(wd, mg - bl * wd)
+
+
 def work_split(total):
     """``(threads, grain)`` for a loop of ``total`` work items claimed dynamically: the current
     numba thread count, and about 8 claims per thread.  Which thread runs an item never changes
@@ -465,10 +474,7 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             # row-major: (image, row, block), a row's input serves every block from L2;
             # else (image, block, row), a block's weights serve every row
             blk, oh, n = _item(u, nb, oh_n, row_major)
-            g = blk // nbg
-            bl = blk - g * nbg
-            m0 = g * mg + bl * wd
-            jv = min(wd, mg - bl * wd)
+            g, m0, jv = _block(blk, nbg, mg, wd)
             xrow = n * nstride + g * gstride + oh * rowstep
             orow = ((n * m_all + m0) * oh_n + oh) * ow_n
             for ti in range(ntiles):
@@ -526,10 +532,7 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
             break
         for u in range(u0, u1):
             blk, ph, n = _item(u, nb, ph_n, row_major)
-            g = blk // nbg
-            bl = blk - g * nbg
-            m0 = g * mg + bl * wd
-            jv = min(wd, mg - bl * wd)
+            g, m0, jv = _block(blk, nbg, mg, wd)
             xrow = n * nstride + g * gstride + 2 * ph * rowstep
             orow = ((n * m_all + m0) * ph_n + ph) * pw_n
             for ti in range(ntiles):
