@@ -148,14 +148,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         opos = builder.add(orow, x0)
         rptr = builder.bitcast(builder.gep(ra.data, [opos]), vpt)
         acc = builder.fadd(acc, builder.call(mload, [rptr, align, builder.and_(omask, hr), zero]))
-        if a_l == ACT_RELU:
-            acc = builder.select(builder.fcmp_ordered("<", acc, zero), zero, acc)
-        elif a_l == ACT_LEAKY:
-            acc = builder.select(builder.fcmp_ordered("<", acc, zero), builder.fmul(acc, alpha),
-                                 acc)
-        elif a_l == ACT_CLIP:
-            acc = builder.select(builder.fcmp_ordered("<", acc, lo), lo, acc)
-            acc = builder.select(builder.fcmp_ordered(">", acc, hi), hi, acc)
+        acc = v.activate(acc, a_l, (alpha, lo, hi, zero))
         optr = builder.bitcast(builder.gep(oa.data, [opos]), vpt)
         builder.call(mstore, [acc, optr, align, omask])
         kn = builder.add(k, c64(1))
