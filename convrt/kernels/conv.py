@@ -433,7 +433,7 @@ def work_split(total):
 
 @pjit(fastmath=_FM)
 def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, nb, nbg, mg,
-                 m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major, pool, nthr,
+                 oh_n, ow_n, ogeo, nstride, gstride, rowstep, taps, row_major, pool, nthr,
                  grain):
     """Work items (image, block of 16*nb_ channels, output row), claimed ``grain`` at a time
     from a shared atomic counter by ``nthr`` workers (``_blocked_worker``; the body lives
@@ -444,24 +444,26 @@ def _run_blocked(xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img, 
     for _ in prange(nthr):
         if pool:
             _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt,
-                           n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep,
+                           n_img, nb, nbg, mg, oh_n, ow_n, ogeo, nstride, gstride, rowstep,
                            taps, row_major)
         else:
             _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_,
-                            nt, n_img, nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride,
+                            nt, n_img, nb, nbg, mg, oh_n, ow_n, ogeo, nstride, gstride,
                             rowstep, taps, row_major)
 
 
 @njit(fastmath=_FM)
 def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img,
-                    nb, nbg, mg, m_all, oh_n, ow_n, nstride, gstride, rowstep, taps, row_major):
+                    nb, nbg, mg, oh_n, ow_n, ogeo, nstride, gstride, rowstep, taps, row_major):
     """One worker of ``_run_blocked``: claims items until none is left; tiles of nt pixels.
 
     The last tile of a row is shifted left to end at the row's end: it recomputes a few pixels
-    (writing the same values again) instead of reading or writing past the row.
+    (writing the same values again) instead of reading or writing past the row.  ``ogeo``
+    (int64) = the output's image, channel and row strides and its first pixel's offset: NCHW,
+    or the next layer's zero-bordered input (``Conv2d.write_padded``).
     """
     ntiles = (ow_n + nt - 1) // nt
-    ohw = _U(oh_n * ow_n)
+    ohw = _U(ogeo[1])
     total = n_img * nb * oh_n
     wd = nb_ * VEC
     tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
@@ -476,7 +478,7 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             blk, oh, n = _item(u, nb, oh_n, row_major)
             g, m0, jv = _block(blk, nbg, mg, wd)
             xrow = n * nstride + g * gstride + oh * rowstep
-            orow = ((n * m_all + m0) * oh_n + oh) * ow_n
+            orow = n * ogeo[0] + m0 * ogeo[1] + oh * ogeo[2] + ogeo[3]
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_n - nt)
                 _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps)
@@ -513,7 +515,7 @@ def _store_pool(t0, t1, npool, tp, out, ob, phw, jv, act, prm):
 
 @njit(fastmath=_FM)
 def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb_, nt, n_img,
-                   nb, nbg, mg, m_all, ph_n, pw_n, nstride, gstride, rowstep, taps, row_major):
+                   nb, nbg, mg, ph_n, pw_n, ogeo, nstride, gstride, rowstep, taps, row_major):
     """``_blocked_worker`` followed by a 2x2/2 max pool (``kernels/conv_pool.py``): work items
     (image, block, pooled row); per item the two convolution rows of a pooled row, in tiles of
     ``nt`` (even) pixels at even columns, pooled as they come.  No residual (``res`` and
@@ -523,7 +525,7 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
     total = n_img * nb * ph_n
     wd = nb_ * VEC
     tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
-    phw = _U(ph_n * pw_n)
+    phw = _U(ogeo[1])
     t0 = np.empty(TILE_ELEMS, dtype=wp.dtype)
     t1 = np.empty(TILE_ELEMS, dtype=wp.dtype)
     while True:
@@ -534,7 +536,7 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
             blk, ph, n = _item(u, nb, ph_n, row_major)
             g, m0, jv = _block(blk, nbg, mg, wd)
             xrow = n * nstride + g * gstride + 2 * ph * rowstep
-            orow = ((n * m_all + m0) * ph_n + ph) * pw_n
+            orow = n * ogeo[0] + m0 * ogeo[1] + ph * ogeo[2] + ogeo[3]
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_e - nt)
                 _tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, t0, nb_, nt, taps)
@@ -662,6 +664,15 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
     elif act == ACT_TANH:
         for i in range(cnt):
             out[ob + i] = np.tanh(out[ob + i])
+
+
+def padded_strides(shape, geometry):
+    """(image, channel, row strides, first pixel) of NCHW ``shape`` stored in the interior of
+    the zero-bordered layout ``geometry`` (``Conv2d.padded_input``)."""
+    hp, q_n, pt, pl, cstride = geometry
+    n_img, c_n, h_n, w_n = shape
+    assert pt + h_n <= hp and pl + w_n <= q_n
+    return c_n * cstride, cstride, q_n, pt * q_n + pl
 
 
 def _choose_shape(mg, ow_n, dtype, allowed=None):
@@ -823,6 +834,9 @@ class Conv2d:
             cstride = h_n * w_n
         flat = self._gather or (not self._copy and kh == kw == 1 and sh == 1)
         self._oh, self._ow = (1, oh_n * ow_n) if flat else (oh_n, ow_n)
+        # the output's image, channel and row strides and first pixel: NCHW unless the plan
+        # has this layer write the next one's zero-bordered input (write_padded)
+        self._ogeo = np.array([m_all * oh_n * ow_n, oh_n * ow_n, self._ow, 0], dtype=np.int64)
         self._nstride = c_n * cstride
         self._gstride = cg * cstride
         self._rowstep = sh * rl
@@ -857,7 +871,8 @@ class Conv2d:
                             or cg * kk > m_all)
             self._items = n_img * self._oh * -(-self._ow // (nv * VEC)) * nmb
             self._pgeo = np.array([n_img, self._oh, self._ow, m_all, mr, nv, nmb, self.act,
-                                   pix_major, self._nstride, self._rowstep, 1], dtype=np.int64)
+                                   pix_major, self._nstride, self._rowstep, 1, *self._ogeo],
+                                  dtype=np.int64)
             return
         # ---- weights ------------------------------------------------------------------------
         # mg >= 8 here: narrower groups went to Depthwise above
@@ -884,6 +899,46 @@ class Conv2d:
         self._row_major = (self._nstride * dtype.itemsize > ROW_MAJOR_BYTES
                            and wp.nbytes <= ROW_MAJOR_BYTES // 2)
 
+    # -- zero-bordered handoff between layers (runtime/plan.py) ---------------------------------
+    # When one convolution's output is read by the next alone, the plan can have the first
+    # write straight into the zero-bordered layout the second would otherwise copy its input
+    # into (``_pad_copy``: 4-9 % of a 3x3 layer's time).  The buffer is the plan's, zeroed once
+    # and never shared with another value, so the border stays zero from run to run.
+    x_shape = property(lambda self: (-1,) if self._padded_in else self.in_shape)
+    y_shape = property(lambda self: (-1,) if self._padded_out else self.out_shape)
+    _padded_in = _padded_out = False
+
+    def padded_input(self):
+        """``(elements, geometry)`` of the zero-bordered input this layer copies its input
+        into, when another layer could write it instead (blocked or pixel kernel, unit stride
+        along W); else None.  ``geometry`` = (padded rows, row length, top, left, plane
+        stride)."""
+        if self.algo not in ("direct", "pixel") or not self._copy or self._strides[1] != 1:
+            return None
+        hp, q_n, _, pt, pl, cstride = self._geom
+        return self._xs_len, (hp, q_n, pt, pl, cstride)
+
+    def read_padded(self):
+        """From now on the input arrives flat, already in the ``padded_input`` layout."""
+        assert self.padded_input() is not None
+        self._padded_in = True
+        self._copy = False
+
+    def can_write_padded(self) -> bool:
+        """Whether this layer can store its output into another layer's padded input: the
+        blocked and pixel kernels on 2-D rows, without a residual (read at the output's own
+        offsets)."""
+        return self.algo in ("direct", "pixel") and self._oh == self.out_shape[2]
+
+    def write_padded(self, geometry):
+        """From now on write the output flat, into the ``padded_input`` layout ``geometry``
+        of the layer that reads it (whose input shape is this layer's output shape)."""
+        assert self.can_write_padded()
+        self._ogeo[:] = padded_strides(self.out_shape, geometry)
+        if self.algo == "pixel":
+            self._pgeo[12:16] = self._ogeo
+        self._padded_out = True
+
     def _scratch(self):
         return _shared_scratch(self._xs_len, self.dtype)
 
@@ -898,6 +953,8 @@ class Conv2d:
         """The flat input the blocked and pixel kernels read: the zero-bordered copy, the
         gathered pixels (both in this thread's scratch) or ``x`` itself."""
         n_img, c_n, h_n, w_n = self.in_shape
+        if self._padded_in:
+            return x
         if self._copy:
             xf = self._scratch()
             copy = _pad_copy_serial if self._xs_len <= PAD_SERIAL_ELEMS else _pad_copy
@@ -934,7 +991,7 @@ class Conv2d:
         nthr, grain = work_split(n_img * self._nb * self._oh)
         args = (xf, self._offs, self._wp, self._bp, of, res, has_res, self.act, self._prm,
                 self._shape[0], self._shape[1], n_img, self._nb, self._nbg, self._mg,
-                self.out_shape[1], self._oh, self._ow, self._nstride, self._gstride,
+                self._oh, self._ow, self._ogeo, self._nstride, self._gstride,
                 self._rowstep, self._taps, self._row_major)
         if nthr == 1:  # a serial step (runtime/plan.py): no parallel region to launch
             _blocked_worker(np.zeros(1, dtype=np.int64), grain, *args)

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from .conv import (ACT_NONE, ACT_RELU, SHAPES, Conv2d, _choose_shape, _pooled_worker,
-                   _run_blocked, work_split)
+                   _run_blocked, padded_strides, work_split)
 from .pool import max_pool2d
 
 _UNPOOLED = threading.local()
@@ -74,6 +74,28 @@ class ConvMaxPool:
             even = {s for s in SHAPES if s[0] == nb_ and s[1] % 2 == 0}
             self._shape = _choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype, even)
             assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
+        m_all, (ph_n, pw_n) = self.out_shape[1], self.out_shape[2:]
+        self._ogeo = np.array([m_all * ph_n * pw_n, ph_n * pw_n, pw_n, 0], dtype=np.int64)
+
+    # the zero-bordered handoff of Conv2d (see there): the input side is the convolution's,
+    # the output side the fused path's
+    x_shape = property(lambda self: self.conv.x_shape)
+    y_shape = property(lambda self: (-1,) if self._padded_out else self.out_shape)
+    _padded_out = False
+
+    def padded_input(self):
+        return self.conv.padded_input()
+
+    def read_padded(self):
+        self.conv.read_padded()
+
+    def can_write_padded(self) -> bool:
+        return self.fused
+
+    def write_padded(self, geometry):
+        assert self.fused
+        self._ogeo[:] = padded_strides(self.out_shape, geometry)
+        self._padded_out = True
 
     def scratch_bytes(self) -> int:
         """Bytes of one calling thread's scratch: the input copy, plus the unpooled output on
@@ -94,8 +116,8 @@ class ConvMaxPool:
         ph_n, pw_n = self.out_shape[2:]
         nthr, grain = work_split(n_img * c._nb * ph_n)
         args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c._dummy, False, c.act, c._prm,
-                self._shape[0], self._shape[1], n_img, c._nb, c._nbg, c._mg, c.out_shape[1],
-                ph_n, pw_n, c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
+                self._shape[0], self._shape[1], n_img, c._nb, c._nbg, c._mg, ph_n, pw_n,
+                self._ogeo, c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
         if nthr == 1:
             _pooled_worker(np.zeros(1, dtype=np.int64), grain, *args)
         else:

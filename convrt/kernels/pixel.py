@@ -194,7 +194,8 @@ def run(xf, offs, wp, bp, out, res, has_res, prm, geo, nthr, grain):
 
     ``geo`` (int64) = images, output rows, row length, M, MR, NV, channel blocks, activation,
     pixel-major order (0/1), input image stride, input row step, direct stores allowed (0/1:
-    the tests compare both store paths).
+    the tests compare both store paths), then the output's image, channel and row strides and
+    first pixel (``conv.Conv2d``'s ``_ogeo``: NCHW or the next layer's zero-bordered input).
     """
     ctr = np.zeros(1, dtype=np.int64)
     for _ in prange(nthr):
@@ -211,7 +212,7 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
     ntl = (ow_n + px - 1) // px
     rt = oh_n * ntl  # (row, tile) pairs per image
     total = n_img * rt * nmb
-    ohw = _U(oh_n * ow_n)
+    ons, ohw, ors, ooff = geo[12], _U(geo[13]), geo[14], geo[15]
     tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
     while True:
         u0, u1 = _claim(ctr, total, grain)
@@ -225,7 +226,7 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
             p0 = min((q - y * ntl) * px, ow_n - px)
             m0 = mb * mr
             jv = min(mr, m_all - m0)
-            ob = _U(((n * m_all + m0) * oh_n + y) * ow_n + p0)
+            ob = _U(n * ons + m0 * geo[13] + y * ors + ooff + p0)
             # whole channel blocks with an activation the microkernel applies store straight
             # from its registers; a partial last block, sigmoid and tanh go through the tile
             direct = allow_direct and jv == mr and act <= ACT_CLIP

@@ -95,9 +95,14 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         b = rest[0] if has_b else None
         z = rest[-2].reshape(out4) if residual else None
         kern = conv if conv is not None else make(w, b)
-        kern(x.reshape(in4), rest[-1].reshape(out4), z)
+        # x_shape / y_shape: 4-D, or flat where the plan gave X or Y a zero-bordered layout
+        kern(x.reshape(kern.x_shape), rest[-1].reshape(kern.y_shape), z)
 
-    return ctx.result([shape], [X.dtype], run, flops=macs, scratch=scratch)
+    # the bound kernel, for the plan's zero-bordered handoffs (runtime/plan.py); a residual is
+    # read at the output's offsets, so such an output stays NCHW
+    layout = {} if conv is None else {"reads_x": conv} if residual else {"reads_x": conv,
+                                                                            "writes_y": conv}
+    return ctx.result([shape], [X.dtype], run, flops=macs, scratch=scratch, **layout)
 
 
 def _scratch_bytes(in4, s, p, itemsize) -> int:

@@ -4,6 +4,9 @@ Planning does every decision once: shape inference with concrete dims, constant 
 binding (weights packed), and a memory plan that gives every intermediate value a slot in a few
 shared byte buffers, reused as soon as the value's last reader has run (liveness).  Ops that only
 relabel data (Reshape, Flatten, Identity...) produce views and extend their source's lifetime.
+Where one convolution's output is read by the next convolution alone, the two agree on the
+reader's zero-bordered input layout (``_pad_handoffs``): the writer stores into the border's
+interior and the reader skips its input copy.
 
 ``Plan.run`` then walks ``self.steps`` and nothing else: no graph walk, no op-name branches.
 An :class:`Arena` holds one set of buffers; concurrent runs each take their own arena, so one
@@ -35,6 +38,9 @@ SERIAL_ELEMS = 1 << 17  # output elements, for ops that report no MACs
 # ... unless the step streams this many bytes of constant inputs (weights): a batch-1 FC layer
 # is a memory-bound GEMV with few MACs per byte, and two cores stream it faster than one.
 PARALLEL_CONST_BYTES = 1 << 20
+# Convolutions hand their output to the next one in its zero-bordered layout (_pad_handoffs);
+# False turns that off (the tests compare both ways).
+PAD_HANDOFFS = True
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Plan:
         self._none_slot = len(self.template)  # always None: omitted optional inputs
         self.template.append(None)
         self.steps: list[Step] = []
+        self._links: list = []  # per step: (input slots, kernel reading X, kernel writing Y)
         self.scratch_bytes = 0  # per-run kernel scratch (Conv's padded input copy...)
         defs: list[tuple[int, TensorInfo]] = []  # (slot, info) of buffers per step, in order
         step_defs: list[list[int]] = []
@@ -136,6 +143,7 @@ class Plan:
         end = len(self.steps)
         for s in self.output_slots:
             last_use[alias_of.get(s, s)] = end
+        self.padded = self._pad_handoffs(step_defs, alias_of) if PAD_HANDOFFS else {}
         self._plan_memory(step_defs, defs, last_use, alias_of, budget)
         self._schedule(threads)
         self._lock = threading.Lock()
@@ -165,6 +173,7 @@ class Plan:
                 defs.append((s, info))
                 last_use.setdefault(s, i)
         step_defs.append(mine)
+        self._links.append((ins, res.extra.get("reads_x"), res.extra.get("writes_y")))
         self.scratch_bytes += int(res.extra.get("scratch", 0))
         label = node.name or node.outputs[0].name
         macs = int(res.flops or 0)
@@ -178,6 +187,34 @@ class Plan:
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias,
                                           self._none_slot),
                                serial))
+
+    def _pad_handoffs(self, step_defs, alias_of) -> dict[int, int]:
+        """Let a convolution write its output straight into the zero-bordered layout its only
+        reader, another convolution, would copy it into (``kernels/conv.py``, ``_pad_copy``).
+        Returns {slot: elements} of the values so laid out: each gets a buffer of its own,
+        zeroed when the arena is made, whose border no kernel ever writes."""
+        readers: dict[int, list[tuple[int, int]]] = {}
+        for i, (ins, _, _) in enumerate(self._links):
+            for k, s in enumerate(ins):
+                if s is not None:
+                    readers.setdefault(s, []).append((i, k))
+        viewed = set(alias_of.values())
+        padded = {}
+        for i, (_, _, producer) in enumerate(self._links):
+            if producer is None or len(step_defs[i]) != 1:
+                continue
+            s = step_defs[i][0]
+            if s in viewed or s in self.output_slots or len(readers.get(s, ())) != 1:
+                continue
+            j, k = readers[s][0]
+            consumer = self._links[j][1]
+            want = None if consumer is None or k != 0 else consumer.padded_input()
+            if want is None or not producer.can_write_padded():
+                continue
+            producer.write_padded(want[1])
+            consumer.read_padded()
+            padded[s] = want[0]
+        return padded
 
     def _schedule(self, threads: int) -> None:
         """The run list: each step's ``run``, with thread-count switches baked in where serial
@@ -211,6 +248,10 @@ class Plan:
         for i, mine in enumerate(step_defs):
             for s in mine:
                 info = info_of[s]
+                if s in self.padded:  # a buffer of its own (see _pad_handoffs)
+                    self.assign[s] = (len(sizes), info)
+                    sizes.append(self.padded[s] * info.dtype.itemsize)
+                    continue
                 need = max(math.prod(info.shape) * info.dtype.itemsize, 1)  # no int64 wrap
                 fits = [b for b in free if sizes[b] >= need]
                 if fits:
@@ -225,7 +266,7 @@ class Plan:
                 free.remove(b)
                 self.assign[s] = (b, info)
             for s in by_end.get(i, ()):
-                if s in self.assign:
+                if s in self.assign and s not in self.padded:
                     free.append(self.assign[s][0])
         self.buffer_sizes = sizes
         self.nbytes = sum(sizes)
@@ -237,9 +278,10 @@ class Plan:
     # -- running ------------------------------------------------------------------------------
     def _new_arena(self) -> list:
         bufs = []
-        for size in self.buffer_sizes:
+        zeroed = {self.assign[s][0] for s in self.padded}
+        for b, size in enumerate(self.buffer_sizes):
             try:
-                raw = np.empty(size + ALIGN, np.uint8)
+                raw = (np.zeros if b in zeroed else np.empty)(size + ALIGN, np.uint8)
             except MemoryError:
                 raise InputError(f"{self.source}: cannot allocate {self.nbytes} bytes of "
                                  "activations") from None
@@ -247,6 +289,9 @@ class Plan:
             bufs.append(raw[off:off + size])
         views = list(self.template)
         for s, (b, info) in self.assign.items():
+            if s in self.padded:  # flat: the kernels on both sides know the layout
+                views[s] = bufs[b].view(info.dtype)
+                continue
             n = math.prod(info.shape) * info.dtype.itemsize
             views[s] = bufs[b][:n].view(info.dtype).reshape(info.shape)
         return views
