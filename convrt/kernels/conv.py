@@ -488,6 +488,9 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
                 else:
                     _store_tile(tile, nt, tp, out, _U(orow + ow0), ohw, jv, res, has_res, act,
                                 prm)
+            if ogeo[6]:
+                _zero_border(out, ogeo[0], ogeo[1], ogeo[2], ogeo[4], ogeo[5], n, m0, jv, oh,
+                             oh_n, ow_n)
 
 
 @njit(fastmath=_FM)
@@ -543,6 +546,9 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
                 _tile_kernel_t(xf, _U(xrow + rowstep + ow0), offs, wp, blk, bp, t1, nb_, nt,
                                taps)
                 _store_pool(t0, t1, nt // 2, tp, out, _U(orow + ow0 // 2), phw, jv, act, prm)
+            if ogeo[6]:
+                _zero_border(out, ogeo[0], ogeo[1], ogeo[2], ogeo[4], ogeo[5], n, m0, jv, ph,
+                             ph_n, pw_n)
 
 
 @pjit
@@ -666,13 +672,49 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
             out[ob + i] = np.tanh(out[ob + i])
 
 
+def nchw_strides(shape, row=None):
+    """A kernel's output geometry ``ogeo`` for plain NCHW ``shape``: image, channel and row
+    strides, first pixel, then top and left border and a flag (0: no border to write)."""
+    n_img, c_n, h_n, w_n = shape
+    return np.array([c_n * h_n * w_n, h_n * w_n, w_n if row is None else row, 0, 0, 0, 0],
+                    dtype=np.int64)
+
+
 def padded_strides(shape, geometry):
-    """(image, channel, row strides, first pixel) of NCHW ``shape`` stored in the interior of
-    the zero-bordered layout ``geometry`` (``Conv2d.padded_input``)."""
+    """``ogeo`` of NCHW ``shape`` stored in the interior of the zero-bordered layout
+    ``geometry`` (``Conv2d.padded_input``); the kernel writes the border's zeros too."""
     hp, q_n, pt, pl, cstride = geometry
     n_img, c_n, h_n, w_n = shape
     assert pt + h_n <= hp and pl + w_n <= q_n
-    return c_n * cstride, cstride, q_n, pt * q_n + pl
+    return np.array([c_n * cstride, cstride, q_n, pt * q_n + pl, pt, pl, 1], dtype=np.int64)
+
+
+def zero_spare(out, ogeo, n_img):
+    """Zero the spare plane after the last image of a bordered output (the reader's layout
+    keeps one, see ``Conv2d``)."""
+    out[n_img * ogeo[0]:n_img * ogeo[0] + ogeo[1]] = 0
+
+
+@njit
+def _zero_border(out, ns, cs, rs, pt, pl, n, m0, jv, row, h_n, w_n):
+    """The zeros around output row ``row`` of channels m0..m0+jv of image n in a bordered
+    layout (strides ns, cs, rs; border pt rows, pl columns): the row's left and right margins,
+    and with the first row the rows above, with the last the rows below and the plane's gap.
+    The plan shares the buffer with other values, so the writer rewrites these zeros on every
+    run, beside the data it writes anyway."""
+    for j in range(jv):
+        plane = n * ns + (m0 + j) * cs
+        rb = plane + (pt + row) * rs
+        for i in range(_U(rb), _U(rb + pl)):
+            out[i] = 0
+        for i in range(_U(rb + pl + w_n), _U(rb + rs)):
+            out[i] = 0
+        if row == 0:
+            for i in range(_U(plane), _U(plane + pt * rs)):
+                out[i] = 0
+        if row == h_n - 1:
+            for i in range(_U(plane + (pt + h_n) * rs), _U(plane + cs)):
+                out[i] = 0
 
 
 def _choose_shape(mg, ow_n, dtype, allowed=None):
@@ -836,7 +878,7 @@ class Conv2d:
         self._oh, self._ow = (1, oh_n * ow_n) if flat else (oh_n, ow_n)
         # the output's image, channel and row strides and first pixel: NCHW unless the plan
         # has this layer write the next one's zero-bordered input (write_padded)
-        self._ogeo = np.array([m_all * oh_n * ow_n, oh_n * ow_n, self._ow, 0], dtype=np.int64)
+        self._ogeo = nchw_strides(self.out_shape, self._ow)
         self._nstride = c_n * cstride
         self._gstride = cg * cstride
         self._rowstep = sh * rl
@@ -902,8 +944,9 @@ class Conv2d:
     # -- zero-bordered handoff between layers (runtime/plan.py) ---------------------------------
     # When one convolution's output is read by the next alone, the plan can have the first
     # write straight into the zero-bordered layout the second would otherwise copy its input
-    # into (``_pad_copy``: 4-9 % of a 3x3 layer's time).  The buffer is the plan's, zeroed once
-    # and never shared with another value, so the border stays zero from run to run.
+    # into (``_pad_copy``: 4-9 % of a 3x3 layer's time, more where the copy's planes were
+    # written by the other core).  The writer stores the border's zeros with its rows
+    # (``_zero_border``), so the plan shares the buffer with other values like any other.
     x_shape = property(lambda self: (-1,) if self._padded_in else self.in_shape)
     y_shape = property(lambda self: (-1,) if self._padded_out else self.out_shape)
     _padded_in = _padded_out = False
@@ -936,7 +979,7 @@ class Conv2d:
         assert self.can_write_padded()
         self._ogeo[:] = padded_strides(self.out_shape, geometry)
         if self.algo == "pixel":
-            self._pgeo[12:16] = self._ogeo
+            self._pgeo[12:] = self._ogeo
         self._padded_out = True
 
     def _scratch(self):
@@ -977,6 +1020,8 @@ class Conv2d:
             return out
         xf = self.prepare(x)
         of = out.reshape(-1)
+        if self._padded_out:
+            zero_spare(of, self._ogeo, n_img)
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
         if self.algo == "pixel":

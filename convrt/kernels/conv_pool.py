@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from .conv import (ACT_NONE, ACT_RELU, SHAPES, Conv2d, _choose_shape, _pooled_worker,
-                   _run_blocked, padded_strides, work_split)
+                   _run_blocked, nchw_strides, padded_strides, work_split, zero_spare)
 from .pool import max_pool2d
 
 _UNPOOLED = threading.local()
@@ -74,8 +74,7 @@ class ConvMaxPool:
             even = {s for s in SHAPES if s[0] == nb_ and s[1] % 2 == 0}
             self._shape = _choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype, even)
             assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
-        m_all, (ph_n, pw_n) = self.out_shape[1], self.out_shape[2:]
-        self._ogeo = np.array([m_all * ph_n * pw_n, ph_n * pw_n, pw_n, 0], dtype=np.int64)
+        self._ogeo = nchw_strides(self.out_shape)
 
     # the zero-bordered handoff of Conv2d (see there): the input side is the convolution's,
     # the output side the fused path's
@@ -113,6 +112,8 @@ class ConvMaxPool:
             return out
         xf = c.prepare(x)
         n_img = c.in_shape[0]
+        if self._padded_out:
+            zero_spare(out, self._ogeo, n_img)
         ph_n, pw_n = self.out_shape[2:]
         nthr, grain = work_split(n_img * c._nb * ph_n)
         args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c._dummy, False, c.act, c._prm,

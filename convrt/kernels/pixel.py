@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
-from .conv import ACT_CLIP, _NREGS, _VBITS, _claim, _item, _store_tile
+from .conv import ACT_CLIP, _NREGS, _VBITS, _claim, _item, _store_tile, _zero_border
 
 _FM = set(FAST)
 _U = np.uint64
@@ -194,8 +194,8 @@ def run(xf, offs, wp, bp, out, res, has_res, prm, geo, nthr, grain):
 
     ``geo`` (int64) = images, output rows, row length, M, MR, NV, channel blocks, activation,
     pixel-major order (0/1), input image stride, input row step, direct stores allowed (0/1:
-    the tests compare both store paths), then the output's image, channel and row strides and
-    first pixel (``conv.Conv2d``'s ``_ogeo``: NCHW or the next layer's zero-bordered input).
+    the tests compare both store paths), then the output geometry (``conv.Conv2d``'s ``_ogeo``:
+    NCHW, or the next layer's zero-bordered input with its border to write).
     """
     ctr = np.zeros(1, dtype=np.int64)
     for _ in prange(nthr):
@@ -234,6 +234,8 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
                        out, ob, ohw, res, has_res, act, prm, direct)
             if not direct:
                 _store_tile(tile, px, px, out, ob, ohw, jv, res, has_res, act, prm)
+            if geo[18] and p0 == 0:  # a bordered output: the row's zeros, once per row
+                _zero_border(out, ons, geo[13], ors, geo[16], geo[17], n, m0, jv, y, oh_n, ow_n)
 
 
 @pjit

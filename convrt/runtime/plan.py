@@ -191,8 +191,8 @@ class Plan:
     def _pad_handoffs(self, step_defs, alias_of) -> dict[int, int]:
         """Let a convolution write its output straight into the zero-bordered layout its only
         reader, another convolution, would copy it into (``kernels/conv.py``, ``_pad_copy``).
-        Returns {slot: elements} of the values so laid out: each gets a buffer of its own,
-        zeroed when the arena is made, whose border no kernel ever writes."""
+        Returns {slot: elements} of the values so laid out; the writer stores the border's
+        zeros too, so their buffers are shared by liveness like any other."""
         readers: dict[int, list[tuple[int, int]]] = {}
         for i, (ins, _, _) in enumerate(self._links):
             for k, s in enumerate(ins):
@@ -248,11 +248,8 @@ class Plan:
         for i, mine in enumerate(step_defs):
             for s in mine:
                 info = info_of[s]
-                if s in self.padded:  # a buffer of its own (see _pad_handoffs)
-                    self.assign[s] = (len(sizes), info)
-                    sizes.append(self.padded[s] * info.dtype.itemsize)
-                    continue
-                need = max(math.prod(info.shape) * info.dtype.itemsize, 1)  # no int64 wrap
+                elems = self.padded.get(s, math.prod(info.shape))  # bordered: the reader's
+                need = max(elems * info.dtype.itemsize, 1)  # no int64 wrap
                 fits = [b for b in free if sizes[b] >= need]
                 if fits:
                     b = min(fits, key=lambda b: sizes[b])
@@ -266,7 +263,7 @@ class Plan:
                 free.remove(b)
                 self.assign[s] = (b, info)
             for s in by_end.get(i, ()):
-                if s in self.assign and s not in self.padded:
+                if s in self.assign:
                     free.append(self.assign[s][0])
         self.buffer_sizes = sizes
         self.nbytes = sum(sizes)
@@ -278,10 +275,9 @@ class Plan:
     # -- running ------------------------------------------------------------------------------
     def _new_arena(self) -> list:
         bufs = []
-        zeroed = {self.assign[s][0] for s in self.padded}
-        for b, size in enumerate(self.buffer_sizes):
+        for size in self.buffer_sizes:
             try:
-                raw = (np.zeros if b in zeroed else np.empty)(size + ALIGN, np.uint8)
+                raw = np.empty(size + ALIGN, np.uint8)
             except MemoryError:
                 raise InputError(f"{self.source}: cannot allocate {self.nbytes} bytes of "
                                  "activations") from None
@@ -290,7 +286,8 @@ class Plan:
         views = list(self.template)
         for s, (b, info) in self.assign.items():
             if s in self.padded:  # flat: the kernels on both sides know the layout
-                views[s] = bufs[b].view(info.dtype)
+                n = self.padded[s] * info.dtype.itemsize
+                views[s] = bufs[b][:n].view(info.dtype)
                 continue
             n = math.prod(info.shape) * info.dtype.itemsize
             views[s] = bufs[b][:n].view(info.dtype).reshape(info.shape)
