@@ -91,3 +91,60 @@ def test_outputs_are_not_aliased_to_arena():
     keep = ya.copy()
     sess.run(None, {"input": b})
     assert np.array_equal(ya, keep)
+
+
+@pytest.mark.parametrize("total,grain", [(1, 1), (2, 1), (7, 3), (112, 7), (1000, 16)])
+def test_two_ended_claims_partition_the_loop(total, grain):
+    """``_claim_end`` with one worker at each end, claims interleaved at random (as two
+    threads may): every item is claimed exactly once, the front worker's items are a prefix
+    and the back worker's a suffix."""
+    from convrt.kernels.conv import _claim_end
+
+    rng = np.random.default_rng(total)
+    for _ in range(20):
+        ctr = np.zeros(1, np.int64)
+        done = [0, 0]
+        got: list[list[int]] = [[], []]
+        live = [True, True]
+        while any(live):
+            side = int(rng.integers(2)) if all(live) else live.index(True)
+            u0, u1 = _claim_end(ctr, total, grain, side, done[side])
+            if u1 <= u0:
+                live[side] = False
+                continue
+            done[side] += u1 - u0
+            got[side].extend(range(u0, u1))
+        front, back = sorted(got[0]), sorted(got[1])
+        assert front == list(range(len(front)))
+        assert back == list(range(total - len(back), total))
+        assert sorted(front + back) == list(range(total))
+
+
+def test_two_ended_claims_change_no_result():
+    """The claim order never changes what an item computes: outputs are bitwise the same with
+    one shared front (a VGG-like stack big enough for every step to run in parallel)."""
+    import builders  # sample_models/ is on sys.path (conftest)
+
+    import convrt.kernels.conv as conv
+
+    g = builders._Graph(seed=4, opset=13)
+    x = g.relu(g.conv("input", 3, 32, 3, pad=1, name="c0"), name="r0")
+    x = g.relu(g.conv(x, 32, 64, 3, pad=1, name="c1"), name="r1")
+    x = g.maxpool(x, 2, 2, name="mp")
+    x = g.relu(g.conv(x, 64, 64, 3, pad=1, name="c2"), name="r2")
+    y = g.conv(x, 64, 64, 3, pad=1, group=64, name="dw", bias=False)
+    x = g.relu(g.add(x, y, name="res"), name="r3")
+    x = g.flatten(g.gap(x, name="gap"), name="flat")
+    x = g.gemm(x, 64, 5, name="fc")
+    model = builders._finish(g, "claims", 3, 48, x, 5, "claims test")
+    sess = convrt.InferenceSession(model.SerializeToString())
+    name = sess.get_inputs()[0].name
+    xs = np.random.default_rng(5).standard_normal((4, 3, 48, 48)).astype(np.float32)
+    both = sess.run(None, {name: xs})[0]
+    assert not all(s.serial for s in next(iter(sess._plans.values())).steps)
+    try:
+        conv.TWO_ENDS = False
+        shared = sess.run(None, {name: xs})[0]
+    finally:
+        conv.TWO_ENDS = True
+    np.testing.assert_array_equal(both, shared)

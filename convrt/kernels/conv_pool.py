@@ -120,7 +120,7 @@ class ConvMaxPool:
                 self._shape[0], self._shape[1], n_img, c._nb, c._nbg, c._mg, ph_n, pw_n,
                 self._ogeo, c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
         if nthr == 1:
-            _pooled_worker(np.zeros(1, dtype=np.int64), grain, *args)
+            _pooled_worker(np.zeros(1, dtype=np.int64), abs(grain), *args, -1)
         else:
             _run_blocked(*args, True, nthr, grain)
         return out

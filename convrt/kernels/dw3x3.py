@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import njit, pjit
-from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _claim, work_split
+from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _claim_end, _side, work_split
 
 ACTS = (ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP)
 
@@ -192,7 +192,7 @@ def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stri
 
 
 @njit
-def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo):
+def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo, side):
     """Claims planes (image, channel) ``grain`` at a time until none is left.
 
     ``geo`` (int64) = images, channels, h, w, oh, ow, stride, act.
@@ -202,10 +202,12 @@ def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo):
     total = n_img * c_n
     hw = h_n * w_n
     ohw = oh_n * ow_n
+    done = 0
     while True:
-        u0, u1 = _claim(ctr, total, grain)
-        if u0 >= total:
+        u0, u1 = _claim_end(ctr, total, abs(grain), side, done)
+        if u1 <= u0:
             break
+        done += u1 - u0
         for u in range(u0, u1):
             _plane(x, u * hw, h_n, w_n, oh_n, ow_n, out, u * ohw, res, has_res, wb,
                    (u % c_n) * 10, prm, st, act)
@@ -214,13 +216,13 @@ def _worker(ctr, grain, x, out, res, has_res, wb, prm, geo):
 @pjit
 def _run_par(x, out, res, has_res, wb, prm, geo, nthr, grain):
     ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
-        _worker(ctr, grain, x, out, res, has_res, wb, prm, geo)
+    for t in prange(nthr):
+        _worker(ctr, grain, x, out, res, has_res, wb, prm, geo, _side(t, nthr, grain))
 
 
 @njit
 def _run_seq(x, out, res, has_res, wb, prm, geo, nthr, grain):
-    _worker(np.zeros(1, dtype=np.int64), grain, x, out, res, has_res, wb, prm, geo)
+    _worker(np.zeros(1, dtype=np.int64), grain, x, out, res, has_res, wb, prm, geo, -1)
 
 
 def supports(kernel_shape, strides, pads, dilations, cg, mg, act):

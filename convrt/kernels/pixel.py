@@ -29,7 +29,8 @@ from numba.extending import intrinsic
 
 from ._ir import VEC, VecIR, arrays
 from ._jit import FAST, njit, pjit
-from .conv import ACT_CLIP, _NREGS, _VBITS, _claim, _item, _store_tile, _zero_border
+from .conv import (ACT_CLIP, _NREGS, _VBITS, _claim_end, _side, _item, _store_tile,
+                   _zero_border)
 
 _FM = set(FAST)
 _U = np.uint64
@@ -198,12 +199,13 @@ def run(xf, offs, wp, bp, out, res, has_res, prm, geo, nthr, grain):
     NCHW, or the next layer's zero-bordered input with its border to write).
     """
     ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
-        _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo)
+    for t in prange(nthr):
+        _worker(ctr, abs(grain), xf, offs, wp, bp, out, res, has_res, prm, geo,
+                _side(t, nthr, grain))
 
 
 @njit(fastmath=_FM)
-def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
+def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
     """One worker of ``run``: claims items until none is left."""
     n_img, oh_n, ow_n, m_all, mr, nv, nmb, act, pix_major, nstride, rowstep = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10])
@@ -214,10 +216,12 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo):
     total = n_img * rt * nmb
     ons, ohw, ors, ooff = geo[12], _U(geo[13]), geo[14], geo[15]
     tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    done = 0
     while True:
-        u0, u1 = _claim(ctr, total, grain)
-        if u0 >= total:
+        u0, u1 = _claim_end(ctr, total, grain, side, done)
+        if u1 <= u0:
             break
+        done += u1 - u0
         for u in range(u0, u1):
             # pixel-major: consecutive items are one pixel tile, every channel block; else one
             # channel block along the image's pixel tiles

@@ -26,7 +26,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import FAST, njit, pjit
-from .conv import ACT_NONE, VEC, _claim, _fetch_add, _row_epilogue, _tile_sums, work_split
+from .conv import (ACT_NONE, VEC, _claim_end, _row_epilogue, _side, _tile_sums,
+                   work_split)
 
 _FM = set(FAST)
 _U = np.uint64
@@ -127,13 +128,17 @@ def _wino_input(x, v, n_img, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
     rl = tw_n + 1
     total = n_img * c_n
     ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
+    g = abs(grain)
+    for t in prange(nthr):
         rows = np.zeros(8 * rl, dtype=v.dtype)  # every element is rewritten per tile row
         ev = np.empty(8 * rl, dtype=v.dtype)
+        side = _side(t, nthr, grain)
+        done = 0
         while True:
-            u0, u1 = _claim(ctr, total, grain)
-            if u0 >= total:
+            u0, u1 = _claim_end(ctr, total, g, side, done)
+            if u1 <= u0:
                 break
+            done += u1 - u0
             for u in range(u0, u1):
                 _wino_plane(x, v, u, c_n, h_n, w_n, pt, pl, th_n, tw_n, vst, cs, rsteps,
                             csteps, rows, ev)
@@ -231,18 +236,21 @@ def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs, nthr, grain):
     per = nb * nrun
     total = NXI * per
     ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
-        _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per,
-                     sz)
+    for t in prange(nthr):
+        _gemm_worker(ctr, abs(grain), total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs,
+                     per, sz, _side(t, nthr, grain))
 
 
 @njit(fastmath=_FM)
-def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per, sz):
+def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, cs, per, sz,
+                 side):
     """One worker of ``_wino_gemm`` (outside the prange: shorter compile)."""
+    done = 0
     while True:
-        u0, u1 = _claim(ctr, total, grain)
-        if u0 >= total:
+        u0, u1 = _claim_end(ctr, total, grain, side, done)
+        if u1 <= u0:
             break
+        done += u1 - u0
         for u in range(u0, u1):
             xi = u // per
             r = u - xi * per
@@ -263,12 +271,16 @@ def _wino_out(mb, bias, out, res, has_res, act, prm, nb_, nt, nb, nrun, m_all, n
     xs = _U(nb * nrun * sz)
     total = nb * nrun
     ctr = np.zeros(1, dtype=np.int64)
-    for _ in prange(nthr):
+    g = abs(grain)
+    for t in prange(nthr):
         yb = np.empty(4 * nt * wd, dtype=mb.dtype)
+        side = _side(t, nthr, grain)
+        done = 0
         while True:
-            u0, u1 = _claim(ctr, total, grain)
-            if u0 >= total:
+            u0, u1 = _claim_end(ctr, total, g, side, done)
+            if u1 <= u0:
                 break
+            done += u1 - u0
             for u in range(u0, u1):
                 blk = u // nrun
                 ri = u - blk * nrun
@@ -358,17 +370,19 @@ def _input_rows(x, vl, tr0, ntr, gsz, c_n, h_n, w_n, pt, pl, th_n, tw_n, pe, po,
 
 
 @pjit(fastmath=_FM)
-def _wino_fused(x, out, res, has_res, act, prm, up, zb, bias, offs, scr, geo, nthr):
+def _wino_fused(x, out, res, has_res, act, prm, up, zb, bias, offs, scr, geo, nthr, grain):
     """Groups of tiles claimed one at a time by ``nthr`` workers; ``scr[worker]`` holds the
     worker's buffers.  ``geo`` (int64) = C, H, W, pt, pl, tiles per image, tile columns, all
-    tiles, group size G, M, channel blocks, nb_, nt, oh, ow."""
+    tiles, group size G, M, channel blocks, nb_, nt, oh, ow.  Only the sign of ``grain``
+    counts (``conv.work_split``)."""
     ctr = np.zeros(1, dtype=np.int64)
     for wk in prange(nthr):
-        _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, scr[wk], geo)
+        _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, scr[wk], geo,
+                      _side(wk, nthr, grain))
 
 
 @njit(fastmath=_FM)
-def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, geo):
+def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, geo, side):
     """One worker of ``_wino_fused``: per group (whole tile rows), the input transform, the 16
     products and the output transform of each block of output channels."""
     c_n, h_n, w_n, pt, pl, tpi, tw_n, ntiles, gsz, m_all, nb, nb_, nt, oh_n, ow_n = (
@@ -387,10 +401,12 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
     eb = buf[e0 + 8 * rl:e0 + 16 * rl]
     ngroups = (ntiles + gsz - 1) // gsz
     nrun = (gsz + nt - 1) // nt
+    done = 0
     while True:
-        gi = _fetch_add(ctr, 1)
-        if gi >= ngroups:
+        gi, g1 = _claim_end(ctr, ngroups, 1, side, done)
+        if g1 <= gi:
             break
+        done += 1
         g0 = gi * gsz
         cnt = min(gsz, ntiles - g0)  # a short last group leaves stale columns: never stored
         _input_rows(x, vl, g0 // tw_n, cnt // tw_n, gsz, c_n, h_n, w_n, pt, pl, tpi // tw_n,
@@ -459,9 +475,11 @@ class Winograd:
                                         self.dtype)
             has_res = residual is not None
             res = residual.reshape(-1) if has_res else out.reshape(-1)[:1]
+            ngroups = -(-self.geo[7] // self.gsz)
+            nthr, grain = work_split(ngroups)
             _wino_fused(x.reshape(-1), out.reshape(-1), res, has_res, act, prm, self.up,
-                        self.zb, self.bias, self.offs_g, scr, self.geo,
-                        min(numba.get_num_threads(), -(-self.geo[7] // self.gsz)))
+                        self.zb, self.bias, self.offs_g, scr, self.geo, min(nthr, ngroups),
+                        grain)
             return
         v = getattr(tls, "wv", None)
         if v is None:
