@@ -453,8 +453,13 @@ def work_split(total):
 @njit
 def _side(t, nthr, grain):
     """Which end worker ``t`` claims from (``_claim_end``): two workers take one end each;
-    more workers, or a negative grain (``TWO_ENDS`` off), share the front."""
-    return t if nthr == 2 and grain > 0 else -1
+    more workers, or a negative grain (``TWO_ENDS`` off), share the front.  Always int64: a
+    prange index is uint64 in the parallel body, int64 when numba first types it, and one
+    type keeps the workers it is passed to from compiling twice (uint64 with -1 would even
+    unify to float64)."""
+    if nthr == 2 and grain > 0:
+        return np.int64(t)
+    return np.int64(-1)
 
 
 @pjit(fastmath=_FM)
@@ -596,7 +601,7 @@ def _pad_copy(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
     a short memory-bound step, and the dynamic scheme's compile costs ~1 s more.
     """
     for u in prange(n_img * c_n + 1):
-        _pad_plane(x, xs, u, n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
+        _pad_plane(x, xs, np.int64(u), n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
 
 
 @njit
@@ -604,7 +609,7 @@ def _pad_copy_serial(x, xs, n_img, c_n, h_n, w_n, hp, q_n, sw, pt, pl, cstride):
     """``_pad_copy`` on the calling thread, for copies too small to be worth waking the pool
     (``PAD_SERIAL_ELEMS``): a parallel region costs 4-5 us, a 16x10x10 plane copy 0.5."""
     for u in range(n_img * c_n + 1):
-        _pad_plane(x, xs, u, n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
+        _pad_plane(x, xs, np.int64(u), n_img * c_n, h_n, w_n, q_n, sw, pt, pl, cstride)
 
 
 @njit

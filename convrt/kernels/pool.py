@@ -61,7 +61,7 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
         xf = x.reshape(-1)
         of = out.reshape(-1)
         for nc in prange(n * c):
-            _max2x2_plane(xf, of, nc, h, w, oh, ow)
+            _max2x2_plane(xf, of, np.int64(nc), h, w, oh, ow)  # one type: one compile
         return
     for nc in prange(n * c):
         i, j = nc // c, nc % c

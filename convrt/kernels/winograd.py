@@ -418,7 +418,7 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
                     _wino_kernel(vl, _U(xi * c_n * gsz + t0), offs, up, blk * NXI + xi, zb,
                                  ml[_U((xi * gsz + t0) * wd):], nb_, nt)
             m0 = blk * wd
-            _wino_store(ml, _U(0), _U(gsz * wd), cnt, wd, g0, 0, min(wd, m_all - m0), m0,
+            _wino_store(ml, _U(0), _U(gsz * wd), cnt, wd, g0, np.int64(0), min(wd, m_all - m0), m0,
                         bias, out, res, has_res, act, prm, tpi, tw_n, m_all, oh_n, ow_n, yb)
 
 
