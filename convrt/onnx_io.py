@@ -302,6 +302,9 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
     dims = list(t.dims)
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"{source}: {what} has negative dims {dims}")
+    # numpy cannot shape such an array even when a 0 dim makes it empty
+    if math.prod(max(d, 1) for d in dims) * dt.itemsize >= 1 << 62:
+        raise ModelLoadError(f"{source}: {what} has dims {dims}, too large for an array")
     n = math.prod(dims)
     nbytes = n * dt.itemsize
     if nbytes > budget:

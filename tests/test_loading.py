@@ -226,6 +226,15 @@ def test_length_mismatch_and_budget_refused(tmp_path):
         convrt.load(_write(tmp_path, _model([big]).SerializeToString()), memory_budget=1 << 16)
 
 
+def test_empty_tensor_with_huge_dims_refused(tmp_path):
+    """A zero dim makes the byte count 0 and the data empty, but numpy cannot shape an array
+    whose other dims overflow (a fuzzer finding): a one-line load error, not a ValueError."""
+    t = numpy_helper.from_array(np.zeros(0, np.float32), "w")
+    t.dims[:] = [0, 1 << 40, 1 << 40]
+    msg = _refused(_write(tmp_path, _model([t]).SerializeToString()), convrt.ModelLoadError)
+    assert "too large" in msg and "'w'" in msg
+
+
 def test_merged_fields_fall_back_to_protobuf(tmp_path):
     """A graph given twice (protobuf merges) and a raw_data given twice (last wins)."""
     w = numpy_helper.from_array(_values(np.float32, 2000), "w")
