@@ -162,11 +162,37 @@ def assert_similar_outputs(ref_outputs, outputs, rtol, atol):
         np.testing.assert_allclose(out, ref, rtol=r, atol=atol, err_msg=f"output {i}")
 
 
+# Cast from floating point to a fixed-point type is "undefined if OOR" in the Cast spec.  ONNX's
+# node cases for 4- and 2-bit integer targets feed values out of range and compute the expected
+# output with ml_dtypes at collection time, whose answer changed (0.6 wrapped, 0.7 gives 0).
+# Only the elements the spec defines are compared for those cases.
+_SMALL_INT_RANGE = {"int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
+
+
+def _spec_defined(inputs, refs):
+    """For a float -> int4/int2 case (Cast, CastLike: input 0 is cast), the mask of the outputs
+    whose input is in range; None for every other case."""
+    if not inputs or len(refs) != 1:
+        return None
+    x, ref = inputs[0], refs[0]
+    rng = _SMALL_INT_RANGE.get(ref.dtype.name)
+    if rng is None or x.dtype.kind != "f" or x.shape != ref.shape:
+        return None
+    r = np.rint(x.astype(np.float64))
+    return (r >= rng[0]) & (r <= rng[1])
+
+
 def run_case(model, data_sets, rtol, atol):
     rep = ConvrtBackend.prepare(model, "CPU")
     for inputs, ref_outputs in data_sets:
-        outputs = rep.run([_normalize(x) for x in inputs])
-        assert_similar_outputs([_normalize(x) for x in ref_outputs], outputs, rtol, atol)
+        inputs = [_normalize(x) for x in inputs]
+        refs = [_normalize(x) for x in ref_outputs]
+        outputs = rep.run(inputs)
+        keep = _spec_defined(inputs, refs)
+        if keep is not None:
+            assert keep.sum() >= keep.size // 2  # most of the case is still compared
+            outputs, refs = [o[keep] for o in outputs], [r[keep] for r in refs]
+        assert_similar_outputs(refs, outputs, rtol, atol)
 
 
 def _params(cases):

@@ -2,8 +2,15 @@
 
 The small float types follow the spec's tables: with ``saturate`` (default) out-of-range values
 and infinities clamp to the largest finite value; without it they become NaN (Inf for E5M2).
-FLOAT8E8M0 (a power of two) honours ``round_mode`` (up / down / nearest).  Integer targets of
-4 or 2 bits round half to even and keep the low bits (as ONNX's reference does).
+FLOAT8E8M0 (a power of two) honours ``round_mode`` (up / down / nearest).
+
+Integer targets of 4 or 2 bits are computed here, not by ml_dtypes' conversion: floats round
+half to even (ONNX's technical note on INT4), then every source keeps the low bits (two's
+complement).  The spec defines that wrap for fixed-point sources ("discard higher bits and
+reinterpret") and leaves floating-point values out of range *undefined*; ml_dtypes changed its
+answers between releases (0.6 wrapped those values, 0.7 gives 0 and truncates fractions), so
+convrt wraps them too, the same whatever ml_dtypes is installed.  Only in-range int64 values
+ever reach ml_dtypes' ``astype``.
 """
 
 
@@ -81,12 +88,14 @@ def _cast_kernel(src, dst, saturate, round_mode):
         def run_sat(x, out):
             out[...] = np.clip(x.astype(np.float32), -hi, hi).astype(dst)
         return run_sat
-    if dst.name in _SMALL_INTS and src.kind in "fV":
+    if dst.name in _SMALL_INTS:
         bits = 4 if dst.name.endswith("4") else 2
         signed = not dst.name.startswith("u")
+        wide = np.float64 if src.kind in "fV" else np.int64  # int4 and bfloat16 are "V"
 
         def run_int(x, out):  # round half to even, then keep the low bits (two's complement)
-            v = np.rint(x.astype(np.float64)).astype(np.int64) & ((1 << bits) - 1)
+            with np.errstate(invalid="ignore"):
+                v = np.rint(x.astype(wide)).astype(np.int64) & ((1 << bits) - 1)
             if signed:
                 v = np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
             out[...] = v.astype(dst)
