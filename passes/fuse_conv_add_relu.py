@@ -4,6 +4,7 @@ Before::
 
     x -> Conv(W, B) -> y -> Add(y, r) -> s -> Relu -> z        (ResNet block tail; or Add(r, y))
     x -> Conv(W, B) -> y -> Add(y, r) -> s                     (MobileNetV2: no activation)
+    x -> Conv(W, B) -> y -> Sum(y, r) -> s -> Relu -> z        (old model zoo: ResNet-50)
 
 After::
 
@@ -11,7 +12,7 @@ After::
     x -> convrt.FusedConvAdd(W, B, r) -> s
 
 Conditions:
-    * Conv, Add and Relu are in the default domain; ``y`` is read by the Add only and is not a
+    * Conv, Add (or a Sum of exactly two inputs) and Relu are in the default domain; ``y`` is read by the Add only and is not a
       graph output; with a Relu, ``s`` is read by the Relu only and is not a graph output
       (otherwise the Add alone is fused and the Relu stays);
     * the residual ``r`` has exactly ``y``'s shape (no broadcasting: the kernel adds it
@@ -48,7 +49,7 @@ class FuseConvAddReluPass(Pass):
     def run(self, graph: Graph) -> PassResult:
         counts = {"Conv+Add+Relu fused": 0, "Conv+Add fused": 0}
         for add in list(graph.nodes):
-            if add.domain or add.op_type != "Add" or len(add.inputs) != 2:
+            if add.domain or add.op_type not in ("Add", "Sum") or len(add.inputs) != 2:
                 continue
             relu = only_consumer(graph, add.outputs[0])
             if relu is not None and (relu.domain or relu.op_type != "Relu" or

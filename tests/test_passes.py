@@ -491,7 +491,7 @@ g (float[N,4,8,8] x) => (float[N,4,8,8] y) {
 """
 
 
-@pytest.mark.parametrize("add", ["Add(c, x)", "Add(x, c)"])
+@pytest.mark.parametrize("add", ["Add(c, x)", "Add(x, c)", "Sum(c, x)", "Sum(x, c)"])
 def test_fuse_conv_add_relu(add):
     m = make(RES % add, {"W1": w(4, 4, 3, 3), "B1": w(4), "W2": w(4, 4, 3, 3)})
     g, rep = optimize(m)
@@ -518,6 +518,13 @@ def test_fuse_conv_add_relu_negative():
     m = make(text, {"W1": w(4, 4, 3, 3), "B1": w(4), "W2": w(4, 4, 3, 3)})
     g, _ = optimize(m)
     assert ops(g)["Add"] == 1 and "FusedConvAdd" not in ops(g), ops(g)
+    check_numerics(m, g, X8)
+
+
+def test_sum_of_three_is_not_a_residual():
+    m = make(RES % "Sum(c, x, r)", {"W1": w(4, 4, 3, 3), "B1": w(4), "W2": w(4, 4, 3, 3)})
+    g, _ = optimize(m)
+    assert ops(g)["Sum"] == 1 and "FusedConvAddRelu" not in ops(g), ops(g)
     check_numerics(m, g, X8)
 
 
