@@ -7,6 +7,10 @@
 Training mode is what PyTorch's ``train()`` would do with the exported module: BatchNormalization
 uses batch statistics and updates its running statistics, Dropout is active (seeded masks).
 Prediction, evaluation and the exported model are eval mode.
+
+Before anything else the graph's aliased initializers are untied (:mod:`.untie`): PyTorch's legacy
+exporter merges equal tensors (a fresh BatchNorm's weight and running_var, zero biases), and
+training must keep them apart as PyTorch's own training of the module does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..runtime.session import check_feeds
 from .autodiff import Program
 from .losses import get_loss
 from .optim import SGD, Optimizer
+from .untie import BN_STATE_INPUTS, untie_initializers
 
 CHECKPOINT_FORMAT = "convrt-train-checkpoint/1"
 
@@ -39,10 +44,16 @@ class Trainer:
         trainable: initializer names to train; None = every float initializer except
             BatchNormalization running statistics (and tensors only read as shapes/ratios).
         seed: seeds the Dropout masks.
+        keep_ties: keep an initializer that several trainable inputs read shared (a weight tied
+            on purpose) instead of untying it; see :mod:`convrt.train.untie`.
+
+    Attributes:
+        untied: initializers created by untying aliases (new name -> the tensor it copied);
+            see :mod:`convrt.train.untie`.  They train, update and export as separate tensors.
     """
 
     def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
-                 trainable=None, seed: int = 0, base_dir=None):
+                 trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False):
         self.loss_name = loss
         self._loss = get_loss(loss)
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
@@ -51,10 +62,11 @@ class Trainer:
                                 f"{type(self.optimizer).__name__}")
         g = self.graph = load(model, base_dir)
         self.source = g.source
+        self.untied = untie_initializers(g, keep_ties)
         state = []
         for node in g.nodes:
             if node.op_type == "BatchNormalization":
-                for v in node.inputs[3:5]:
+                for v in (node.input(i) for i in BN_STATE_INPUTS):
                     if v is not None and v.name in g.initializers and v.name not in state:
                         state.append(v.name)
         self.state_names = state
@@ -133,7 +145,10 @@ class Trainer:
         loss, grads, tape = self._forward_backward(feeds, targets)
         self.optimizer.step(self.params, grads)
         for name, val in tape.state_updates.items():
-            self.state[name][...] = val
+            # Running statistics fed as inputs or computed by nodes are not state this trainer
+            # owns (untying made every initializer-backed statistic its own entry here).
+            if name in self.state:
+                self.state[name][...] = val
         self.step_count += 1
         return loss
 
