@@ -5,6 +5,7 @@ This is the one module that imports ``passes``; the runtime receives a finished 
 
 from __future__ import annotations
 
+from . import float16
 from .errors import ConvrtError, ModelLoadError, ShapeError
 from .ir import Graph, sort_graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET, load_graph
@@ -31,7 +32,12 @@ def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Grap
         memory_budget: bytes of weights the model may declare before loading is refused.
     """
     graph = load_graph(src, base_dir, memory_budget)  # read_model + to_graph, weights read once
+    # float16 models compute in float32 behind a float16 interface (convrt/float16.py); this is
+    # what makes them runnable at all, so it is part of loading, not an optional pass
+    lowered = float16.lower(graph, memory_budget)
     check(graph)
+    if lowered is not None:
+        float16.cast_outputs(graph, lowered)
     return graph
 
 
