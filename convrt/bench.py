@@ -8,13 +8,13 @@ microseconds), which chrome://tracing and https://ui.perfetto.dev open.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .cli_support import make_feeds, make_session, nonnegative_int, positive_int, thread_count
+from .runtime.trace import chrome_trace, step_spans, write_json
 
 
 def add_parser(subparsers) -> None:
@@ -23,11 +23,13 @@ def add_parser(subparsers) -> None:
         description="Run MODEL --warmup times, then --repeat timed runs with per-node timing; "
         "print the nodes sorted by median time and optionally write a Chrome trace.")
     b.add_argument("model", help="path to an .onnx file")
-    b.add_argument("--batch", type=int, default=1, help="value for symbolic dims (1)")
-    b.add_argument("--repeat", type=int, default=10, help="profiled runs (10)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (2)")
-    b.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all)")
-    b.add_argument("--top", type=int, default=0, help="print only the N slowest nodes")
+    b.add_argument("--batch", type=positive_int, default=1, help="value for symbolic dims (1)")
+    b.add_argument("--repeat", type=positive_int, default=10, help="profiled runs (10)")
+    b.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed runs first (2)")
+    b.add_argument("--threads", type=thread_count, default=None,
+                   help="intra-op threads, 1 to the CPUs this process may use (default: all)")
+    b.add_argument("--top", type=nonnegative_int, default=0,
+                   help="print only the N slowest nodes (0 = all)")
     b.add_argument("--profile", metavar="FILE.json", help="write a Chrome-trace JSON")
     b.add_argument("--level", default="all", choices=["disable", "basic", "extended", "all"])
     b.add_argument("--disable", action="append", default=[], metavar="PASS")
@@ -36,10 +38,10 @@ def add_parser(subparsers) -> None:
 
 def profile_runs(sess, feeds: dict, repeat: int, warmup: int = 2):
     """Per-step times of ``repeat`` runs: (labels, op types, seconds[repeat, steps], totals,
-    start offsets of the last run)."""
+    spans of the last run for :func:`~convrt.runtime.trace.chrome_trace`)."""
     for _ in range(max(0, warmup)):
         sess.run(None, feeds)
-    runs, totals, starts = [], [], []
+    runs, totals = [], []
     labels = ops = None
     for _ in range(max(1, repeat)):
         prof: list = []
@@ -49,28 +51,7 @@ def profile_runs(sess, feeds: dict, repeat: int, warmup: int = 2):
         labels = [p[0] for p in prof]
         ops = [p[1] for p in prof]
         runs.append([p[2] for p in prof])
-    # the last run's start offsets (steps run back to back; the gap before the first step is
-    # the session's feed validation)
-    last = runs[-1]
-    lead = max(0.0, totals[-1] - sum(last))
-    t = lead
-    for s in last:
-        starts.append(t)
-        t += s
-    return labels, ops, np.array(runs), np.array(totals), starts
-
-
-def chrome_trace(labels, ops, secs, starts, model: str, flops: dict | None = None) -> dict:
-    """A Chrome trace (Trace Event Format) of one run: one ``ph: "X"`` event per step."""
-    events = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 0,
-               "args": {"name": f"convrt {Path(model).name}"}}]
-    for label, op, s, t in zip(labels, ops, secs, starts):
-        args = {"op_type": op}
-        if flops and label in flops:
-            args["gflop"] = flops[label] / 1e9
-        events.append({"name": label, "cat": op, "ph": "X", "ts": round(t * 1e6, 3),
-                       "dur": round(s * 1e6, 3), "pid": 1, "tid": 1, "args": args})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+    return labels, ops, np.array(runs), np.array(totals), step_spans(prof, 0.0, totals[-1])
 
 
 def render_table(labels, ops, med, flops=None, top: int = 0) -> str:
@@ -99,16 +80,12 @@ def render_table(labels, ops, med, flops=None, top: int = 0) -> str:
 
 
 def cmd_bench(args) -> int:
-    from .cli import _feeds, _session
-
-    if args.repeat < 1:
-        raise InputError("--repeat must be >= 1")
     t0 = time.perf_counter()
-    sess = _session(args)
-    feeds = _feeds(sess, [], args.batch)
+    sess = make_session(args)
+    feeds = make_feeds(sess, [], args.batch)
     sess.run(None, feeds)
     first = time.perf_counter() - t0
-    labels, ops, runs, totals, starts = profile_runs(sess, feeds, args.repeat, args.warmup)
+    labels, ops, runs, totals, spans = profile_runs(sess, feeds, args.repeat, args.warmup)
     med = np.median(runs, axis=0)
     flops = step_flops(sess, feeds)
     total_flops = sum(flops.values())
@@ -125,11 +102,7 @@ def cmd_bench(args) -> int:
     print()
     print(render_table(labels, ops, med, flops, args.top))
     if args.profile:
-        trace = chrome_trace(labels, ops, runs[-1], starts, args.model, flops)
-        try:
-            Path(args.profile).write_text(json.dumps(trace))
-        except OSError as e:
-            raise InputError(f"cannot write {args.profile}: {e.strerror}") from None
+        write_json(args.profile, chrome_trace(spans, f"convrt {Path(args.model).name}", flops))
         print(f"\nwrote {args.profile} (open in chrome://tracing or ui.perfetto.dev)")
     return 0
 

@@ -1,17 +1,21 @@
 """The `convrt` command: run | inspect | optimize | bench | train.
 
-Every convrt error is printed as one line on stderr (no traceback) with exit status 1.
+No traceback reaches the user: argparse reports bad arguments (status 2), every convrt error is
+one line on stderr (status 1), and a closed stdout pipe ends the command quietly (see ``main``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from .cli_support import make_feeds, make_session, positive_int, thread_count
 from .errors import ConvrtError, InputError
 
 
@@ -22,46 +26,10 @@ def _add_opt_args(p: argparse.ArgumentParser) -> None:
                    help="skip the named pass (repeatable)")
 
 
-def _session(args):
-    from .runtime import InferenceSession, SessionOptions
-
-    opts = SessionOptions(graph_optimization_level=args.level,
-                          disabled_optimizers=list(args.disable),
-                          intra_op_num_threads=getattr(args, "threads", 0) or 0)
-    return InferenceSession(args.model, opts)
-
-
-def _feeds(sess, specs: list[str], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Feeds from NAME=FILE.npy specs; random data of the declared shape for the rest."""
-    given = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise InputError(f"--input {spec!r}: expected NAME=FILE.npy")
-        try:
-            given[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"--input {name}: cannot read {path!r} ({e})") from None
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for arg in sess.get_inputs():
-        if arg.name in given:
-            feeds[arg.name] = given.pop(arg.name)
-            continue
-        shape = [d if isinstance(d, int) else batch for d in arg.shape]
-        dtype = sess.graph.values[arg.name].dtype
-        if dtype.kind == "f":
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[arg.name] = rng.integers(0, 2, shape).astype(dtype)
-    feeds.update(given)  # unknown names: the session reports them
-    return feeds
-
-
 def cmd_run(args) -> int:
     t0 = time.perf_counter()
-    sess = _session(args)
-    feeds = _feeds(sess, args.input, args.batch)
+    sess = make_session(args)
+    feeds = make_feeds(sess, args.input, args.batch)
     outs = sess.run(None, feeds)
     first = time.perf_counter() - t0
     times = []
@@ -130,6 +98,7 @@ def cmd_optimize(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convrt", description="ONNX CNN compiler and runtime.")
+    p.add_argument("--version", action="version", version=f"convrt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a model on given or random input",
@@ -138,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="path to an .onnx file")
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="feed NAME from a .npy file (others get random data)")
-    r.add_argument("--repeat", type=int, default=10, help="timed runs after the first (10)")
-    r.add_argument("--batch", type=int, default=1, help="value for symbolic dims (1)")
-    r.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all)")
+    r.add_argument("--repeat", type=positive_int, default=10,
+                   help="timed runs after the first (10)")
+    r.add_argument("--batch", type=positive_int, default=1, help="value for symbolic dims (1)")
+    r.add_argument("--threads", type=thread_count, default=None,
+                   help="intra-op threads, 1 to the CPUs this process may use (default: all)")
     _add_opt_args(r)
     r.set_defaults(fn=cmd_run)
 
@@ -173,18 +144,55 @@ def build_parser() -> argparse.ArgumentParser:
         add_train(sub)
     except ImportError:
         pass
+    p.subcommands = sub.choices  # name -> subparser: main reports stray arguments with its usage
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _silence_stdout() -> None:
+    """Point stdout at devnull: the reader of our pipe has gone, and the interpreter's final
+    flush of what is still buffered must not fail again (Python's documented recipe)."""
     try:
-        return args.fn(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (in-process)
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the exit status.
+
+    Bad arguments: argparse's usage and one error line, status 2.  A convrt error: one line,
+    status 1.  stdout closed early (``| head``): nothing on stderr, status 141 (128 + SIGPIPE,
+    what a shell reports for a command killed by the signal).  Any other exception is a bug in
+    convrt: one line naming its type, status 1; ``CONVRT_TRACEBACK=1`` lets the traceback out.
+    """
+    parser = build_parser()
+    # parse_known_args: with parse_args a stray option after the subcommand is reported by the
+    # top-level parser, whose usage ("convrt [-h] COMMAND ...") does not help; report it with
+    # the subcommand's usage instead.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser.subcommands.get(args.command, parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        status = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except ConvrtError as e:
         print(f"convrt: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if os.environ.get("CONVRT_TRACEBACK"):
+            raise
+        msg = " ".join(str(e).split())[:500]
+        print(f"convrt: internal error: {type(e).__name__}: {msg} (a bug in convrt; rerun with "
+              "CONVRT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
