@@ -10,10 +10,12 @@ from .compiler import load, optimize
 from .errors import (ConvrtError, InputError, ModelLoadError, ShapeError, TrainingError,
                      UnsupportedOpError)
 from .onnx_io import from_graph, save
-from .runtime import GraphOptimizationLevel, InferenceSession, NodeArg, SessionOptions
+from .runtime import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata,
+                      NodeArg, RunOptions, SessionOptions)
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvrtError", "GraphOptimizationLevel", "InferenceSession", "InputError",
-           "ModelLoadError", "NodeArg", "SessionOptions", "ShapeError", "TrainingError",
-           "UnsupportedOpError", "from_graph", "load", "optimize", "save"]
+__all__ = ["ConvrtError", "ExecutionMode", "GraphOptimizationLevel", "InferenceSession",
+           "InputError", "ModelLoadError", "ModelMetadata", "NodeArg", "RunOptions",
+           "SessionOptions", "ShapeError", "TrainingError", "UnsupportedOpError", "from_graph",
+           "load", "optimize", "save"]

@@ -455,6 +455,9 @@ def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
     model = _inline_foreign_functions(_upgrade(model, source), source)
     g = Graph(model.graph.name or "graph")
     g.source, g.ir_version, g.producer_name = source, model.ir_version, model.producer_name
+    g.domain, g.doc_string, g.model_version = model.domain, model.doc_string, model.model_version
+    g.graph_doc_string = model.graph.doc_string
+    g.metadata_props = {p.key: p.value for p in model.metadata_props}
     g.opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version)
                 for o in model.opset_import}
     g.functions = {(f.domain, f.name): f for f in model.functions}

@@ -100,6 +100,10 @@ class Graph:
         self.opsets: dict[str, int] = {"": 13}
         self.ir_version = 8
         self.producer_name = ""
+        # the ONNX model's descriptive fields, for InferenceSession.get_modelmeta()
+        self.domain = self.doc_string = self.graph_doc_string = ""
+        self.model_version = 0
+        self.metadata_props: dict[str, str] = {}
         self.source = "<model>"  # file name or "<bytes>": used in error messages
         self.functions: dict[tuple[str, str], Any] = {}  # model-local functions kept for export
         self._fresh = itertools.count()

@@ -20,8 +20,10 @@ from ..ir import Graph
 from ..onnx_io import DEFAULT_MEMORY_BUDGET
 from ..ops.registry import TensorInfo
 from .plan import Plan
+from .trace import SessionProfiler
 
 MAX_PLANS = 8
+PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -51,15 +53,36 @@ def level_name(level) -> str:
         raise InputError(f"unknown graph_optimization_level {level!r}") from None
 
 
-@dataclass
+class ExecutionMode(enum.IntEnum):
+    """onnxruntime's names, accepted for SessionOptions.execution_mode (see there)."""
+
+    ORT_SEQUENTIAL = 0
+    ORT_PARALLEL = 1
+
+
+@dataclass(slots=True)
 class SessionOptions:
     """Session settings (onnxruntime's names where they exist).
+
+    Slotted, so a misspelt attribute raises AttributeError instead of being silently ignored,
+    as onnxruntime's SessionOptions (a pybind object without ``__dict__``) does.
 
     Attributes:
         intra_op_num_threads: threads per kernel; 0 = all cores numba sees.
         graph_optimization_level: a GraphOptimizationLevel or "disable"/"basic"/"extended"/"all".
         disabled_optimizers: pass names to skip.
         memory_budget: bytes of weights, and separately of activations, a model may need.
+        enable_profiling: record every run's per-node times; ``end_profiling()`` writes them.
+        profile_file_prefix: the profile is written to ``<prefix>_<timestamp>.json``.
+        optimized_model_filepath: if set, the optimized model is written there as ONNX (fused
+            nodes as model-local functions, so onnxruntime can load it).
+
+    Accepted for onnxruntime code, with no effect in convrt: ``inter_op_num_threads`` and
+    ``execution_mode`` (a plan runs its nodes one after another; the parallelism is inside the
+    kernels), ``enable_cpu_mem_arena``, ``enable_mem_pattern`` and ``enable_mem_reuse`` (a plan
+    always allocates its buffers once and reuses them by liveness), ``log_severity_level``,
+    ``log_verbosity_level`` and ``logid`` (convrt logs nothing: it raises one-line errors),
+    ``use_deterministic_compute``, and the entries of ``add_session_config_entry``.
     """
 
     intra_op_num_threads: int = 0
@@ -68,6 +91,69 @@ class SessionOptions:
     disabled_optimizers: list = field(default_factory=list)
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     log_severity_level: int = 2
+    enable_profiling: bool = False
+    profile_file_prefix: str = "convrt_profile"
+    optimized_model_filepath: str = ""
+    execution_mode: object = ExecutionMode.ORT_SEQUENTIAL
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    enable_mem_reuse: bool = True
+    log_verbosity_level: int = 0
+    logid: str = ""
+    use_deterministic_compute: bool = False
+    config_entries: dict = field(default_factory=dict)
+
+    def add_session_config_entry(self, key: str, value: str) -> None:
+        self.config_entries[str(key)] = str(value)
+
+    def get_session_config_entry(self, key: str) -> str:
+        if key not in self.config_entries:
+            raise InputError(f"SessionOptions: no config entry {key!r}")
+        return self.config_entries[key]
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Per-run settings, onnxruntime's names; slotted like SessionOptions.
+
+    ``terminate`` is read when a run starts: a run started with it set is refused with an
+    InputError, as onnxruntime refuses it (convrt cannot stop a run already inside its kernels).
+    The logging fields and ``only_execute_path_to_fetches`` have no effect: convrt logs nothing,
+    and a plan always runs the whole graph (the outputs not asked for are cheap beside the
+    convolutions they share).  onnxruntime has no ``tag`` (its run tag is ``logid``).
+    """
+
+    log_severity_level: int = -1
+    log_verbosity_level: int = 0
+    logid: str = ""
+    terminate: bool = False
+    only_execute_path_to_fetches: bool = False
+    config_entries: dict = field(default_factory=dict)
+
+    def add_run_config_entry(self, key: str, value: str) -> None:
+        self.config_entries[str(key)] = str(value)
+
+    def get_run_config_entry(self, key: str) -> str:
+        if key not in self.config_entries:
+            raise InputError(f"RunOptions: no config entry {key!r}")
+        return self.config_entries[key]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What get_modelmeta() returns: onnxruntime's ModelMetadata fields, from the ONNX file.
+
+    ``version`` is the file's model_version, 0 when it sets none (onnxruntime reports
+    2**63 - 1 then); ``description`` is the model's doc_string.
+    """
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict
 
 
 _TYPE_NAMES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float64): "tensor(double)",
@@ -151,6 +237,9 @@ class InferenceSession:
     def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None,
                  providers=None, base_dir=None, **_):
         self.options = sess_options or SessionOptions()
+        # onnxruntime's profile starts at session creation: initialization is its first event
+        self._profiler = (SessionProfiler(self.options.profile_file_prefix, "<model>")
+                          if self.options.enable_profiling else None)
         self.graph: Graph = load(path_or_bytes, base_dir, self.options.memory_budget)
         self.unoptimized_node_count = len(self.graph.nodes)
         self.pass_report = optimize(self.graph, level_name(self.options.graph_optimization_level),
@@ -161,6 +250,20 @@ class InferenceSession:
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
         self._threads = resolve_threads(self.options.intra_op_num_threads)
+        if self.options.optimized_model_filepath:
+            self._write_optimized(self.options.optimized_model_filepath)
+        if self._profiler is not None:
+            self._profiler.model = self.graph.source
+            self._profiler.add_session_event("session_initialization", 0.0, self._profiler.now())
+
+    def _write_optimized(self, path) -> None:
+        from ..onnx_io import save
+
+        try:
+            save(self.graph, path)
+        except OSError as e:
+            raise InputError(f"optimized_model_filepath {str(path)!r}: cannot write "
+                             f"({e.strerror})") from None
 
     # -- onnxruntime's introspection ----------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -169,8 +272,53 @@ class InferenceSession:
     def get_outputs(self) -> list[NodeArg]:
         return [_node_arg(v) for v in self.graph.outputs]
 
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        """Initializers also listed as graph inputs: a feed of that name replaces the weight."""
+        return [_node_arg(v) for v in self._overridable.values()]
+
     def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
+        """convrt's one provider.  Named for convrt rather than "CPUExecutionProvider", which is
+        onnxruntime's own kernels: code that prints or logs the provider should not claim
+        onnxruntime ran the model.  ``providers=`` given to the constructor is ignored."""
+        return [PROVIDER]
+
+    def get_provider_options(self) -> dict[str, dict]:
+        return {PROVIDER: {}}
+
+    def get_modelmeta(self) -> ModelMetadata:
+        g = self.graph
+        return ModelMetadata(producer_name=g.producer_name, graph_name=g.name,
+                             domain=g.domain, description=g.doc_string,
+                             graph_description=g.graph_doc_string, version=g.model_version,
+                             custom_metadata_map=dict(g.metadata_props))
+
+    # -- profiling (SessionOptions.enable_profiling) ------------------------------------------
+    def end_profiling(self) -> str:
+        """Write the profile of every run so far as ``<profile_file_prefix>_<timestamp>.json``
+        (a JSON list of Chrome trace events, the shape of onnxruntime's files) and stop
+        profiling; returns the file name, or "" when profiling is off (as onnxruntime does)."""
+        prof, self._profiler = self._profiler, None
+        return "" if prof is None else prof.write()
+
+    def _execute(self, plan: Plan, arrays: dict, run_options, profile) -> list[np.ndarray]:
+        """``plan.run`` honouring ``run_options`` and the session's profiler."""
+        if run_options is not None:
+            if not isinstance(run_options, RunOptions):
+                raise InputError(f"run_options must be a convrt.RunOptions, got "
+                                 f"{type(run_options).__name__}")
+            if run_options.terminate:
+                raise InputError(f"{self.graph.source}: run refused: run_options.terminate "
+                                 "is set")
+        prof = self._profiler
+        if prof is None:
+            return plan.run(arrays, profile)
+        steps: list = []
+        start = prof.now()
+        results = plan.run(arrays, steps)
+        prof.record_run(steps, start, prof.now() - start)
+        if profile is not None:
+            profile.extend(steps)
+        return results
 
     # -- running ------------------------------------------------------------------------------
     def _check_feeds(self, feeds) -> tuple[dict, dict]:
@@ -204,7 +352,7 @@ class InferenceSession:
                                  f"{self._outputs}")
         plan = self.plan_for(infos)
         numba.set_num_threads(self._threads)
-        results = plan.run(arrays, profile)
+        results = self._execute(plan, arrays, run_options, profile)
         by_name = dict(zip(self._outputs, results))
         return [by_name[n] for n in names]
 
