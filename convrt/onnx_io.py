@@ -483,6 +483,8 @@ def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
         v = g.value(vi.name)
         if v in g.inputs:
             raise ModelLoadError(f"{source}: input '{vi.name}' is listed twice")
+        if v.const is not None and model.ir_version < 4:
+            continue  # IR < 4 lists every initializer as an input: a constant, as in onnxruntime
         if v.const is None:
             v.shape, v.dtype = shape, dtype
             if dtype is None:
@@ -560,7 +562,8 @@ def from_graph(g: Graph) -> onnx.ModelProto:
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in g.opsets.items()]
     model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="convrt",
                                    functions=list(g.functions.values()))
-    model.ir_version = max(g.ir_version, 7 if g.functions else 3)
+    # IR 4 is the first where an initializer need not be listed as an input
+    model.ir_version = max(g.ir_version, 7 if g.functions else 4)
     return model
 
 

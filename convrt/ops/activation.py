@@ -46,8 +46,9 @@ def Clip_6(ctx, X, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
     return _unary(ctx, X, K.clip, float(min), float(max))
 
 
-def clip_bounds(ctx, X, lo, hi):
-    """Constant Clip bounds as Python numbers (None when absent); used by passes too."""
+def clip_bounds(ctx, X, lo, hi, runtime_ok=False):
+    """Constant Clip bounds as Python numbers (None when absent, NaN when only known at run
+    time, which a plan accepts only with ``runtime_ok``); used by passes too."""
     out = []
     for name, b in (("min", lo), ("max", hi)):
         if b is None:
@@ -57,7 +58,7 @@ def clip_bounds(ctx, X, lo, hi):
                   f"{name} must be a scalar")
         ctx.check(b.dtype == X.dtype, f"{name} dtype {b.dtype} differs from input {X.dtype}")
         if b.value is None:
-            if ctx.binding:
+            if ctx.binding and not runtime_ok:
                 raise ctx.unsupported(f"{name} must be constant at plan time")
             out.append(math.nan)
         else:
@@ -67,8 +68,10 @@ def clip_bounds(ctx, X, lo, hi):
 
 @register_op("Clip", since=(11, 12, 13))
 def Clip(ctx, X, min=None, max=None):
-    lo, hi = clip_bounds(ctx, X, min, max)
+    lo, hi = clip_bounds(ctx, X, min, max, runtime_ok=True)
     ctx.check(X.dtype in NUMERIC, f"dtype {X.dtype} is not supported")
+    if any(isinstance(b, float) and math.isnan(b) for b in (lo, hi)):
+        return _clip_at_run_time(ctx, X)
     if X.dtype.kind == "f":
         lo = -math.inf if lo is None else lo
         hi = math.inf if hi is None else hi
@@ -78,6 +81,25 @@ def Clip(ctx, X, min=None, max=None):
     hi = info.max if hi is None else hi
     return ctx.result([X.shape], [X.dtype], lambda x, *rest: np.minimum(
         np.maximum(x, lo, out=rest[-1]), hi, out=rest[-1]))
+
+
+def _clip_at_run_time(ctx, X):
+    """Clip whose bounds are graph inputs (run-time data, like every float tensor): the kernel
+    reads the scalars each run.  ``rest`` is (min, max, out) with None for an omitted bound,
+    the trailing omitted one left out."""
+    if X.dtype.kind == "f":
+        def run(x, *rest):
+            lo = -math.inf if rest[0] is None else float(rest[0].reshape(-1)[0])
+            hi = math.inf if len(rest) < 3 or rest[1] is None else float(rest[1].reshape(-1)[0])
+            K.clip(x.reshape(-1), rest[-1].reshape(-1), lo, hi)
+    else:
+        info = np.iinfo(X.dtype)
+
+        def run(x, *rest):
+            lo = info.min if rest[0] is None else rest[0].reshape(-1)[0]
+            hi = info.max if len(rest) < 3 or rest[1] is None else rest[1].reshape(-1)[0]
+            np.minimum(np.maximum(x, lo, out=rest[-1]), hi, out=rest[-1])
+    return ctx.result([X.shape], [X.dtype], run)
 
 
 def _softmax_op(ctx, X, ax, log, legacy):

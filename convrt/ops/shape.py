@@ -50,13 +50,28 @@ def Dropout_7(ctx, data, *, ratio=0.5):
 
 @register_op("Dropout", since=(12, 13, 22))
 def Dropout(ctx, data, ratio=None, training_mode=None, *, seed=0):
-    if training_mode is not None:
-        no_drop = ratio is not None and ratio.value is not None and \
-            float(ratio.value.reshape(-1)[0]) == 0.0  # training with ratio 0: identity
-        if not no_drop and ((training_mode.value is None and ctx.binding) or (
-                training_mode.value is not None and bool(training_mode.value.reshape(-1)[0]))):
-            raise ctx.unsupported("training_mode must be a constant false for inference")
-    return _dropout(ctx, data)
+    """Inference Dropout.  Training mode drops nothing when the ratio is 0; a random mask is no
+    inference computation.  Graph inputs for ratio or training_mode are checked when the
+    plan runs (the values are run-time data there)."""
+    if training_mode is None:
+        return _dropout(ctx, data)
+    mode = None if training_mode.value is None else bool(training_mode.value.reshape(-1)[0])
+    rate = 0.5 if ratio is None else (
+        None if ratio.value is None else float(ratio.value.reshape(-1)[0]))
+    if mode is False or rate == 0.0:
+        return _dropout(ctx, data)
+    refusal = ctx.unsupported("training_mode true with a ratio above 0 (a random mask) is not "
+                              "an inference computation")
+    if mode is not None and rate is not None:
+        raise refusal
+    mask_shape = data.shape
+
+    def run(x, r=None, t=None):  # the plan passes the present inputs: data, ratio, mode
+        if (t is None or bool(t.reshape(-1)[0])) and (r is None or float(r.reshape(-1)[0])):
+            raise type(refusal)(str(refusal))
+        return x, np.ones(mask_shape, dtype=bool)
+
+    return ctx.result([data.shape, data.shape], [data.dtype, np.bool_], run, alias=True)
 
 
 @register_op("Flatten", since=(1, 9, 11, 13, 21, 23, 24, 25))

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from ..compiler import load, optimize
-from ..errors import InputError
+from ..errors import InputError, UnsupportedOpError
 from ..ir import Graph
 from ..onnx_io import DEFAULT_MEMORY_BUDGET
 from ..ops.registry import TensorInfo
@@ -24,6 +24,7 @@ from .trace import SessionProfiler
 
 MAX_PLANS = 8
 PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
+VALUE_KEY_ELEMENTS = 64  # an integer input this small may carry a shape, axes, pads...
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -248,6 +249,7 @@ class InferenceSession:
         self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
         self._outputs = [v.name for v in self.graph.outputs]
         self._plans: dict[tuple, Plan] = {}
+        self._by_value: frozenset = frozenset()  # inputs whose values key the plans
         self._lock = threading.Lock()
         self._threads = resolve_threads(self.options.intra_op_num_threads)
         if self.options.optimized_model_filepath:
@@ -324,13 +326,17 @@ class InferenceSession:
     def _check_feeds(self, feeds) -> tuple[dict, dict]:
         arrays = check_feeds(feeds, {**self._overridable, **self._inputs}, self._inputs,
                              self.graph.source)
-        infos = {n: TensorInfo(tuple(int(d) for d in a.shape), a.dtype)
+        by_value = self._by_value
+        infos = {n: TensorInfo(tuple(int(d) for d in a.shape), a.dtype,
+                               a if n in by_value else None)
                  for n, a in arrays.items()}
         return arrays, infos
 
     def plan_for(self, infos: dict[str, TensorInfo]) -> Plan:
-        """The plan for these input shapes (built once, cached)."""
-        key = tuple(sorted((n, i.shape) for n, i in infos.items()))
+        """The plan for these input shapes, and for the values of the inputs given one (built
+        once, cached: at most MAX_PLANS, the oldest dropped first)."""
+        key = tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
+                           for n, i in infos.items()))
         plan = self._plans.get(key)
         if plan is None:
             with self._lock:
@@ -342,6 +348,28 @@ class InferenceSession:
                     self._plans[key] = plan
         return plan
 
+    def _plan_by_value(self, arrays: dict, infos: dict, error: UnsupportedOpError) -> Plan:
+        """Plan again with the values of the small integer and bool feeds as constants.
+
+        A graph input may carry what a static plan needs to know (a Reshape's shape, Slice's
+        starts, Pad's pads, Squeeze's axes...).  onnxruntime runs such graphs; convrt plans per
+        value instead: when a plan cannot be built without those values, the inputs that could
+        carry them (integer or bool, at most VALUE_KEY_ELEMENTS elements) join the plan key from
+        then on, so each distinct value gets its own cached plan.  Float tensors stay run-time
+        data: their kernels read them at run time.  Raises ``error`` when there are no such
+        feeds, and the new planning error when their values do not help.
+        """
+        extra = {n for n, a in arrays.items() if n not in self._by_value and
+                 a.dtype.kind in "iub" and a.size <= VALUE_KEY_ELEMENTS}
+        if not extra:
+            raise error
+        infos = {n: TensorInfo(i.shape, i.dtype, arrays[n]) if n in extra else i
+                 for n, i in infos.items()}
+        plan = self.plan_for(infos)  # raises when the values do not help
+        with self._lock:
+            self._by_value = self._by_value | extra
+        return plan
+
     def run(self, output_names, input_feed, run_options=None, profile=None) -> list[np.ndarray]:
         """Compute ``output_names`` (None = all outputs) from ``input_feed``."""
         arrays, infos = self._check_feeds(input_feed)
@@ -350,7 +378,10 @@ class InferenceSession:
             if n not in self._outputs:
                 raise InputError(f"{self.graph.source}: unknown output '{n}'; outputs are "
                                  f"{self._outputs}")
-        plan = self.plan_for(infos)
+        try:
+            plan = self.plan_for(infos)
+        except UnsupportedOpError as e:
+            plan = self._plan_by_value(arrays, infos, e)
         numba.set_num_threads(self._threads)
         results = self._execute(plan, arrays, run_options, profile)
         by_name = dict(zip(self._outputs, results))
