@@ -349,26 +349,36 @@ class InferenceSession:
         return plan
 
     def _plan_by_value(self, arrays: dict, infos: dict, error: UnsupportedOpError) -> Plan:
-        """Plan again with the values of the small integer and bool feeds as constants.
+        """Plan again with the values of small feeds as constants.
 
         A graph input may carry what a static plan needs to know (a Reshape's shape, Slice's
-        starts, Pad's pads, Squeeze's axes...).  onnxruntime runs such graphs; convrt plans per
-        value instead: when a plan cannot be built without those values, the inputs that could
-        carry them (integer or bool, at most VALUE_KEY_ELEMENTS elements) join the plan key from
-        then on, so each distinct value gets its own cached plan.  Float tensors stay run-time
-        data: their kernels read them at run time.  Raises ``error`` when there are no such
-        feeds, and the new planning error when their values do not help.
+        starts, Pad's pads, Squeeze's axes, Resize's scales...).  onnxruntime runs such graphs;
+        convrt plans per value instead: when a plan cannot be built without them, the small
+        feeds (at most VALUE_KEY_ELEMENTS elements) join the plan key from then on, so each
+        distinct value gets its own cached plan.  Integer and bool feeds are tried first; float
+        feeds only when those do not suffice (a float input is run-time data wherever a kernel
+        can read it at run time, as Clip's bounds are).  Raises ``error`` when there are no such
+        feeds, and the last planning error when their values do not help.
         """
-        extra = {n for n, a in arrays.items() if n not in self._by_value and
-                 a.dtype.kind in "iub" and a.size <= VALUE_KEY_ELEMENTS}
-        if not extra:
-            raise error
-        infos = {n: TensorInfo(i.shape, i.dtype, arrays[n]) if n in extra else i
-                 for n, i in infos.items()}
-        plan = self.plan_for(infos)  # raises when the values do not help
-        with self._lock:
-            self._by_value = self._by_value | extra
-        return plan
+        small = [n for n, a in arrays.items()
+                 if n not in self._by_value and a.size <= VALUE_KEY_ELEMENTS]
+        extra: set = set()
+        for kinds in ("iub", "f"):
+            tier = {n for n in small if arrays[n].dtype.kind in kinds}
+            if not tier:
+                continue
+            extra |= tier
+            keyed = {n: TensorInfo(i.shape, i.dtype, arrays[n]) if n in extra else i
+                     for n, i in infos.items()}
+            try:
+                plan = self.plan_for(keyed)
+            except UnsupportedOpError as e:
+                error = e
+                continue
+            with self._lock:
+                self._by_value = self._by_value | extra
+            return plan
+        raise error
 
     def run(self, output_names, input_feed, run_options=None, profile=None) -> list[np.ndarray]:
         """Compute ``output_names`` (None = all outputs) from ``input_feed``."""
