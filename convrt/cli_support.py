@@ -12,14 +12,7 @@ import os
 import numpy as np
 
 from .errors import InputError
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
-        return os.cpu_count() or 1
+from .runtime.threads import max_threads, usable_cpus  # noqa: F401  (usable_cpus re-exported)
 
 
 def _int(text: str) -> int:
@@ -45,13 +38,14 @@ def nonnegative_int(text: str) -> int:
 
 
 def thread_count(text: str) -> int:
-    """argparse ``type=``: 1 .. the CPUs this process may use (more threads than cores only
-    time-slice the kernels' parallel loops, which wait for their slowest thread)."""
+    """argparse ``type=``: 1 .. the CPUs this process may use, by the session's own rule
+    (convrt/runtime/threads.py: affinity mask, cgroup quota, numba's pool size); more threads
+    than cores only time-slice the kernels' parallel loops."""
     n = positive_int(text)
-    cpus = usable_cpus()
-    if n > cpus:
-        raise argparse.ArgumentTypeError(f"{n} is more than the {cpus} CPU(s) this process "
-                                          "may use")
+    limit = max_threads()
+    if n > limit:
+        raise argparse.ArgumentTypeError(f"{n} is more than the {limit} CPU(s) this process "
+                                         "may use")
     return n
 
 

@@ -1,8 +1,16 @@
-"""Concurrency and determinism: one session shared by 8 threads, repeated runs bit-identical."""
+"""Concurrency and determinism: one session shared by 8 threads, repeated runs bit-identical;
+the threading layer (TBB: fork-safe), fork/spawn children, sessions built in worker threads, and
+the thread-count rule (affinity mask, CONVRT_NUM_THREADS, intra_op_num_threads)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,8 @@ import convrt
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "sample_models" / "digits_vgg.onnx"
+SMALL_VGG = ROOT / "sample_models" / "small_vgg.onnx"
+CHILD_TIMEOUT = 120  # seconds: a hang (a pool waiting for a dead worker) fails, never blocks
 N_THREADS = 8
 
 
@@ -148,3 +158,225 @@ def test_two_ended_claims_change_no_result():
     finally:
         conv.TWO_ENDS = True
     np.testing.assert_array_equal(both, shared)
+
+
+def _small_vgg_inputs(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((b, 3, 32, 32)).astype(np.float32) for b in (1, 2, 3, 2)[:n]]
+
+
+def _python(script: str, env_extra=None, drop=("CONVRT_NUM_THREADS",), tmp_path=None):
+    """Run ``script`` in a fresh interpreter (from a file, so spawn children can import it),
+    bounded by CHILD_TIMEOUT; returns the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]]
+                                                      if env.get("PYTHONPATH") else []))
+    path = tmp_path / "child_script.py"
+    path.write_text(textwrap.dedent(script))
+    # its own process group, so a timeout also ends the pool workers it started
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"child did not finish in {CHILD_TIMEOUT} s (a hang); stderr: {err[-1000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_threading_layer_is_tbb_after_a_parallel_run():
+    """convrt picks numba's TBB layer (convrt/kernels/_jit.py) unless the user chose one."""
+    import numba
+
+    from convrt.kernels import _jit
+
+    sess = convrt.InferenceSession(str(SMALL_VGG))
+    sess.run(None, {"input": _small_vgg_inputs(1)[0]})
+    layer = numba.threading_layer()
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        pytest.skip(f"the user chose numba's layer ({layer}); convrt leaves it alone")
+    assert layer == "tbb", f"threading layer {layer}; TBB problem: {_jit.tbb_problem}"
+
+
+_POOL_SCRIPT = """
+    import multiprocessing
+    import sys
+
+    import numpy as np
+
+    import convrt
+
+    SESS = None
+
+
+    def _init():
+        global SESS
+        if SESS is None:  # spawn: a fresh interpreter builds its own session
+            SESS = convrt.InferenceSession({model!r})
+
+
+    def work(seed):
+        _init()
+        x = np.random.default_rng(seed).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        return SESS.run(None, {{"input": x}})[0]
+
+
+    if __name__ == "__main__":
+        SESS = convrt.InferenceSession({model!r})
+        parent = [work(s) for s in range(4)]  # the parent has run (and started numba's pool)
+        with multiprocessing.get_context({method!r}).Pool(2) as pool:
+            children = pool.map(work, range(4))
+        assert len(children) == 4
+        for p, c in zip(parent, children):
+            assert np.array_equal(p, c), float(np.abs(p - c).max())
+        print("children-ok")
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_children_after_a_run(method, tmp_path):
+    """A process that ran convrt starts a Pool (fork: inheriting the session and numba's pool
+    state; spawn: fresh interpreters); the children compute what the parent computed.  In a
+    subprocess, so a child killed by GNU OpenMP ("fork() called from a process already using
+    GNU OpenMP") or a hang fails this test instead of the test run."""
+    r = _python(_POOL_SCRIPT.format(model=str(SMALL_VGG), method=method), tmp_path=tmp_path)
+    assert r.returncode == 0 and "children-ok" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+def test_eight_threads_match_a_one_thread_session_bitwise():
+    """8 Python threads on one (all-cores) session give the bits a 1-thread session gives."""
+    sess = convrt.InferenceSession(str(SMALL_VGG))
+    one = convrt.InferenceSession(str(SMALL_VGG), convrt.SessionOptions(intra_op_num_threads=1))
+    xs = _small_vgg_inputs()
+    serial = [one.run(None, {"input": x})[0] for x in xs]
+    results = _hammer(sess, "input", xs, rounds=2)
+    for per_thread in results:
+        assert sorted(per_thread) == list(range(len(xs)))
+        for j, outs in per_thread.items():
+            for y in outs:
+                assert np.array_equal(y, serial[j]), f"input {j} differs under threads"
+
+
+def test_sessions_created_in_worker_threads():
+    """Four sessions, each created and run inside its own ThreadPoolExecutor worker."""
+    xs = _small_vgg_inputs()
+    ref = convrt.InferenceSession(str(SMALL_VGG))
+    expected = [ref.run(None, {"input": x})[0] for x in xs]
+
+    def build_and_run(i):
+        sess = convrt.InferenceSession(str(SMALL_VGG))
+        return [sess.run(None, {"input": xs[(i + k) % len(xs)]})[0] for k in range(len(xs))]
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(build_and_run, range(4), timeout=CHILD_TIMEOUT))
+    for i, got in enumerate(outs):
+        for k, y in enumerate(got):
+            assert np.array_equal(y, expected[(i + k) % len(xs)])
+
+
+def test_thread_count_holds_in_every_calling_thread():
+    """numba's thread count is per Python thread: each run sets its session's count in the
+    thread that calls it, whatever that thread ran before."""
+    import numba
+
+    from convrt.runtime.threads import default_threads
+
+    one = convrt.InferenceSession(str(SMALL_VGG), convrt.SessionOptions(intra_op_num_threads=1))
+    full = convrt.InferenceSession(str(SMALL_VGG))
+    x = _small_vgg_inputs(1)[0]
+    seen = []
+
+    def work():
+        for sess in (one, full, one):
+            sess.run(None, {"input": x})
+            seen.append(numba.get_num_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(CHILD_TIMEOUT)
+    assert seen == [1, default_threads(), 1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity API here")
+def test_affinity_mask_of_one_cpu_gives_one_thread(tmp_path):
+    """A process pinned to one CPU (taskset, cpusets) defaults to one thread, and a session
+    there runs on one."""
+    r = _python(f"""
+        import os
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        import numba
+        import numpy as np
+        import convrt
+        from convrt.runtime.threads import resolve_threads
+        sess = convrt.InferenceSession({str(SMALL_VGG)!r})
+        sess.run(None, {{"input": np.zeros((1, 3, 32, 32), np.float32)}})
+        print("threads", resolve_threads(0), sess._threads, numba.get_num_threads())
+    """, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-4:] == ["threads", "1", "1", "1"], r.stdout
+
+
+def test_env_var_and_option_set_the_count(monkeypatch):
+    from convrt.runtime.threads import max_threads, resolve_threads
+
+    monkeypatch.setenv("CONVRT_NUM_THREADS", "1")
+    assert resolve_threads(0) == 1
+    assert convrt.InferenceSession(str(SMALL_VGG))._threads == 1
+    # the option wins over the variable (even a bad one: it is not read then)
+    assert resolve_threads(max_threads()) == max_threads()
+    monkeypatch.setenv("CONVRT_NUM_THREADS", "many")
+    assert resolve_threads(1) == 1
+    monkeypatch.setenv("CONVRT_NUM_THREADS", " ")  # empty = unset
+    assert resolve_threads(0) == max_threads()
+
+
+def _too_many():
+    from convrt.runtime.threads import max_threads
+
+    return max_threads() + 1
+
+
+@pytest.mark.parametrize("value,words", [
+    ("0", ["CONVRT_NUM_THREADS", "positive", "0"]),
+    ("-2", ["CONVRT_NUM_THREADS", "positive", "-2"]),
+    ("two", ["CONVRT_NUM_THREADS", "positive", "'two'"]),
+    ("1.5", ["CONVRT_NUM_THREADS", "'1.5'"]),
+    ("too-many", ["CONVRT_NUM_THREADS", "more than", "CPU"]),
+])
+def test_bad_env_var_is_one_line_input_error(value, words, monkeypatch):
+    value = str(_too_many()) if value == "too-many" else value
+    monkeypatch.setenv("CONVRT_NUM_THREADS", value)
+    with pytest.raises(convrt.InputError) as e:
+        convrt.InferenceSession(str(SMALL_VGG))
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize("value,words", [
+    (-1, ["intra_op_num_threads", "-1"]),
+    ("2", ["intra_op_num_threads", "integer", "'2'"]),
+    (1.0, ["intra_op_num_threads", "integer", "1.0"]),
+    (True, ["intra_op_num_threads", "integer", "True"]),
+    ("too-many", ["intra_op_num_threads", "more than", "CPU"]),
+])
+def test_bad_option_is_one_line_input_error(value, words):
+    value = _too_many() if value == "too-many" else value
+    with pytest.raises(convrt.InputError) as e:
+        convrt.InferenceSession(str(SMALL_VGG), convrt.SessionOptions(intra_op_num_threads=value))
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_bad_env_var_through_the_cli_is_one_line(tmp_path):
+    """The whole path a user sees: ``convrt run`` with a bad CONVRT_NUM_THREADS exits 1 with
+    one ``convrt: error:`` line, no traceback, no hang."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVRT_NUM_THREADS"}
+    env["CONVRT_NUM_THREADS"] = "0"
+    r = subprocess.run([sys.executable, "-m", "convrt.cli", "run", str(SMALL_VGG)],
+                       capture_output=True, text=True, timeout=CHILD_TIMEOUT, cwd=ROOT, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "convrt: error: CONVRT_NUM_THREADS must be a positive integer, got 0"], r.stderr

@@ -20,6 +20,7 @@ from ..ir import Graph
 from ..onnx_io import DEFAULT_MEMORY_BUDGET
 from ..ops.registry import TensorInfo
 from .plan import Plan
+from .threads import resolve_threads
 from .trace import SessionProfiler
 
 MAX_PLANS = 8
@@ -69,7 +70,9 @@ class SessionOptions:
     as onnxruntime's SessionOptions (a pybind object without ``__dict__``) does.
 
     Attributes:
-        intra_op_num_threads: threads per kernel; 0 = all cores numba sees.
+        intra_op_num_threads: threads per kernel; 0 = ``CONVRT_NUM_THREADS`` if set, else the
+            CPUs this process may use (see convrt/runtime/threads.py).  Checked when the
+            session is created: a bad count is a one-line InputError.
         graph_optimization_level: a GraphOptimizationLevel or "disable"/"basic"/"extended"/"all".
         disabled_optimizers: pass names to skip.
         memory_budget: bytes of weights, and separately of activations, a model may need.
@@ -221,11 +224,6 @@ def check_feeds(feeds, inputs: dict, required, source: str,
     return arrays
 
 
-def resolve_threads(n: int) -> int:
-    return max(1, min(int(n) if n and n > 0 else numba.config.NUMBA_NUM_THREADS,
-                      numba.config.NUMBA_NUM_THREADS))
-
-
 class InferenceSession:
     """Load, optimize and run an ONNX model.
 
@@ -238,6 +236,8 @@ class InferenceSession:
     def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None,
                  providers=None, base_dir=None, **_):
         self.options = sess_options or SessionOptions()
+        # first: a bad thread count is reported before minutes of loading and compiling
+        self._threads = resolve_threads(self.options.intra_op_num_threads)
         # onnxruntime's profile starts at session creation: initialization is its first event
         self._profiler = (SessionProfiler(self.options.profile_file_prefix, "<model>")
                           if self.options.enable_profiling else None)
@@ -251,7 +251,6 @@ class InferenceSession:
         self._plans: dict[tuple, Plan] = {}
         self._by_value: frozenset = frozenset()  # inputs whose values key the plans
         self._lock = threading.Lock()
-        self._threads = resolve_threads(self.options.intra_op_num_threads)
         if self.options.optimized_model_filepath:
             self._write_optimized(self.options.optimized_model_filepath)
         if self._profiler is not None:

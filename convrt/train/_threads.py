@@ -10,11 +10,17 @@ the whole forward/backward pass (giving it two threads for the big products made
 small_vgg_32 step 40 % slower on the loaded 2-core machine).  BLAS is limited through
 threadpoolctl (scikit-learn, part of the ``train`` extra, brings it); without it BLAS is left
 alone.
+
+"All of them" is the session's rule (convrt/runtime/threads.py): ``CONVRT_NUM_THREADS`` if set,
+else the CPUs this process may use (affinity mask, cgroup quota), so training on a machine shared
+through ``taskset`` or a container quota does not oversubscribe its cores.
 """
 
 from __future__ import annotations
 
 import numba
+
+from ..runtime.threads import resolve_threads
 
 #: Nodes whose largest tensor has fewer elements than this run on one thread.
 PARALLEL_MIN = 1 << 17
@@ -37,7 +43,8 @@ class ThreadBudget:
     """BLAS on one thread, numba's thread count per node; ``restore()`` puts both back."""
 
     def __init__(self):
-        self.full = numba.get_num_threads()
+        self.full = resolve_threads(0)
+        self.prior = numba.get_num_threads()  # the caller's count, put back by restore()
         self.cur = None
         ctl = _blas()
         self._limiter = ctl.limit(limits=1) if ctl else None
@@ -51,7 +58,7 @@ class ThreadBudget:
         self.cur = want
 
     def restore(self):
-        numba.set_num_threads(self.full)
+        numba.set_num_threads(self.prior)
         if self._limiter is not None:
             self._limiter.restore_original_limits()
             self._limiter = None
