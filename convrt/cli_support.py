@@ -7,7 +7,6 @@ without importing each other.
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 
