@@ -380,3 +380,32 @@ def test_bad_env_var_through_the_cli_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [
         "convrt: error: CONVRT_NUM_THREADS must be a positive integer, got 0"], r.stderr
+
+
+def test_without_tbb_falls_back_to_passive_openmp_with_a_warning(tmp_path):
+    """TBB not found (its wheel's lib/ and the loader both hidden): numba's default layer stays,
+    OMP_WAIT_POLICY=PASSIVE is set for it, and one RuntimeWarning says fork is unsafe."""
+    r = _python(f"""
+        import ctypes.util, os, site, sys, warnings
+        sys.prefix = sys.base_prefix = site.USER_BASE = {str(tmp_path)!r}
+        ctypes.util.find_library = lambda name: None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import convrt
+        import numba
+        import numpy as np
+        sess = convrt.InferenceSession({str(SMALL_VGG)!r})
+        sess.run(None, {{"input": np.zeros((1, 3, 32, 32), np.float32)}})
+        ours = [str(w.message) for w in caught if "TBB threading layer" in str(w.message)]
+        try:  # a system TBB on the loader's path is one numba's own default would pick up
+            ctypes.CDLL("libtbb.so.12")
+            expect = "tbb"
+        except OSError:
+            expect = "omp"
+        print(len(ours), "fork" in ours[0], os.environ.get("OMP_WAIT_POLICY"),
+              numba.threading_layer(), expect)
+    """, drop=("CONVRT_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY"),
+                tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    count, mentions_fork, policy, layer, expect = r.stdout.split()[-5:]
+    assert (count, mentions_fork, policy, layer) == ("1", "True", "PASSIVE", expect), r.stdout
