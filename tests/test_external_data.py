@@ -41,19 +41,32 @@ def _model(location: str | None = None, offset: int | None = None,
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+def _cpu_accounting(path: str) -> bool:
+    """The kernel's CPU-quota files, which a session reads to size its thread pool
+    (convrt/runtime/threads.py): not data, and not on the model's behalf."""
+    return (path.startswith("/proc/") and path.endswith("/cgroup")) or \
+        (path.startswith("/sys/fs/cgroup/") and path.endswith("/cpu.max"))
+
+
 @pytest.fixture
 def opened(monkeypatch):
-    """Every path opened through open/io.open/os.open during the test (resolved)."""
+    """Every path opened through open/io.open/os.open during the test (resolved), but the
+    CPU-quota files."""
     seen: list[str] = []
     real_open, real_os_open = builtins.open, os.open
 
+    def record(path):
+        path = os.path.realpath(os.fsdecode(path))
+        if not _cpu_accounting(path):
+            seen.append(path)
+
     def rec_open(file, *a, **k):
         if isinstance(file, (str, bytes, os.PathLike)):
-            seen.append(os.path.realpath(file))
+            record(file)
         return real_open(file, *a, **k)
 
     def rec_os_open(path, *a, **k):
-        seen.append(os.path.realpath(path))
+        record(path)
         return real_os_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", rec_open)

@@ -8,6 +8,7 @@ concurrent runs (the writer stores the border's zeros too, in buffers shared by 
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -136,13 +137,26 @@ def test_borders_stay_zero_across_runs_and_arenas(monkeypatch):
             got[i] = fast.run(None, {"x": xs[i % 3]})[0]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(plan_of(fast)._free) > 1
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that runs overlap (a fast run
+    try:                         # may otherwise finish within one 5 ms switch interval)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, want[i % 3])
+    # A run while another holds an arena takes a fresh one, whose borders are zero too
+    # (deterministic, where the threads above overlap only as the scheduler pleases).
+    plan = plan_of(fast)
+    with plan._lock:
+        held = plan._free[:]
+        del plan._free[:]
+    np.testing.assert_array_equal(fast.run(None, {"x": xs[1]})[0], want[1])
+    assert len(plan._free) == 1 and all(plan._free[0] is not h for h in held)
+    plan._free.extend(held)
 
 
 def test_no_handoff_into_a_value_with_two_readers_or_into_an_output(monkeypatch):
