@@ -10,7 +10,7 @@ from .compiler import load, optimize
 from .errors import (ConvrtError, InputError, ModelLoadError, ShapeError, TrainingError,
                      UnsupportedOpError)
 from .onnx_io import from_graph, save
-from .runtime import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata,
+from .api import (ExecutionMode, GraphOptimizationLevel, InferenceSession, ModelMetadata,
                       NodeArg, RunOptions, SessionOptions)
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ import onnx
 from onnx.backend.base import Backend, BackendRep
 
 from .errors import InputError, UnsupportedOpError
-from .runtime import InferenceSession, SessionOptions
+from .api import InferenceSession, SessionOptions
 
 
 class ConvrtRep(BackendRep):

@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
 
 def cmd_inspect(args) -> int:
     from . import compiler, inspect
-    from .runtime.session import level_name
+    from .api import level_name
 
     graph = compiler.load(args.model)
     before = len(graph.nodes)
@@ -80,7 +80,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_optimize(args) -> int:
     from . import compiler, onnx_io
-    from .runtime.session import level_name
+    from .api import level_name
 
     graph = compiler.load(args.model)
     before = len(graph.nodes)

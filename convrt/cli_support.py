@@ -50,7 +50,7 @@ def thread_count(text: str) -> int:
 
 def make_session(args):
     """The InferenceSession that ``args`` (model, level, disable, threads) describe."""
-    from .runtime import InferenceSession, SessionOptions
+    from .api import InferenceSession, SessionOptions
 
     opts = SessionOptions(graph_optimization_level=args.level,
                           disabled_optimizers=list(args.disable),

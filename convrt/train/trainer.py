@@ -24,7 +24,7 @@ import numpy as np
 from ..compiler import load
 from ..errors import InputError, TrainingError
 from ..onnx_io import from_graph
-from ..runtime.session import check_feeds
+from ..runtime.feeds import check_feeds
 from .autodiff import Program
 from .losses import get_loss
 from .optim import SGD, Optimizer

@@ -1,0 +1,362 @@
+"""InferenceSession and SessionOptions, shaped like onnxruntime's so users can swap one import.
+
+This is the layer above the runtime: it uses the compiler (load, optimize) and the runtime (plan,
+threads, trace, feed checks).  It lives outside ``convrt/runtime`` so that the runtime only plans
+and runs a finished Graph and never sees the compiler, onnx_io or passes.
+
+A session loads and optimizes the model once, then plans it per distinct set of input shapes
+(a dynamic batch gets one plan per batch size seen, cached).  ``run`` validates the feeds
+against the graph's declared inputs, picks the plan, and executes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .compiler import load, optimize
+from .errors import InputError, UnsupportedOpError
+from .ir import Graph
+from .onnx_io import DEFAULT_MEMORY_BUDGET
+from .ops.registry import TensorInfo
+from .runtime.feeds import check_feeds
+from .runtime.plan import Plan
+from .runtime.threads import resolve_threads
+from .runtime.trace import SessionProfiler
+
+MAX_PLANS = 8
+PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
+VALUE_KEY_ELEMENTS = 64  # an integer input this small may carry a shape, axes, pads...
+
+
+class GraphOptimizationLevel(enum.IntEnum):
+    """onnxruntime's names; convrt maps them to pass pipelines."""
+
+    ORT_DISABLE_ALL = 0
+    ORT_ENABLE_BASIC = 1
+    ORT_ENABLE_EXTENDED = 2
+    ORT_ENABLE_ALL = 99
+
+
+LEVEL_NAMES = {GraphOptimizationLevel.ORT_DISABLE_ALL: "disable",
+               GraphOptimizationLevel.ORT_ENABLE_BASIC: "basic",
+               GraphOptimizationLevel.ORT_ENABLE_EXTENDED: "extended",
+               GraphOptimizationLevel.ORT_ENABLE_ALL: "all"}
+
+
+def level_name(level) -> str:
+    if isinstance(level, str):
+        if level not in LEVEL_NAMES.values():
+            raise InputError(f"unknown optimization level {level!r}; valid: "
+                             f"{', '.join(LEVEL_NAMES.values())}")
+        return level
+    try:
+        return LEVEL_NAMES[GraphOptimizationLevel(int(level))]
+    except ValueError:
+        raise InputError(f"unknown graph_optimization_level {level!r}") from None
+
+
+class ExecutionMode(enum.IntEnum):
+    """onnxruntime's names, accepted for SessionOptions.execution_mode (see there)."""
+
+    ORT_SEQUENTIAL = 0
+    ORT_PARALLEL = 1
+
+
+@dataclass(slots=True)
+class SessionOptions:
+    """Session settings (onnxruntime's names where they exist).
+
+    Slotted, so a misspelt attribute raises AttributeError instead of being silently ignored,
+    as onnxruntime's SessionOptions (a pybind object without ``__dict__``) does.
+
+    Attributes:
+        intra_op_num_threads: threads per kernel; 0 = ``CONVRT_NUM_THREADS`` if set, else the
+            CPUs this process may use (see convrt/runtime/threads.py).  Checked when the
+            session is created: a bad count is a one-line InputError.
+        graph_optimization_level: a GraphOptimizationLevel or "disable"/"basic"/"extended"/"all".
+        disabled_optimizers: pass names to skip.
+        memory_budget: bytes of weights, and separately of activations, a model may need.
+        enable_profiling: record every run's per-node times; ``end_profiling()`` writes them.
+        profile_file_prefix: the profile is written to ``<prefix>_<timestamp>.json``.
+        optimized_model_filepath: if set, the optimized model is written there as ONNX (fused
+            nodes as model-local functions, so onnxruntime can load it).
+
+    Accepted for onnxruntime code, with no effect in convrt: ``inter_op_num_threads`` and
+    ``execution_mode`` (a plan runs its nodes one after another; the parallelism is inside the
+    kernels), ``enable_cpu_mem_arena``, ``enable_mem_pattern`` and ``enable_mem_reuse`` (a plan
+    always allocates its buffers once and reuses them by liveness), ``log_severity_level``,
+    ``log_verbosity_level`` and ``logid`` (convrt logs nothing: it raises one-line errors),
+    ``use_deterministic_compute``, and the entries of ``add_session_config_entry``.
+    """
+
+    intra_op_num_threads: int = 0
+    inter_op_num_threads: int = 0
+    graph_optimization_level: object = GraphOptimizationLevel.ORT_ENABLE_ALL
+    disabled_optimizers: list = field(default_factory=list)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    log_severity_level: int = 2
+    enable_profiling: bool = False
+    profile_file_prefix: str = "convrt_profile"
+    optimized_model_filepath: str = ""
+    execution_mode: object = ExecutionMode.ORT_SEQUENTIAL
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    enable_mem_reuse: bool = True
+    log_verbosity_level: int = 0
+    logid: str = ""
+    use_deterministic_compute: bool = False
+    config_entries: dict = field(default_factory=dict)
+
+    def add_session_config_entry(self, key: str, value: str) -> None:
+        self.config_entries[str(key)] = str(value)
+
+    def get_session_config_entry(self, key: str) -> str:
+        if key not in self.config_entries:
+            raise InputError(f"SessionOptions: no config entry {key!r}")
+        return self.config_entries[key]
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Per-run settings, onnxruntime's names; slotted like SessionOptions.
+
+    ``terminate`` is read when a run starts: a run started with it set is refused with an
+    InputError, as onnxruntime refuses it (convrt cannot stop a run already inside its kernels).
+    The logging fields and ``only_execute_path_to_fetches`` have no effect: convrt logs nothing,
+    and a plan always runs the whole graph (the outputs not asked for are cheap beside the
+    convolutions they share).  onnxruntime has no ``tag`` (its run tag is ``logid``).
+    """
+
+    log_severity_level: int = -1
+    log_verbosity_level: int = 0
+    logid: str = ""
+    terminate: bool = False
+    only_execute_path_to_fetches: bool = False
+    config_entries: dict = field(default_factory=dict)
+
+    def add_run_config_entry(self, key: str, value: str) -> None:
+        self.config_entries[str(key)] = str(value)
+
+    def get_run_config_entry(self, key: str) -> str:
+        if key not in self.config_entries:
+            raise InputError(f"RunOptions: no config entry {key!r}")
+        return self.config_entries[key]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What get_modelmeta() returns: onnxruntime's ModelMetadata fields, from the ONNX file.
+
+    ``version`` is the file's model_version, 0 when it sets none (onnxruntime reports
+    2**63 - 1 then); ``description`` is the model's doc_string.
+    """
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict
+
+
+_TYPE_NAMES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float64): "tensor(double)",
+               np.dtype(np.float16): "tensor(float16)", np.dtype(np.int64): "tensor(int64)",
+               np.dtype(np.int32): "tensor(int32)", np.dtype(np.int8): "tensor(int8)",
+               np.dtype(np.uint8): "tensor(uint8)", np.dtype(np.bool_): "tensor(bool)",
+               np.dtype(np.int16): "tensor(int16)", np.dtype(np.uint16): "tensor(uint16)",
+               np.dtype(np.uint32): "tensor(uint32)", np.dtype(np.uint64): "tensor(uint64)"}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """What get_inputs()/get_outputs() return: name, shape (str for symbolic dims), type."""
+
+    name: str
+    shape: list
+    type: str
+
+
+def _node_arg(v) -> NodeArg:
+    shape = [] if v.shape is None else [d for d in v.shape]
+    return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
+
+
+class InferenceSession:
+    """Load, optimize and run an ONNX model.
+
+    Args:
+        path_or_bytes: a file path, the model's bytes, or an onnx.ModelProto.
+        sess_options: a SessionOptions.
+        providers: accepted for onnxruntime compatibility; convrt runs on the CPU.
+    """
+
+    def __init__(self, path_or_bytes, sess_options: SessionOptions | None = None,
+                 providers=None, base_dir=None, **_):
+        self.options = sess_options or SessionOptions()
+        # first: a bad thread count is reported before minutes of loading and compiling
+        self._threads = resolve_threads(self.options.intra_op_num_threads)
+        # onnxruntime's profile starts at session creation: initialization is its first event
+        self._profiler = (SessionProfiler(self.options.profile_file_prefix, "<model>")
+                          if self.options.enable_profiling else None)
+        self.graph: Graph = load(path_or_bytes, base_dir, self.options.memory_budget)
+        self.unoptimized_node_count = len(self.graph.nodes)
+        self.pass_report = optimize(self.graph, level_name(self.options.graph_optimization_level),
+                                    tuple(self.options.disabled_optimizers))
+        self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
+        self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
+        self._outputs = [v.name for v in self.graph.outputs]
+        self._plans: dict[tuple, Plan] = {}
+        self._by_value: frozenset = frozenset()  # inputs whose values key the plans
+        self._lock = threading.Lock()
+        if self.options.optimized_model_filepath:
+            self._write_optimized(self.options.optimized_model_filepath)
+        if self._profiler is not None:
+            self._profiler.model = self.graph.source
+            self._profiler.add_session_event("session_initialization", 0.0, self._profiler.now())
+
+    def _write_optimized(self, path) -> None:
+        from .onnx_io import save
+
+        try:
+            save(self.graph, path)
+        except OSError as e:
+            raise InputError(f"optimized_model_filepath {str(path)!r}: cannot write "
+                             f"({e.strerror})") from None
+
+    # -- onnxruntime's introspection ----------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._inputs.values()]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self.graph.outputs]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        """Initializers also listed as graph inputs: a feed of that name replaces the weight."""
+        return [_node_arg(v) for v in self._overridable.values()]
+
+    def get_providers(self) -> list[str]:
+        """convrt's one provider.  Named for convrt rather than "CPUExecutionProvider", which is
+        onnxruntime's own kernels: code that prints or logs the provider should not claim
+        onnxruntime ran the model.  ``providers=`` given to the constructor is ignored."""
+        return [PROVIDER]
+
+    def get_provider_options(self) -> dict[str, dict]:
+        return {PROVIDER: {}}
+
+    def get_modelmeta(self) -> ModelMetadata:
+        g = self.graph
+        return ModelMetadata(producer_name=g.producer_name, graph_name=g.name,
+                             domain=g.domain, description=g.doc_string,
+                             graph_description=g.graph_doc_string, version=g.model_version,
+                             custom_metadata_map=dict(g.metadata_props))
+
+    # -- profiling (SessionOptions.enable_profiling) ------------------------------------------
+    def end_profiling(self) -> str:
+        """Write the profile of every run so far as ``<profile_file_prefix>_<timestamp>.json``
+        (a JSON list of Chrome trace events, the shape of onnxruntime's files) and stop
+        profiling; returns the file name, or "" when profiling is off (as onnxruntime does)."""
+        prof, self._profiler = self._profiler, None
+        return "" if prof is None else prof.write()
+
+    def _execute(self, plan: Plan, arrays: dict, run_options, profile) -> list[np.ndarray]:
+        """``plan.run`` honouring ``run_options`` and the session's profiler."""
+        if run_options is not None:
+            if not isinstance(run_options, RunOptions):
+                raise InputError(f"run_options must be a convrt.RunOptions, got "
+                                 f"{type(run_options).__name__}")
+            if run_options.terminate:
+                raise InputError(f"{self.graph.source}: run refused: run_options.terminate "
+                                 "is set")
+        prof = self._profiler
+        if prof is None:
+            return plan.run(arrays, profile)
+        steps: list = []
+        start = prof.now()
+        results = plan.run(arrays, steps)
+        prof.record_run(steps, start, prof.now() - start)
+        if profile is not None:
+            profile.extend(steps)
+        return results
+
+    # -- running ------------------------------------------------------------------------------
+    def _check_feeds(self, feeds) -> tuple[dict, dict]:
+        arrays = check_feeds(feeds, {**self._overridable, **self._inputs}, self._inputs,
+                             self.graph.source)
+        by_value = self._by_value
+        infos = {n: TensorInfo(tuple(int(d) for d in a.shape), a.dtype,
+                               a if n in by_value else None)
+                 for n, a in arrays.items()}
+        return arrays, infos
+
+    def plan_for(self, infos: dict[str, TensorInfo]) -> Plan:
+        """The plan for these input shapes, and for the values of the inputs given one (built
+        once, cached: at most MAX_PLANS, the oldest dropped first)."""
+        key = tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
+                           for n, i in infos.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = Plan(self.graph, infos, self.options.memory_budget, self._threads)
+                    if len(self._plans) >= MAX_PLANS:
+                        self._plans.pop(next(iter(self._plans)))
+                    self._plans[key] = plan
+        return plan
+
+    def _plan_by_value(self, arrays: dict, infos: dict, error: UnsupportedOpError) -> Plan:
+        """Plan again with the values of small feeds as constants.
+
+        A graph input may carry what a static plan needs to know (a Reshape's shape, Slice's
+        starts, Pad's pads, Squeeze's axes, Resize's scales...).  onnxruntime runs such graphs;
+        convrt plans per value instead: when a plan cannot be built without them, the small
+        feeds (at most VALUE_KEY_ELEMENTS elements) join the plan key from then on, so each
+        distinct value gets its own cached plan.  Integer and bool feeds are tried first; float
+        feeds only when those do not suffice (a float input is run-time data wherever a kernel
+        can read it at run time, as Clip's bounds are).  Raises ``error`` when there are no such
+        feeds, and the last planning error when their values do not help.
+        """
+        small = [n for n, a in arrays.items()
+                 if n not in self._by_value and a.size <= VALUE_KEY_ELEMENTS]
+        extra: set = set()
+        for kinds in ("iub", "f"):
+            tier = {n for n in small if arrays[n].dtype.kind in kinds}
+            if not tier:
+                continue
+            extra |= tier
+            keyed = {n: TensorInfo(i.shape, i.dtype, arrays[n]) if n in extra else i
+                     for n, i in infos.items()}
+            try:
+                plan = self.plan_for(keyed)
+            except UnsupportedOpError as e:
+                error = e
+                continue
+            with self._lock:
+                self._by_value = self._by_value | extra
+            return plan
+        raise error
+
+    def run(self, output_names, input_feed, run_options=None, profile=None) -> list[np.ndarray]:
+        """Compute ``output_names`` (None = all outputs) from ``input_feed``."""
+        arrays, infos = self._check_feeds(input_feed)
+        names = self._outputs if output_names is None else list(output_names)
+        for n in names:
+            if n not in self._outputs:
+                raise InputError(f"{self.graph.source}: unknown output '{n}'; outputs are "
+                                 f"{self._outputs}")
+        try:
+            plan = self.plan_for(infos)
+        except UnsupportedOpError as e:
+            plan = self._plan_by_value(arrays, infos, e)
+        numba.set_num_threads(self._threads)
+        results = self._execute(plan, arrays, run_options, profile)
+        by_name = dict(zip(self._outputs, results))
+        return [by_name[n] for n in names]
+
+
