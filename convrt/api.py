@@ -220,6 +220,24 @@ class InferenceSession:
             self._profiler.model = self.graph.source
             self._profiler.add_session_event("session_initialization", 0.0, self._profiler.now())
 
+    def __reduce__(self):
+        """Pickle as the optimized model's ONNX bytes and the options; unpickling re-loads.
+
+        Why the optimized graph and not the original model: the session keeps no copy of its
+        source (that would be a second copy of every weight in every session, for the rare
+        pickle), the bytes stand alone on another machine (external data is inlined), and
+        re-loading them is cheap: fused nodes come back as convrt-domain functions that run
+        natively, so the passes find nothing left to do.  Plans, buffers and kernels are not
+        pickled; the receiver plans on its first run (numba's on-disk cache has the kernels).
+        ``optimized_model_filepath`` is cleared so that every unpickling does not rewrite it.
+        """
+        import dataclasses
+
+        from convrt import from_graph  # public name: survives moves of this module
+
+        opts = dataclasses.replace(self.options, optimized_model_filepath="")
+        return type(self), (from_graph(self.graph).SerializeToString(), opts)
+
     def _write_optimized(self, path) -> None:
         from .onnx_io import save
 
