@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convrt
 from convrt import _protowire as wire
-from convrt import onnx_io
+from convrt.onnx_io import reader as onnx_io  # read_model, load_graph, to_graph
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 RNG = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 
 from .analysis import dependency_graph, layers, sort_graph, toposort
 from .core import Dim, Graph, Node, Shape, Value
+from .function import Function, FunctionNode
 
-__all__ = ["Dim", "Graph", "Node", "Shape", "Value", "dependency_graph", "layers", "sort_graph",
-           "toposort"]
+__all__ = ["Dim", "Function", "FunctionNode", "Graph", "Node", "Shape", "Value",
+           "dependency_graph", "layers", "sort_graph", "toposort"]

@@ -105,7 +105,8 @@ class Graph:
         self.model_version = 0
         self.metadata_props: dict[str, str] = {}
         self.source = "<model>"  # file name or "<bytes>": used in error messages
-        self.functions: dict[tuple[str, str], Any] = {}  # model-local functions kept for export
+        # model-local functions kept for export: (domain, name) -> ir.Function (plain data)
+        self.functions: dict[tuple[str, str], Any] = {}
         self._fresh = itertools.count()
 
     # -- construction ---------------------------------------------------------------

@@ -15,16 +15,9 @@ ever reach ml_dtypes' ``astype``.
 
 
 import numpy as np
-import onnx.helper
-from onnx import TensorProto
 
+from ..onnx_io.tensors import ELEM_STRING, EXOTIC_ELEM_TYPES, elem_type_dtype, elem_type_name
 
-_EXOTIC = {TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
-           TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ, TensorProto.FLOAT4E2M1,
-           TensorProto.UINT4, TensorProto.INT4}
-for _n in ("UINT2", "INT2", "FLOAT8E8M0"):
-    if hasattr(TensorProto, _n):
-        _EXOTIC.add(getattr(TensorProto, _n))
 _SATURATING = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
                "float4_e2m1fn"}
 _SMALL_INTS = {"int4", "uint4", "int2", "uint2"}
@@ -33,15 +26,14 @@ _SMALL_INTS = {"int4", "uint4", "int2", "uint2"}
 def onnx_np_dtype(ctx, to) -> np.dtype:
     """The numpy (or ml_dtypes) dtype of ONNX element type ``to``."""
     to = int(to)
-    if to == TensorProto.STRING:
+    if to == ELEM_STRING:
         raise ctx.unsupported("cast to STRING is not supported")
     try:
-        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        dt = elem_type_dtype(to)
     except Exception:
         raise ctx.unsupported(f"cast to ONNX type {to} is not supported") from None
-    if dt.kind not in "biuf" and to not in _EXOTIC:
-        name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else to
-        raise ctx.unsupported(f"cast to {name} is not supported")
+    if dt.kind not in "biuf" and to not in EXOTIC_ELEM_TYPES:
+        raise ctx.unsupported(f"cast to {elem_type_name(to)} is not supported")
     return dt
 
 

@@ -5,10 +5,11 @@ residual add and activation applied in its epilogue (``bind_conv``); ``FusedGemm
 packed GEMM with its ReLU epilogue (``bind_gemm``); ``ChannelAffine`` is a folded standalone
 BatchNormalization (``y = x * scale[c] + shift[c]``).
 
-For export, :func:`function_proto` gives each op a model-local ``onnx.FunctionProto`` whose body
-is the standard ops it replaces (e.g. Conv + Relu), so onnxruntime, ``onnx.checker`` and Netron
-load the optimized model; ``onnx_io`` keeps convrt-domain functions un-inlined, so convrt runs
-its own output with the fused kernels.  Variants (one op type each, since an ONNX function has
+For export, :func:`function_def` describes each op as a model-local function (``ir.Function``,
+plain data) whose body is the standard ops it replaces (e.g. Conv + Relu); ``convrt/onnx_io``
+writes it as an ``onnx.FunctionProto``, so onnxruntime, ``onnx.checker`` and Netron load the
+optimized model, and keeps convrt-domain functions un-inlined when reading, so convrt runs its
+own output with the fused kernels.  Variants (one op type each, since an ONNX function has
 one body):
 
 =====================  =======================  =============================================
@@ -32,21 +33,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
-from onnx import AttributeProto, helper
 
+from ..activations import ONNX_OPS
 from ._shape import FLOAT_TYPES
 from .activation import clip_bounds
 from .conv import bind_conv, conv_geometry
 from .linear import bind_gemm
 from .registry import CONVRT_DOMAIN, register_op
+from ..ir import Function, FunctionNode
+from ..onnx_io.functions import function_to_proto
 from ..kernels.elementwise import channel_affine
 
-CONV_ATTRS = {"auto_pad": AttributeProto.STRING, "dilations": AttributeProto.INTS,
-              "group": AttributeProto.INT, "kernel_shape": AttributeProto.INTS,
-              "pads": AttributeProto.INTS, "strides": AttributeProto.INTS}
-GEMM_ATTRS = {"alpha": AttributeProto.FLOAT, "beta": AttributeProto.FLOAT,
-              "transA": AttributeProto.INT, "transB": AttributeProto.INT}
+# attribute name -> ONNX attribute type name (a body node takes them from the calling node)
+CONV_ATTRS = {"auto_pad": "STRING", "dilations": "INTS", "group": "INT", "kernel_shape": "INTS",
+              "pads": "INTS", "strides": "INTS"}
+GEMM_ATTRS = {"alpha": "FLOAT", "beta": "FLOAT", "transA": "INT", "transB": "INT"}
 
 # op type -> (activation applied after the conv (+ residual), extra inputs after X, W, B)
 CONV_VARIANTS = {
@@ -58,10 +59,8 @@ CONV_VARIANTS = {
     "FusedConvAddRelu": ("relu", ("Z",)),
     "FusedConvAdd": ("none", ("Z",)),
 }
-# activation op (ONNX) -> fused conv op type
-CONV_ACTIVATIONS = {"Relu": "FusedConvRelu", "LeakyRelu": "FusedConvLeakyRelu",
-                    "Clip": "FusedConvClip", "Sigmoid": "FusedConvSigmoid",
-                    "Tanh": "FusedConvTanh"}
+# activation op (ONNX) -> fused conv op type (the table: convrt/activations.py)
+CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
 # fused conv op -> the conv op it pools (kernel 2x2, stride 2, no padding, floor mode)
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
 POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
@@ -173,29 +172,26 @@ def ChannelAffine(ctx, X, scale, shift):
     return ctx.result([X.shape], [X.dtype], run)
 
 
-# -- ONNX definitions (model-local functions) -----------------------------------------------
+# -- ONNX definitions (model-local functions, plain data) -----------------------------------
 def _node(op, inputs, outputs, refs=None, **attrs):
-    """A body node; ``refs`` maps attribute name -> type, each referring to the caller's."""
-    n = helper.make_node(op, inputs, outputs, **attrs)
-    for name, typ in (refs or {}).items():
-        a = AttributeProto()
-        a.name, a.ref_attr_name, a.type = name, name, typ
-        n.attribute.append(a)
-    return n
+    """A body node; ``refs`` maps attribute name -> type name, each referring to the caller's."""
+    return FunctionNode(op, tuple(inputs), tuple(outputs), attrs,
+                        {name: (name, typ) for name, typ in (refs or {}).items()})
 
 
-def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
-    """The FunctionProto defining ``op_type`` with default-domain ``opset`` ops."""
+def function_def(op_type: str, opset: int) -> Function:
+    """The function defining ``op_type`` with default-domain ``opset`` ops."""
     attrs = []
+    doc = f"convrt fused op {op_type} (see convrt/ops/fused.py)"
     if op_type in POOLED:
-        f = function_proto(POOLED[op_type], opset)
-        nodes = list(f.node)
-        nodes[-1].output[0] = "unpooled"
+        f = function_def(POOLED[op_type], opset)
+        nodes = list(f.nodes)
+        last = nodes[-1]
+        nodes[-1] = FunctionNode(last.op_type, last.inputs, ("unpooled",) + last.outputs[1:],
+                                 last.attrs, last.attr_refs, last.domain)
         nodes.append(_node("MaxPool", ["unpooled"], ["Y"], **POOL_ATTRS))
-        return helper.make_function(CONVRT_DOMAIN, op_type, list(f.input), ["Y"], nodes,
-                                    [helper.make_opsetid("", int(opset))], list(f.attribute),
-                                    doc_string=f"convrt fused op {op_type} (see "
-                                    "convrt/ops/fused.py)")
+        return Function(CONVRT_DOMAIN, op_type, f.inputs, ("Y",), tuple(nodes),
+                        {"": int(opset)}, f.attributes, doc)
     if op_type in CONV_VARIANTS:
         act, extra = CONV_VARIANTS[op_type]
         inputs = ["X", "W", "B", *extra]
@@ -210,7 +206,7 @@ def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
         elif act == "relu":
             nodes.append(_node("Relu", [y], ["Y"]))
         elif act == "leaky_relu":
-            nodes.append(_node("LeakyRelu", [y], ["Y"], {"alpha": AttributeProto.FLOAT}))
+            nodes.append(_node("LeakyRelu", [y], ["Y"], {"alpha": "FLOAT"}))
             attrs.append("alpha")
         elif act == "clip":
             nodes.append(_node("Clip", [y, "min", "max"], ["Y"]))
@@ -226,16 +222,20 @@ def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
         nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]
     else:
         raise KeyError(op_type)
-    return helper.make_function(CONVRT_DOMAIN, op_type, inputs, ["Y"], nodes,
-                                [helper.make_opsetid("", int(opset))], attrs,
-                                doc_string=f"convrt fused op {op_type} (see convrt/ops/fused.py)")
+    return Function(CONVRT_DOMAIN, op_type, tuple(inputs), ("Y",), tuple(nodes), {"": int(opset)},
+                    tuple(attrs), doc)
+
+
+def function_proto(op_type: str, opset: int):
+    """``function_def`` as an ``onnx.FunctionProto`` (for tests that build models by hand)."""
+    return function_to_proto(function_def(op_type, opset))
 
 
 def ensure_function(graph, op_type: str) -> None:
     """Make ``graph`` carry the ONNX definition of ``op_type`` and import domain convrt."""
     key = (CONVRT_DOMAIN, op_type)
     if key not in graph.functions:
-        graph.functions[key] = function_proto(op_type, graph.opset)
+        graph.functions[key] = function_def(op_type, graph.opset)
     graph.opsets[CONVRT_DOMAIN] = 1
     graph.ir_version = max(graph.ir_version, 8)  # model-local functions need IR >= 8
 

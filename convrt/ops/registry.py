@@ -19,15 +19,15 @@ convrt never runs an op under the semantics of an older schema than the model as
 
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import onnx.defs
 
 from ..errors import ShapeError, UnsupportedOpError
+from ..onnx_io import schemas
+from ..onnx_io.schemas import attr_type_ok  # noqa: F401  (ops/infer.py asks it here)
 
 CONVRT_DOMAIN = "convrt"
 
@@ -137,56 +137,21 @@ def schema_version(op_type: str, domain: str, opset: int) -> int | None:
     """The ONNX schema version in force for ``op_type`` at ``opset`` (None when unknown)."""
     if domain == CONVRT_DOMAIN:
         return 1
-    try:
-        return onnx.defs.get_schema(op_type, opset, domain or "").since_version
-    except Exception:  # onnx raises SchemaError for unknown ops/opsets
-        return None
+    return schemas.since_version(op_type, domain, opset)
 
 
-@functools.lru_cache(maxsize=None)
 def schema_attributes(op_type: str, domain: str, opset: int) -> frozenset | None:
     """Attribute names the ONNX schema in force at ``opset`` allows (None: no schema)."""
     if domain == CONVRT_DOMAIN:
         return None
-    try:
-        return frozenset(onnx.defs.get_schema(op_type, opset, domain or "").attributes)
-    except Exception:
-        return None
+    return schemas.attribute_names(op_type, domain, opset)
 
 
-@functools.lru_cache(maxsize=4096)
 def schema_attribute_types(op_type: str, domain: str, opset: int) -> dict | None:
     """Attribute name -> ``AttributeProto.AttributeType`` in the schema in force (None: none)."""
     if domain == CONVRT_DOMAIN:
         return None
-    try:
-        attrs = onnx.defs.get_schema(op_type, opset, domain or "").attributes
-    except Exception:
-        return None
-    return {name: int(a.type) for name, a in attrs.items()}
-
-
-_INT = (int, np.integer)  # bool is an int
-_NUM = (int, float, np.integer, np.floating)
-
-
-def attr_type_ok(value, attr_type: int) -> bool:
-    """Whether a decoded attribute value has the Python type the schema's type decodes to."""
-    A = onnx.AttributeProto
-    if attr_type == A.INT:
-        return isinstance(value, _INT)
-    if attr_type == A.FLOAT:
-        return isinstance(value, _NUM)
-    if attr_type == A.STRING:
-        return isinstance(value, str)
-    if attr_type == A.TENSOR:
-        return isinstance(value, np.ndarray)
-    kinds = {A.INTS: ("iub", _INT), A.FLOATS: ("iubf", _NUM), A.STRINGS: ("U", str)}.get(attr_type)
-    if kinds is None:
-        return True  # graphs, sparse tensors, type protos: the ops taking them check them
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1 and value.dtype.kind in kinds[0]
-    return isinstance(value, (list, tuple)) and all(isinstance(v, kinds[1]) for v in value)
+    return schemas.attribute_types(op_type, domain, opset)
 
 
 def lookup(op_type: str, domain: str, opset: int) -> OpDef | None:

@@ -1,10 +1,9 @@
 """Ops that move or relabel data: reshapes (as views), Concat, Shape, Gather, Cast, Constant."""
 
 import numpy as np
-import onnx.helper
-from onnx import TensorProto
 
 from ..errors import InputError
+from ..onnx_io.tensors import ELEM_BFLOAT16, ELEM_STRING, elem_type_dtype, elem_type_name
 from ._shape import axis as norm_axis
 from ._shape import known, numel
 from .registry import register_op
@@ -240,11 +239,11 @@ def Gather(ctx, data, indices, *, axis=0):
 
 def np_dtype(ctx, to):
     try:
-        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
+        dt = elem_type_dtype(int(to))
     except Exception:
         raise ctx.unsupported(f"cast to ONNX type {to} is not supported") from None
-    if int(to) in (TensorProto.STRING, TensorProto.BFLOAT16) or dt.kind not in "biuf":
-        raise ctx.unsupported(f"cast to {TensorProto.DataType.Name(int(to))} is not supported")
+    if int(to) in (ELEM_STRING, ELEM_BFLOAT16) or dt.kind not in "biuf":
+        raise ctx.unsupported(f"cast to {elem_type_name(int(to))} is not supported")
     return dt
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import numpy as np
 
 from ..compiler import load
 from ..errors import InputError, TrainingError
-from ..onnx_io import from_graph
+from ..onnx_io import from_graph, save_model
 from ..runtime.feeds import check_feeds
 from .autodiff import Program
 from .losses import get_loss
@@ -190,11 +189,9 @@ class Trainer:
         return from_graph(g)
 
     def export(self, path) -> None:
-        import onnx
-
         model = self.to_model()
         try:
-            onnx.save_model(model, os.fspath(path))
+            save_model(model, path)
         except OSError as e:
             raise TrainingError(f"cannot write {path}: {e.strerror}") from None
 
