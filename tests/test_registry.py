@@ -83,3 +83,27 @@ def test_layering():
     assert not bad, bad
 
 
+
+
+def test_duplicate_registration_raises():
+    """Two functions for one (domain, op, version) are an error at import, not an overwrite."""
+    from convrt.ops.registry import register_op
+
+    scratch: dict = {}
+
+    @register_op("Twice", since=(1, 5), registry=scratch)
+    def first(ctx, X):
+        return None
+
+    @register_op("Twice", since=7, registry=scratch)  # another version: fine
+    def other(ctx, X):
+        return None
+
+    with pytest.raises(ValueError, match=r"Twice version\(s\) \[5\] registered twice"):
+        @register_op("Twice", since=(5, 9), registry=scratch)
+        def second(ctx, X):
+            return None
+
+    assert scratch[("", "Twice")][5].fn is first and 9 not in scratch[("", "Twice")]
+    with pytest.raises(ValueError, match="registered twice"):  # convrt's own table too
+        register_op("Relu", since=14)(lambda ctx, X: None)

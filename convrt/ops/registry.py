@@ -114,9 +114,16 @@ class OpDef:
 _REGISTRY: dict[tuple[str, str], dict[int, OpDef]] = {}
 
 
-def register_op(op_type: str, since: int | tuple[int, ...], domain: str = ""):
-    """Register ``fn`` as op ``op_type`` for the listed ONNX schema versions."""
+def register_op(op_type: str, since: int | tuple[int, ...], domain: str = "",
+                registry: dict | None = None):
+    """Register ``fn`` as op ``op_type`` for the listed ONNX schema versions.
+
+    A second function for the same (domain, op, version) raises ValueError at import: a silent
+    overwrite would make the op's behaviour depend on module import order.  ``registry`` (tests
+    only) registers into a scratch table instead of convrt's.
+    """
     versions = (since,) if isinstance(since, int) else tuple(since)
+    target = _REGISTRY if registry is None else registry
 
     def deco(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters.values())[1:]  # drop ctx
@@ -125,7 +132,13 @@ def register_op(op_type: str, since: int | tuple[int, ...], domain: str = ""):
         kw = {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}
         n_req = sum(p.default is p.empty for p in pos)
         opdef = OpDef(op_type, domain, versions, fn, n_req, None if variadic else len(pos), kw)
-        table = _REGISTRY.setdefault((domain, op_type), {})
+        table = target.setdefault((domain, op_type), {})
+        taken = [v for v in versions if v in table]
+        if taken:
+            prev = table[taken[0]].fn
+            raise ValueError(f"op {domain or 'ai.onnx'}::{op_type} version(s) {taken} registered "
+                             f"twice: {prev.__module__}.{prev.__qualname__} and "
+                             f"{fn.__module__}.{fn.__qualname__}")
         for v in versions:
             table[v] = opdef
         return fn
