@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from convrt.activations import fused_attrs
 from convrt.ir import Graph, Node
 from convrt.ops.fused import CONV_ACTIVATIONS, ensure_function
 
@@ -83,9 +84,7 @@ class FuseConvActivationPass(Pass):
             if ins is None:
                 continue
             op = CONV_ACTIVATIONS[act.op_type]
-            attrs = dict(conv.attrs)
-            if act.op_type == "LeakyRelu":
-                attrs["alpha"] = float(act.attrs.get("alpha", 0.01))
+            attrs = dict(conv.attrs) | fused_attrs(act.op_type, act.attrs)
             new = Node(op, ins + extra, [act.outputs[0]], attrs, name=conv.name,
                        domain="convrt")
             replace_chain(graph, [conv, act], new)

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from convrt.activations import reference
+
 
 def conv2d_ref(x, w, b=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
     """ONNX Conv: x (N, C, H, W), w (M, C//group, kH, kW), pads (top, left, bottom, right)."""
@@ -32,17 +34,5 @@ def conv2d_ref(x, w, b=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)
 
 
 def activation_ref(y, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf):
-    """The fused activations, with numpy's NaN behaviour."""
-    if activation == "none":
-        return y
-    if activation == "relu":
-        return np.maximum(y, 0)
-    if activation == "leaky_relu":
-        return np.where(y < 0, y * alpha, y)
-    if activation == "clip":
-        return np.clip(y, clip_min, clip_max)
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-y))
-    if activation == "tanh":
-        return np.tanh(y)
-    raise ValueError(activation)
+    """The fused activations, with numpy's NaN behaviour (``convrt.activations.reference``)."""
+    return reference(y, activation, alpha, clip_min, clip_max)

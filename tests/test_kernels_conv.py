@@ -230,7 +230,7 @@ def test_winograd_nan_inf(act):
 
 def test_winograd_batch_chunks(monkeypatch):
     """A batch too big for the transform buffer runs in chunks of images: same answer."""
-    from convrt.kernels import winograd
+    from convrt.kernels.conv import winograd
 
     monkeypatch.setattr(winograd, "V_BUDGET", 1)  # one image per chunk
     case = (5, 8, 6, 7, 16, (1, 1, 1, 1))
@@ -245,7 +245,7 @@ def test_winograd_batch_chunks(monkeypatch):
 
 
 def test_winograd_choice_is_by_shape():
-    from convrt.kernels.conv import use_winograd
+    from convrt.kernels.conv.winograd import use_winograd
 
     assert use_winograd((1, 256, 56, 56), (256, 256, 3, 3), (1, 1), (1, 1), 1)
     assert use_winograd((1, 512, 14, 14), (512, 512, 3, 3), (1, 1), (1, 1), 1)
@@ -296,7 +296,7 @@ def test_winograd_overlapping_last_run_has_no_race(monkeypatch, budget):
     """Regression: the last run of tiles is shifted back and overlaps the run before it; both
     tasks used to store the shared tiles (bias, then residual + activation in place), so under
     2 threads a pixel could get the residual twice.  Repeat to give the race a chance."""
-    from convrt.kernels import winograd
+    from convrt.kernels.conv import winograd
 
     if budget is not None:
         monkeypatch.setattr(winograd, "V_BUDGET", budget)
@@ -322,7 +322,7 @@ def test_winograd_overlapping_last_run_has_no_race(monkeypatch, budget):
 def test_every_microkernel_shape_transposed_store(monkeypatch, dtype):
     """Each (blocks, pixels) microkernel shape, forced, with the in-register transpose of its
     tile: partial last block, shifted-back last tile, residual and ReLU."""
-    from convrt.kernels import conv as convmod
+    from convrt.kernels.conv import _microkernel as convmod
 
     rng = np.random.default_rng(11)
     for shape in convmod._shapes(np.dtype(dtype)):
@@ -364,7 +364,7 @@ def test_unrolled_taps_match_generic_loop(monkeypatch, name, dtype, row_major):
     sums in the same order as the one-offset-per-step loop, so the two agree bit for bit, and
     both match the naive reference; with both work orders, strides and dilations along either
     axis, groups, one channel per group, and the residual + ReLU epilogue."""
-    from convrt.kernels import conv as convmod
+    from convrt.kernels.conv import _microkernel as convmod
 
     n, c, h, w, m, strides, pads, dil, group, shape, mode = TAPS_CASES[name]
     monkeypatch.setattr(convmod, "_choose_shape", lambda mg, ow, dt, allowed=None: shape)
@@ -393,7 +393,7 @@ def test_shared_scratch_holds_no_stale_data(dtype):
     its borders, plane gaps and spare plane.  Poisoned with NaN, and alternated between layers
     of different geometry (padding, stride phases, a gathered 1x1), the outputs still equal
     the naive reference."""
-    from convrt.kernels.conv import _shared_scratch
+    from convrt.kernels.conv._layout import _shared_scratch
 
     names = ["3x3", "3x3_s2_asym", "3x3_d2_s2", "5x5", "1x1_s2", "1x1_s21", "7x7_s2",
              "3x3_c3_s2"]
@@ -432,7 +432,7 @@ def test_strided_1x1_gathers_its_pixels(algo, shape, strides, group):
 
 
 def _shared_scratch_poison():
-    from convrt.kernels.conv import _shared_scratch
+    from convrt.kernels.conv._layout import _shared_scratch
     _shared_scratch(1 << 16, np.float32)[:] = np.nan
 
 
@@ -446,7 +446,7 @@ def test_pad_copy_serial_and_parallel_agree(c, h, w, stride, pads):
     """The input copy runs on the calling thread when small (``PAD_SERIAL_ELEMS``), else as a
     parallel loop; both write every element of the scratch (borders, plane gaps, the spare
     plane) with the same values, whatever stale data it held."""
-    from convrt.kernels.conv import _pad_copy, _pad_copy_serial
+    from convrt.kernels.conv._layout import _pad_copy, _pad_copy_serial
 
     x = np.random.default_rng(c * h + w).standard_normal((2, c, h, w)).astype(np.float32)
     wt = np.ones((8, c, 3, 3), np.float32)
@@ -491,7 +491,7 @@ def test_every_pixel_shape(monkeypatch, dtype, pix_major):
     """Each (channels, pixel vectors) pixel microkernel, forced, in both work orders, on 1x1
     layers (one long row; gathered when strided): partial last channel block, shifted-back
     last pixel tile, stride, residual and clip."""
-    from convrt.kernels import pixel
+    from convrt.kernels.conv import pixel
 
     monkeypatch.setattr(pixel, "PIX_MAJOR_BYTES", 0 if pix_major else 1 << 40)
     rng = np.random.default_rng(12)
@@ -574,7 +574,7 @@ def test_pixel_bitwise_same_across_thread_counts(name):
 def test_pixel_spatial_forced_vs_naive(monkeypatch, name, dtype):
     """The pixel kernel on kernels with taps (padding, stride, dilation), forced for the
     7x7 one whose 147 taps would otherwise go to the blocked kernel; residual and ReLU."""
-    from convrt.kernels import conv as convmod
+    from convrt.kernels.conv import pixel as convmod
 
     monkeypatch.setattr(convmod, "PIXEL_MAX_TAPS", 1000)
     case = CASES[name]
@@ -593,7 +593,7 @@ def test_pixel_spatial_forced_vs_naive(monkeypatch, name, dtype):
 def test_winograd_fused_groups(monkeypatch, name, g_bytes, dtype):
     """The fused path (one pass per group of whole tile rows): groups of one tile row, groups
     spanning images with a short last group, and one group for everything; residual + ReLU."""
-    from convrt.kernels import winograd
+    from convrt.kernels.conv import winograd
 
     monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
     monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
@@ -613,7 +613,7 @@ def test_winograd_fused_groups(monkeypatch, name, g_bytes, dtype):
 
 
 def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
-    from convrt.kernels import winograd
+    from convrt.kernels.conv import winograd
 
     monkeypatch.setattr(winograd, "FUSED_MIN_GROUPS", 1)
     monkeypatch.setattr(winograd, "FUSED_MAX_U_PER_TILE", 1 << 40)
@@ -652,7 +652,7 @@ def test_conv_maxpool_equals_conv_then_pool(name, dtype):
     """``ConvMaxPool`` (fused or general path) equals ``Conv2d`` followed by the MaxPool kernel
     bit for bit, NaN included, at 1 and all threads; the pooled output is every element of
     ``out`` (it starts poisoned)."""
-    from convrt.kernels.conv_pool import ConvMaxPool
+    from convrt.kernels.conv.conv_pool import ConvMaxPool
     from convrt.kernels.pool import max_pool2d
 
     shape, m, k, strides, pads, group, algo, act, fused = POOL_CASES[name]
@@ -678,7 +678,7 @@ def test_conv_maxpool_matches_onnx():
     """The fused path against ONNX's reference Conv -> Relu -> MaxPool."""
     from onnx.reference import ReferenceEvaluator
     from onnx import TensorProto, helper, numpy_helper
-    from convrt.kernels.conv_pool import ConvMaxPool
+    from convrt.kernels.conv.conv_pool import ConvMaxPool
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 6, 11, 14)).astype(np.float32)
@@ -703,7 +703,7 @@ def test_conv_maxpool_matches_onnx():
 def test_conv_maxpool_concurrent_calls(name):
     """Per-thread scratch (input copy, unpooled output): calls from several Python threads at
     once, interleaved with another geometry, each get their own result."""
-    from convrt.kernels.conv_pool import ConvMaxPool
+    from convrt.kernels.conv.conv_pool import ConvMaxPool
 
     shape, m, k, strides, pads, group, algo, act, _ = POOL_CASES[name]
     rng = np.random.default_rng(11)
@@ -722,7 +722,7 @@ def test_conv_maxpool_concurrent_calls(name):
 def test_masked_tile_store_equals_scalar_store(act, dtype):
     """``_store_tile_m`` (vector, masked) writes exactly what ``_store_tile`` writes for every
     tile width, channel count and residual choice, NaN included, and nothing past ``nt``."""
-    from convrt.kernels.conv import _store_tile, _store_tile_m
+    from convrt.kernels.conv._epilogue import _store_tile, _store_tile_m
 
     @numba.njit
     def store_m(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):  # intrinsics need jit

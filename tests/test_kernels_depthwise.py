@@ -139,7 +139,7 @@ def test_depthwise_threads_share_one_conv():
 def test_channel_blocked_matches_planar(name, monkeypatch):
     """Small maps take the channel-blocked kernel; the planar one agrees (to rounding: the
     two contract multiply-adds differently), and each is bitwise stable run to run."""
-    from convrt.kernels import depthwise
+    from convrt.kernels.conv import depthwise
 
     case = CASES[name]
     x, wt, b = _data(case, np.float32, seed=4)
@@ -183,7 +183,7 @@ def _dw3(name, dtype, seed=0):
 @pytest.mark.parametrize("act", range(4))  # none, relu, leaky_relu, clip: done in registers
 @pytest.mark.parametrize("name", sorted(DW3))
 def test_dw3x3_vs_naive(name, act, residual, dtype):
-    from convrt.kernels.dw3x3 import Depthwise3x3
+    from convrt.kernels.conv.dw3x3 import Depthwise3x3
 
     case, x, wt, b = _dw3(name, dtype, seed=act)
     conv = _conv(case, wt, b, dtype, **ACTS[act])
@@ -201,7 +201,7 @@ def test_dw3x3_vs_naive(name, act, residual, dtype):
 def test_dw3x3_choice():
     """3x3 / pad 1 / stride 1 or 2 / one channel per group / an in-register activation only;
     everything else (and algo="depthwise") keeps the general kernel."""
-    from convrt.kernels.dw3x3 import Depthwise3x3
+    from convrt.kernels.conv.dw3x3 import Depthwise3x3
 
     def fast(name, **kw):
         case = CASES[name]
@@ -239,7 +239,7 @@ def test_dw3x3_nan_inf(name, act):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride):
-    from convrt.kernels import dw3x3
+    from convrt.kernels.conv import dw3x3
 
     case = (4, 128, 60, 37, 128, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), 128)
     x, wt, b = _data(case, np.float32, seed=2)

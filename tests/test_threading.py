@@ -108,7 +108,7 @@ def test_two_ended_claims_partition_the_loop(total, grain):
     """``_claim_end`` with one worker at each end, claims interleaved at random (as two
     threads may): every item is claimed exactly once, the front worker's items are a prefix
     and the back worker's a suffix."""
-    from convrt.kernels.conv import _claim_end
+    from convrt.kernels.conv._schedule import _claim_end
 
     rng = np.random.default_rng(total)
     for _ in range(20):
@@ -135,7 +135,7 @@ def test_two_ended_claims_change_no_result():
     one shared front (a VGG-like stack big enough for every step to run in parallel)."""
     import builders  # sample_models/ is on sys.path (conftest)
 
-    import convrt.kernels.conv as conv
+    import convrt.kernels.conv._schedule as conv
 
     g = builders._Graph(seed=4, opset=13)
     x = g.relu(g.conv("input", 3, 32, 3, pad=1, name="c0"), name="r0")

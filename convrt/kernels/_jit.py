@@ -3,7 +3,8 @@
 Every kernel is compiled with ``cache=True`` (so a second process loads machine code from disk)
 and without blanket ``fastmath=True``: NaN/Inf semantics are kept.  ``FAST`` is the narrow flag
 set the convolution microkernels use (contraction into FMA, no signed-zero care); it leaves
-``reassoc`` out on purpose, since that makes LLVM vectorize reductions the slow way.
+``reassoc`` out on purpose, since that makes LLVM vectorize reductions the slow way;
+``DOT_FAST`` adds it for the one kernel that wants it (``gemm.gemm_nt``).
 
 numba turns SLP vectorization off by default; the conv microkernels need it, and numba's cache key
 ignores it, so it is switched on here, before any kernel is compiled, for every process alike.
@@ -49,6 +50,10 @@ if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file_
     numba.config.CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba")
 
 FAST = {"contract", "nsz"}  # a set: numba rejects frozensets
+# gemm.py's dot products need ``reassoc`` on their reductions so LLVM can split them over vector
+# lanes (without it each sum is a serial chain); NaN/Inf semantics are unaffected.  Only there:
+# in the conv microkernels' loops it makes LLVM vectorise the wrong way (PERFORMANCE.md).
+DOT_FAST = {"contract", "reassoc", "nsz"}
 
 TBB_SONAME = "libtbb.so.12"
 TBB_MIN_INTERFACE = 12060  # numba's own check: TBB 2021 update 6 or later

@@ -9,9 +9,8 @@ one ``prange`` task each; the chunk of every output row stays in L1 while K is w
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
-
-ACT_NONE, ACT_RELU = 0, 1
+from ..activations import NONE as ACT_NONE, RELU as ACT_RELU  # noqa: F401  (ops/linear.py)
+from ._jit import DOT_FAST, pjit
 
 
 @pjit
@@ -44,14 +43,11 @@ def gemm_packed(a, bkm, c, out, alpha, beta, chunk, act):
                 out[i, j] = v
 
 
-# The dot-product kernel below needs ``reassoc`` on its reductions so LLVM can split them over
-# vector lanes (without it each sum is a serial chain); NaN/Inf semantics are unaffected.
-_DOT_FM = {"contract", "reassoc", "nsz"}
 JB = 4  # rows of B per task (one register tile: 4 running dot products share each a[k])
 KC = 2048  # K elements per pass: 4 B rows + one a row of a pass stay in L1
 
 
-@pjit(fastmath=_DOT_FM)
+@pjit(fastmath=DOT_FAST)
 def gemm_nt(a, bmk, c, out, alpha, beta, act):
     """out = act(alpha * a @ bmk.T + beta * c); a (N, K), bmk (M, K) row-major (ONNX Gemm's
     transB=1 weights as stored: no packed copy), c (N, M) or (0, 0) when absent, out (N, M).

@@ -3,11 +3,9 @@
 import math
 
 from ..kernels.conv import Conv2d
-from ..kernels.conv_pool import ConvMaxPool
+from ..kernels.conv.conv_pool import ConvMaxPool
 from ._shape import FLOAT_TYPES, ints, known, window
 from .registry import register_op
-
-ACTIVATIONS = ("none", "relu", "leaky_relu", "clip", "sigmoid", "tanh")
 
 
 def check_conv_inputs(ctx, X, W, what: str = "convolution") -> int:
@@ -57,7 +55,7 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
 def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha=0.01,
               clip=(-math.inf, math.inf), residual=False, pool=False):
     """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height.  With
-    ``pool`` (2-D only) the result is max-pooled 2x2/2 (``kernels/conv_pool.py``)."""
+    ``pool`` (2-D only) the result is max-pooled 2x2/2 (``kernels/conv/conv_pool.py``)."""
     if len(k) == 3:
         from .conv3d import bind_conv3d
         return bind_conv3d(ctx, X, W, B, k, s, d, p, g, shape, macs, activation, alpha, clip,
@@ -106,7 +104,7 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
 
 
 def _scratch_bytes(in4, s, p, itemsize) -> int:
-    """Bytes of Conv2d's zero-bordered input copy (kernels/conv.py), counted in the budget."""
+    """Bytes of Conv2d's zero-bordered input copy (kernels/conv/_layout.py), counted in the budget."""
     n, c, h, w = in4
     if s[1] == 1 and not any(p):
         return 0

@@ -8,8 +8,8 @@ Each 2x2 block of output pixels ("tile") is computed from the 4x4 input patch un
   contiguous run);
 * input transform (``_wino_input``): ``V[xi, c, tile] = (B^T d B)[xi]``, tiles numbered
   row-major over (image, tile row, tile column); borders read as zeros;
-* per (block of output channels, run of T consecutive tiles): 16 small GEMMs with conv.py's
-  register-tiled microkernel (``_tile_sums``: T tiles x 16*B channels, summed over c) into a
+* per (block of output channels, run of T consecutive tiles): 16 small GEMMs with the direct
+  kernel's register-tiled microkernel (``_microkernel``: T tiles x 16*B channels, over c) into a
   stack buffer, then the output transform, bias, residual and activation, stored into NCHW.
   The last run is shifted back to end at the last tile: it recomputes a few tiles bit for bit.
 
@@ -21,13 +21,19 @@ Every output is computed by exactly one work item with a fixed summation order, 
 not depend on the number of threads or on scheduling.
 """
 
+import threading
+
 import numba
 import numpy as np
 from numba import prange
 
-from ._jit import FAST, njit, pjit
-from .conv import (ACT_NONE, VEC, _claim_end, _row_epilogue, _side, _tile_sums,
-                   work_split)
+from ...activations import NONE
+from .._jit import FAST, njit, pjit
+from ._base import ConvAlgorithm
+from ._epilogue import _row_epilogue
+from ._ir import VEC
+from ._microkernel import PRODUCT_SHAPES, _choose_shape, tile_kernel
+from ._schedule import _claim_end, _side, work_split
 
 _FM = set(FAST)
 _U = np.uint64
@@ -38,28 +44,10 @@ NXI = 16  # transform positions of F(2x2, 3x3)
 # One image above the budget still makes a chunk of one (VGG-16's 56x56 and 28x28 at batch 1).
 V_BUDGET = 8 << 20
 
-# The microkernel shapes the products use: a few, not conv.py's fourteen, since every shape is
-# compiled into each caller (unfused and fused) and compile time is cold-start time.  Tiles run
-# over all of a layer's (or a group's) tiles, so long runs almost always fit.
-WINO_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1))
-
-
-@njit
-def _wino_kernel(xf, xb, offs, wp, blk, bp, tile, nb_, nt):
-    """conv.py's ``_tile_sums`` (untransposed) for a runtime shape of ``WINO_SHAPES`` or
-    (1, 1)."""
-    if nb_ == 2 and nt == 14:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 14, False, 0)
-    elif nb_ == 2 and nt == 8:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 8, False, 0)
-    elif nb_ == 2 and nt == 7:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 7, False, 0)
-    elif nb_ == 2 and nt == 4:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 4, False, 0)
-    elif nb_ == 2 and nt == 1:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 2, 1, False, 0)
-    else:
-        _tile_sums(xf, xb, offs, wp, blk, bp, tile, 1, 1, False, 0)
+# The microkernel shapes the products use: a few, not the direct kernel's fourteen, since every
+# shape is compiled into each caller (unfused and fused) and compile time is cold-start time.
+# Tiles run over all of a layer's (or a group's) tiles, so long runs almost always fit.
+WINO_SHAPES = PRODUCT_SHAPES
 
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -219,7 +207,7 @@ def _wino_store(buf, b0, xs, nt, wd, t0, skip, jv, m0, bias, out, res, has_res, 
                 y = _U(k * 2 * n2 + i * n2 + 2 * t)
                 for q in range(wl):
                     out[o + _U(q)] = yb[y + _U(q)] + bv
-                if has_res or act != ACT_NONE:
+                if has_res or act != NONE:
                     _row_epilogue(out, o, _U(wl), res, has_res, act, prm)
         t += cnt
 
@@ -228,7 +216,7 @@ def _wino_store(buf, b0, xs, nt, wd, t0, skip, jv, m0, bias, out, res, has_res, 
 def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs, nthr, grain):
     """The 16 products, one per transform position xi: work items (xi, block of 16*nb_
     output channels, run of nt tiles), xi outermost so one xi's transformed input and weights
-    stay in cache, claimed ``grain`` at a time by ``nthr`` workers (conv.py's ``_run_blocked``
+    stay in cache, claimed ``grain`` at a time by ``nthr`` workers (the direct kernel's ``_run_blocked``
     scheme): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
     shifted back to end at the last tile."""
     wd = nb_ * VEC
@@ -257,7 +245,7 @@ def _gemm_worker(ctr, grain, total, v, offs, up, zb, mb, nb_, nt, nrun, ntiles, 
             blk = r // nrun
             ri = r - blk * nrun
             t0 = min(ri * nt, ntiles - nt)
-            _wino_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):],
+            tile_kernel(v, _U(xi * cs + t0), offs, up, blk * NXI + xi, zb, mb[_U(u * sz):],
                          nb_, nt)
 
 
@@ -374,7 +362,7 @@ def _wino_fused(x, out, res, has_res, act, prm, up, zb, bias, offs, scr, geo, nt
     """Groups of tiles claimed one at a time by ``nthr`` workers; ``scr[worker]`` holds the
     worker's buffers.  ``geo`` (int64) = C, H, W, pt, pl, tiles per image, tile columns, all
     tiles, group size G, M, channel blocks, nb_, nt, oh, ow.  Only the sign of ``grain``
-    counts (``conv.work_split``)."""
+    counts (``_schedule.work_split``)."""
     ctr = np.zeros(1, dtype=np.int64)
     for wk in prange(nthr):
         _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, scr[wk], geo,
@@ -415,7 +403,7 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
             for xi in range(NXI):
                 for ri in range(nrun):
                     t0 = min(ri * nt, gsz - nt)
-                    _wino_kernel(vl, _U(xi * c_n * gsz + t0), offs, up, blk * NXI + xi, zb,
+                    tile_kernel(vl, _U(xi * c_n * gsz + t0), offs, up, blk * NXI + xi, zb,
                                  ml[_U((xi * gsz + t0) * wd):], nb_, nt)
             m0 = blk * wd
             _wino_store(ml, _U(0), _U(gsz * wd), cnt, wd, g0, np.int64(0), min(wd, m_all - m0), m0,
@@ -423,7 +411,7 @@ def _fused_worker(ctr, x, out, res, has_res, act, prm, up, zb, bias, offs, buf, 
 
 
 class Winograd:
-    """The F(2x2, 3x3) path of ``Conv2d`` (3x3, stride 1, dilation 1, group 1)."""
+    """The F(2x2, 3x3) engine of ``WinogradConv`` (3x3, stride 1, dilation 1, group 1)."""
 
     def __init__(self, w, bias, in_shape, pads, shape, dtype):
         n_img, c_n, h_n, w_n = in_shape
@@ -505,3 +493,59 @@ class Winograd:
             nthr, grain = work_split(self.nb * nrun)
             _wino_out(mb, self.bias, of, res, has_res, act, prm, self.nb_, self.nt, self.nb, nrun,
                       self.m_all, ntiles, self.tpi, self.tw, self.oh, self.ow, nthr, grain)
+
+
+def use_winograd(in_shape, w_shape, strides, dilations, group):
+    """Whether a layer runs as Winograd F(2x2, 3x3): a function of the shapes only, so the
+    choice (and hence the result, bit for bit) is the same on every run."""
+    _, c_n, h_n, w_n = in_shape
+    m_all, _, kh, kw = w_shape
+    return (kh == kw == 3 and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+            and group == 1 and c_n >= WINO_MIN_C and m_all >= WINO_MIN_M
+            and min(h_n, w_n) >= 4 and h_n * w_n <= WINO_MAX_HW
+            and 4 * -(-h_n // 2) * -(-w_n // 2) <= WINO_MAX_WASTE * h_n * w_n
+            and c_n * -(-w_n // 2) >= WINO_MIN_C_TW)
+
+
+# Measured on VGG-16 layers (benchmarks/conv_layers.py --algo direct|winograd): Winograd wins
+# from 128 input channels on 56x56 and smaller maps; on the 112x112 / 224x224 maps its
+# transforms (memory-bound) cost more than the multiplies it saves.
+WINO_MIN_C, WINO_MIN_M, WINO_MAX_HW = 128, 32, 56 * 56
+# Odd small maps compute whole 2x2 tiles past the edge: 7x7 computes 8x8 (1.31x the outputs),
+# which measured 10-20 % slower than direct on ResNet-18's 7x7 512-channel layers (1 thread,
+# CPU time); 13x13 (1.16x) and even sizes stay Winograd.
+WINO_MAX_WASTE = 1.2
+# Input channels x tiles per row.  With 2 threads, interleaved in one process (2026-11-27),
+# direct was 9-16 % faster than Winograd on ResNet-18's 28x28x128 (1792) and tied on 14x14x256
+# (1792); VGG-16's layers (3584 and up) gain 5-37 % from Winograd.  At batch 64 the direct
+# kernel with unrolled taps beat even the fused Winograd path on small VGG's 16x16x128 (17.4 vs
+# 20.3 ms) and 8x8x128->256 (8.7 vs 9.3 ms) layers and came within 4 % on 8x8x256 (1024).
+WINO_MIN_C_TW = 2048
+
+
+class WinogradConv(ConvAlgorithm):
+    """The Winograd engine bound to a layer (``_wino``), with its per-thread buffers."""
+
+    name = "winograd"
+
+    @classmethod
+    def accepts(cls, layer, cpu) -> bool:
+        return use_winograd(layer.in_shape, (layer.m_all, layer.cg, layer.kh, layer.kw),
+                            layer.strides, layer.dilations, layer.group)
+
+    def __init__(self, layer, w, bias):
+        super().__init__(layer, w, bias)
+        assert (layer.kh == layer.kw == 3 and layer.sh == layer.sw == layer.dh == layer.dw == 1
+                and layer.group == 1)
+        tpi = -(-layer.oh_n // 2) * -(-layer.ow_n // 2)
+        self._wino = Winograd(w, bias, self.in_shape, layer.pads,
+                              _choose_shape(layer.m_all, tpi, self.dtype, WINO_SHAPES),
+                              self.dtype)
+        self._tls = threading.local()
+
+    def scratch_bytes(self) -> int:
+        return self._wino.scratch_bytes()
+
+    def __call__(self, x, out, residual=None):
+        self._wino(x, out, residual, self.act, self._prm, self._tls)
+        return out

@@ -1,6 +1,6 @@
 """Depthwise and narrow-group 2-D convolution (fewer than 8 output channels per group).
 
-``Conv2d`` (kernels/conv.py) hands these layers to :class:`Depthwise` at construction; the dense
+``select`` hands these layers here (or to ``dw3x3.py``, which it tries first); the dense
 kernels never see them.
 
 One task is one (image, group): its ``cg`` input planes are copied into a small per-thread
@@ -32,8 +32,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import FAST, njit, pjit
-from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, ACT_SIGMOID
+from ...activations import CLIP, LEAKY, NONE, RELU, SIGMOID
+from .._jit import FAST, njit, pjit
+from ._base import ConvAlgorithm
+from ._schedule import SERIAL_MACS
 
 _FM = set(FAST)  # numba wants a set
 _U = np.uint64
@@ -143,23 +145,23 @@ def _store(acc, q_n, out, ob, oh_n, ow_n, res, has_res, act, prm):
         if has_res:
             for i in range(ow_n):
                 acc[a + i] += res[o + i]
-        if act == ACT_NONE:
+        if act == NONE:
             for i in range(ow_n):
                 out[o + i] = acc[a + i]
-        elif act == ACT_CLIP:
+        elif act == CLIP:
             for i in range(ow_n):
                 v = acc[a + i]
                 v = lo if v < lo else v
                 out[o + i] = hi if v > hi else v
-        elif act == ACT_RELU:
+        elif act == RELU:
             for i in range(ow_n):
                 v = acc[a + i]
                 out[o + i] = zero if v < zero else v
-        elif act == ACT_LEAKY:
+        elif act == LEAKY:
             for i in range(ow_n):
                 v = acc[a + i]
                 out[o + i] = v * alpha if v < zero else v
-        elif act == ACT_SIGMOID:
+        elif act == SIGMOID:
             for i in range(ow_n):
                 out[o + i] = one / (one + np.exp(-acc[a + i]))
         else:
@@ -279,23 +281,23 @@ def _cb_store(ob, nl, ohw, out, o0, res, has_res, act, prm):
         if has_res:
             for p in range(ohw):
                 ob[p * v + l] += res[o + p]
-        if act == ACT_NONE:
+        if act == NONE:
             for p in range(ohw):
                 out[o + p] = ob[p * v + l]
-        elif act == ACT_CLIP:
+        elif act == CLIP:
             for p in range(ohw):
                 a = ob[p * v + l]
                 a = lo if a < lo else a
                 out[o + p] = hi if a > hi else a
-        elif act == ACT_RELU:
+        elif act == RELU:
             for p in range(ohw):
                 a = ob[p * v + l]
                 out[o + p] = zero if a < zero else a
-        elif act == ACT_LEAKY:
+        elif act == LEAKY:
             for p in range(ohw):
                 a = ob[p * v + l]
                 out[o + p] = a * alpha if a < zero else a
-        elif act == ACT_SIGMOID:
+        elif act == SIGMOID:
             for p in range(ohw):
                 out[o + p] = one / (one + np.exp(-ob[p * v + l]))
         else:
@@ -347,35 +349,31 @@ def _cb_run_seq(x, out, res, has_res, prm, wp, toff, scratch, geo):
 CB_MAX_PIXELS = 8 * 8
 
 
-# Below this many multiply-adds a layer runs on the calling thread (runtime/plan.py makes the
-# same call for whole steps: SERIAL_MACS).
-SERIAL_MACS = 1 << 21
+class Depthwise(ConvAlgorithm):
+    """A depthwise / narrow-group convolution bound once.
 
-
-class Depthwise:
-    """A depthwise / narrow-group convolution bound once (same contract as ``Conv2d``).
-
-    ``act`` is the activation code and ``prm`` the (alpha, clip_min, clip_max, 0, 1) array
-    Conv2d built.  Calling ``dw(x, out, residual=None)`` writes ``act(conv(x) + b + residual)``
+    Calling ``dw(x, out, residual=None)`` writes ``act(conv(x) + b + residual)``
     into ``out``.  The scratch is per calling thread (``threading.local``), one row per block.
     The geometry travels packed in one int64 array: numba's per-call dispatch cost grows with
     the argument count (and ``np.uint64`` scalars cost ~0.1 us each to unbox).
     """
 
-    def __init__(self, w, bias, in_shape, strides, pads, dilations, group, act, prm, dtype):
-        dtype = np.dtype(dtype)
-        n_img, c_n, h_n, w_n = (int(v) for v in in_shape)
+    name = "depthwise"
+
+    @classmethod
+    def accepts(cls, layer, cpu) -> bool:
+        """Fewer than 8 output channels per group: the dense kernels' blocks of 16 channels
+        would be mostly padding."""
+        return layer.mg < 8
+
+    def __init__(self, layer, w, bias):
+        super().__init__(layer, w, bias)
+        dtype, act, group = layer.dtype, layer.act, layer.group
+        n_img, c_n, h_n, w_n = layer.in_shape
         m_all, cg, kh, kw = w.shape
-        sh, sw = (int(v) for v in strides)
-        dh, dw = (int(v) for v in dilations)
-        pt, pl, pb, pr = (int(v) for v in pads)
-        oh_n = (h_n + pt + pb - (kh - 1) * dh - 1) // sh + 1
-        ow_n = (w_n + pl + pr - (kw - 1) * dw - 1) // sw + 1
-        self.in_shape = (n_img, c_n, h_n, w_n)
-        self.out_shape = (n_img, m_all, oh_n, ow_n)
-        self.dtype = dtype
-        self._prm = prm
-        self._dummy = np.zeros(1, dtype=dtype)
+        sh, sw, dh, dw = layer.sh, layer.sw, layer.dh, layer.dw
+        pt, pl, pb, pr = layer.pads
+        oh_n, ow_n = layer.oh_n, layer.ow_n
         hq = -(-(h_n + pt + pb) // sh)
         q_n = -(-(w_n + pl + pr) // sw)
         psz = hq * q_n

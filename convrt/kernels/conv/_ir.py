@@ -1,4 +1,4 @@
-"""What the LLVM-level microkernels share (conv.py, pixel.py, dw3x3.py): 16-lane vectors of the
+"""What the LLVM-level microkernels share (_microkernel.py, _epilogue.py, pixel.py, dw3x3.py): 16-lane vectors of the
 arrays' float type, the fused multiply-add intrinsic, splats and integer constants.
 
 Every microkernel is a numba ``@intrinsic`` whose codegen builds its loop with llvmlite; this
@@ -7,6 +7,8 @@ keeps their common vocabulary in one place so that each file only says what its 
 
 from llvmlite import ir
 from numba.core import cgutils
+
+from ...activations import CLIP, LEAKY, RELU
 
 VEC = 16  # lanes per vector
 
@@ -104,18 +106,17 @@ class VecIR:
             finals.append(fin)
         return finals
 
-
     def activate(self, v, act, prm):
-        """``v`` through activation ``act`` (0 none, 1 relu, 2 leaky, 3 clip: conv.ACT_*; a
-        compile-time int) with ``prm`` = (alpha, lo, hi, 0) splats, as ``conv._store_tile``
+        """``v`` through activation code ``act`` (one of ``activations.IN_REGISTERS``, a
+        compile-time int) with ``prm`` = (alpha, lo, hi, 0) splats, as ``_epilogue._store_tile``
         computes it: every comparison ordered, so NaN passes through unchanged."""
         b = self.builder
         alpha, lo, hi, zero = prm
-        if act == 1:
+        if act == RELU:
             return b.select(b.fcmp_ordered("<", v, zero), zero, v)
-        if act == 2:
+        if act == LEAKY:
             return b.select(b.fcmp_ordered("<", v, zero), b.fmul(v, alpha), v)
-        if act == 3:
+        if act == CLIP:
             v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
             return b.select(b.fcmp_ordered(">", v, hi), hi, v)
         return v

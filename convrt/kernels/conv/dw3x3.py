@@ -26,11 +26,11 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from ...activations import IN_REGISTERS, LEAKY, NONE, RELU
+from .._jit import njit, pjit
+from ._base import ConvAlgorithm
 from ._ir import VEC, VecIR, arrays
-from ._jit import njit, pjit
-from .conv import ACT_CLIP, ACT_LEAKY, ACT_NONE, ACT_RELU, _claim_end, _side, work_split
-
-ACTS = (ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_CLIP)
+from ._schedule import SERIAL_MACS, _claim_end, _side, work_split
 
 
 @intrinsic
@@ -172,20 +172,20 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
 def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stride, act):
     """``_dw3_plane`` for a runtime (stride, act)."""
     if stride == 1:
-        if act == ACT_NONE:
+        if act == NONE:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 0)
-        elif act == ACT_RELU:
+        elif act == RELU:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 1)
-        elif act == ACT_LEAKY:
+        elif act == LEAKY:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 2)
         else:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 3)
     else:
-        if act == ACT_NONE:
+        if act == NONE:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 0)
-        elif act == ACT_RELU:
+        elif act == RELU:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 1)
-        elif act == ACT_LEAKY:
+        elif act == LEAKY:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 2)
         else:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 3)
@@ -231,30 +231,37 @@ def supports(kernel_shape, strides, pads, dilations, cg, mg, act):
     the microkernel applies in registers."""
     return (tuple(kernel_shape) == (3, 3) and tuple(pads) == (1, 1, 1, 1)
             and tuple(strides) in ((1, 1), (2, 2)) and tuple(dilations) == (1, 1)
-            and cg == 1 and mg == 1 and act in ACTS)
+            and cg == 1 and mg == 1 and act in IN_REGISTERS)
 
 
 MAX_WIDTH = 2**31 - 2 * VEC  # column indices are int32 lanes
 
 
-class Depthwise3x3:
-    """A layer ``supports`` accepts, bound once (the contract of ``Conv2d``)."""
+class Depthwise3x3(ConvAlgorithm):
+    """A layer ``supports`` accepts, bound once."""
 
-    def __init__(self, w, bias, in_shape, stride, act, prm, dtype, serial):
-        n_img, c_n, h_n, w_n = (int(v) for v in in_shape)
-        oh_n, ow_n = (h_n - 1) // stride + 1, (w_n - 1) // stride + 1
+    name = "depthwise"  # what Conv2d.algo has always said for this family
+
+    @classmethod
+    def accepts(cls, layer, cpu) -> bool:
+        return (layer.n_img * layer.c_n * layer.h_n * layer.w_n < 2**62
+                and layer.w_n < MAX_WIDTH
+                and supports((layer.kh, layer.kw), layer.strides, layer.pads, layer.dilations,
+                             layer.cg, layer.mg, layer.act))
+
+    def __init__(self, layer, w, bias):
+        super().__init__(layer, w, bias)
+        dtype, act, stride = layer.dtype, layer.act, layer.sh
+        n_img, c_n, h_n, w_n = layer.in_shape
+        oh_n, ow_n = layer.oh_n, layer.ow_n
+        serial = n_img * layer.m_all * oh_n * ow_n * 9 < SERIAL_MACS
         self._wb = np.empty((c_n, 10), dtype=dtype)
         self._wb[:, :9] = w.reshape(c_n, 9)
         self._wb[:, 9] = bias
         self._wb = self._wb.reshape(-1)
-        self._prm = prm
-        self._dummy = np.zeros(1, dtype=dtype)
         self._geo = np.array([n_img, c_n, h_n, w_n, oh_n, ow_n, stride, act], dtype=np.int64)
         self._planes = n_img * c_n
         self._kernel = _run_seq if serial else _run_par
-
-    def scratch_bytes(self) -> int:
-        return 0
 
     def __call__(self, x, out, residual=None):
         nthr, grain = work_split(self._planes)

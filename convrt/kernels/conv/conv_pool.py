@@ -2,12 +2,12 @@
 
 Unfused, the convolution writes its whole output (small VGG at batch 64: 16.8 MB after its
 second layer) and the pool reads it back to keep a quarter.  Here a work item of the blocked
-kernel (``kernels/conv.py``) is (image, block of 16*B channels, *pooled* row): it computes the
+kernel (``direct.py``) is (image, block of 16*B channels, *pooled* row): it computes the
 two convolution rows of that pooled row tile by tile, takes each 2x2 window's max from the two
 tiles while they are still in L1, applies the activation and stores only the pooled values.
 
-The workers (``conv._pooled_worker``, ``conv._store_pool``) live beside the blocked kernel's
-and share its parallel driver ``conv._run_blocked``.  The results equal the unfused ops bit for
+The workers (``direct._pooled_worker``, ``direct._store_pool``) live beside the blocked
+kernel's and share its parallel driver (``Direct.run``).  The results equal the unfused ops bit for
 bit: the bias is in every sum already, and ReLU is monotonic, so ``relu(max(a, b, c, d)) ==
 max(relu(a), ..., relu(d))``; the max is NaN-sticky in the same order as ``kernels/pool.py``.
 Tiles hold an even number of pixels and start at even columns, so a window never straddles two
@@ -24,16 +24,18 @@ import threading
 
 import numpy as np
 
-from .conv import (ACT_NONE, ACT_RELU, SHAPES, Conv2d, _choose_shape, _pooled_worker,
-                   _run_blocked, nchw_strides, padded_strides, work_split, zero_spare)
-from .pool import max_pool2d
+from ...activations import NONE, RELU
+from ..pool import max_pool2d
+from . import _microkernel
+from ._layout import nchw_strides, padded_strides, zero_spare
+from .select import Conv2d
 
 _UNPOOLED = threading.local()
 
 
 def _unpooled_scratch(n, dtype):
     """This thread's buffer for the general path's unpooled output, shared by every
-    ``ConvMaxPool`` (grown to the largest asked for).  Separate from ``conv._shared_scratch``,
+    ``ConvMaxPool`` (grown to the largest asked for).  Separate from ``_layout._shared_scratch``,
     which holds the input copy the same call reads."""
     key = np.dtype(dtype).str
     buf = getattr(_UNPOOLED, key, None)
@@ -68,11 +70,12 @@ class ConvMaxPool:
         self.dtype = conv.dtype
         # the blocked kernel, reading 2-D rows (not a 1x1 layer's single long row)
         self.fused = (conv.algo == "direct" and conv._oh == oh_n
-                      and conv.act in (ACT_NONE, ACT_RELU))
+                      and conv.act in (NONE, RELU))
         if self.fused:
             nb_ = conv._shape[0]  # the packing; only the tile width changes
-            even = {s for s in SHAPES if s[0] == nb_ and s[1] % 2 == 0}
-            self._shape = _choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype, even)
+            even = {s for s in _microkernel.SHAPES if s[0] == nb_ and s[1] % 2 == 0}
+            self._shape = _microkernel._choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype,
+                                                     even)
             assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
         self._ogeo = nchw_strides(self.out_shape)
 
@@ -111,16 +114,9 @@ class ConvMaxPool:
             max_pool2d(y, out, 2, 2, 2, 2, 1, 1, 0, 0)
             return out
         xf = c.prepare(x)
-        n_img = c.in_shape[0]
         if self._padded_out:
-            zero_spare(out, self._ogeo, n_img)
+            zero_spare(out, self._ogeo, c.in_shape[0])
         ph_n, pw_n = self.out_shape[2:]
-        nthr, grain = work_split(n_img * c._nb * ph_n)
-        args = (xf, c._offs, c._wp, c._bp, out.reshape(-1), c._dummy, False, c.act, c._prm,
-                self._shape[0], self._shape[1], n_img, c._nb, c._nbg, c._mg, ph_n, pw_n,
-                self._ogeo, c._nstride, c._gstride, c._rowstep, c._taps, c._row_major)
-        if nthr == 1:
-            _pooled_worker(np.zeros(1, dtype=np.int64), abs(grain), *args, -1)
-        else:
-            _run_blocked(*args, True, nthr, grain)
+        c.impl.run(xf, out.reshape(-1), c._dummy, False, self._shape, ph_n, pw_n, self._ogeo,
+                   True)
         return out

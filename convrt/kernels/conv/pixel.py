@@ -1,8 +1,7 @@
 """Convolution vectorised along output pixels: 1x1 layers and layers with few input channels.
 
-``Conv2d`` (kernels/conv.py) runs a layer here when its reduction (input channels x taps) is
-short.  In NCHW, output row y of channel m is ``sum_r W[m, r] * X[r, y, :]`` with the pixels
-contiguous; the blocked kernel of conv.py vectorises over output channels instead and has to
+``select`` runs a layer here when its reduction (input channels x taps) is short.  In NCHW, output row y of channel m is ``sum_r W[m, r] * X[r, y, :]`` with the pixels
+contiguous; the direct kernel (``direct.py``) vectorises over output channels instead and has to
 transpose every tile back to NCHW, which on a short reduction (MobileNetV2's expansions read
 16-24 channels, a first layer 3 x 3 x 3 taps) costs as much as the multiply-adds.  Here the
 microkernel ``_px_sums`` keeps MR output channels x NV vectors of 16 pixels in registers: per
@@ -10,10 +9,10 @@ tap r it loads NV vectors of pixels, broadcasts MR weights (packed at constructi
 contiguous values per tap) and issues MR*NV multiply-adds.  Its sums are already in NCHW
 order, so the epilogue (bias, residual, activation) stores straight along pixels.
 
-The input is read through Conv2d's layout (the zero-bordered, stride-phase-split copy, or the
-input itself), with the same tap offsets as the blocked kernel: consecutive output pixels read
+The input is read through ``_layout.RowInput`` (the zero-bordered, stride-phase-split copy, or
+the input itself), with the same tap offsets as the direct kernel: consecutive output pixels read
 consecutive elements whatever the stride.  A 1x1 unpadded layer runs as one long row per image;
-with a stride its pixels are first gathered (``gather``) so that it still does.
+with a stride its pixels are first gathered (``_layout.gather``) so that it still does.
 
 Work items are (image, output row, pixel tile, block of MR channels), in one of two orders
 chosen by the input's size (``PIX_MAJOR_BYTES``), claimed dynamically from an atomic counter as
@@ -27,10 +26,13 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from ...activations import CLIP, IN_REGISTERS
+from .._jit import FAST, njit, pjit
+from ._epilogue import _store_tile, _zero_border
 from ._ir import VEC, VecIR, arrays
-from ._jit import FAST, njit, pjit
-from .conv import (ACT_CLIP, _NREGS, _VBITS, _claim_end, _side, _item, _store_tile,
-                   _zero_border)
+from ._layout import RowInput, zero_spare
+from ._microkernel import HOST
+from ._schedule import _claim_end, _item, _side, work_split
 
 _FM = set(FAST)
 _U = np.uint64
@@ -50,11 +52,11 @@ TILE_ELEMS = 24 * VEC  # largest MR * NV * 16
 PIX_MAJOR_BYTES = 2 << 20
 
 
-def _shapes(dtype):
+def _shapes(dtype, cpu=HOST):
     """Shapes whose registers fit this CPU (AVX2 hosts get the narrow ones)."""
-    nvec = max(1, VEC * 8 * dtype.itemsize // _VBITS)
+    nvec = max(1, VEC * 8 * dtype.itemsize // cpu.vbits)
     return {(m, v): e for (m, v), e in SHAPES.items()
-            if (m * v + v) * nvec + 1 <= _NREGS or (m, v) == (4, 1)}
+            if (m * v + v) * nvec + 1 <= cpu.nregs or (m, v) == (4, 1)}
 
 
 def choose_shape(m_all, npix, dtype):
@@ -128,7 +130,7 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
         builder.position_at_end(direct_bb)
         prm_s = [v.splat(builder.load(builder.gep(pa.data, [c64(i)]))) for i in (0, 1, 2, 3)]
         sw = builder.switch(actv, end)
-        for code in range(4):  # one block per activation, then with or without a residual
+        for code in IN_REGISTERS:  # a block per activation, then with or without a residual
             case = fn.append_basic_block("px.act%d" % code)
             sw.add_case(ir.Constant(v.i64, code), case)
             with_res = fn.append_basic_block("px.act%d.res" % code)
@@ -195,7 +197,7 @@ def run(xf, offs, wp, bp, out, res, has_res, prm, geo, nthr, grain):
 
     ``geo`` (int64) = images, output rows, row length, M, MR, NV, channel blocks, activation,
     pixel-major order (0/1), input image stride, input row step, direct stores allowed (0/1:
-    the tests compare both store paths), then the output geometry (``conv.Conv2d``'s ``_ogeo``:
+    the tests compare both store paths), then the output geometry (``RowInput._ogeo``:
     NCHW, or the next layer's zero-bordered input with its border to write).
     """
     ctr = np.zeros(1, dtype=np.int64)
@@ -233,24 +235,13 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
             ob = _U(n * ons + m0 * geo[13] + y * ors + ooff + p0)
             # whole channel blocks with an activation the microkernel applies store straight
             # from its registers; a partial last block, sigmoid and tanh go through the tile
-            direct = allow_direct and jv == mr and act <= ACT_CLIP
+            direct = allow_direct and jv == mr and act <= CLIP
             _px_kernel(xf, _U(n * nstride + y * rowstep + p0), offs, wp, mb, bp, tile, mr, nv,
                        out, ob, ohw, res, has_res, act, prm, direct)
             if not direct:
                 _store_tile(tile, px, px, out, ob, ohw, jv, res, has_res, act, prm)
             if geo[18] and p0 == 0:  # a bordered output: the row's zeros, once per row
                 _zero_border(out, ons, geo[13], ors, geo[16], geo[17], n, m0, jv, y, oh_n, ow_n)
-
-
-@pjit
-def gather(x, xs, n_c, h_n, w_n, oh_n, ow_n, sh, sw):
-    """``xs[(u*oh + i)*ow + j] = x[(u*h + i*sh)*w + j*sw]``: the strided pixels, per plane u."""
-    for u in prange(n_c):
-        for i in range(oh_n):
-            src = (u * h_n + i * sh) * w_n
-            dst = (u * oh_n + i) * ow_n
-            for j in range(ow_n):
-                xs[dst + j] = x[src + j * sw]
 
 
 def pack_weights(w, bias, mr, dtype):
@@ -263,3 +254,76 @@ def pack_weights(w, bias, mr, dtype):
     bp = np.zeros(nmb * mr, dtype=dtype)
     bp[:m_all] = bias
     return np.ascontiguousarray(wf.reshape(nmb, mr, -1).transpose(0, 2, 1)), bp
+
+
+PIXEL_MAX_TAPS = 32
+
+
+def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
+    """Whether a layer runs on this kernel.
+
+    * 1x1 unpadded layers: from 64 output pixels per image (run as one long row), or whole
+      vectors of 16.  On 7x7 maps (49 pixels, computed as 64) the blocked kernel measured as
+      fast or faster; on MobileNetV2's 112x112..14x14 maps the pixel kernel is 1.6-3.8x faster.
+    * other kernels: a short reduction (``cg*kH*kW <= PIXEL_MAX_TAPS``, first layers) and
+      output rows of 16+ pixels.
+    """
+    if group != 1:
+        return False
+    kh, kw = kernel
+    if kh == kw == 1 and not any(pads):
+        npix = oh_n * ow_n
+        return (npix >= 64 or npix % VEC == 0) and choose_shape(m_all, npix, dtype) is not None
+    return cg * kh * kw <= PIXEL_MAX_TAPS and choose_shape(m_all, ow_n, dtype) is not None
+
+
+class Pixel(RowInput):
+    """This kernel bound to a layer (group 1, output rows of 16+ pixels)."""
+
+    name = "pixel"
+
+    @classmethod
+    def accepts(cls, layer, cpu) -> bool:
+        l_ = layer
+        sane = max(l_.n_img * l_.c_n * (l_.h_n + l_.pt + l_.pb) * (l_.w_n + l_.pl + l_.pr),
+                   l_.n_img * l_.m_all * l_.oh_n * l_.ow_n)  # index arithmetic far from 2**63
+        return sane < 2**61 and use_pixel((l_.kh, l_.kw), l_.pads, l_.strides, l_.group, l_.cg,
+                                          l_.m_all, l_.oh_n, l_.ow_n, l_.dtype)
+
+    def __init__(self, layer, w, bias):
+        super().__init__(layer, w, bias)
+        dtype, m_all = layer.dtype, layer.m_all
+        n_img, c_n, h_n, w_n = layer.in_shape
+        self._shape = choose_shape(m_all, self._ow, dtype)
+        if layer.group != 1 or self._shape is None:
+            raise ValueError("algo='pixel' needs group 1 and output rows of 16+ pixels")
+        mr, nv = self._shape
+        self._wp, self._bp = pack_weights(w, bias, mr, dtype)
+        nmb = self._bp.shape[0] // mr
+        pix_major = int(c_n * h_n * w_n * dtype.itemsize > PIX_MAJOR_BYTES
+                        or layer.cg * layer.kh * layer.kw > m_all)
+        self._items = n_img * self._oh * -(-self._ow // (nv * VEC)) * nmb
+        # run's geometry: [11] = direct stores allowed (the tests compare both store paths),
+        # [12:] = the output geometry (write_padded keeps it in step with _ogeo)
+        self._pgeo = np.array([n_img, self._oh, self._ow, m_all, mr, nv, nmb, self.act,
+                               pix_major, self._nstride, self._rowstep, 1, *self._ogeo],
+                              dtype=np.int64)
+
+    def write_padded(self, geometry):
+        super().write_padded(geometry)
+        self._pgeo[12:] = self._ogeo
+
+    def __call__(self, x, out, residual=None):
+        xf = self.prepare(x)
+        of = out.reshape(-1)
+        if self._padded_out:
+            zero_spare(of, self._ogeo, self.in_shape[0])
+        has_res = residual is not None
+        res = residual.reshape(-1) if has_res else self._dummy
+        nthr, grain = work_split(self._items)
+        args = (xf, self._offs, self._wp, self._bp, of, res, has_res, self._prm, self._pgeo)
+        if nthr == 1:
+            _worker(np.zeros(1, dtype=np.int64), abs(grain), *args, -1)
+        else:
+            run(*args, nthr, grain)
+        return out

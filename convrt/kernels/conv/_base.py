@@ -1,0 +1,105 @@
+"""What every convolution algorithm is given and what it promises (oneDNN's primitive pattern).
+
+``ConvLayer`` is a layer's geometry as named fields, validated once; every algorithm class takes
+one and answers ``accepts(layer, cpu)`` ("can I run this layer on this CPU?"), then, bound to
+the layer's weights, ``scratch_bytes()``, the zero-bordered handoff contract of
+``runtime/plan.py`` and ``__call__(x, out, residual=None)``, which writes ``act(conv(x) + b +
+residual)`` into ``out``.  ``ConvAlgorithm`` holds the defaults: no handoff, no scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import activations
+
+
+@dataclass(frozen=True, eq=False)
+class ConvLayer:
+    """A 2-D convolution's shapes and epilogue, as ONNX ``Conv`` gives them (pads are top,
+    left, bottom, right), with the output size derived.  ``act`` is the activation code,
+    ``prm`` the epilogue's constants (``activations.params``)."""
+    n_img: int
+    c_n: int
+    h_n: int
+    w_n: int
+    m_all: int
+    cg: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    group: int
+    oh_n: int
+    ow_n: int
+    act: int
+    prm: np.ndarray
+    dtype: np.dtype
+
+    @classmethod
+    def build(cls, w_shape, in_shape, strides, pads, dilations, group, activation, alpha,
+              clip_min, clip_max, dtype) -> ConvLayer:
+        dtype = np.dtype(dtype)
+        n_img, c_n, h_n, w_n = (int(v) for v in in_shape)
+        m_all, cg, kh, kw = (int(v) for v in w_shape)
+        sh, sw = (int(v) for v in strides)
+        dh, dw = (int(v) for v in dilations)
+        pt, pl, pb, pr = (int(v) for v in pads)
+        group = int(group)
+        assert c_n % group == 0 and m_all % group == 0 and cg == c_n // group
+        oh_n = (h_n + pt + pb - (kh - 1) * dh - 1) // sh + 1
+        ow_n = (w_n + pl + pr - (kw - 1) * dw - 1) // sw + 1
+        assert oh_n >= 1 and ow_n >= 1 and min(sh, sw, dh, dw) >= 1 and min(pads) >= 0
+        return cls(n_img, c_n, h_n, w_n, m_all, cg, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr,
+                   group, oh_n, ow_n, activations.code(activation),
+                   activations.params(dtype, alpha, clip_min, clip_max), dtype)
+
+    in_shape = property(lambda self: (self.n_img, self.c_n, self.h_n, self.w_n))
+    out_shape = property(lambda self: (self.n_img, self.m_all, self.oh_n, self.ow_n))
+    mg = property(lambda self: self.m_all // self.group)  # output channels per group
+    pads = property(lambda self: (self.pt, self.pl, self.pb, self.pr))
+    strides = property(lambda self: (self.sh, self.sw))
+    dilations = property(lambda self: (self.dh, self.dw))
+
+
+class ConvAlgorithm:
+    """Base of the algorithm classes (``select.ALGORITHMS``)."""
+
+    name = ""  # what ``Conv2d.algo`` reports
+
+    @classmethod
+    def accepts(cls, layer: ConvLayer, cpu) -> bool:
+        """Whether this algorithm runs ``layer`` on ``cpu`` (``_microkernel.Cpu``), from the
+        shapes alone, so the choice (and the result, bit for bit) is the same on every run."""
+        raise NotImplementedError
+
+    def __init__(self, layer: ConvLayer, w, bias):
+        self.layer = layer
+        self.in_shape, self.out_shape = layer.in_shape, layer.out_shape
+        self.dtype, self.act, self._prm = layer.dtype, layer.act, layer.prm
+        self._dummy = np.zeros(1, dtype=layer.dtype)
+
+    # the zero-bordered handoff (runtime/plan.py); only RowInput's kernels take part
+    x_shape = property(lambda self: self.in_shape)
+    y_shape = property(lambda self: self.out_shape)
+
+    def padded_input(self):
+        return None
+
+    def can_write_padded(self) -> bool:
+        return False
+
+    def scratch_bytes(self) -> int:
+        """Bytes of one calling thread's scratch."""
+        return 0
+
+    def __call__(self, x, out, residual=None):
+        raise NotImplementedError

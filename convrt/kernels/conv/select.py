@@ -1,0 +1,104 @@
+"""Which algorithm runs a convolution: one ordered list, the first that accepts wins.
+
+This is oneDNN's ``cpu_convolution_list``: every algorithm is a peer class (``_base``) that
+answers ``accepts(layer, cpu)`` from the shapes alone, so a layer's algorithm, and hence its
+result bit for bit, is the same on every run and at any thread count.  Adding an algorithm is
+one module and one line in ``ALGORITHMS``.
+"""
+
+import numpy as np
+
+from ._base import ConvLayer
+from ._microkernel import HOST
+from .depthwise import Depthwise
+from .direct import Direct
+from .dw3x3 import Depthwise3x3
+from .pixel import Pixel
+from .winograd import WinogradConv
+
+ALGORITHMS = (
+    Depthwise3x3,  # MobileNet's 3x3 depthwise, padding 1, stride 1 or 2: rows from registers
+    Depthwise,  # any other layer with fewer than 8 output channels per group
+    Pixel,  # 1x1 layers and short reductions (first layers): vectors along pixels
+    WinogradConv,  # deep 3x3 stride-1 layers (VGG-16's 56x56..14x14)
+    Direct,  # everything else: the blocked kernel
+)
+# ``algo=`` names for tests and benchmarks that force one; a layer with fewer than 8 output
+# channels per group still takes the general depthwise kernel unless Winograd is forced
+FORCED = {"direct": Direct, "pixel": Pixel, "winograd": WinogradConv, "depthwise": Depthwise}
+
+
+def select(layer: ConvLayer, cpu=HOST, algo: str = "auto"):
+    """The algorithm class for ``layer`` on ``cpu``: the first of ``ALGORITHMS`` that accepts
+    it, or the one ``algo`` forces."""
+    if algo == "auto":
+        return next(cls for cls in ALGORITHMS if cls.accepts(layer, cpu))
+    if algo != "winograd" and Depthwise.accepts(layer, cpu):
+        return Depthwise
+    return FORCED[algo]
+
+
+class Conv2d:
+    """A 2-D convolution bound once: validated shapes, an algorithm chosen, weights packed.
+
+    Args:
+        w: weights ``(M, C//group, kH, kW)``.
+        b: bias ``(M,)`` or None.
+        in_shape: the concrete input shape ``(N, C, H, W)``.
+        strides, pads, dilations, group: as ONNX ``Conv`` (pads are top, left, bottom, right).
+        activation: one of ``convrt.activations.NAMES``, applied after the bias and the
+            optional residual.  alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
+        dtype: float32 (the fast path) or float64.
+        algo: "auto" (``select``), or "direct", "pixel", "winograd", "depthwise" to force one.
+
+    Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
+    ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
+    pixels, and would read an already-updated residual).  ``impl`` is the algorithm object;
+    the handoff contract of ``runtime/plan.py`` is forwarded to it, and so are its own fields
+    (read and written: tests force a kernel's loop form through them).
+    """
+
+    def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                 group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
+                 dtype=np.float32, algo="auto"):
+        dtype = np.dtype(dtype)
+        w = np.asarray(w, dtype=dtype)
+        layer = ConvLayer.build(w.shape, in_shape, strides, pads, dilations, group, activation,
+                                alpha, clip_min, clip_max, dtype)
+        bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
+        assert bias.shape == (layer.m_all,)
+        impl = select(layer, HOST, algo)(layer, w, bias)
+        object.__setattr__(self, "impl", impl)
+        object.__setattr__(self, "algo", impl.name)
+
+    x_shape = property(lambda self: self.impl.x_shape)
+    y_shape = property(lambda self: self.impl.y_shape)
+    # the depthwise family's object under the name tests have always used
+    _dw = property(lambda self: self.impl)
+
+    def __getattr__(self, name):  # only called for names the facade itself lacks
+        impl = self.__dict__.get("impl")
+        if impl is None:
+            raise AttributeError(name)
+        return getattr(impl, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.impl, name, value)
+
+    def padded_input(self):
+        return self.impl.padded_input()
+
+    def read_padded(self):
+        self.impl.read_padded()
+
+    def can_write_padded(self) -> bool:
+        return self.impl.can_write_padded()
+
+    def write_padded(self, geometry):
+        self.impl.write_padded(geometry)
+
+    def scratch_bytes(self) -> int:
+        return self.impl.scratch_bytes()
+
+    def __call__(self, x, out, residual=None):
+        return self.impl(x, out, residual)
