@@ -1,4 +1,4 @@
-"""The `convrt` command: run | inspect | optimize | bench | train.
+"""The `convrt` command: run | inspect | optimize | predict | bench | train.
 
 No traceback reaches the user: argparse reports bad arguments (status 2), every convrt error is
 one line on stderr (status 1), and a closed stdout pipe ends the command quietly (see ``main``).
@@ -96,6 +96,12 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import run  # lazily: dask and ray are optional extras
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convrt", description="ONNX CNN compiler and runtime.")
     p.add_argument("--version", action="version", version=f"convrt {__version__}")
@@ -133,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", required=True, help="output .onnx path")
     _add_opt_args(o)
     o.set_defaults(fn=cmd_optimize)
+
+    pr = sub.add_parser("predict", help="run a model over every row of an .npy file",
+                        description="Run MODEL over INPUT (.npy, first axis = batch, read "
+                        "memory-mapped) in batches and write the outputs to OUT.npy, here or "
+                        "on a dask or Ray cluster (local, --workers processes x 1 thread, unless "
+                        "--address is given).")
+    pr.add_argument("model", help="path to an .onnx file")
+    pr.add_argument("input", help=".npy file of inputs")
+    pr.add_argument("-o", "--output", required=True, help="output .npy path")
+    pr.add_argument("--batch-size", type=positive_int, default=64, help="rows per batch (64)")
+    pr.add_argument("--engine", default="local", choices=["local", "dask", "ray"])
+    pr.add_argument("--workers", type=positive_int, default=None,
+                    help="processes of the local cluster (default: the usable CPUs)")
+    pr.add_argument("--address", default=None, help="a running dask scheduler or Ray cluster")
+    pr.add_argument("--threads", type=thread_count, default=None,
+                    help="kernel threads per session (local: all CPUs; dask/ray: 1)")
+    pr.add_argument("--output-name", default=None, metavar="NAME",
+                    help="the model output to write (default: the first)")
+    pr.set_defaults(fn=cmd_predict)
 
     try:
         from .bench import add_parser as add_bench
