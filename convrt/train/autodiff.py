@@ -192,10 +192,12 @@ class Program:
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, feeds: dict, dynamic: dict, training: bool = True, rng=None,
-                keep: bool = True) -> Tape:
+                keep: bool = True, eval_nodes=frozenset()) -> Tape:
         """Run the graph; ``feeds`` are runtime inputs, ``dynamic`` the changing initializers.
 
         With ``keep`` the tape records what backward needs (only nodes on the path).
+        ``eval_nodes`` (node ids) run in eval mode even when ``training``: a frozen backbone's
+        BatchNormalization uses its stored statistics and reports no state update.
         """
         arrays = dict(dynamic)
         arrays.update(feeds)
@@ -206,17 +208,19 @@ class Program:
         state_updates: dict = {}
         rng = rng if rng is not None else np.random.default_rng(0)
         with ThreadBudget() as threads:
-            self._run_steps(steps, env, records, state_updates, training, rng, keep, threads)
+            self._run_steps(steps, env, records, state_updates, training, rng, keep, threads,
+                            eval_nodes)
         return Tape(env, records, state_updates)
 
-    def _run_steps(self, steps, env, records, state_updates, training, rng, keep, threads):
+    def _run_steps(self, steps, env, records, state_updates, training, rng, keep, threads,
+                   eval_nodes):
         for st in steps:
             node = st.node
             args = [None if v is None or not v.name else env[v.name] for v in node.inputs]
             while args and args[-1] is None:
                 args.pop()
             threads.set_for(args, st.out_size)
-            ctx = NodeCtx(st, args, training, rng)
+            ctx = NodeCtx(st, args, training and id(node) not in eval_nodes, rng)
             if st.fwd is not None:
                 outs = st.fwd(ctx, *args)
             elif st.alias:

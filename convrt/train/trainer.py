@@ -8,6 +8,12 @@ Training mode is what PyTorch's ``train()`` would do with the exported module: B
 uses batch statistics and updates its running statistics, Dropout is active (seeded masks).
 Prediction, evaluation and the exported model are eval mode.
 
+``batchnorm`` picks the BatchNormalization mode while training, because fine-tuning a frozen
+backbone the PyTorch way means ``backbone.eval()``: ``"train"`` runs every BN layer in training
+mode; ``"eval"`` runs every one with its stored statistics and never updates them; ``"auto"`` (the
+default) runs in eval mode exactly the layers whose scale and bias are both frozen (not in
+``trainable``), so head-only fine-tuning leaves the backbone's statistics bit for bit as they were.
+
 Before anything else the graph's aliased initializers are untied (:mod:`.untie`): PyTorch's legacy
 exporter merges equal tensors (a fresh BatchNorm's weight and running_var, zero biases), and
 training must keep them apart as PyTorch's own training of the module does.
@@ -30,6 +36,7 @@ from .optim import SGD, Optimizer
 from .untie import BN_STATE_INPUTS, untie_initializers
 
 CHECKPOINT_FORMAT = "convrt-train-checkpoint/1"
+BATCHNORM_MODES = ("auto", "train", "eval")
 
 
 class Trainer:
@@ -45,14 +52,22 @@ class Trainer:
         seed: seeds the Dropout masks.
         keep_ties: keep an initializer that several trainable inputs read shared (a weight tied
             on purpose) instead of untying it; see :mod:`convrt.train.untie`.
+        batchnorm: ``"auto"`` (default), ``"train"`` or ``"eval"``: the BatchNormalization mode
+            during training steps (see the module docstring).
 
     Attributes:
         untied: initializers created by untying aliases (new name -> the tensor it copied);
             see :mod:`convrt.train.untie`.  They train, update and export as separate tensors.
+        bn_eval: names of the BatchNormalization nodes that run in eval mode while training.
     """
 
     def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
-                 trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False):
+                 trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False,
+                 batchnorm: str = "auto"):
+        if batchnorm not in BATCHNORM_MODES:
+            raise InputError(f"batchnorm={batchnorm!r}: choose one of "
+                             f"{', '.join(BATCHNORM_MODES)}")
+        self.batchnorm = batchnorm
         self.loss_name = loss
         self._loss = get_loss(loss)
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
@@ -88,10 +103,26 @@ class Trainer:
         self.params = {n: np.array(g.initializers[n].const, copy=True) for n in names}
         self.state = {n: np.array(g.initializers[n].const, copy=True) for n in state}
         self.program = Program(g, names, dynamic=state)
+        self._eval_ids, self.bn_eval, self.bn_train = self._bn_modes(batchnorm)
         self.inputs = {v.name: v for v in g.runtime_inputs()}
         self.output = g.outputs[0].name
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
+
+    def _bn_modes(self, mode):
+        """(ids of eval-mode BN nodes, their names, names of the train-mode ones)."""
+        ids, evals, trains = set(), [], []
+        for node in self.graph.nodes:
+            if node.op_type != "BatchNormalization":
+                continue
+            affine = [v.name for v in node.inputs[1:3] if v is not None]
+            frozen = not any(n in self.params for n in affine)
+            if mode == "eval" or (mode == "auto" and frozen):
+                ids.add(id(node))
+                evals.append(node.name or node.outputs[0].name)
+            else:
+                trains.append(node.name or node.outputs[0].name)
+        return frozenset(ids), evals, trains
 
     def _default_trainable(self, floats):
         """Float initializers read at some differentiable input position."""
@@ -122,7 +153,8 @@ class Trainer:
 
     def _forward_backward(self, feeds, targets):
         feeds = self._feeds(feeds)
-        tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng)
+        tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng,
+                                    eval_nodes=self._eval_ids)
         pred = tape.env[self.output]
         loss, dpred = self._loss(pred, targets)
         if not np.isfinite(loss):
