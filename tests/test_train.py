@@ -171,7 +171,9 @@ def test_short_digits_run_learns_and_exports(digits, tmp_path):
 
 def test_batchnorm_running_stats_follow_pytorch(digits):
     x, y = digits
-    tr = Trainer(str(DIGITS), optimizer=SGD(lr=0.0), trainable=["features.0.weight"])
+    # batchnorm="train": with only the conv weight trainable, "auto" would freeze this BN layer
+    tr = Trainer(str(DIGITS), optimizer=SGD(lr=0.0), trainable=["features.0.weight"],
+                 batchnorm="train")
     w, b = tr.params["features.0.weight"], tr.graph.initializers["features.0.bias"].const
     tr.step(x[:32], y[:32])
     conv = convrt.InferenceSession(
