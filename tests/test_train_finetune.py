@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from convrt.errors import InputError
-from convrt.train import SGD, Trainer
+from convrt.errors import InputError, TrainingError
+from convrt.train import SGD, Adam, AdamW, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / "sample_models" / "finetune_head.onnx"
@@ -88,3 +88,136 @@ def test_auto_trains_bn_whose_affine_is_trainable(recorded):
 def test_bad_batchnorm_mode():
     with pytest.raises(InputError, match=r"batchnorm='frozen': choose one of auto, train, eval"):
         Trainer(str(FINETUNE), batchnorm="frozen")
+
+
+# -- divergence safety -----------------------------------------------------------------------
+DIGITS = ROOT / "sample_models" / "digits_vgg.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), d.target.astype(np.int64)
+
+
+def _snapshot(tr):
+    return ({n: a.copy() for n, a in tr.params.items()}, {n: a.copy() for n, a in
+                                                           tr.state.items()},
+            tr.optimizer.snapshot())
+
+
+def _assert_kept(tr, snap):
+    params, state, (t, opt) = snap
+    for d, ref in ((tr.params, params), (tr.state, state)):
+        assert d.keys() == ref.keys()
+        for n in ref:
+            assert np.array_equal(d[n], ref[n]), n
+    assert tr.optimizer.t == t and tr.optimizer.state.keys() == opt.keys()
+    for n, slots in opt.items():
+        for k, a in slots.items():
+            assert np.array_equal(tr.optimizer.state[n][k], a), (n, k)
+
+
+def _all_finite(tr):
+    arrays = list(tr.params.values()) + list(tr.state.values())
+    arrays += [a for s in tr.optimizer.state.values() for a in s.values()]
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+def test_sgd_lr_1e6_stops_before_keeping_anything_non_finite(digits, tmp_path):
+    """The issue's run: loss 2.3 -> 1.8e15 -> NaN.  The NaN step raises, nothing non-finite was
+    ever kept, and the exported model holds the last finite tensors."""
+    x, y = digits
+    tr = Trainer(str(DIGITS), optimizer=SGD(lr=1e6, momentum=0.9))
+    losses, snap = [], None
+    with pytest.raises(TrainingError, match=r"at step \d+;? "):
+        for i in range(20):
+            snap = _snapshot(tr)
+            losses.append(tr.step(x[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]))
+            assert _all_finite(tr), f"non-finite state kept after step {i + 1}"
+    assert 1 <= len(losses) < 20 and losses[-1] > 1e6  # it did diverge first
+    _assert_kept(tr, snap)
+    assert tr.step_count == len(losses)
+    out = tmp_path / "diverged.onnx"
+    tr.export(out)
+    inits = onnx.load(out).graph.initializer
+    assert inits and all(np.isfinite(numpy_helper.to_array(t)).all() for t in inits)
+
+
+def test_adam_lr_1e6_keeps_only_finite_state(digits):
+    """Adam's step is bounded by lr, so at lr=1e6 the loss explodes (1e20) without leaving
+    float32; whatever happens, each step either keeps finite tensors or raises keeping them."""
+    x, y = digits
+    tr = Trainer(str(DIGITS), optimizer=Adam(lr=1e6))
+    losses = []
+    for i in range(12):
+        snap = _snapshot(tr)
+        try:
+            losses.append(tr.step(x[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]))
+        except TrainingError:
+            _assert_kept(tr, snap)
+            break
+        assert _all_finite(tr)
+    assert max(losses) > 1e10  # diverged, but nothing non-finite is kept
+
+
+def test_update_overflow_names_the_weight_and_keeps_everything(recorded, tmp_path):
+    """A finite loss and gradients but an update that overflows float32: the weight is named,
+    the weights, BN statistics and optimizer slots stay as they were."""
+    x, y = recorded["inputs"], recorded["labels"]
+    tr = Trainer(str(FINETUNE), optimizer=SGD(lr=3e38, momentum=0.9, weight_decay=10))
+    snap = _snapshot(tr)
+    with pytest.raises(TrainingError, match=r"step 1 would make the weight '[\w.]+' non-finite "
+                                            r"\(Inf\); nothing was updated"):
+        tr.step({"input": x}, y)
+    _assert_kept(tr, snap)
+    assert tr.step_count == 0 and tr.optimizer.state == {}
+    tr.optimizer.lr = 0.1  # the trainer is still usable
+    assert np.isfinite(tr.step({"input": x}, y)) and tr.step_count == 1
+
+
+def test_running_statistic_overflow_is_named(recorded):
+    """Inputs of 1e20 keep the float64 batch statistics finite but overflow float32
+    running_var: the statistic is named and no update is kept."""
+    x, y = recorded["inputs"] * np.float32(1e20), recorded["labels"]
+    tr = Trainer(str(FINETUNE), optimizer=SGD(lr=0.1), trainable=HEAD, batchnorm="train")
+    snap = _snapshot(tr)
+    with pytest.raises(TrainingError, match=r"running statistic 'features.1.running_var' "
+                                            r"non-finite \(Inf\)"):
+        tr.step({"input": x}, y)
+    _assert_kept(tr, snap)
+
+
+def test_evaluate_reports_non_finite_outputs(digits):
+    x, y = digits
+    tr = Trainer(str(DIGITS))
+    bad = x[:50].copy()
+    bad[7, 0, 3, 3] = np.nan
+    with pytest.raises(TrainingError, match=r"evaluate: the outputs of 1 of 50 samples are "
+                                            r"non-finite \(first: sample 7; the inputs hold "
+                                            r"NaN/Inf\); no loss or accuracy"):
+        tr.evaluate(bad, y[:50])
+    assert tr.evaluate(x[:50], y[:50])["accuracy"] >= 0.0  # finite inputs: a result
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda: SGD(lr=-0.1), "sgd: learning rate -0.1 must be a finite number >= 0"),
+    (lambda: SGD(lr=float("inf")), "sgd: learning rate inf must be a finite number >= 0"),
+    (lambda: SGD(lr=float("nan")), "sgd: learning rate nan must be a finite number >= 0"),
+    (lambda: SGD(momentum=-5), "sgd: momentum -5 must be a finite number >= 0"),
+    (lambda: SGD(weight_decay=-1), "sgd: weight_decay -1 must be a finite number >= 0"),
+    (lambda: SGD(dampening=2), r"sgd: dampening 2 must lie in \[0, 1\]"),
+    (lambda: SGD(lr="fast"), "sgd: learning rate must be a number, got 'fast'"),
+    (lambda: SGD(nesterov=True), "sgd: Nesterov momentum needs momentum > 0 and dampening 0"),
+    (lambda: Adam(betas=(0.9, 1.0)), r"adam: beta2 1.0 must lie in \[0, 1\)"),
+    (lambda: Adam(betas=(-0.1, 0.9)), r"adam: beta1 -0.1 must lie in \[0, 1\)"),
+    (lambda: Adam(betas=0.9), "adam: betas must be a pair, got 0.9"),
+    (lambda: Adam(eps=-1e-8), "adam: eps -1e-08 must be a finite number >= 0"),
+    (lambda: AdamW(weight_decay=-0.01), "adamw: weight_decay -0.01 must be a finite number"),
+])
+def test_bad_optimizer_arguments(make, msg):
+    with pytest.raises(InputError, match=msg) as e:
+        make()
+    assert "\n" not in str(e.value)

@@ -8,7 +8,12 @@
 * :class:`AdamW`: decoupled decay ``p *= 1 - lr * wd`` first, then Adam without L2.
 
 State is per parameter name; ``state_dict``/``load_state_dict`` round-trip it for checkpoints.
-Updates are in place, in the parameter's dtype.
+Updates are in place, in the parameter's dtype.  ``snapshot``/``restore`` let the trainer undo a
+step whose result is not finite, so a diverging run never keeps a NaN.
+
+Arguments are checked at construction as ``torch.optim`` does (a negative or non-finite learning
+rate, momentum, weight decay or eps, betas outside [0, 1)): a wrong one is a one-line
+:class:`~convrt.errors.InputError` there rather than a silent divergence many steps later.
 """
 
 from __future__ import annotations
@@ -17,16 +22,14 @@ import math
 
 import numpy as np
 
-from ..errors import TrainingError
+from ..errors import InputError, TrainingError
 
 
 class Optimizer:
     name = "optimizer"
 
     def __init__(self, lr: float):
-        if not lr >= 0.0:
-            raise TrainingError(f"{self.name}: learning rate {lr} must be >= 0")
-        self.lr = float(lr)
+        self.lr = self._check("learning rate", lr)
         self.t = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
@@ -36,6 +39,31 @@ class Optimizer:
             g = grads.get(name)
             if g is not None:
                 self._update(name, p, g.astype(p.dtype, copy=False))
+
+    def _check(self, what: str, value, low: float = 0.0, high: float = math.inf,
+               high_open: bool = False) -> float:
+        """``value`` as a float in [low, high] (or [low, high)), else a one-line InputError."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.name}: {what} must be a number, got {value!r}") from None
+        ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+        if not ok:
+            if high_open:
+                bound = f"lie in [{low:g}, {high:g})"
+            elif high == math.inf:
+                bound = f"be a finite number >= {low:g}"
+            else:
+                bound = f"lie in [{low:g}, {high:g}]"
+            raise InputError(f"{self.name}: {what} {value!r} must {bound}")
+        return v
+
+    def snapshot(self):
+        """A copy of the step count and state, for :meth:`restore` (undoing one step)."""
+        return self.t, {n: {k: v.copy() for k, v in s.items()} for n, s in self.state.items()}
+
+    def restore(self, snap) -> None:
+        self.t, self.state = snap[0], snap[1]
 
     def _update(self, name, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -61,10 +89,12 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(lr)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise TrainingError("sgd: Nesterov momentum needs momentum > 0 and dampening 0")
-        self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.momentum = self._check("momentum", momentum)
+        self.dampening = self._check("dampening", dampening, high=1.0)
+        self.weight_decay = self._check("weight_decay", weight_decay)
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise InputError("sgd: Nesterov momentum needs momentum > 0 and dampening 0")
+        self.nesterov = bool(nesterov)
 
     def hyper(self):
         return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
@@ -93,10 +123,14 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(lr)
-        b1, b2 = (float(b) for b in betas)
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise TrainingError(f"{self.name}: betas {betas} must lie in [0, 1)")
-        self.betas, self.eps, self.weight_decay = (b1, b2), float(eps), float(weight_decay)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise InputError(f"{self.name}: betas must be a pair, got {betas!r}") from None
+        self.betas = (self._check("beta1", b1, high=1.0, high_open=True),
+                      self._check("beta2", b2, high=1.0, high_open=True))
+        self.eps = self._check("eps", eps)
+        self.weight_decay = self._check("weight_decay", weight_decay)
 
     def hyper(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,

@@ -39,6 +39,17 @@ CHECKPOINT_FORMAT = "convrt-train-checkpoint/1"
 BATCHNORM_MODES = ("auto", "train", "eval")
 
 
+def _check_input(name: str, a: np.ndarray, source: str) -> None:
+    """NaN/Inf in a training feed: one line naming the input and the first bad sample (a NaN
+    input would otherwise surface as a NaN loss with no hint of its cause)."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = ~np.isfinite(a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1))
+        first = int(np.argmax(bad.any(axis=1)))
+        kind = "NaN" if np.isnan(a).any() else "Inf"
+        raise InputError(f"{source}: input '{name}' holds {kind} (first at sample {first}); "
+                         "training needs finite inputs")
+
+
 class Trainer:
     """Train an ONNX model's float initializers.
 
@@ -153,6 +164,8 @@ class Trainer:
 
     def _forward_backward(self, feeds, targets):
         feeds = self._feeds(feeds)
+        for name, a in feeds.items():
+            _check_input(name, a, self.source)
         tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng,
                                     eval_nodes=self._eval_ids)
         pred = tape.env[self.output]
@@ -172,16 +185,56 @@ class Trainer:
         return {n: np.array(g, copy=True) for n, g in grads.items()}
 
     def step(self, feeds, targets) -> float:
-        """Forward, backward and one optimizer update on a batch; returns the loss."""
+        """Forward, backward and one optimizer update on a batch; returns the loss.
+
+        Transactional: the update is computed on copies and checked before it is kept.  If the
+        loss, a gradient, an updated weight, the optimizer's state or a BN running statistic
+        would be NaN/Inf, :class:`TrainingError` names the first such tensor and every weight,
+        statistic and optimizer slot keeps its previous (finite) value, so ``export()`` after the
+        error writes the last good model instead of garbage.
+        """
+        # Overflow is detected and reported below as a TrainingError; numpy's warnings about it
+        # would only repeat that on stderr.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._step(feeds, targets)
+
+    def _step(self, feeds, targets) -> float:
         loss, grads, tape = self._forward_backward(feeds, targets)
-        self.optimizer.step(self.params, grads)
-        for name, val in tape.state_updates.items():
-            # Running statistics fed as inputs or computed by nodes are not state this trainer
-            # owns (untying made every initializer-backed statistic its own entry here).
-            if name in self.state:
-                self.state[name][...] = val
-        self.step_count += 1
+        k = self.step_count + 1
+        self._require_finite(grads, "the gradient of", k)
+        new = {n: p.copy() for n, p in self.params.items()}
+        snap = self.optimizer.snapshot()
+        try:
+            self.optimizer.step(new, grads)
+            self._require_finite(new, "the weight", k)
+            for n, slots in self.optimizer.state.items():
+                self._require_finite(slots, f"the optimizer state of '{n}':", k)
+        except BaseException:
+            self.optimizer.restore(snap)
+            raise
+        # Running statistics fed as inputs or computed by nodes are not state this trainer
+        # owns (untying made every initializer-backed statistic its own entry here).
+        updates = {n: v for n, v in tape.state_updates.items() if n in self.state}
+        try:
+            self._require_finite(updates, "the running statistic", k)
+        except TrainingError:
+            self.optimizer.restore(snap)
+            raise
+        for n, p in self.params.items():
+            p[...] = new[n]
+        for n, val in updates.items():
+            self.state[n][...] = val
+        self.step_count = k
         return loss
+
+    def _require_finite(self, arrays: dict, what: str, k: int) -> None:
+        for name, a in arrays.items():
+            if not np.isfinite(a).all():
+                kind = "NaN" if np.isnan(a).any() else "Inf"
+                raise TrainingError(
+                    f"{self.source}: step {k} would make {what} '{name}' non-finite ({kind}); "
+                    "nothing was updated, the last finite weights and statistics are kept (try "
+                    "a smaller learning rate, or check the scale of the inputs)")
 
     # -- inference with the current weights ------------------------------------------------
     def predict(self, feeds, batch_size: int | None = None) -> np.ndarray:
@@ -202,8 +255,22 @@ class Trainer:
         return np.concatenate(parts)
 
     def evaluate(self, feeds, targets, batch_size: int = 512) -> dict:
-        """Eval-mode loss (and accuracy for cross-entropy) over a data set."""
-        pred = self.predict(feeds, batch_size)
+        """Eval-mode loss (and accuracy for cross-entropy) over a data set.
+
+        Raises :class:`TrainingError` when some outputs are NaN/Inf (NaN inputs, or diverged
+        weights): an accuracy over NaN logits (argmax picks class 0) would be a number that
+        looks like a result and is not one.
+        """
+        feeds = self._feeds(feeds)
+        pred = self._predict(feeds, batch_size)
+        bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(axis=1)
+        if bad.any():
+            cause = ("the inputs hold NaN/Inf" if any(
+                a.dtype.kind == "f" and not np.isfinite(a).all() for a in feeds.values())
+                else "the weights give non-finite values")
+            raise TrainingError(f"{self.source}: evaluate: the outputs of {int(bad.sum())} of "
+                                f"{len(pred)} samples are non-finite (first: sample "
+                                f"{int(np.argmax(bad))}; {cause}); no loss or accuracy")
         loss, _ = self._loss(pred, targets)
         out = {"loss": loss}
         if self.loss_name == "cross_entropy":
