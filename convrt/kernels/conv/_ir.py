@@ -1,5 +1,6 @@
-"""What the LLVM-level microkernels share (_microkernel.py, _epilogue.py, pixel.py, dw3x3.py): 16-lane vectors of the
-arrays' float type, the fused multiply-add intrinsic, splats and integer constants.
+"""What the LLVM-level microkernels share (_microkernel.py, _epilogue.py, pixel.py, dw3x3.py):
+16-lane vectors of the arrays' float type, the fused multiply-add intrinsic, splats and integer
+constants.
 
 Every microkernel is a numba ``@intrinsic`` whose codegen builds its loop with llvmlite; this
 keeps their common vocabulary in one place so that each file only says what its loop does.

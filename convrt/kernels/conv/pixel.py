@@ -1,6 +1,7 @@
 """Convolution vectorised along output pixels: 1x1 layers and layers with few input channels.
 
-``select`` runs a layer here when its reduction (input channels x taps) is short.  In NCHW, output row y of channel m is ``sum_r W[m, r] * X[r, y, :]`` with the pixels
+``select`` runs a layer here when its reduction (input channels x taps) is short.  In NCHW,
+output row y of channel m is ``sum_r W[m, r] * X[r, y, :]`` with the pixels
 contiguous; the direct kernel (``direct.py``) vectorises over output channels instead and has to
 transpose every tile back to NCHW, which on a short reduction (MobileNetV2's expansions read
 16-24 channels, a first layer 3 x 3 x 3 taps) costs as much as the multiply-adds.  Here the

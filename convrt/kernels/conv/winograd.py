@@ -216,8 +216,8 @@ def _wino_store(buf, b0, xs, nt, wd, t0, skip, jv, m0, bias, out, res, has_res, 
 def _wino_gemm(v, offs, up, zb, mb, nb_, nt, nb, nrun, ntiles, cs, nthr, grain):
     """The 16 products, one per transform position xi: work items (xi, block of 16*nb_
     output channels, run of nt tiles), xi outermost so one xi's transformed input and weights
-    stay in cache, claimed ``grain`` at a time by ``nthr`` workers (the direct kernel's ``_run_blocked``
-    scheme): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
+    stay in cache, claimed ``grain`` at a time by ``nthr`` workers (``_schedule``, as the
+    direct kernel's): ``mb[((xi*nb + blk)*nrun + run)*nt*wd + t*wd + k]``.  The last run is
     shifted back to end at the last tile."""
     wd = nb_ * VEC
     sz = nt * wd
