@@ -221,3 +221,74 @@ def test_bad_optimizer_arguments(make, msg):
     with pytest.raises(InputError, match=msg) as e:
         make()
     assert "\n" not in str(e.value)
+
+
+# -- exact resume ----------------------------------------------------------------------------
+def _tensors(tr):
+    return {**{f"param:{n}": a for n, a in tr.params.items()},
+            **{f"state:{n}": a for n, a in tr.state.items()}}
+
+
+@pytest.mark.parametrize("opt", [lambda: SGD(lr=0.05, momentum=0.9), lambda: Adam(lr=2e-3)])
+def test_resume_after_two_epochs_equals_four_straight_bitwise(digits, tmp_path, opt):
+    """fit 4 epochs vs fit 2 of 4, checkpoint, a new Trainer (another seed: the checkpoint must
+    carry everything) from the checkpoint, fit to 4.  The digits model has Dropout and BN; 385
+    samples in batches of 64 leave a one-sample batch that is skipped; cosine schedule."""
+    x, y = digits[0][:385], digits[1][:385]
+    straight = Trainer(str(DIGITS), optimizer=opt(), seed=5)
+    hist = straight.fit(x, y, epochs=4, batch_size=64, schedule="cosine")
+    first = Trainer(str(DIGITS), optimizer=opt(), seed=5)
+    assert first.fit(x, y, epochs=4, batch_size=64, schedule="cosine", until_epoch=2) == hist[:2]
+    ck = tmp_path / "ck.npz"
+    first.save_checkpoint(ck)
+    resumed = Trainer(str(DIGITS), optimizer=opt(), seed=123)
+    resumed.load_checkpoint(ck)
+    assert resumed.epoch == 2 and resumed.step_count == first.step_count == 12
+    assert resumed.fit(x, y, epochs=4, batch_size=64, schedule="cosine") == hist[2:]
+    assert resumed.epoch == straight.epoch == 4 and resumed.step_count == 24
+    assert resumed.optimizer.lr == straight.optimizer.lr
+    a, b = _tensors(straight), _tensors(resumed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for n in a:
+        assert np.array_equal(a[n], b[n]), n
+    # the resumed run did not start over: a fresh 2-epoch run ends elsewhere
+    restart = Trainer(str(DIGITS), optimizer=opt(), seed=5)
+    restart.fit(x, y, epochs=2, batch_size=64, schedule="cosine")
+    assert not np.array_equal(restart.params["classifier.3.weight"],
+                              first.params["classifier.3.weight"])
+    # a finished run fits nothing more
+    assert resumed.fit(x, y, epochs=4, batch_size=64) == [] and resumed.step_count == 24
+
+
+def test_cli_resume_of_an_interrupted_run_is_exact(digits, tmp_path, monkeypatch, capsys):
+    """``--epochs 4`` interrupted (Ctrl-C) right after epoch 2's checkpoint, then ``--resume``
+    with ``--epochs 4``: the exported model equals an uninterrupted 4-epoch run's, bitwise."""
+    from convrt.cli import main as cli_main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=digits[0][:300], y=digits[1][:300])
+    common = ["train", str(DIGITS), "--data", str(data), "--epochs", "4", "--batch-size", "32",
+              "--no-progress"]
+    straight = tmp_path / "straight.onnx"
+    assert cli_main(common + ["-o", str(straight)]) == 0
+    ck, resumed = tmp_path / "ck.npz", tmp_path / "resumed.onnx"
+    save = Trainer.save_checkpoint
+
+    def save_then_interrupt(self, path):
+        save(self, path)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_interrupt)
+    assert cli_main(common + ["--checkpoint", str(ck), "-o", str(resumed)]) == 130
+    assert not resumed.exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli_main(common + ["--resume", str(ck), "-o", str(resumed)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3:" in out and "epoch 4:" in out and "epoch 1:" not in out
+    a = {t.name: numpy_helper.to_array(t) for t in onnx.load(straight).graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in onnx.load(resumed).graph.initializer}
+    assert a.keys() == b.keys()
+    for n in a:
+        assert np.array_equal(a[n], b[n]), n

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -68,7 +67,10 @@ def _bar(total, desc, disable):
 
 
 def cmd_train(args) -> int:
-    from .data import batches, load_data
+    """Train through :meth:`Trainer.fit`, whose epoch, schedule position and shuffle state a
+    checkpoint carries: ``--resume`` continues an interrupted run exactly where it stopped, and
+    ``--epochs`` is the run's total (a checkpoint at epoch 2 of 4 trains epochs 3 and 4)."""
+    from .data import load_data
     from .trainer import Trainer
 
     for name in ("epochs", "batch_size"):
@@ -80,46 +82,53 @@ def cmd_train(args) -> int:
     if len(tr.inputs) != 1:
         raise TrainingError(f"{tr.source}: convrt train needs a model with one input, it has "
                             f"{sorted(tr.inputs)}")
+    _check_data(tr, x, y, args.data)
+    if len(xv):
+        _check_data(tr, xv, yv, args.data)
     if args.resume:
         tr.load_checkpoint(args.resume)
     print(f"training {args.model} on {args.data}: {len(x)} samples, {len(xv)} held out; "
           f"{len(tr.params)} trainable tensors "
           f"({sum(p.size for p in tr.params.values()):,} parameters), {args.optimizer}")
-    rng = np.random.default_rng(args.seed)
-    base_lr = tr.optimizer.lr
-    per_epoch = -(-len(x) // args.batch_size)
-    total_steps = args.epochs * per_epoch
+    if tr.epoch >= args.epochs:
+        print(f"the checkpoint is at epoch {tr.epoch} of {args.epochs}: nothing left to train")
     classify = args.loss == "cross_entropy"
-    for epoch in range(1, args.epochs + 1):
-        bar = _bar(len(x), f"epoch {epoch}/{args.epochs}", args.no_progress)
-        t0 = time.perf_counter()
-        seen, loss_sum = 0, 0.0
-        for idx in batches(len(x), args.batch_size, rng):
-            if len(idx) < 2 and tr.state_names:
-                continue  # one sample: BatchNormalization has no batch statistics
-            if args.schedule == "cosine":
-                done = (epoch - 1) * per_epoch + seen // args.batch_size
-                tr.optimizer.lr = base_lr * 0.5 * (1 + math.cos(math.pi * done / total_steps))
-            loss = tr.step(x[idx], y[idx])
-            seen += len(idx)
-            loss_sum += loss * len(idx)
-            if bar is not None:
-                post = {"loss": f"{loss_sum / seen:.4f}",
-                        "samples/s": f"{seen / (time.perf_counter() - t0):.0f}"}
-                bar.set_postfix(post, refresh=False)
-                bar.update(len(idx))
+    run = {"bar": None, "t0": 0.0, "seen": 0, "loss": 0.0}
+
+    def start_epoch():
+        run["bar"] = _bar(len(x), f"epoch {tr.epoch + 1}/{args.epochs}", args.no_progress)
+        run["t0"], run["seen"], run["loss"] = time.perf_counter(), 0, 0.0
+
+    def on_batch(loss, n):
+        run["seen"] += n
+        run["loss"] += loss * n
+        bar = run["bar"]
         if bar is not None:
-            bar.close()
-        line = f"epoch {epoch}: train loss {loss_sum / max(seen, 1):.4f}"
+            bar.set_postfix({"loss": f"{run['loss'] / run['seen']:.4f}",
+                             "samples/s": f"{run['seen'] / (time.perf_counter() - run['t0']):.0f}"},
+                            refresh=False)
+            bar.update(n)
+
+    def on_epoch(epoch, mean_loss, seen):
+        if run["bar"] is not None:
+            run["bar"].close()
+        line = f"epoch {epoch}: train loss {mean_loss:.4f}"
         if len(xv):
             ev = tr.evaluate(xv, yv)
             line += f", held-out loss {ev['loss']:.4f}"
             if classify:
                 line += f", held-out accuracy {ev['accuracy'] * 100:.2f} %"
-        line += f" ({seen / (time.perf_counter() - t0):.0f} samples/s)"
+        line += f" ({seen / (time.perf_counter() - run['t0']):.0f} samples/s)"
         print(line)
         if args.checkpoint:
             tr.save_checkpoint(args.checkpoint)
+        if epoch < args.epochs:
+            start_epoch()
+
+    if tr.epoch < args.epochs:
+        start_epoch()
+        tr.fit(x, y, args.epochs, args.batch_size, schedule=args.schedule, on_batch=on_batch,
+               on_epoch=on_epoch)
     tr.export(args.output)
     total = time.perf_counter() - t_start
     msg = f"wrote {args.output} after {tr.step_count} steps in {total:.1f} s"
@@ -127,3 +136,13 @@ def cmd_train(args) -> int:
         msg += f"; held-out accuracy {tr.evaluate(xv, yv)['accuracy'] * 100:.2f} %"
     print(msg)
     return 0
+
+
+def _check_data(tr, x, y, spec) -> None:
+    """Inputs and targets checked once, before any training: NaN/Inf inputs, and (through the
+    trainer) cross-entropy labels that are out of range or not class indices."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        first = int(np.argmax(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)))
+        raise TrainingError(f"{spec}: x holds NaN/Inf (first at sample {first}); training "
+                            "needs finite inputs")
+    tr._check_targets(np.asarray(y))

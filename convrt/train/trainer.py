@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 
@@ -119,6 +120,11 @@ class Trainer:
         self.output = g.outputs[0].name
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
+        # fit()'s position, saved in checkpoints so that a resumed run continues the same epoch
+        # count, learning-rate schedule and shuffle order (2 + 2 epochs == 4, bit for bit)
+        self.epoch = 0
+        self.shuffle_rng = np.random.default_rng(seed)
+        self.schedule = {"kind": None, "base_lr": None, "position": 0}
 
     def _bn_modes(self, mode):
         """(ids of eval-mode BN nodes, their names, names of the train-mode ones)."""
@@ -236,6 +242,92 @@ class Trainer:
                     "nothing was updated, the last finite weights and statistics are kept (try "
                     "a smaller learning rate, or check the scale of the inputs)")
 
+    def fit(self, x, y, epochs: int, batch_size: int = 64, schedule: str = "constant",
+            until_epoch: int | None = None, on_batch=None, on_epoch=None) -> list[float]:
+        """Train on arrays ``x`` (one-input models) and targets ``y`` up to epoch ``epochs``.
+
+        ``epochs`` is the total, as in ``convrt train --epochs``: a trainer restored from a
+        checkpoint taken after epoch 2 trains epochs 3..``epochs``, with the shuffle order and the
+        learning-rate schedule where the interrupted run left them, so 2 + 2 resumed epochs give
+        the same tensors as 4 straight ones, bit for bit.  ``until_epoch`` stops early (an
+        interrupted run: the schedule still spans ``epochs``).
+
+        Args:
+            schedule: ``"constant"`` (the optimizer's lr untouched) or ``"cosine"`` (per step,
+                from the lr at the run's first fit() down to 0 at the end of epoch ``epochs``).
+            on_batch: ``f(loss, n_samples)`` after each step (progress bars).
+            on_epoch: ``f(epoch, mean_loss, n_samples)`` after each epoch (logging,
+                checkpoints: :meth:`save_checkpoint` there records the finished epoch).
+
+        Returns the mean training loss of each epoch trained by this call.  A batch of one
+        sample is skipped when some BatchNormalization layer runs in training mode (it has no
+        batch statistics).
+        """
+        from .data import batches
+
+        if len(self.inputs) != 1:
+            raise InputError(f"{self.source}: fit() needs a model with one input, it has "
+                             f"{sorted(self.inputs)}; use step()")
+        if schedule not in ("constant", "cosine"):
+            raise InputError(f"schedule={schedule!r}: choose 'constant' or 'cosine'")
+        for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) != len(y):
+            raise InputError(f"{self.source}: {len(x)} inputs but {len(y)} targets")
+        self._check_targets(y)
+        sched = self.schedule
+        if sched["base_lr"] is None:
+            sched["base_lr"] = self.optimizer.lr
+        sched["kind"] = schedule
+        stop = epochs if until_epoch is None else min(epochs, until_epoch)
+        per_epoch = -(-len(x) // batch_size)
+        total = epochs * per_epoch
+        history = []
+        while self.epoch < stop:
+            seen, loss_sum = 0, 0.0
+            for idx in batches(len(x), batch_size, self.shuffle_rng):
+                pos = sched["position"]
+                sched["position"] = pos + 1
+                if len(idx) < 2 and self.bn_train:
+                    continue
+                if schedule == "cosine":
+                    self.optimizer.lr = sched["base_lr"] * 0.5 * (
+                        1 + math.cos(math.pi * min(pos, total) / total))
+                loss = self.step(x[idx], y[idx])
+                seen += len(idx)
+                loss_sum += loss * len(idx)
+                if on_batch is not None:
+                    on_batch(loss, len(idx))
+            self.epoch += 1
+            history.append(loss_sum / max(seen, 1))
+            if on_epoch is not None:
+                on_epoch(self.epoch, history[-1], seen)
+        return history
+
+    def _check_targets(self, y) -> None:
+        """Cross-entropy targets for a whole data set, checked before the first step: class
+        indices, not one-hot or probability rows (soft labels are not supported), within the
+        output's classes where its shape says how many."""
+        if self.loss_name != "cross_entropy":
+            return
+        if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+            raise TrainingError(f"{self.source}: cross_entropy needs class indices; the targets "
+                                f"are non-integer floats of shape {list(y.shape)} (soft labels "
+                                "or probabilities are not supported: pass argmax(y, axis=1))")
+        if y.dtype.kind not in "fiu":
+            raise TrainingError(f"{self.source}: cross_entropy targets must be integers, got "
+                                f"{y.dtype}")
+        shape = self.graph.outputs[0].shape
+        c = shape[1] if shape is not None and len(shape) > 1 else None
+        if y.size and y.min() < 0:
+            raise TrainingError(f"{self.source}: label {int(y.min())} is negative; labels are "
+                                "class indices from 0")
+        if isinstance(c, (int, np.integer)) and y.size and y.max() >= c:
+            raise TrainingError(f"{self.source}: label {int(y.max())} out of range for the "
+                                f"model's {c} classes")
+
     # -- inference with the current weights ------------------------------------------------
     def predict(self, feeds, batch_size: int | None = None) -> np.ndarray:
         """The first output in eval mode (BN running statistics, Dropout off)."""
@@ -298,7 +390,8 @@ class Trainer:
         return {n: list(a.shape) for n, a in sorted(self._dynamic().items())}
 
     def save_checkpoint(self, path) -> None:
-        """Weights, running statistics, optimizer state, step count and the RNG state."""
+        """Weights, running statistics, optimizer state, step count, the Dropout RNG state, and
+        fit()'s epoch, schedule position and shuffle RNG state (for an exact resume)."""
         arrays, index = {}, {}
         for kind, d in (("param", self.params), ("state", self.state)):
             for n, a in d.items():
@@ -313,6 +406,8 @@ class Trainer:
                 index[key] = ["opt", n, slot]
         meta = {"format": CHECKPOINT_FORMAT, "loss": self.loss_name, "step": self.step_count,
                 "optimizer": opt, "rng": self.rng.bit_generator.state, "index": index,
+                "epoch": self.epoch, "schedule": self.schedule,
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "fingerprint": self._fingerprint()}
         buf = io.BytesIO()
         np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
@@ -347,3 +442,10 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.step_count = int(meta["step"])
         self.rng.bit_generator.state = meta["rng"]
+        self.optimizer.lr = float(opt["hyper"]["lr"])  # as torch's load_state_dict does
+        # fit()'s position (absent from checkpoints written before it existed: start afresh)
+        self.epoch = int(meta.get("epoch", 0))
+        self.schedule = dict(meta.get("schedule") or {"kind": None, "base_lr": None,
+                                                      "position": 0})
+        if "shuffle_rng" in meta:
+            self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
