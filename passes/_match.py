@@ -87,22 +87,6 @@ def set_bias(graph: Graph, node: Node, array: np.ndarray, index: int = 2) -> Non
         node.set_input(index, v)
 
 
-def _detach(graph: Graph, nodes: list[Node], keep: set[int]) -> None:
-    ids = {id(n) for n in nodes}
-    for n in nodes:
-        for i in range(len(n.inputs)):
-            n.set_input(i, None)
-    for n in nodes:
-        for v in n.outputs:
-            if id(v) in keep:
-                continue
-            assert not v.uses and v not in graph.outputs, f"{v.name} is still used"
-            v.producer = None
-            if graph.values.get(v.name) is v:
-                del graph.values[v.name]
-    graph.nodes = [n for n in graph.nodes if id(n) not in ids]
-
-
 def absorb(graph: Graph, node: Node, followers: list[Node]) -> None:
     """``node`` takes over the first output of ``followers[-1]``; the followers leave.
 
@@ -110,14 +94,8 @@ def absorb(graph: Graph, node: Node, followers: list[Node]) -> None:
     only by the next one.  ``node`` keeps its position (its consumers all come later).
     """
     out = followers[-1].outputs[0]
-    old = node.outputs[0]
-    _detach(graph, followers, {id(out)})
-    assert not old.uses and old not in graph.outputs, f"{old.name} is still used"
-    if graph.values.get(old.name) is old:
-        del graph.values[old.name]
-    old.producer = None
-    node.outputs[0] = out
-    out.producer = node
+    graph.remove_nodes(followers, keep=[out])
+    graph.set_output(node, 0, out)
 
 
 def replace_chain(graph: Graph, chain: list[Node], new: Node) -> Node:
@@ -127,7 +105,5 @@ def replace_chain(graph: Graph, chain: list[Node], new: Node) -> Node:
     """
     index = max(graph.nodes.index(n) for n in chain)
     graph.add_node(new, index + 1)
-    _detach(graph, chain, {id(v) for v in new.outputs})
-    for v in new.outputs:
-        v.producer = new
+    graph.remove_nodes(chain, keep=new.outputs)  # new is their producer since it was built
     return new

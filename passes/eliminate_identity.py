@@ -78,11 +78,7 @@ class EliminateIdentityPass(Pass):
                     continue
                 graph.remove_node(node)  # y stays in graph.values: it is a graph output
                 graph.replace_all_uses(x, y)
-                p.outputs[p.outputs.index(x)] = y
-                y.producer = p
-                x.producer = None
-                if graph.values.get(x.name) is x:
-                    del graph.values[x.name]
+                graph.set_output(p, p.outputs.index(x), y)
                 if y.shape is None:
                     y.shape = x.shape
                 if y.dtype is None:

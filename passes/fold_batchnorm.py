@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from convrt.ir import Graph, Node
-from convrt.ops.fused import as_channel_param, ensure_function
-from convrt.ops.normalization import bn_affine
+from convrt.ops.fused import ensure_function
+from convrt.ops.params import as_channel_param, bn_affine
 
 from ._infra import Pass, PassResult
 from ._match import (FLOATS, absorb, extra_outputs_unused, new_const, only_consumer,

@@ -47,15 +47,7 @@ class FoldConstantsPass(Pass):
             if not used or any(env.get(v.name) is None or env[v.name].value is None
                                for v in used):
                 continue
-            for i in range(len(node.inputs)):
-                node.set_input(i, None)
-            graph.nodes.remove(node)
-            for v in node.outputs:
-                v.producer = None
-                if v.uses:
-                    graph.add_initializer(v.name, env[v.name].value)
-                elif graph.values.get(v.name) is v:
-                    del graph.values[v.name]
+            graph.fold_node(node, {v.name: env[v.name].value for v in used})
             folded += 1
             by_op[node.op_type] = by_op.get(node.op_type, 0) + 1
         removed = graph.remove_unused_initializers() if folded else 0

@@ -168,6 +168,52 @@ class Graph:
             if not v.uses and v not in self.outputs:
                 self.values.pop(v.name, None)
 
+    def remove_nodes(self, nodes: list[Node], keep: Iterable[Value] = ()) -> None:
+        """Drop ``nodes`` together (a matched chain), in one pass over ``self.nodes``.
+
+        Their inputs are released first, so values read only inside the group may go; every
+        other output must be unused and not a graph output by then, except those in ``keep``,
+        which stay with their producer as is (a node added in the group's place writes them).
+        """
+        ids, kept = {id(n) for n in nodes}, {id(v) for v in keep}
+        for n in nodes:
+            for i in range(len(n.inputs)):
+                n.set_input(i, None)
+        for n in nodes:
+            for v in n.outputs:
+                if id(v) in kept:
+                    continue
+                assert not v.uses and v not in self.outputs, f"{v.name} is still used"
+                v.producer = None
+                if self.values.get(v.name) is v:
+                    del self.values[v.name]
+        self.nodes = [n for n in self.nodes if id(n) not in ids]
+
+    def set_output(self, node: Node, i: int, v: Value) -> None:
+        """Make ``v`` the ``i``-th output of ``node`` (a fused node taking over the value its
+        chain wrote).  The value it replaces must be unused and not a graph output: it loses
+        its producer and leaves ``values``."""
+        old = node.outputs[i]
+        assert not old.uses and old not in self.outputs, f"{old.name} is still used"
+        if self.values.get(old.name) is old:
+            del self.values[old.name]
+        old.producer = None
+        node.outputs[i] = v
+        v.producer = node
+
+    def fold_node(self, node: Node, arrays: dict[str, np.ndarray]) -> None:
+        """Replace ``node`` by constants: each output with readers becomes an initializer
+        holding ``arrays[name]``; the unused ones leave ``values``."""
+        for i in range(len(node.inputs)):
+            node.set_input(i, None)
+        self.nodes.remove(node)
+        for v in node.outputs:
+            v.producer = None
+            if v.uses:
+                self.add_initializer(v.name, arrays[v.name])
+            elif self.values.get(v.name) is v:
+                del self.values[v.name]
+
     def remove_unused_initializers(self) -> int:
         dead = [n for n, v in self.initializers.items() if not v.uses and v not in self.outputs
                 and v not in self.inputs]

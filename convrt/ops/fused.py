@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..activations import ONNX_OPS
 from ._shape import FLOAT_TYPES
 from .activation import clip_bounds
 from .conv import bind_conv, conv_geometry
+from .params import as_channel_param  # noqa: F401  (re-exported for older imports)
 from .linear import bind_gemm
 from .registry import CONVRT_DOMAIN, register_op
 from ..ir import Function, FunctionNode
@@ -239,7 +238,3 @@ def ensure_function(graph, op_type: str) -> None:
     graph.opsets[CONVRT_DOMAIN] = 1
     graph.ir_version = max(graph.ir_version, 8)  # model-local functions need IR >= 8
 
-
-def as_channel_param(a: np.ndarray, rank: int, dtype) -> np.ndarray:
-    """A per-channel vector reshaped to [C, 1, ...] (rank - 1 dims) in ``dtype``."""
-    return np.ascontiguousarray(np.asarray(a).reshape((-1,) + (1,) * (rank - 2)).astype(dtype))

@@ -1,16 +1,10 @@
 """BatchNormalization (inference form): y = (x - mean) / sqrt(var + eps) * scale + B."""
 
-import numpy as np
 
 from ..kernels.elementwise import channel_affine
 from ._shape import FLOAT_TYPES
+from .params import bn_affine  # noqa: F401  (also imported from here by train/grads/norm.py)
 from .registry import register_op
-
-
-def bn_affine(scale, bias, mean, var, epsilon):
-    """Per-channel (a, b) with y = a * x + b, computed in float64 (used by passes too)."""
-    a = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(epsilon))
-    return a, bias.astype(np.float64) - mean.astype(np.float64) * a
 
 
 def _bn(ctx, X, scale, B, mean, var, epsilon, training_mode=0, n_outputs=1):
