@@ -257,15 +257,16 @@ def test_unknown_trainable():
 
 def test_op_without_backward_rule_is_named():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("GlobalMaxPool", ["c"], ["p"], name="the_gmp"),
+             helper.make_node("Gather", ["c", "i"], ["p"], name="the_gather", axis=1),
              helper.make_node("Flatten", ["p"], ["y"], name="flat")]
     g = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
+        [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w"),
+         numpy_helper.from_array(np.array([1], np.int64), "i")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    with pytest.raises(TrainingError, match=r"no backward rule for node 'the_gmp' "
-                                            r"\(GlobalMaxPool\)"):
+    with pytest.raises(TrainingError, match=r"no backward rule for node 'the_gather' "
+                                            r"\(Gather\)"):
         Trainer(m)
 
 

@@ -171,7 +171,9 @@ PARAMS = [(op, name) for op, cases in sorted(CASES.items()) for name in cases]
 
 
 def test_every_rule_has_a_case():
-    missing = sorted(set(registered_grads()) - set(CASES))
+    from test_train_grads_more import CASES as MORE  # the rules added for issue #23
+
+    missing = sorted(set(registered_grads()) - set(CASES) - set(MORE))
     assert not missing, f"backward rules without a finite-difference case: {missing}"
 
 

@@ -81,3 +81,53 @@ def log_softmax_grad(ctx, gy):
     y3, g3 = _rows(ctx, y), _rows(ctx, np.ascontiguousarray(gy[0]))
     gx = g3 - np.exp(y3) * g3.sum(axis=1, keepdims=True)
     return (gx.reshape(y.shape),)
+
+
+def _x_dtype(ctx, v):
+    return np.asarray(v, ctx.inputs[0].dtype)
+
+
+@register_grad("HardSigmoid")
+def hard_sigmoid_grad(ctx, gy):
+    """alpha where 0 < alpha*x + beta < 1 (PyTorch's hardsigmoid: zero at the kinks)."""
+    x = ctx.inputs[0]
+    a, b = float(ctx.attrs["alpha"]), float(ctx.attrs["beta"])
+    z = x * _x_dtype(ctx, a) + _x_dtype(ctx, b)
+    return (gy[0] * ((z > 0) & (z < 1)) * _x_dtype(ctx, a),)
+
+
+@register_grad("HardSwish")
+def hard_swish_grad(ctx, gy):
+    """x * hardsigmoid(x) with alpha 1/6, beta 1/2: 0 below -3, 1 above 3, x/3 + 1/2 between
+    (PyTorch's hardswish_backward: the middle formula at +-3 themselves)."""
+    x = ctx.inputs[0]
+    mid = x * _x_dtype(ctx, 1 / 3) + _x_dtype(ctx, 0.5)
+    d = np.where(x < -3, _x_dtype(ctx, 0), np.where(x <= 3, mid, _x_dtype(ctx, 1)))
+    return (gy[0] * d,)
+
+
+@register_grad("PRelu")
+def prelu_grad(ctx, gy):
+    """y = x (x > 0) else slope * x; the slope's gradient comes back in the output's shape and
+    autodiff sums it to the slope's (per-channel) shape."""
+    x, slope = ctx.inputs
+    neg = x <= 0
+    gx = gy[0] * np.where(neg, slope, _x_dtype(ctx, 1)) if ctx.needs[0] else None
+    gs = gy[0] * np.where(neg, x, _x_dtype(ctx, 0)) if ctx.needs[1] else None
+    return gx, gs
+
+
+@register_grad("Elu")
+def elu_grad(ctx, gy):
+    """1 for x > 0, else alpha * exp(x) = y + alpha."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    a = _x_dtype(ctx, float(ctx.attrs["alpha"]))
+    return (gy[0] * np.where(x > 0, _x_dtype(ctx, 1), y + a),)
+
+
+@register_grad("Selu")
+def selu_grad(ctx, gy):
+    """gamma for x > 0, else gamma * alpha * exp(x) = y + gamma * alpha."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    a, g = float(ctx.attrs["alpha"]), float(ctx.attrs["gamma"])
+    return (gy[0] * np.where(x > 0, _x_dtype(ctx, g), y + _x_dtype(ctx, g * a)),)

@@ -65,3 +65,39 @@ def gap_grad(ctx, gy):
     s = int(np.prod(x.shape[2:]))
     g = gy[0].reshape(x.shape[:2] + (1,) * (x.ndim - 2)) / np.asarray(s, x.dtype)
     return (np.broadcast_to(g, x.shape).copy(),)
+
+
+@register_grad("GlobalMaxPool")
+def gmp_grad(ctx, gy):
+    """All of each plane's gradient to its first maximum (the argmax PyTorch's max pooling
+    routes to)."""
+    x = ctx.inputs[0]
+    n, c = x.shape[:2]
+    flat = x.reshape(n * c, -1)
+    arg = flat.argmax(axis=1)
+    gx = np.zeros_like(flat)
+    gx[np.arange(n * c), arg] = gy[0].reshape(-1)
+    return (gx.reshape(x.shape),)
+
+
+@register_grad("ReduceMean", nondiff=(1,))
+def reduce_mean_grad(ctx, gy):
+    """The output's gradient spread evenly over the reduced cells (axes from the attribute
+    before opset 18, from input 1 since; no axes = all, unless noop_with_empty_axes)."""
+    x = ctx.inputs[0]
+    if ctx.opset < 18:
+        axes = ctx.attrs.get("axes")
+    else:
+        axes = ctx.input(1)
+    axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    if not axes:
+        if ctx.opset >= 18 and int(ctx.attrs.get("noop_with_empty_axes", 0)):
+            return (gy[0].reshape(x.shape),) + (None,) * (len(ctx.inputs) - 1)
+        axes = list(range(x.ndim))
+    axes = sorted({a + x.ndim if a < 0 else a for a in axes})
+    g = gy[0]
+    if not int(ctx.attrs.get("keepdims", 1)):
+        g = np.expand_dims(g, tuple(axes))
+    count = int(np.prod([x.shape[a] for a in axes]))
+    g = g / np.asarray(count, x.dtype)
+    return (np.broadcast_to(g, x.shape).copy(),) + (None,) * (len(ctx.inputs) - 1)

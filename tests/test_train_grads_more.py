@@ -1,0 +1,170 @@
+"""Backward rules added for fine-tuning exported CNNs (issue #23), each against float64 central
+finite differences exactly as ``test_train_grads.py`` checks the others (its model helpers, its
+tolerance).  ``CASES`` here counts for that file's ``test_every_rule_has_a_case``.
+
+Ops with kinks (HardSigmoid/HardSwish at their clamp points, PRelu/Elu/Selu at 0, Max/Min where
+inputs cross, GlobalMaxPool where two cells tie) get inputs kept away from the kinks, so the
+differences stay on one side; Sqrt, Log and Pow's base get positive inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_train_grads import binary, model, node, pool, unary
+
+import convrt
+from convrt.train import Program
+
+
+def _nary(op, *shapes):
+    names = [f"I{i}" for i in range(len(shapes))]
+    return model([node(op, names)], dict(zip(names, shapes)), ["Y"])
+
+
+def _slice10(xs, starts, ends, axes=None, steps=None, opset=13):
+    inits = {"s": np.array(starts, np.int64), "e": np.array(ends, np.int64)}
+    ins = ["X", "s", "e"]
+    if axes is not None:
+        inits["a"] = np.array(axes, np.int64)
+        ins.append("a")
+    if steps is not None:
+        inits["t"] = np.array(steps, np.int64)
+        ins.append("t")
+    return model([node("Slice", ins)], {"X": xs}, ["Y"], inits, opset=opset)
+
+
+def _pad(xs, pads, value=0.0, axes=None, opset=13):
+    inits = {"p": np.array(pads, np.int64), "v": np.array(value)}
+    ins = ["X", "p", "v"]
+    if axes is not None:
+        inits["a"] = np.array(axes, np.int64)
+        ins.append("a")
+    return model([node("Pad", ins, mode="constant")], {"X": xs}, ["Y"], inits, opset=opset)
+
+
+def _reduce_mean18(xs, axes, keepdims=1):
+    return model([node("ReduceMean", ["X", "a"], keepdims=keepdims)], {"X": xs}, ["Y"],
+                 {"a": np.array(axes, np.int64)}, opset=18)
+
+
+CASES = {
+    "ReduceMean": {
+        "axes_attr_keepdims": unary("ReduceMean", (2, 3, 4, 5), axes=[2, 3]),
+        "axes_attr_drop_neg": unary("ReduceMean", (2, 3, 4), axes=[-1, 0], keepdims=0),
+        "all_axes": unary("ReduceMean", (2, 3, 4), keepdims=0),
+        "axes_input_opset18": _reduce_mean18((2, 3, 4, 5), [2, 3], keepdims=0),
+    },
+    "HardSigmoid": {
+        "default": unary("HardSigmoid", (3, 4, 5)),
+        "alpha_beta": unary("HardSigmoid", (3, 4, 5), alpha=1 / 6, beta=0.5),
+    },
+    "HardSwish": {"hardswish": unary("HardSwish", (3, 4, 5), opset=14)},
+    "Pad": {
+        "opset13_value": _pad((2, 3, 4), [0, 1, 2, 0, 2, 1], value=0.5),
+        "negative_crop": _pad((2, 3, 5), [0, -1, 1, 0, 1, -2]),
+        "opset18_axes": _pad((2, 3, 4, 4), [1, 2, 0, 1], axes=[2, -1], opset=18),
+        "attrs_opset10": model([node("Pad", ["X"], pads=[0, 0, 1, 2, 0, 0, 2, 1], value=1.0)],
+                              {"X": (1, 2, 3, 3)}, ["Y"], opset=10),
+    },
+    "Transpose": {
+        "perm": unary("Transpose", (2, 3, 4), perm=[1, 2, 0]),
+        "default_reverse": unary("Transpose", (2, 3, 4)),
+    },
+    "Slice": {
+        "axes_steps": _slice10((4, 5, 6), [1, 0], [4, 6], axes=[0, 2], steps=[2, 3]),
+        "negative_step_clamped": _slice10((3, 7), [-1, 100], [-100, 1], steps=[-1, -2]),
+        "no_axes": _slice10((4, 5), [1, 1], [3, -1]),
+        "attrs_opset1": unary("Slice", (3, 6), opset=1, starts=[1], ends=[5], axes=[1]),
+    },
+    "PRelu": {
+        "per_channel": binary("PRelu", (2, 3, 4, 4), (3, 1, 1)),
+        "scalar_slope": binary("PRelu", (3, 5), (1,)),
+    },
+    "Elu": {"alpha0.7": unary("Elu", alpha=0.7)},
+    "Selu": {"default": unary("Selu")},
+    "GlobalMaxPool": {"gmp": pool("GlobalMaxPool", (2, 3, 4, 5))},
+    "Pow": {
+        "bcast_exponent": binary("Pow", (2, 3, 4), (4,)),
+        "scalar_exponent": binary("Pow", (3, 4), ()),
+    },
+    "Sqrt": {"sqrt": unary("Sqrt")},
+    "Exp": {"exp": unary("Exp")},
+    "Log": {"log": unary("Log")},
+    "Max": {"three_bcast": _nary("Max", (2, 3, 4), (3, 1), (4,)), "one": _nary("Max", (3, 4))},
+    "Min": {"two_bcast": _nary("Min", (2, 3, 4), (1, 4))},
+    "Sum": {"three_bcast": _nary("Sum", (2, 3, 4), (3, 1), ())},
+    "Mean": {"two_bcast": _nary("Mean", (2, 3, 4), (2, 1, 4))},
+}
+PARAMS = [(op, name) for op, cases in sorted(CASES.items()) for name in cases]
+
+POSITIVE = {"Sqrt", "Log"}
+KINK_AT_ZERO = {"PRelu", "Elu", "Selu"}
+
+
+def _away(a, kinks, margin=0.15):
+    """Move every value at least ``margin`` away from each kink."""
+    for k in kinks:
+        d = a - k
+        a = np.where(np.abs(d) < margin, k + np.where(d >= 0, 1, -1) * (margin + np.abs(d)), a)
+    return a
+
+
+def _feeds(graph, rng, op):
+    feeds = {}
+    for v in graph.runtime_inputs():
+        a = rng.standard_normal(v.shape)
+        if op in POSITIVE or (op == "Pow" and v.name == "A"):
+            a = np.abs(a) + 0.5
+        elif op == "HardSigmoid":
+            a = _away(a * 4, [-2.5, 2.5, -3.0, 3.0])  # both cases' clamp points
+        elif op == "HardSwish":
+            a = _away(a * 4, [-3.0, 3.0])
+        elif op in KINK_AT_ZERO and v.name != "B":
+            a = _away(a, [0.0])
+        elif op in ("Max", "Min"):
+            a = a * 3 + 0.37 * len(feeds)  # different offsets per input: no near-ties
+        elif op == "GlobalMaxPool":  # a clear maximum per plane
+            a = np.round(a * 8) + rng.random(v.shape) * 0.01
+        feeds[v.name] = np.asarray(a, np.float64)
+    if op in ("Max", "Min"):  # keep every pair of broadcast inputs apart by > 1e-3
+        arrs = np.broadcast_arrays(*feeds.values())
+        for i in range(len(arrs)):
+            for j in range(i):
+                assert np.min(np.abs(arrs[i] - arrs[j])) > 1e-3
+    return feeds
+
+
+@pytest.mark.parametrize("op,case", PARAMS, ids=[f"{o}-{c}" for o, c in PARAMS])
+def test_backward_matches_finite_differences(op, case):
+    graph = convrt.load(CASES[op][case])
+    rng = np.random.default_rng(0)
+    feeds = _feeds(graph, rng, op)
+    wrt = list(feeds)
+    prog = Program(graph, wrt)
+    out = graph.outputs[0].name
+
+    def run(f):
+        return prog.forward(f, {}, training=True, rng=np.random.default_rng(7)).env[out]
+
+    y = run(feeds)
+    r = rng.standard_normal(y.shape)
+    tape = prog.forward(feeds, {}, training=True, rng=np.random.default_rng(7))
+    grads = prog.backward(tape, {out: r})
+    eps = 1e-6
+    checked = 0
+    for name in wrt:
+        g = grads[name]
+        assert g.shape == feeds[name].shape and g.dtype == np.float64
+        flat = feeds[name].reshape(-1)
+        idx = rng.choice(flat.size, size=min(flat.size, 12), replace=False)
+        for i in idx:
+            plus, minus = {k: v.copy() for k, v in feeds.items()}, {k: v.copy()
+                                                                    for k, v in feeds.items()}
+            plus[name].reshape(-1)[i] += eps
+            minus[name].reshape(-1)[i] -= eps
+            fd = (np.sum(r * run(plus)) - np.sum(r * run(minus))) / (2 * eps)
+            an = g.reshape(-1)[i]
+            assert abs(fd - an) <= 1e-6 + 1e-5 * abs(fd), (name, int(i), fd, an)
+            checked += 1
+    assert checked > 0
