@@ -233,7 +233,7 @@ class InferenceSession:
         """
         import dataclasses
 
-        from convrt import from_graph  # public name: survives moves of this module
+        from .onnx_io import from_graph  # not the root package: api -> convrt would be a cycle
 
         opts = dataclasses.replace(self.options, optimized_model_filepath="")
         return type(self), (from_graph(self.graph).SerializeToString(), opts)

@@ -60,31 +60,6 @@ def test_attribute_of_another_version_is_rejected():
         convrt.load(model)
 
 
-def test_layering():
-    """passes/ never imports the runtime; kernels never import ops or runtime."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    rules = {"passes": ("convrt.runtime", "convrt.api", "convrt.cli", "convrt.train"),
-             "convrt/kernels": ("convrt.ops", "convrt.runtime", "passes", "..ops", "..runtime"),
-             "convrt/ir": ("convrt.runtime", "convrt.ops", "passes", "..runtime", "..ops")}
-    bad = []
-    for folder, banned in rules.items():
-        for path in (root / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom):
-                    names = ["." * node.level + (node.module or "")]
-                bad += [f"{path.relative_to(root)}: {n}" for n in names
-                        if any(n.startswith(b) for b in banned)]
-    assert not bad, bad
-
-
-
-
 def test_duplicate_registration_raises():
     """Two functions for one (domain, op, version) are an error at import, not an overwrite."""
     from convrt.ops.registry import register_op
