@@ -292,3 +292,86 @@ def test_cli_resume_of_an_interrupted_run_is_exact(digits, tmp_path, monkeypatch
     assert a.keys() == b.keys()
     for n in a:
         assert np.array_equal(a[n], b[n]), n
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_trainable_glob_patterns(recorded):
+    tr = Trainer(str(FINETUNE), trainable=["fc.*"], optimizer=SGD(lr=0.1))
+    assert sorted(tr.params) == sorted(HEAD) and len(tr.bn_eval) == 2
+    tr = Trainer(str(FINETUNE), trainable=["features.[05].*", "fc.bias"])
+    assert sorted(tr.params) == ["fc.bias", "features.0.bias", "features.0.weight",
+                                 "features.5.bias", "features.5.weight"]
+    with pytest.raises(TrainingError, match=r"finetune_head.onnx: trainable pattern 'head\.\*' "
+                                            r"matches no float initializer$"):
+        Trainer(str(FINETUNE), trainable=["fc.weight", "head.*"])
+    with pytest.raises(InputError, match="trainable entries must be strings, got 3"):
+        Trainer(str(FINETUNE), trainable=[3])
+
+
+def test_soft_labels_are_refused_in_one_line(recorded):
+    x, y = recorded["inputs"], recorded["labels"]
+    tr = Trainer(str(FINETUNE), trainable=HEAD)
+    onehot = np.eye(5, dtype=np.float32)[y]
+    with pytest.raises(TrainingError, match=r"cross_entropy: the targets have the logits' shape "
+                                            r"\[8, 5\]: soft labels .* are not supported; pass "
+                                            r"class indices \(argmax over axis 1\)"):
+        tr.step({"input": x}, onehot)
+    with pytest.raises(TrainingError, match=r"soft labels \(one-hot or probability rows\), "
+                                            r"which are not supported"):
+        tr.fit(x, onehot, epochs=1)
+    with pytest.raises(TrainingError, match=r"class indices; the targets are non-integer floats"):
+        tr.fit(x, y + 0.5, epochs=1)
+    with pytest.raises(TrainingError, match=r"label 5 out of range for the model's 5 classes"):
+        tr.fit(x, np.where(y == 0, 5, y), epochs=1)
+    with pytest.raises(TrainingError, match=r"label -1 is negative"):
+        tr.fit(x, np.where(y == 0, -1, y), epochs=1)
+    assert tr.step_count == 0
+
+
+@pytest.mark.parametrize("case", ["label_out_of_range", "soft_labels", "nan_input",
+                                  "pattern_matches_nothing", "bad_lr"])
+def test_cli_bad_input_one_line_nonzero_exit(digits, tmp_path, capsys, case):
+    from convrt.cli import main as cli_main
+
+    x, y = digits[0][:100].copy(), digits[1][:100].copy()
+    extra = []
+    want = {"label_out_of_range": "label 10 out of range for the model's 10 classes",
+            "soft_labels": "look like soft labels (one-hot or probability rows)",
+            "nan_input": "x holds NaN/Inf in 1 samples (first at sample 4)",
+            "pattern_matches_nothing": "trainable pattern 'head.*' matches no float initializer",
+            "bad_lr": "sgd: learning rate -1.0 must be a finite number >= 0"}[case]
+    if case == "label_out_of_range":
+        y[50] = 10
+    elif case == "soft_labels":
+        y = np.eye(10, dtype=np.float32)[y]
+    elif case == "nan_input":
+        x[4, 0, 2, 2] = np.nan
+    elif case == "pattern_matches_nothing":
+        extra = ["--trainable", "classifier.*", "--trainable", "head.*"]
+    else:
+        extra = ["--lr", "-1"]
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x, y=y)
+    out = tmp_path / "t.onnx"
+    rc = cli_main(["train", str(DIGITS), "--data", str(data), "--epochs", "1", "--no-progress",
+                   "-o", str(out)] + extra)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("convrt: error: ") and want in err, err
+    assert not out.exists()
+
+
+def test_cli_trainable_pattern_trains_the_head_only(digits, tmp_path, capsys):
+    from convrt.cli import main as cli_main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=digits[0][:200], y=digits[1][:200])
+    out = tmp_path / "head.onnx"
+    assert cli_main(["train", str(DIGITS), "--data", str(data), "--epochs", "1",
+                     "--no-progress", "--trainable", "classifier.*", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4 trainable tensors" in text and "3 frozen BatchNorm layers in eval mode" in text
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(DIGITS).graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    changed = sorted(n for n in before if not np.array_equal(before[n], after[n]))
+    assert changed and all(n.startswith("classifier.") for n in changed), changed

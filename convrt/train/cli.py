@@ -35,6 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                    help="learning rate over the run: cosine decay to 0 (default) or constant")
     t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+    t.add_argument("--trainable", action="append", metavar="PATTERN",
+                   help="train only the initializers matching this name or glob pattern "
+                   "(repeatable; default: every float parameter); frozen BatchNorm layers run "
+                   "in eval mode")
     t.add_argument("--val-split", type=float, default=0.2, help="held-out fraction (0.2)")
     t.add_argument("--seed", type=int, default=0, help="split, shuffling and dropout seed")
     t.add_argument("--checkpoint", metavar="FILE.npz", help="save a checkpoint after each epoch")
@@ -78,7 +82,8 @@ def cmd_train(args) -> int:
             raise TrainingError(f"--{name.replace('_', '-')} must be >= 1")
     t_start = time.perf_counter()
     (x, y), (xv, yv) = load_data(args.data, args.val_split, args.seed)
-    tr = Trainer(args.model, loss=args.loss, optimizer=_optimizer(args), seed=args.seed)
+    tr = Trainer(args.model, loss=args.loss, optimizer=_optimizer(args), seed=args.seed,
+                 trainable=args.trainable)
     if len(tr.inputs) != 1:
         raise TrainingError(f"{tr.source}: convrt train needs a model with one input, it has "
                             f"{sorted(tr.inputs)}")
@@ -89,7 +94,8 @@ def cmd_train(args) -> int:
         tr.load_checkpoint(args.resume)
     print(f"training {args.model} on {args.data}: {len(x)} samples, {len(xv)} held out; "
           f"{len(tr.params)} trainable tensors "
-          f"({sum(p.size for p in tr.params.values()):,} parameters), {args.optimizer}")
+          f"({sum(p.size for p in tr.params.values()):,} parameters), {args.optimizer}"
+          + (f"; {len(tr.bn_eval)} frozen BatchNorm layers in eval mode" if tr.bn_eval else ""))
     if tr.epoch >= args.epochs:
         print(f"the checkpoint is at epoch {tr.epoch} of {args.epochs}: nothing left to train")
     classify = args.loss == "cross_entropy"
@@ -139,10 +145,6 @@ def cmd_train(args) -> int:
 
 
 def _check_data(tr, x, y, spec) -> None:
-    """Inputs and targets checked once, before any training: NaN/Inf inputs, and (through the
-    trainer) cross-entropy labels that are out of range or not class indices."""
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        first = int(np.argmax(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)))
-        raise TrainingError(f"{spec}: x holds NaN/Inf (first at sample {first}); training "
-                            "needs finite inputs")
+    """Targets checked once, before any training (``load_data`` already refused NaN/Inf
+    inputs): cross-entropy labels that are out of range or not class indices."""
     tr._check_targets(np.asarray(y))

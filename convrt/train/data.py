@@ -42,7 +42,12 @@ def load_npz(path):
         raise TrainingError(f"{path}: {len(x)} inputs but {len(y)} targets")
     if x.dtype.kind not in "fiu":
         raise TrainingError(f"{path}: x must be numeric, got {x.dtype}")
-    return x.astype(np.float32, copy=False), y
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.zeros(0, bool)
+    if bad.any():  # checked before the split, so the sample number is the file's
+        raise TrainingError(f"{path}: x holds NaN/Inf in {int(bad.sum())} samples (first at "
+                            f"sample {int(np.argmax(bad))}); training needs finite inputs")
+    return x, y
 
 
 def load_data(spec: str, val_fraction: float = 0.2, seed: int = 0):

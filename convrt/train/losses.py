@@ -42,6 +42,11 @@ def log_softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 def cross_entropy(logits: np.ndarray, labels) -> tuple[float, np.ndarray]:
     labels = np.asarray(labels)
+    if labels.shape == logits.shape and logits.ndim >= 2 and logits.shape[1] > 1:
+        # one-hot or probability rows: say so, rather than report a shape mismatch
+        raise TrainingError(f"cross_entropy: the targets have the logits' shape "
+                            f"{list(logits.shape)}: soft labels (one-hot or probability rows) "
+                            "are not supported; pass class indices (argmax over axis 1)")
     if labels.dtype.kind not in "iu":
         if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)

@@ -59,8 +59,9 @@ class Trainer:
             cross-entropy).
         loss: ``"cross_entropy"`` or ``"mse"``.
         optimizer: an :class:`~convrt.train.optim.Optimizer` (default ``SGD(lr=0.01)``).
-        trainable: initializer names to train; None = every float initializer except
-            BatchNormalization running statistics (and tensors only read as shapes/ratios).
+        trainable: initializer names or glob patterns (``"fc.*"``) to train; None = every float
+            initializer except BatchNormalization running statistics (and tensors only read as
+            shapes/ratios).
         seed: seeds the Dropout masks.
         keep_ties: keep an initializer that several trainable inputs read shared (a weight tied
             on purpose) instead of untying it; see :mod:`convrt.train.untie`.
@@ -101,7 +102,7 @@ class Trainer:
         if trainable is None:
             names = self._default_trainable(floats)
         else:
-            names = list(dict.fromkeys([trainable] if isinstance(trainable, str) else trainable))
+            names = self._expand_trainable(trainable, floats, state)
             for n in names:
                 if n not in g.initializers:
                     raise TrainingError(f"{self.source}: trainable '{n}' is not an initializer")
@@ -125,6 +126,27 @@ class Trainer:
         self.epoch = 0
         self.shuffle_rng = np.random.default_rng(seed)
         self.schedule = {"kind": None, "base_lr": None, "position": 0}
+
+    def _expand_trainable(self, trainable, floats, state):
+        """Names and glob patterns (``fnmatch``: ``"fc.*"``, ``"layer4.*"``) to initializer names,
+        in graph order for a pattern.  A pattern matching no trainable float initializer is an
+        error, not a silently frozen model; an exact name keeps its own checks below."""
+        import fnmatch
+
+        items = [trainable] if isinstance(trainable, str) else list(trainable)
+        names = []
+        for item in items:
+            if not isinstance(item, str):
+                raise InputError(f"trainable entries must be strings, got {item!r}")
+            if any(ch in item for ch in "*?[") and item not in self.graph.initializers:
+                hits = [n for n in floats if fnmatch.fnmatchcase(n, item)]
+                if not hits:
+                    raise TrainingError(f"{self.source}: trainable pattern '{item}' matches no "
+                                        "float initializer")
+                names.extend(hits)
+            else:
+                names.append(item)
+        return list(dict.fromkeys(names))
 
     def _bn_modes(self, mode):
         """(ids of eval-mode BN nodes, their names, names of the train-mode ones)."""
@@ -312,6 +334,12 @@ class Trainer:
         output's classes where its shape says how many."""
         if self.loss_name != "cross_entropy":
             return
+        shape = self.graph.outputs[0].shape
+        if shape is not None and y.ndim == len(shape) >= 2:
+            raise TrainingError(f"{self.source}: cross_entropy needs class indices of shape "
+                                f"(N, ...); the targets of shape {list(y.shape)} look like soft "
+                                "labels (one-hot or probability rows), which are not supported: "
+                                "pass argmax(y, axis=1)")
         if y.dtype.kind == "f" and not np.all(y == np.round(y)):
             raise TrainingError(f"{self.source}: cross_entropy needs class indices; the targets "
                                 f"are non-integer floats of shape {list(y.shape)} (soft labels "
@@ -319,7 +347,6 @@ class Trainer:
         if y.dtype.kind not in "fiu":
             raise TrainingError(f"{self.source}: cross_entropy targets must be integers, got "
                                 f"{y.dtype}")
-        shape = self.graph.outputs[0].shape
         c = shape[1] if shape is not None and len(shape) > 1 else None
         if y.size and y.min() < 0:
             raise TrainingError(f"{self.source}: label {int(y.min())} is negative; labels are "
