@@ -4,7 +4,9 @@ tolerance).  ``CASES`` here counts for that file's ``test_every_rule_has_a_case`
 
 Ops with kinks (HardSigmoid/HardSwish at their clamp points, PRelu/Elu/Selu at 0, Max/Min where
 inputs cross, GlobalMaxPool where two cells tie) get inputs kept away from the kinks, so the
-differences stay on one side; Sqrt, Log and Pow's base get positive inputs.
+differences stay on one side; Sqrt, Log and Pow's base get positive inputs.  ConvTranspose is
+checked with strides, output_padding, groups, dilations, asymmetric pads, output_shape with
+SAME_UPPER and 1-D; LRN with odd and even window sizes.
 """
 
 from __future__ import annotations
@@ -95,6 +97,30 @@ CASES = {
     "Min": {"two_bcast": _nary("Min", (2, 3, 4), (1, 4))},
     "Sum": {"three_bcast": _nary("Sum", (2, 3, 4), (3, 1), ())},
     "Mean": {"two_bcast": _nary("Mean", (2, 3, 4), (2, 1, 4))},
+}
+
+
+def _convt(xs, ws, bias=True, **attrs):
+    ins = ["X", "W"] + (["B"] if bias else [])
+    shapes = {"X": xs, "W": ws}
+    if bias:
+        shapes["B"] = (ws[1] * attrs.get("group", 1),)
+    return model([node("ConvTranspose", ins, **attrs)], shapes, ["Y"])
+
+
+CASES["ConvTranspose"] = {
+    "3x3_s2_pad1_outpad1": _convt((2, 3, 4, 5), (3, 4, 3, 3), strides=[2, 2],
+                                  pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    "group2_dil2_asym_nobias": _convt((1, 4, 3, 4), (4, 3, 2, 3), bias=False, group=2,
+                                      dilations=[2, 1], pads=[0, 1, 1, 0]),
+    "output_shape_same_upper": _convt((1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2],
+                                      output_shape=[6, 6], auto_pad="SAME_UPPER"),
+    "conv1d_stride3": _convt((2, 2, 5), (2, 3, 4), strides=[3], pads=[1, 2]),
+}
+CASES["LRN"] = {
+    "size5_alexnet": unary("LRN", (2, 7, 3, 3), size=5, alpha=0.5, beta=0.75, bias=2.0),
+    "size2_even": unary("LRN", (1, 4, 5), size=2, alpha=1.0, beta=0.6, bias=1.0),
+    "size3_default_alpha": unary("LRN", (2, 3, 2, 2), size=3),
 }
 PARAMS = [(op, name) for op, cases in sorted(CASES.items()) for name in cases]
 

@@ -82,3 +82,79 @@ def conv_grad(ctx, gy):
     res = (None if gx is None else gx.reshape(x.shape),
            None if gw is None else gw.reshape(w.shape), gb)
     return res[:len(ctx.inputs)]
+
+
+def _ct_geometry(ctx, x, w, b):
+    """ConvTranspose's resolved (k, s, d, begin pads, group), 1-D lifted to 2-D; pads from
+    output_shape / auto_pad resolved by the op's own shape rule."""
+    geo = ctx.cache.get("ct_geo")
+    if geo is None:
+        from ...errors import TrainingError
+        from ...ops.conv_transpose import _geometry as ct_geometry
+
+        a = ctx.attrs
+        if x.ndim not in (3, 4):
+            raise TrainingError(f"node '{ctx.label}' (ConvTranspose): backward supports 1-D and "
+                                f"2-D, got input rank {x.ndim}")
+        octx = OpContext(ctx.label, "ConvTranspose", ctx.opset, True)
+        infos = [TensorInfo(t.shape, t.dtype) if t is not None else None for t in (x, w, b)]
+        s, d, p, g, _, _ = ct_geometry(octx, *infos, a.get("auto_pad", "NOTSET"),
+                                       a.get("dilations"), a.get("group", 1),
+                                       a.get("kernel_shape"), a.get("output_padding"),
+                                       a.get("output_shape"), a.get("pads"), a.get("strides"))
+        k = tuple(w.shape[2:])
+        nsp = len(k)
+        begin = tuple(p[:nsp])
+        if nsp == 1:
+            k, s, d, begin = (1,) + k, (1,) + tuple(s), (1,) + tuple(d), (0,) + begin
+        geo = ctx.cache["ct_geo"] = (k, tuple(s), tuple(d), begin, int(g))
+    return geo
+
+
+@register_grad("ConvTranspose")
+def conv_transpose_grad(ctx, gy):
+    """Y = T(W) X with T(W) the adjoint of the convolution Conv(., W) (same strides, pads,
+    dilations, group; W is (C_in, C_out/group, kH, kW), exactly a convolution's weight from
+    C_out to C_in channels).  So dX = Conv(dY, W) and dW is that convolution's weight gradient
+    with input dY and output gradient X: both from one im2col of dY per chunk of images."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    b = ctx.input(2)
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), group = _ct_geometry(ctx, x, w, b)
+    dy = np.ascontiguousarray(gy[0])
+    one_d = x.ndim == 3
+    x4 = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if one_d else x
+    dy4 = dy.reshape(dy.shape[0], dy.shape[1], 1, dy.shape[2]) if one_d else dy
+    n, cin, oh, ow = x4.shape  # the "output" of the adjoint convolution
+    cout = dy4.shape[1]
+    need_x, need_w = ctx.needs[0], ctx.needs[1]
+    need_b = len(ctx.needs) > 2 and ctx.needs[2]
+    gb = dy4.sum(axis=(0, 2, 3)) if need_b else None
+    if not (need_x or need_w):
+        return (None, None, gb)[:len(ctx.inputs)]
+    cg, mg = cout // group, cin // group  # conv input / output channels per group
+    kk = kh * kw
+    p = oh * ow
+    w3 = w.reshape(group, mg, cg * kk)
+    gw = np.zeros((group, mg, cg * kk), dtype=x.dtype) if need_w else None
+    gx = np.empty((n, cin, p), dtype=x.dtype) if need_x else None
+    x3 = np.ascontiguousarray(x4).reshape(n, cin, p)
+    rows = cout * kk
+    step = max(1, min(n, CHUNK_BYTES // max(rows * p * x.dtype.itemsize, 1)))
+    cols = np.empty((rows, step * p), dtype=x.dtype)
+    xt = np.empty((cin, step * p), dtype=x.dtype) if need_w else None
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        q = (n1 - n0) * p
+        K.im2col(dy4, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        if need_w:
+            K.nchw_to_cnp(x3, xt, n0, n1)
+        for g in range(group):
+            cg_rows = cols[g * cg * kk:(g + 1) * cg * kk, :q]
+            if need_w:
+                gw[g] += xt[g * mg:(g + 1) * mg, :q] @ cg_rows.T
+            if need_x:
+                z = w3[g] @ cg_rows  # (mg, q): images n0..n1-1, pixel-major per image
+                gx[n0:n1, g * mg:(g + 1) * mg] = z.reshape(mg, n1 - n0, p).transpose(1, 0, 2)
+    res = (None if gx is None else gx.reshape(x.shape),
+           None if gw is None else gw.reshape(w.shape), gb)
+    return res[:len(ctx.inputs)]

@@ -97,3 +97,35 @@ def dropout_grad(ctx, gy):
     if "mask" in ctx.saved:
         g = g * ctx.saved["mask"] * ctx.saved["scale"]
     return (g,) + (None,) * (len(ctx.inputs) - 1)
+
+
+def _window_sum(a, before: int, after: int):
+    """out[:, c] = a[:, c - before : c + after + 1].sum(1), clipped to the channels."""
+    c = a.shape[1]
+    cs = np.concatenate([np.zeros_like(a[:, :1]), np.cumsum(a, axis=1)], axis=1)
+    idx = np.arange(c)
+    hi = np.minimum(idx + after + 1, c)
+    lo = np.maximum(idx - before, 0)
+    return cs[:, hi] - cs[:, lo]
+
+
+@register_grad("LRN")
+def lrn_grad(ctx, gy):
+    """y_j = x_j D_j^-beta with D_j = bias + alpha/size * sum of x_q^2 over j's window
+    [j - (size-1)//2, j + ceil((size-1)/2)]; so
+    dx_m = g_m D_m^-beta - 2 beta alpha/size x_m * sum over the j whose window holds m of
+    g_j y_j / D_j (the windows holding m are j in [m - ceil((size-1)/2), m + (size-1)//2])."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    size = int(ctx.attrs["size"])
+    alpha, beta = float(ctx.attrs["alpha"]), float(ctx.attrs["beta"])
+    bias = float(ctx.attrs["bias"])
+    lo_off = (size - 1) // 2
+    hi_off = size - 1 - lo_off
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1).astype(np.float64)
+    g3 = np.ascontiguousarray(gy[0]).reshape(n, c, -1).astype(np.float64)
+    y3 = y.reshape(n, c, -1).astype(np.float64)
+    d = bias + (alpha / size) * _window_sum(x3 * x3, lo_off, hi_off)
+    t = _window_sum(g3 * y3 / d, hi_off, lo_off)
+    gx = g3 * d ** -beta - (2 * beta * alpha / size) * x3 * t
+    return (gx.reshape(x.shape).astype(x.dtype),)
