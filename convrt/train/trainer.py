@@ -445,6 +445,9 @@ class Trainer:
             raise TrainingError(f"cannot write checkpoint {path}: {e.strerror}") from None
 
     def load_checkpoint(self, path) -> None:
+        """Restore what :meth:`save_checkpoint` wrote.  The optimizer's learning rate comes back
+        too (as ``torch.optim.Optimizer.load_state_dict`` restores its param groups' lr): a
+        cosine schedule's current value and its base belong to the run being resumed."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["__meta__"]))
