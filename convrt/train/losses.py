@@ -5,6 +5,10 @@
   integer labels ``(N,)`` / ``(N, d1, ...)``, mean over the labelled positions; a stable
   log-sum-exp.  Equals ONNX ``SoftmaxCrossEntropyLoss(reduction="mean")`` and PyTorch
   ``CrossEntropyLoss()``.
+* :class:`CrossEntropyLoss` adds PyTorch's ``weight`` (per class), ``ignore_index`` and
+  ``label_smoothing`` with ``torch.nn.CrossEntropyLoss``'s exact mean: the weighted sum over the
+  kept positions divided by the sum of their targets' weights; the smoothing term is
+  ``-sum_c w_c log p_c / C`` per position, under the same denominator.
 """
 
 from __future__ import annotations
@@ -74,10 +78,67 @@ def cross_entropy(logits: np.ndarray, labels) -> tuple[float, np.ndarray]:
     return loss, (grad / count).astype(logits.dtype)
 
 
+class CrossEntropyLoss:
+    """``torch.nn.CrossEntropyLoss(weight, ignore_index, label_smoothing)`` (mean reduction) on
+    logits ``(N, C, ...)`` and class indices; ``Trainer(loss=CrossEntropyLoss(...))``."""
+
+    name = "cross_entropy"
+
+    def __init__(self, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0):
+        from ..errors import InputError
+
+        eps = float(label_smoothing)
+        if not 0.0 <= eps <= 1.0:
+            raise InputError(f"label_smoothing {label_smoothing!r} must lie in [0, 1]")
+        self.label_smoothing = eps
+        self.ignore_index = int(ignore_index)
+        self.weight = None
+        if weight is not None:
+            w = np.asarray(weight, np.float64)
+            if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any():
+                raise InputError("weight must be a 1-D array of finite non-negative numbers, one "
+                                 "per class")
+            self.weight = w
+
+    def __call__(self, logits: np.ndarray, labels) -> tuple[float, np.ndarray]:
+        labels = np.asarray(labels)
+        keep = labels != self.ignore_index
+        if self.weight is None and self.label_smoothing == 0.0 and keep.all():
+            return cross_entropy(logits, labels)
+        c = logits.shape[1] if logits.ndim >= 2 else 0
+        if self.weight is not None and self.weight.shape[0] != c:
+            raise TrainingError(f"cross_entropy: {self.weight.shape[0]} class weights for {c} "
+                                "classes")
+        safe = np.where(keep, labels, 0) if labels.dtype.kind in "iuf" else labels
+        cross_entropy(logits, safe)  # every check on shapes, dtypes and ranges
+        lab = np.expand_dims(safe.astype(np.int64), 1)
+        kept = np.expand_dims(keep, 1)
+        w = np.ones(c) if self.weight is None else self.weight
+        wshape = (1, c) + (1,) * (logits.ndim - 2)
+        wc = w.reshape(wshape)
+        w_t = np.where(kept, np.take_along_axis(np.broadcast_to(wc, logits.shape), lab, axis=1),
+                       0.0)  # each kept position's target weight
+        denom = w_t.sum()
+        logp = log_softmax(logits, axis=1)
+        eps = self.label_smoothing
+        nll = -(w_t * np.take_along_axis(logp, lab, axis=1)).sum()
+        smooth = -(np.where(kept, wc * logp, 0.0)).sum()
+        loss = float(((1 - eps) * nll + eps / c * smooth) / denom)
+        p = np.exp(logp)
+        grad = (1 - eps) * w_t * p
+        np.put_along_axis(grad, lab, np.take_along_axis(grad, lab, axis=1) - (1 - eps) * w_t,
+                          axis=1)
+        grad += np.where(kept, eps / c * (wc.sum() * p - wc), 0.0)
+        return loss, (grad / denom).astype(logits.dtype)
+
+
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}
 
 
-def get_loss(name: str):
+def get_loss(name):
+    """A loss by name, or a loss object (:class:`CrossEntropyLoss`) as it is."""
+    if callable(name) and hasattr(name, "name"):
+        return name
     fn = LOSSES.get(name)
     if fn is None:
         raise TrainingError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")

@@ -67,6 +67,9 @@ class Trainer:
             on purpose) instead of untying it; see :mod:`convrt.train.untie`.
         batchnorm: ``"auto"`` (default), ``"train"`` or ``"eval"``: the BatchNormalization mode
             during training steps (see the module docstring).
+        clip_grad_norm: scale the gradients so that their total 2-norm (over every trainable
+            tensor) is at most this, as ``torch.nn.utils.clip_grad_norm_(params, max_norm)``
+            before ``optimizer.step()`` (coefficient ``max_norm / (norm + 1e-6)``, capped at 1).
 
     Attributes:
         untied: initializers created by untying aliases (new name -> the tensor it copied);
@@ -76,13 +79,18 @@ class Trainer:
 
     def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
                  trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False,
-                 batchnorm: str = "auto"):
+                 batchnorm: str = "auto", clip_grad_norm: float | None = None):
         if batchnorm not in BATCHNORM_MODES:
             raise InputError(f"batchnorm={batchnorm!r}: choose one of "
                              f"{', '.join(BATCHNORM_MODES)}")
         self.batchnorm = batchnorm
-        self.loss_name = loss
+        if clip_grad_norm is not None and not (isinstance(clip_grad_norm, (int, float))
+                                               and 0 < clip_grad_norm < math.inf):
+            raise InputError(f"clip_grad_norm {clip_grad_norm!r} must be a finite number > 0")
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.last_grad_norm = None  # the total gradient norm of the last step (when clipping)
         self._loss = get_loss(loss)
+        self.loss_name = getattr(self._loss, "name", loss)
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
         if not isinstance(self.optimizer, Optimizer):
             raise TrainingError(f"optimizer must be a convrt.train optimizer, got "
@@ -230,6 +238,8 @@ class Trainer:
         loss, grads, tape = self._forward_backward(feeds, targets)
         k = self.step_count + 1
         self._require_finite(grads, "the gradient of", k)
+        if self.clip_grad_norm is not None:
+            grads = self._clip(grads)
         new = {n: p.copy() for n, p in self.params.items()}
         snap = self.optimizer.snapshot()
         try:
@@ -254,6 +264,16 @@ class Trainer:
             self.state[n][...] = val
         self.step_count = k
         return loss
+
+    def _clip(self, grads):
+        total = math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64),
+                                           g.reshape(-1).astype(np.float64)))
+                              for g in grads.values()))
+        self.last_grad_norm = total
+        coef = self.clip_grad_norm / (total + 1e-6)
+        if coef >= 1.0:
+            return grads
+        return {n: g * g.dtype.type(coef) for n, g in grads.items()}
 
     def _require_finite(self, arrays: dict, what: str, k: int) -> None:
         for name, a in arrays.items():
