@@ -452,3 +452,19 @@ def test_clipping_and_smoothed_weighted_loss_match_pytorch(recorded):
 def test_bad_loss_and_clipping_arguments(make, msg):
     with pytest.raises(InputError, match=msg):
         make()
+
+
+def test_fit_accepts_ignore_index_labels(recorded):
+    x, y = recorded["inputs"], recorded["labels"].copy()
+    y[3] = -100
+    tr = Trainer(str(FINETUNE), trainable=HEAD, loss=CrossEntropyLoss(), optimizer=SGD(lr=0.1))
+    ref = Trainer(str(FINETUNE), trainable=HEAD, optimizer=SGD(lr=0.1))
+    keep = y != -100
+    # one batch (frozen BN: samples independent): the ignored sample drops out of the mean as
+    # if it were not there
+    [got] = tr.fit(x, y, epochs=1, batch_size=8)
+    assert got == pytest.approx(ref.step({"input": x[keep]}, y[keep]), rel=1e-6)
+    np.testing.assert_allclose(tr.params["fc.weight"], ref.params["fc.weight"], rtol=1e-5,
+                               atol=1e-7)
+    with pytest.raises(TrainingError, match="label -100 is negative"):
+        ref.fit(x, y, epochs=1)

@@ -368,6 +368,9 @@ class Trainer:
             raise TrainingError(f"{self.source}: cross_entropy targets must be integers, got "
                                 f"{y.dtype}")
         c = shape[1] if shape is not None and len(shape) > 1 else None
+        ignore = getattr(self._loss, "ignore_index", None)
+        if ignore is not None:  # CrossEntropyLoss(ignore_index=...): those positions are no label
+            y = y[y != ignore]
         if y.size and y.min() < 0:
             raise TrainingError(f"{self.source}: label {int(y.min())} is negative; labels are "
                                 "class indices from 0")
