@@ -246,7 +246,8 @@ class Trainer:
             self.optimizer.step(new, grads)
             self._require_finite(new, "the weight", k)
             for n, slots in self.optimizer.state.items():
-                self._require_finite(slots, f"the optimizer state of '{n}':", k)
+                for slot, a in slots.items():
+                    self._require_finite({n: a}, f"the optimizer's {slot} of", k)
         except BaseException:
             self.optimizer.restore(snap)
             raise
