@@ -20,6 +20,7 @@ import numpy as np
 
 from .compiler import load, optimize
 from .errors import InputError, UnsupportedOpError
+from .fetch import FetchCache, ValueInfo, copy_graph, list_values
 from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import TensorInfo
@@ -206,6 +207,11 @@ class InferenceSession:
                           if self.options.enable_profiling else None)
         self.graph: Graph = load(path_or_bytes, base_dir, self.options.memory_budget)
         self.unoptimized_node_count = len(self.graph.nodes)
+        # the unoptimized graph (weights shared), for fetching values the passes fuse away
+        self._fetch = FetchCache(copy_graph(self.graph),
+                                 level_name(self.options.graph_optimization_level),
+                                 tuple(self.options.disabled_optimizers),
+                                 self.options.memory_budget, self._threads)
         self.pass_report = optimize(self.graph, level_name(self.options.graph_optimization_level),
                                     tuple(self.options.disabled_optimizers))
         self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
@@ -361,13 +367,17 @@ class InferenceSession:
         raise error
 
     def run(self, output_names, input_feed, run_options=None, profile=None) -> list[np.ndarray]:
-        """Compute ``output_names`` (None = all outputs) from ``input_feed``."""
+        """Compute ``output_names`` (None = all outputs) from ``input_feed``.
+
+        A name may be any value of the original model (``get_values()`` lists them), not only
+        a graph output: such a fetch set is compiled once from the unoptimized graph
+        (``_run_fetch``, convrt/fetch.py); the names of graph outputs alone take the usual plan.
+        """
         arrays, infos = self._check_feeds(input_feed)
         names = self._outputs if output_names is None else list(output_names)
         for n in names:
             if n not in self._outputs:
-                raise InputError(f"{self.graph.source}: unknown output '{n}'; outputs are "
-                                 f"{self._outputs}")
+                return self._run_fetch(names, arrays, infos, run_options, profile)
         try:
             plan = self.plan_for(infos)
         except UnsupportedOpError as e:
@@ -377,4 +387,23 @@ class InferenceSession:
         by_name = dict(zip(self._outputs, results))
         return [by_name[n] for n in names]
 
+    # -- intermediate values (convrt/fetch.py) ------------------------------------------------
+    def get_values(self) -> list[ValueInfo]:
+        """Every value ``run`` can fetch: the graph inputs and each node's output in the
+        original (unoptimized) model, with the producing op, inferred shape and dtype."""
+        return list_values(self._fetch.graph)
 
+    @property
+    def original_graph(self) -> Graph:
+        """The unoptimized graph (shares weight arrays with ``self.graph``); do not mutate."""
+        return self._fetch.graph
+
+    def _run_fetch(self, names, arrays, infos, run_options, profile) -> list[np.ndarray]:
+        """Run the plan of the graph outputs plus the intermediate values in ``names``."""
+        self._fetch.check(names)
+        extra = tuple(dict.fromkeys(n for n in names if n not in self._outputs))
+        plan = self._fetch.plan(extra, infos)
+        numba.set_num_threads(self._threads)
+        results = self._execute(plan, arrays, run_options, profile)
+        by_name = dict(zip(self._outputs + list(extra), results))
+        return [by_name[n] for n in names]
