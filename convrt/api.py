@@ -23,9 +23,9 @@ from .errors import InputError, UnsupportedOpError
 from .fetch import FetchCache, ValueInfo, copy_graph, list_values
 from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
-from .ops.registry import TensorInfo
+from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
-from .runtime.plan import Plan
+from .runtime.plan import ArenaPool, Plan
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
 
@@ -82,6 +82,18 @@ class SessionOptions:
         graph_optimization_level: a GraphOptimizationLevel or "disable"/"basic"/"extended"/"all".
         disabled_optimizers: pass names to skip.
         memory_budget: bytes of weights, and separately of activations, a model may need.
+        memory_limit: bytes the session may hold in all (weights, packed weights and activation
+            arenas); 0 = no limit.  Checked before allocating: at load (as the weights' budget)
+            and whenever a plan is built or an arena grows, a one-line InputError naming the
+            need and the limit.
+        max_cached_plans: plans (one per set of input shapes) kept, least recently used
+            dropped first.
+        plan_cache_bytes: bound on the activation bytes the cached plans would need in all
+            (0 = none); least recently used dropped first.  A dropped plan's packed weights
+            stay (shared by the session's other plans); ``release_memory()`` frees everything.
+        enable_cpu_mem_arena: True (default): activation arenas are kept between runs and
+            shared by all plans (grown to the largest in use); False: each run allocates its
+            arena and frees it when it ends (onnxruntime's meaning: less held, slower runs).
         enable_profiling: record every run's per-node times; ``end_profiling()`` writes them.
         profile_file_prefix: the profile is written to ``<prefix>_<timestamp>.json``.
         optimized_model_filepath: if set, the optimized model is written there as ONNX (fused
@@ -89,8 +101,9 @@ class SessionOptions:
 
     Accepted for onnxruntime code, with no effect in convrt: ``inter_op_num_threads`` and
     ``execution_mode`` (a plan runs its nodes one after another; the parallelism is inside the
-    kernels), ``enable_cpu_mem_arena``, ``enable_mem_pattern`` and ``enable_mem_reuse`` (a plan
-    always allocates its buffers once and reuses them by liveness), ``log_severity_level``,
+    kernels), ``enable_mem_pattern`` and ``enable_mem_reuse`` (a plan always lays its buffers out
+    once and reuses them by liveness), onnxruntime's ``arena_extend_strategy`` (a provider
+    option there; convrt's arenas always grow to exactly the largest plan), ``log_severity_level``,
     ``log_verbosity_level`` and ``logid`` (convrt logs nothing: it raises one-line errors),
     ``use_deterministic_compute``, and the entries of ``add_session_config_entry``.
     """
@@ -100,6 +113,9 @@ class SessionOptions:
     graph_optimization_level: object = GraphOptimizationLevel.ORT_ENABLE_ALL
     disabled_optimizers: list = field(default_factory=list)
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    memory_limit: int = 0
+    max_cached_plans: int = MAX_PLANS
+    plan_cache_bytes: int = 0
     log_severity_level: int = 2
     enable_profiling: bool = False
     profile_file_prefix: str = "convrt_profile"
@@ -205,7 +221,10 @@ class InferenceSession:
         # onnxruntime's profile starts at session creation: initialization is its first event
         self._profiler = (SessionProfiler(self.options.profile_file_prefix, "<model>")
                           if self.options.enable_profiling else None)
-        self.graph: Graph = load(path_or_bytes, base_dir, self.options.memory_budget)
+        limit = int(self.options.memory_limit or 0)
+        budget = self.options.memory_budget
+        self.graph: Graph = load(path_or_bytes, base_dir,
+                                 min(budget, limit) if limit else budget)
         self.unoptimized_node_count = len(self.graph.nodes)
         # the unoptimized graph (weights shared), for fetching values the passes fuse away
         self._fetch = FetchCache(copy_graph(self.graph),
@@ -217,9 +236,15 @@ class InferenceSession:
         self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
         self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
         self._outputs = [v.name for v in self.graph.outputs]
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: dict[tuple, Plan] = {}  # least recently used first
+        # what every plan shares: packed weights and activation arenas (see plan_for)
+        self._packs = PackCache()
+        weights = sum(v.const.nbytes for v in self.graph.values.values() if v.const is not None)
+        self._pool = ArenaPool(bool(self.options.enable_cpu_mem_arena), limit,
+                               lambda: weights + self._packs.nbytes)
         self._by_value: frozenset = frozenset()  # inputs whose values key the plans
         self._lock = threading.Lock()
+        self._lru = threading.Lock()  # guards the order of _plans (quick: taken on every run)
         if self.options.optimized_model_filepath:
             self._write_optimized(self.options.optimized_model_filepath)
         if self._profiler is not None:
@@ -320,19 +345,56 @@ class InferenceSession:
 
     def plan_for(self, infos: dict[str, TensorInfo]) -> Plan:
         """The plan for these input shapes, and for the values of the inputs given one (built
-        once, cached: at most MAX_PLANS, the oldest dropped first)."""
+        once, cached: at most ``max_cached_plans``, and ``plan_cache_bytes`` of activations,
+        the least recently used dropped first).  All plans share the session's packed weights
+        and activation arenas, so a plan holds only what depends on its shapes."""
         key = tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
                            for n, i in infos.items()))
-        plan = self._plans.get(key)
+        plan = self._touch(key)
         if plan is None:
-            with self._lock:
-                plan = self._plans.get(key)
+            with self._lock:  # one build at a time; runs of built plans go on meanwhile
+                plan = self._touch(key)
                 if plan is None:
-                    plan = Plan(self.graph, infos, self.options.memory_budget, self._threads)
-                    if len(self._plans) >= MAX_PLANS:
-                        self._plans.pop(next(iter(self._plans)))
-                    self._plans[key] = plan
+                    plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
+                                self._packs, self._pool)
+                    with self._lru:
+                        self._plans[key] = plan
+                        self._evict()
         return plan
+
+    def _touch(self, key):
+        """The cached plan for ``key``, made the most recently used; None when not cached."""
+        with self._lru:
+            plan = self._plans.pop(key, None)
+            if plan is not None:
+                self._plans[key] = plan
+        return plan
+
+    def _evict(self) -> None:
+        """Drop least recently used plans past the count or byte bound (never the newest);
+        when the largest plan goes, the arenas shrink to the largest one left."""
+        opts, plans = self.options, self._plans
+        cap, nbytes = max(1, int(opts.max_cached_plans)), int(opts.plan_cache_bytes or 0)
+        held = sum(p.arena_bytes + p.scratch_bytes for p in plans.values())
+        dropped = False
+        while len(plans) > 1 and (len(plans) > cap or (nbytes and held > nbytes)):
+            old = plans.pop(next(iter(plans)))
+            held -= old.arena_bytes + old.scratch_bytes
+            old.release()
+            dropped = True
+        if dropped and max(p.arena_bytes for p in plans.values()) < self._pool.high:
+            self._pool.clear()
+
+    def release_memory(self) -> None:
+        """Drop every cached plan, the activation arenas and the packed weights (the session
+        plans again on its next run).  For a long-lived session after a burst of large
+        batches; runs in progress finish and free their own arena."""
+        with self._lock, self._lru:
+            for p in self._plans.values():
+                p.release()
+            self._plans.clear()
+            self._pool.clear()
+            self._packs.clear()
 
     def _plan_by_value(self, arrays: dict, infos: dict, error: UnsupportedOpError) -> Plan:
         """Plan again with the values of small feeds as constants.

@@ -78,12 +78,18 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         scratch += math.prod(unpooled) * X.dtype.itemsize
     kind = ConvMaxPool if pool else Conv2d
 
-    def make(w, b):
+    def make(w, b, packs=None):
         w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
-        return kind(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype)
+        return kind(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype,
+                    packs=packs)
 
     const = W.value is not None and (B is None or B.value is not None)
-    conv = make(W.value, None if B is None else B.value) if const else None
+    conv = None
+    if const:  # packed once per session when the plan is built with a pack cache
+        bv = None if B is None else B.value
+        packs = None if ctx.packs is None else (ctx.packs, ("conv", id(W.value), id(bv)),
+                                                (W.value, bv))
+        conv = make(W.value, bv, packs)
     if conv is not None:  # the bound kernel knows its own copy (Winograd, gather, none)
         scratch = conv.scratch_bytes()
 

@@ -58,7 +58,11 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
 
         return ctx.result([shape], [A.dtype], run_nt, flops=macs)
 
-    packed = pack(B.value) if B.value is not None else None
+    packed = None
+    if B.value is not None:  # one (K, M) copy per session, whichever batch sizes it plans
+        bv = B.value
+        packed = (pack(bv) if ctx.packs is None else
+                  ctx.packs.get(("gemm", id(bv), transB, dt.str), (bv,), lambda: pack(bv)))
     chunk = _chunk(m, n)
 
     def run(a, b, *rest):  # rest = ([c], out)

@@ -19,7 +19,10 @@ convrt never runs an op under the semantics of an older schema than the model as
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,6 +67,72 @@ class OpResult:
     extra: dict = field(default_factory=dict)
 
 
+class PackCache:
+    """A session's packed weights, shared by all its plans (one per set of input shapes).
+
+    Why: each plan binds its own kernels, and a kernel packs its weights for its inner loop; a
+    session that sees batch sizes 1..8 would otherwise hold eight packed copies of every layer.
+    Entries are keyed by the identity of the constant arrays packed (``id``) plus the layer's
+    geometry without the batch and the packing parameters (so an algorithm chosen differently
+    for another batch gets its own entry).  Each entry holds the arrays it was keyed by, so an
+    ``id`` cannot be reused by another array while its entry lives.  Thread-safe: two plans
+    built at once may both pack a miss; the first stored wins and the other copy is dropped.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, keep: tuple, make: Callable):
+        """``make()``'s value for ``key``, built once; ``keep``: the arrays ``key`` names."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self.hits += 1
+                return hit[1]
+        value = make()
+        with self._lock:
+            self.misses += 1
+            return self._entries.setdefault(key, (keep, value))[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed arrays held (numpy arrays found in each value, one level deep)."""
+        with self._lock:
+            vals = [v for _, v in self._entries.values()]
+        return sum(_nbytes(v) for v in vals)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, np.ndarray):
+        return v.nbytes
+    if isinstance(v, (tuple, list)):
+        return sum(x.nbytes for x in v if isinstance(x, np.ndarray))
+    return 0
+
+
+# The pack cache of the plan being built on this thread (runtime/plan.py sets it around
+# binding).  A context variable, because OpContext objects are made by ops/infer.py, which
+# should not have to know about caching.
+_PACKS: contextvars.ContextVar = contextvars.ContextVar("convrt_packs", default=None)
+
+
+@contextlib.contextmanager
+def packing_into(cache: PackCache | None):
+    """Bind kernels inside this block with ``cache`` as ``OpContext.packs``."""
+    token = _PACKS.set(cache)
+    try:
+        yield cache
+    finally:
+        _PACKS.reset(token)
+
+
 class OpContext:
     """Per-node helpers handed to op functions (names for errors, opset, bind mode)."""
 
@@ -75,6 +144,11 @@ class OpContext:
         self.binding = binding
         self.source = source
         self.n_outputs = 1  # outputs the node lists (set by infer; MaxPool's Indices)
+
+    @property
+    def packs(self) -> PackCache | None:
+        """The session's pack cache while a plan binds kernels (None: pack privately)."""
+        return _PACKS.get()
 
     def where(self) -> str:
         return f"{self.source}: node '{self.node_name}' ({self.op_type})"

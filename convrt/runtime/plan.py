@@ -9,12 +9,14 @@ reader's zero-bordered input layout (``_pad_handoffs``): the writer stores into 
 interior and the reader skips its input copy.
 
 ``Plan.run`` then walks ``self.steps`` and nothing else: no graph walk, no op-name branches.
-An :class:`Arena` holds one set of buffers; concurrent runs each take their own arena, so one
-plan serves many threads.
+An :class:`Arena` is one aligned block that holds a run's buffers at the plan's offsets; a
+session's plans share one :class:`ArenaPool` (arenas grown to the largest plan in use and reused by
+smaller ones), and concurrent runs each take their own arena, so one plan serves many threads.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import threading
@@ -27,7 +29,7 @@ import numpy as np
 from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
 from ..ops.infer import NodeInfo, infer, one_line
-from ..ops.registry import TensorInfo
+from ..ops.registry import PackCache, TensorInfo, packing_into
 
 ALIGN = 64
 # Steps with less work than this run on the calling thread alone: waking the pool for a few
@@ -107,13 +109,147 @@ def _raw_thread_setter():
     return numba.set_num_threads
 
 
+class Arena:
+    """One run's activation memory: an aligned block, and per plan the views into it."""
+
+    __slots__ = ("raw", "buf", "nbytes", "views")
+
+    def __init__(self, nbytes: int, source: str):
+        try:
+            raw = np.empty(nbytes + ALIGN, np.uint8)
+        except MemoryError:
+            raise InputError(f"{source}: cannot allocate {nbytes} bytes of activations") \
+                from None
+        off = (-raw.ctypes.data) % ALIGN
+        self.raw, self.buf, self.nbytes = raw, raw[off:off + nbytes], nbytes
+        self.views: dict[int, list] = {}  # plan serial -> that plan's slot views
+
+
+class ArenaPool:
+    """A session's activation arenas, shared by all its plans.
+
+    Why one pool per session and not a set of buffers per plan: a session that sees batch sizes
+    1..8 would otherwise hold the buffers of every batch size at once.  Every arena is grown to
+    the largest plan that ran (``high``), so any free arena serves any plan; a run takes a free
+    arena big enough, else grows one (freeing the old block first), else makes one: concurrent
+    runs hold one each.  ``keep=False`` (``SessionOptions.enable_cpu_mem_arena = False``) frees
+    an arena when its run ends.  ``limit`` (bytes, 0 = none) is checked before allocating, with
+    ``fixed()`` the bytes held besides the arenas (weights, packed weights).
+    """
+
+    def __init__(self, keep: bool = True, limit: int = 0, fixed=lambda: 0):
+        self.keep, self.limit, self.fixed = keep, limit, fixed
+        self._free: list[Arena] = []
+        self._lock = threading.Lock()
+        self._dead: set[int] = set()  # serials of dropped plans: their views are purged
+        self.high = 0  # the size arenas are grown to
+        self.allocated = 0  # bytes of all arenas, free and taken
+        self.grown = 0  # arenas allocated (a new one, or a bigger one), for tests
+
+    def check(self, need: int, source: str, what: str) -> None:
+        """Raise the one-line error when ``need`` more bytes would pass ``limit``."""
+        if self.limit and self.fixed() + need > self.limit:
+            raise InputError(f"{source}: {what} need {self.fixed() + need} bytes, over the "
+                             f"session's memory_limit of {self.limit}")
+
+    def take(self, need: int, source: str) -> Arena:
+        with self._lock:
+            fits = [a for a in self._free if a.nbytes >= need]
+            if fits:
+                a = min(fits, key=lambda a: a.nbytes)
+                self._free.remove(a)
+                return a
+            old = self._free.pop() if self._free else None
+            size = max(need, self.high)
+            held = self.allocated - (old.nbytes if old else 0)
+            self.check(held + size, source, "weights and activations")
+            self.high = size
+            self.allocated = held + size
+            self.grown += 1
+        del old  # the smaller block goes before the bigger one is allocated
+        try:
+            return Arena(size, source)
+        except InputError:
+            with self._lock:
+                self.allocated -= size
+            raise
+
+    def give(self, a: Arena) -> None:
+        with self._lock:
+            for s in self._dead.intersection(a.views):
+                del a.views[s]
+            if self.keep and a.nbytes >= self.high:
+                self._free.append(a)
+            else:  # smaller than the pool grew to since, or no arena kept: free it
+                self.allocated -= a.nbytes
+
+    def forget(self, serial: int) -> None:
+        """A plan was dropped: its views in the arenas go (now, or when an arena comes back)."""
+        with self._lock:
+            self._dead.add(serial)
+            for a in self._free:
+                a.views.pop(serial, None)
+
+    def clear(self) -> None:
+        """Free the arenas not in use (runs in progress free theirs when they end)."""
+        with self._lock:
+            self.allocated -= sum(a.nbytes for a in self._free)
+            self._free.clear()
+            self.high = 0
+
+
+class _Views(list):
+    """A plan's slot views into one arena (remembers the arena, for ``Plan._free``)."""
+
+    __slots__ = ("arena",)
+
+
+class _FreeViews:
+    """``Plan._free``: the views this plan has in its pool's free arenas, as a list-like (the
+    tests hold arenas back or poison their buffers through it)."""
+
+    def __init__(self, plan):
+        self.plan, self.pool = plan, plan._pool
+
+    def _views(self, arenas):
+        return [self.plan._views_of(a) for a in arenas]
+
+    def __len__(self):
+        return len(self.pool._free)
+
+    def __iter__(self):
+        return iter(self._views(list(self.pool._free)))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self._views(self.pool._free[i])
+        return self.plan._views_of(self.pool._free[i])
+
+    def __delitem__(self, i):
+        del self.pool._free[i]
+
+    def extend(self, views) -> None:
+        self.pool._free.extend(v.arena for v in views)
+
+
+_SERIALS = itertools.count()
+
+
 class Plan:
-    """An executable form of ``graph`` for one set of input shapes."""
+    """An executable form of ``graph`` for one set of input shapes.
+
+    ``packs`` (a session's PackCache) shares packed weights with the session's other plans,
+    ``pool`` (its ArenaPool) the activation memory; without them the plan has its own.
+    """
 
     def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None,
-                 threads: int = 1):
+                 threads: int = 1, packs: PackCache | None = None,
+                 pool: ArenaPool | None = None):
         self.source = graph.source
-        env, infos = infer(graph, feeds, binding=True)
+        self._serial = next(_SERIALS)
+        self._pool = ArenaPool() if pool is None else pool
+        with packing_into(packs):
+            env, infos = infer(graph, feeds, binding=True)
         slot: dict[str, int] = {}
         self.template: list = []  # per slot: constant array, or None (filled per run/arena)
 
@@ -146,8 +282,6 @@ class Plan:
         self.padded = self._pad_handoffs(step_defs, alias_of) if PAD_HANDOFFS else {}
         self._plan_memory(step_defs, defs, last_use, alias_of, budget)
         self._schedule(threads)
-        self._lock = threading.Lock()
-        self._free: list[list] = []
 
     # -- building -----------------------------------------------------------------------------
     def _bind(self, ni: NodeInfo, slot_of, env, defs, step_defs, alias_of, last_use):
@@ -267,43 +401,61 @@ class Plan:
                     free.append(self.assign[s][0])
         self.buffer_sizes = sizes
         self.nbytes = sum(sizes)
+        # the buffers' offsets in one arena, each aligned for the kernels' vector loads
+        self.offsets, end = [], 0
+        for size in sizes:
+            self.offsets.append(end)
+            end += -(-size // ALIGN) * ALIGN
+        self.arena_bytes = end
         need = self.nbytes + self.scratch_bytes
         if budget is not None and need > budget:
             raise InputError(f"{self.source}: these input shapes need {need} bytes of "
                              f"activations, over the memory budget of {budget}")
+        # the session's limit, before any arena is allocated (the pool checks again when it
+        # grows, with what is held by then)
+        pool = self._pool
+        pool.check(max(pool.allocated, self.arena_bytes) + self.scratch_bytes, self.source,
+                   "weights and these input shapes' activations")
 
     # -- running ------------------------------------------------------------------------------
-    def _new_arena(self) -> list:
-        bufs = []
-        for size in self.buffer_sizes:
-            try:
-                raw = np.empty(size + ALIGN, np.uint8)
-            except MemoryError:
-                raise InputError(f"{self.source}: cannot allocate {self.nbytes} bytes of "
-                                 "activations") from None
-            off = (-raw.ctypes.data) % ALIGN
-            bufs.append(raw[off:off + size])
-        views = list(self.template)
+    @property
+    def _free(self) -> _FreeViews:
+        return _FreeViews(self)
+
+    @property
+    def _lock(self) -> threading.Lock:  # the pool's: it guards the free arenas
+        return self._pool._lock
+
+    def _views_of(self, arena: Arena) -> list:
+        """This plan's slot views into ``arena`` (made on its first run there, then kept)."""
+        views = arena.views.get(self._serial)
+        if views is not None:
+            return views
+        views = _Views(self.template)
+        views.arena = arena
         for s, (b, info) in self.assign.items():
+            buf = arena.buf[self.offsets[b]:self.offsets[b] + self.buffer_sizes[b]]
             if s in self.padded:  # flat: the kernels on both sides know the layout
                 n = self.padded[s] * info.dtype.itemsize
-                views[s] = bufs[b][:n].view(info.dtype)
+                views[s] = buf[:n].view(info.dtype)
                 continue
             n = math.prod(info.shape) * info.dtype.itemsize
-            views[s] = bufs[b][:n].view(info.dtype).reshape(info.shape)
+            views[s] = buf[:n].view(info.dtype).reshape(info.shape)
+        arena.views[self._serial] = views
         return views
+
+    def release(self) -> None:
+        """The session dropped this plan: its views in the pool's arenas go."""
+        self._pool.forget(self._serial)
 
     def run(self, feeds: dict[str, np.ndarray], profile: list | None = None) -> list[np.ndarray]:
         """Execute with validated ``feeds``; returns fresh copies of the graph outputs.
 
         With ``profile`` (a list), appends (label, op_type, seconds) per step.
         """
-        with self._lock:
-            views = self._free.pop() if self._free else None
-        if views is None:
-            views = self._new_arena()
+        arena = self._pool.take(self.arena_bytes, self.source)
         try:
-            env = list(views)
+            env = list(self._views_of(arena))
             for name, s in self.feed_slots.items():
                 env[s] = feeds[name]
             i = -1
@@ -326,5 +478,4 @@ class Plan:
                                  f"({one_line(e)})") from e
             return [np.array(env[s], copy=True) for s in self.output_slots]
         finally:
-            with self._lock:
-                self._free.append(views)
+            self._pool.give(arena)

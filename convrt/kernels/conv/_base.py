@@ -9,6 +9,7 @@ residual)`` into ``out``.  ``ConvAlgorithm`` holds the defaults: no handoff, no 
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,30 @@ class ConvLayer:
     pads = property(lambda self: (self.pt, self.pl, self.pb, self.pr))
     strides = property(lambda self: (self.sh, self.sw))
     dilations = property(lambda self: (self.dh, self.dw))
+
+
+# (cache, key, keep) while a Conv2d is being bound with a session's pack cache (``Conv2d``'s
+# ``packs``), else None.  A context variable so that the algorithms' constructors need no
+# extra parameter, and two threads binding at once do not see each other's scope.
+_PACKING: contextvars.ContextVar = contextvars.ContextVar("convrt_conv_packing", default=None)
+
+
+def packed(what: str, params: tuple, make):
+    """``make()`` (the packed weights), shared through the session's pack cache when the layer
+    is being bound with one: every plan of a session (one per batch size) then holds one copy.
+    ``params``: whatever besides the weights and the layer's geometry the packing depends on
+    (the microkernel's block width...), so a different choice gets its own entry."""
+    scope = _PACKING.get()
+    if scope is None:
+        return make()
+    cache, key, keep = scope
+    return cache.get(key + (what, params), keep, make)
+
+
+def geometry_key(layer: ConvLayer) -> tuple:
+    """``layer``'s geometry without the batch: what a packing may depend on besides weights."""
+    return (layer.c_n, layer.h_n, layer.w_n, layer.m_all, layer.cg, layer.kh, layer.kw,
+            layer.strides, layer.pads, layer.dilations, layer.group, layer.dtype.str)
 
 
 class ConvAlgorithm:

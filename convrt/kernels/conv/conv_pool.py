@@ -59,9 +59,9 @@ class ConvMaxPool:
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
-                 dtype=np.float32, algo="auto"):
+                 dtype=np.float32, algo="auto", packs=None):
         conv = Conv2d(w, b, in_shape, strides, pads, dilations, group, activation, alpha,
-                      clip_min, clip_max, dtype, algo)
+                      clip_min, clip_max, dtype, algo, packs)
         _, m_all, oh_n, ow_n = conv.out_shape
         assert oh_n >= 2 and ow_n >= 2
         self.conv = conv

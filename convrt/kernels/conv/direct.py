@@ -22,6 +22,7 @@ from numba import prange
 
 from ...activations import CLIP, RELU
 from .._jit import FAST, njit, pjit
+from ._base import packed
 from ._epilogue import _store_tile, _store_tile_m, _zero_border
 from ._ir import VEC
 from ._layout import RowInput, zero_spare
@@ -189,15 +190,20 @@ class Direct(RowInput):
         wd = self._shape[0] * VEC
         nbg = -(-mg // wd)
         nb = group * nbg
-        wp = np.zeros((nb, layer.cg * kk, wd), dtype=dtype)
-        bp = np.zeros((nb, wd), dtype=dtype)
-        w3 = w.reshape(group, mg, layer.cg * kk)
-        b2 = bias.reshape(group, mg)
-        for g in range(group):
-            for bl in range(nbg):
-                j = min(wd, mg - bl * wd)
-                wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
-                bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
+
+        def pack():
+            wp = np.zeros((nb, layer.cg * kk, wd), dtype=dtype)
+            bp = np.zeros((nb, wd), dtype=dtype)
+            w3 = w.reshape(group, mg, layer.cg * kk)
+            b2 = bias.reshape(group, mg)
+            for g in range(group):
+                for bl in range(nbg):
+                    j = min(wd, mg - bl * wd)
+                    wp[g * nbg + bl, :, :j] = w3[g, bl * wd: bl * wd + j].T
+                    bp[g * nbg + bl, :j] = b2[g, bl * wd: bl * wd + j]
+            return wp, bp
+
+        wp, bp = packed("direct", (wd,), pack)
         self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
         # 3x3 taps unrolled per channel: constant tap offsets need unit stride and dilation
         # along W (see _tile_sums)

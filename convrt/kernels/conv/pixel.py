@@ -29,6 +29,7 @@ from numba.extending import intrinsic
 
 from ...activations import CLIP, IN_REGISTERS
 from .._jit import FAST, njit, pjit
+from ._base import packed
 from ._epilogue import _store_tile, _zero_border
 from ._ir import VEC, VecIR, arrays
 from ._layout import RowInput, zero_spare
@@ -299,7 +300,7 @@ class Pixel(RowInput):
         if layer.group != 1 or self._shape is None:
             raise ValueError("algo='pixel' needs group 1 and output rows of 16+ pixels")
         mr, nv = self._shape
-        self._wp, self._bp = pack_weights(w, bias, mr, dtype)
+        self._wp, self._bp = packed("pixel", (mr,), lambda: pack_weights(w, bias, mr, dtype))
         nmb = self._bp.shape[0] // mr
         pix_major = int(c_n * h_n * w_n * dtype.itemsize > PIX_MAJOR_BYTES
                         or layer.cg * layer.kh * layer.kw > m_all)

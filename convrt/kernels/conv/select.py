@@ -8,7 +8,7 @@ one module and one line in ``ALGORITHMS``.
 
 import numpy as np
 
-from ._base import ConvLayer
+from ._base import _PACKING, ConvLayer, geometry_key
 from ._microkernel import HOST
 from .depthwise import Depthwise
 from .direct import Direct
@@ -50,6 +50,9 @@ class Conv2d:
             optional residual.  alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
         algo: "auto" (``select``), or "direct", "pixel", "winograd", "depthwise" to force one.
+        packs: ``(cache, key, keep)``: a session's ``PackCache`` (ops/registry.py), the key of
+            the constant weights (their ids) and those arrays; the packed weights are then
+            shared by every Conv2d bound to the same weights and geometry (``_base.packed``).
 
     Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
     ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
@@ -60,14 +63,23 @@ class Conv2d:
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
-                 dtype=np.float32, algo="auto"):
+                 dtype=np.float32, algo="auto", packs=None):
         dtype = np.dtype(dtype)
         w = np.asarray(w, dtype=dtype)
         layer = ConvLayer.build(w.shape, in_shape, strides, pads, dilations, group, activation,
                                 alpha, clip_min, clip_max, dtype)
         bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
         assert bias.shape == (layer.m_all,)
-        impl = select(layer, HOST, algo)(layer, w, bias)
+        cls = select(layer, HOST, algo)
+        if packs is None:
+            impl = cls(layer, w, bias)
+        else:
+            cache, key, keep = packs
+            token = _PACKING.set((cache, key + (geometry_key(layer),), keep))
+            try:
+                impl = cls(layer, w, bias)
+            finally:
+                _PACKING.reset(token)
         object.__setattr__(self, "impl", impl)
         object.__setattr__(self, "algo", impl.name)
 

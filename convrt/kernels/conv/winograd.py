@@ -29,7 +29,7 @@ from numba import prange
 
 from ...activations import NONE
 from .._jit import FAST, njit, pjit
-from ._base import ConvAlgorithm
+from ._base import ConvAlgorithm, packed
 from ._epilogue import _row_epilogue
 from ._ir import VEC
 from ._microkernel import PRODUCT_SHAPES, _choose_shape, tile_kernel
@@ -424,7 +424,8 @@ class Winograd:
         self.in_shape, self.pads, self.dtype = in_shape, pads, dtype
         self.m_all = w.shape[0]
         self.nb_, self.nt = shape
-        self.up, self.zb, self.nb = pack_weights(w, bias, self.nb_ * VEC, dtype)
+        self.up, self.zb, self.nb = packed("winograd", (self.nb_ * VEC,),
+                                           lambda: pack_weights(w, bias, self.nb_ * VEC, dtype))
         self.bias = np.asarray(bias, dtype=dtype)
         wd = self.nb_ * VEC
         per_img = NXI * (c_n + self.nb * wd) * self.tpi * dtype.itemsize
