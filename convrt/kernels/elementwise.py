@@ -2,13 +2,95 @@
 
 Each keeps numpy's NaN semantics: ``relu(NaN) = NaN`` like ``np.maximum(x, 0)``; clip passes
 NaN through like ``np.clip``.
+
+Vector math.  numba's ``math.exp``/``math.tanh`` are scalar libm calls inside a loop (PyPI's
+llvmlite has no SVML), so a float32 sigmoid ran at 0.26 G elements/s on one thread.  ``exp32``,
+``sigmoid32``, ``tanh32`` and ``silu32`` below are branch-free range reduction + polynomial
+(Cephes' expf/tanhf coefficients) in plain float32 arithmetic, which LLVM's loop vectorizer turns
+into 16-lane AVX-512 code; 2**n is built from its bits (``_f32_from_bits``).  Every special value
+is handled by ordered selects rather than by luck: exp(NaN) = NaN, exp(+inf) = inf, exp(-inf) = 0,
+results in the denormal range are rounded once (2**n applied as two normal factors).  The tests
+(tests/test_elementwise_vec.py) compare with numpy over every float32 exponent, +-0, +-inf, NaN
+and denormals.  float64 keeps the libm loops: its callers are rare and numpy's exactness matters
+more there.
+
+The flat kernels split the array into ``CHUNK``-element pieces in a ``prange`` (each piece a
+vectorized inner loop over a slice, whose index starts at 0 so numba drops its wrap-around
+select); the plan runs small tensors single-threaded anyway.
 """
 
 import math
 
-from numba import prange
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
-from ._jit import pjit
+from ._jit import njit, pjit
+
+CHUNK = 1 << 14  # elements per parallel task: 64 KiB of float32, L2-resident
+
+
+@intrinsic
+def _f32_from_bits(typingctx, i):
+    """The float32 whose bit pattern is int32 ``i`` (an LLVM bitcast, which vectorizes)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+_F = np.float32
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.44269504088896341), _F(0.693359375), _F(-2.12194440e-4)
+_E5, _E4, _E3 = _F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3)
+_E2, _E1, _E0 = _F(4.1665795894e-2), _F(1.6666665459e-1), _F(5.0000001201e-1)
+_X_HI, _X_LO = _F(89.0), _F(-104.0)  # exp overflows above 88.72, is 0 below -103.98
+_ROUND = _F(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds to an integer
+_ONE, _ZERO, _HALF, _TWO = _F(1.0), _F(0.0), _F(0.5), _F(2.0)
+_T4, _T3, _T2 = _F(-5.70498872745e-3), _F(2.06390887954e-2), _F(-5.37397155531e-2)
+_T1, _T0 = _F(1.33314422036e-1), _F(-3.33332819422e-1)
+_T_SMALL = _F(0.625)
+
+
+@njit
+def exp32(x):
+    """exp of float32 ``x``, within 2 ulp of numpy's (tests), NaN/inf/denormals as numpy."""
+    xc = _X_HI if x > _X_HI else x  # ordered: NaN stays NaN here and below
+    xc = _X_LO if xc < _X_LO else xc
+    nf = (xc * _LOG2E + _ROUND) - _ROUND  # round to nearest (no reassoc: kept as written)
+    nf = nf if nf > _F(-160.0) else _F(-160.0)  # NaN -> a finite n (the int cast needs one)
+    r = (xc - nf * _LN2_HI) - nf * _LN2_LO
+    p = (((((_E5 * r + _E4) * r + _E3) * r + _E2) * r + _E1) * r + _E0) * (r * r) + r + _ONE
+    n = np.int32(nf)
+    n1 = n >> 1  # 2**n as two normal factors: the product rounds once, also into denormals
+    s1 = _f32_from_bits((n1 + np.int32(127)) << 23)
+    s2 = _f32_from_bits((n - n1 + np.int32(127)) << 23)
+    return (p * s1) * s2
+
+
+@njit(error_model="numpy")  # IEEE division: numba's default checks for 0 and blocks vectors
+def sigmoid32(x):
+    """1 / (1 + exp(-x)) without overflow: e = exp(-|x|) <= 1, and e / (1 + e) for x < 0, so
+    the tiny results of large negative x keep their precision; NaN -> NaN."""
+    e = exp32(-x if x > _ZERO else x)
+    return (_ONE if x >= _ZERO else e) / (_ONE + e)
+
+
+@njit(error_model="numpy")
+def silu32(x):
+    """x * sigmoid(x) (SiLU / Swish), as ONNX's Mul(x, Sigmoid(x)) computes it."""
+    return x * sigmoid32(x)
+
+
+@njit(error_model="numpy")
+def tanh32(x):
+    """Cephes tanhf on |x|: an odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above (which
+    reaches exactly 1 past ~9 and at inf), the sign put back with copysign (-0 -> -0, NaN ->
+    NaN); both sides computed and one selected, so the loop stays branch-free and vectorizes."""
+    a = abs(x)
+    z = a * a
+    small = ((((_T4 * z + _T3) * z + _T2) * z + _T1) * z + _T0) * z * a + a
+    big = _ONE - _TWO / (exp32(a + a) + _ONE)
+    return math.copysign(small if a < _T_SMALL else big, x)
 
 
 @pjit
@@ -34,7 +116,7 @@ def clip(x, out, lo, hi):
 
 
 @pjit
-def sigmoid(x, out):
+def _sigmoid64(x, out):
     for i in prange(x.size):
         v = x[i]
         if v >= 0:
@@ -45,9 +127,79 @@ def sigmoid(x, out):
 
 
 @pjit
-def tanh(x, out):
+def _tanh64(x, out):
     for i in prange(x.size):
         out[i] = math.tanh(x[i])
+
+
+@pjit
+def _silu64(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        if v >= 0:
+            out[i] = v / (1 + math.exp(-v))
+        else:
+            e = math.exp(v)
+            out[i] = v * e / (1 + e)
+
+
+@pjit(error_model="numpy")
+def _sigmoid32(x, out):
+    n = x.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        xs, os = x[c * CHUNK:min(n, (c + 1) * CHUNK)], out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for i in range(xs.size):
+            os[i] = sigmoid32(xs[i])
+
+
+@pjit(error_model="numpy")
+def _tanh32(x, out):
+    n = x.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        xs, os = x[c * CHUNK:min(n, (c + 1) * CHUNK)], out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for i in range(xs.size):
+            os[i] = tanh32(xs[i])
+
+
+@pjit(error_model="numpy")
+def _silu32(x, out):
+    n = x.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        xs, os = x[c * CHUNK:min(n, (c + 1) * CHUNK)], out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for i in range(xs.size):
+            os[i] = silu32(xs[i])
+
+
+@pjit
+def _exp32(x, out):
+    n = x.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        xs, os = x[c * CHUNK:min(n, (c + 1) * CHUNK)], out[c * CHUNK:min(n, (c + 1) * CHUNK)]
+        for i in range(xs.size):
+            os[i] = exp32(xs[i])
+
+
+def sigmoid(x, out):
+    """out = 1 / (1 + exp(-x)) on flat arrays: the vector kernel for float32, libm for float64."""
+    (_sigmoid32 if x.dtype == np.float32 else _sigmoid64)(x, out)
+
+
+def tanh(x, out):
+    """out = tanh(x) on flat arrays (vector kernel for float32)."""
+    (_tanh32 if x.dtype == np.float32 else _tanh64)(x, out)
+
+
+def silu(x, out):
+    """out = x * sigmoid(x) on flat arrays, one pass (the fused standalone SiLU)."""
+    (_silu32 if x.dtype == np.float32 else _silu64)(x, out)
+
+
+def exp(x, out):
+    """out = exp(x) on flat arrays (vector kernel for float32, numpy otherwise)."""
+    if x.dtype == np.float32:
+        _exp32(x, out)
+    else:
+        np.exp(x, out=out)
 
 
 @pjit
