@@ -470,12 +470,8 @@ class Winograd:
                         self.zb, self.bias, self.offs_g, scr, self.geo, min(nthr, ngroups),
                         grain)
             return
-        v = getattr(tls, "wv", None)
-        if v is None:
-            v = np.empty(self.vsize, dtype=self.dtype)
-            tls.wv = v
-            tls.wm = np.empty(self.msize, dtype=self.dtype)
-        mb = tls.wm
+        v = _shared(0, self.vsize, self.dtype)
+        mb = _shared(1, self.msize, self.dtype)
         pt, pl = self.pads[0], self.pads[1]
         has_res = residual is not None
         for n0 in range(0, n_img, self.chunk):
@@ -494,6 +490,23 @@ class Winograd:
             nthr, grain = work_split(self.nb * nrun)
             _wino_out(mb, self.bias, of, res, has_res, act, prm, self.nb_, self.nt, self.nb, nrun,
                       self.m_all, ntiles, self.tpi, self.tw, self.oh, self.ow, nthr, grain)
+
+
+_SHARED = threading.local()
+
+
+def _shared(which, n, dtype):
+    """``n`` elements of this thread's transform buffer ``which`` (0: V, 1: M), shared by every
+    unfused Winograd layer of every plan: they were per layer (tens of MB per batch size on
+    VGG-16), and each call rewrites what it reads, as the ``np.empty`` they were already was."""
+    key = f"{which}{np.dtype(dtype).char}"
+    buf = getattr(_SHARED, key, None)
+    if buf is None or buf.shape[0] < n:
+        buf = None  # the old one goes first
+        setattr(_SHARED, key, None)
+        buf = np.empty(n, dtype=dtype)
+        setattr(_SHARED, key, buf)
+    return buf[:n]
 
 
 def use_winograd(in_shape, w_shape, strides, dilations, group):
