@@ -1,4 +1,4 @@
-"""The `convrt` command: run | inspect | optimize | predict | bench | train.
+"""The `convrt` command: run | inspect | featuremaps | optimize | predict | bench | train.
 
 No traceback reaches the user: argparse reports bad arguments (status 2), every convrt error is
 one line on stderr (status 1), and a closed stdout pipe ends the command quietly (see ``main``).
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cli_support import make_feeds, make_session, positive_int, thread_count
+from .cli_support import (IMAGE_HELP, add_image_args, make_feeds, make_session, positive_int,
+                          thread_count)
 from .errors import ConvrtError, InputError
 
 
@@ -29,7 +30,7 @@ def _add_opt_args(p: argparse.ArgumentParser) -> None:
 def cmd_run(args) -> int:
     t0 = time.perf_counter()
     sess = make_session(args)
-    feeds = make_feeds(sess, args.input, args.batch)
+    feeds = make_feeds(sess, args.input, args.batch, args=args)
     outs = sess.run(None, feeds)
     first = time.perf_counter() - t0
     times = []
@@ -57,6 +58,18 @@ def cmd_inspect(args) -> int:
     from . import compiler, inspect
     from .api import level_name
 
+    if args.activations:
+        if args.format not in ("table", "json"):
+            raise InputError("--activations prints --format table or json")
+        sess = make_session(args)
+        rows = inspect.activation_stats(sess, make_feeds(sess, [args.activations], 1, args=args))
+        text = inspect.render_activations(rows, args.format)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+            print(f"wrote {args.output}")
+        else:
+            print(text)
+        return 0
     graph = compiler.load(args.model)
     before = len(graph.nodes)
     report = None
@@ -75,6 +88,28 @@ def cmd_inspect(args) -> int:
         print(f"wrote {args.output}")
     else:
         print(text)
+    return 0
+
+
+def cmd_featuremaps(args) -> int:
+    from . import viz
+    from .images import is_image, load_image
+
+    viz._matplotlib()  # the install hint before minutes of compiling
+    sess = make_session(args)
+    viz.check_layers(sess, args.layer)
+    feeds = make_feeds(sess, [args.input], 1, args=args)
+    image = None
+    path = args.input.partition("=")[2] or args.input
+    if is_image(path):  # show the picture itself, cropped as the model saw it
+        x = next(iter(feeds.values()))
+        c = x.shape[1] if args.layout == "NCHW" else x.shape[3]
+        hw = x.shape[2:] if args.layout == "NCHW" else x.shape[1:3]
+        image = load_image(path, tuple(hw), c)
+        image = image[:, :, 0] if c == 1 else image
+    viz.save_feature_maps(sess, feeds, args.layer, args.output, filters=args.filters,
+                          max_channels=args.max_channels, image=image)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -111,13 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run MODEL once (plus --repeat timed runs); print output "
                        "shapes, top-5 classes of a classifier and the latency.")
     r.add_argument("model", help="path to an .onnx file")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="feed NAME from a .npy file (others get random data)")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE",
+                   help="feed NAME from FILE (others get random data); " + IMAGE_HELP)
     r.add_argument("--repeat", type=positive_int, default=10,
                    help="timed runs after the first (10)")
     r.add_argument("--batch", type=positive_int, default=1, help="value for symbolic dims (1)")
     r.add_argument("--threads", type=thread_count, default=None,
                    help="intra-op threads, 1 to the CPUs this process may use (default: all)")
+    add_image_args(r)
     _add_opt_args(r)
     r.set_defaults(fn=cmd_run)
 
@@ -129,8 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "print the pass report")
     i.add_argument("--format", default="table", choices=["table", "json", "dot", "svg"])
     i.add_argument("-o", "--output", help="write to FILE instead of stdout")
+    i.add_argument("--activations", metavar="INPUT", default=None,
+                   help="run the model on INPUT and print per-value statistics (mean, std, "
+                   "min, max, %% zeros, NaN/Inf, time) of every node output (--format table or "
+                   "json); " + IMAGE_HELP.replace("FILE", "INPUT"))
+    add_image_args(i)
     _add_opt_args(i)
     i.set_defaults(fn=cmd_inspect)
+
+    f = sub.add_parser("featuremaps", help="draw layers' feature maps to a PNG",
+                       description="Run MODEL on INPUT and draw each --layer's channels as a "
+                       "grid (each channel normalized to its own min..max), the input beside "
+                       "them. Needs matplotlib: pip install \"convrt[viz]\".")
+    f.add_argument("model")
+    f.add_argument("--input", required=True, metavar="[NAME=]FILE", help=IMAGE_HELP)
+    f.add_argument("--layer", action="append", default=[], required=True, metavar="NAME",
+                   help="a 4-D value to draw (repeatable; convrt inspect --activations lists "
+                   "the values)")
+    f.add_argument("-o", "--output", required=True, help="output picture (.png)")
+    f.add_argument("--filters", action="store_true",
+                   help="also draw the first convolution's kernels")
+    f.add_argument("--max-channels", type=positive_int, default=64,
+                   help="channels drawn per layer (the first ones; 64)")
+    add_image_args(f)
+    _add_opt_args(f)
+    f.set_defaults(fn=cmd_featuremaps)
 
     o = sub.add_parser("optimize", help="write the optimized graph as ONNX",
                        description="Optimize MODEL and write it as valid ONNX (fused nodes as "

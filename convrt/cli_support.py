@@ -58,17 +58,65 @@ def make_session(args):
     return InferenceSession(args.model, opts)
 
 
-def make_feeds(sess, specs: list[str], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Feeds from NAME=FILE.npy specs; random data of the declared shape for the rest."""
+IMAGE_HELP = ("FILE is an .npy array or an image (PNG, JPEG...: resized so the shorter side "
+              "fits, center-cropped to the input's H x W, scaled to [0,1], normalized by "
+              "--mean/--std; grayscale for a 1-channel input)")
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    """--mean, --std, --layout: how an image input file becomes a tensor (convrt/images.py)."""
+    p.add_argument("--mean", type=float_list, default=None, metavar="M1,M2,M3",
+                   help="per-channel mean subtracted from an image scaled to [0,1] "
+                   "(default: ImageNet's 0.485,0.456,0.406; 0.449 for 1 channel)")
+    p.add_argument("--std", type=float_list, default=None, metavar="S1,S2,S3",
+                   help="per-channel std an image is divided by (default: ImageNet's "
+                   "0.229,0.224,0.225; 0.226 for 1 channel)")
+    p.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"],
+                   help="axis order of the model's image input (default NCHW)")
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse ``type=``: comma-separated floats."""
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
+                                         ) from None
+
+
+def read_input(sess, name: str, path: str, args=None) -> np.ndarray:
+    """The array for input ``name`` from an .npy file or an image (``args``: mean/std/layout)."""
+    from .images import image_feed
+
+    if not str(path).lower().endswith(".npy"):
+        arg = next((a for a in sess.get_inputs() if a.name == name), None)
+        if arg is None:
+            raise InputError(f"--input {name}: the model has no input {name!r}")
+        shape = [1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(arg.shape)]
+        return image_feed(path, shape, getattr(args, "mean", None), getattr(args, "std", None),
+                          getattr(args, "layout", "NCHW"))
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--input {name}: cannot read {path!r} ({e})") from None
+
+
+def make_feeds(sess, specs: list[str], batch: int, seed: int = 0,
+               args=None) -> dict[str, np.ndarray]:
+    """Feeds from NAME=FILE specs (.npy or an image; a bare FILE feeds a one-input model);
+    random data of the declared shape for the rest."""
     given = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise InputError(f"--input {spec!r}: expected NAME=FILE.npy")
-        try:
-            given[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"--input {name}: cannot read {path!r} ({e})") from None
+            names = [a.name for a in sess.get_inputs()]
+            if len(names) != 1:
+                raise InputError(f"--input {spec!r}: expected NAME=FILE (the model has "
+                                 f"{len(names)} inputs)")
+            name, path = names[0], spec
+        given[name] = read_input(sess, name, path, args)
+        if batch > 1 and given[name].shape[:1] == (1,) and not path.lower().endswith(".npy"):
+            given[name] = np.repeat(given[name], batch, axis=0)
     rng = np.random.default_rng(seed)
     out = {}
     for arg in sess.get_inputs():

@@ -260,3 +260,73 @@ def render_svg(graph: Graph, max_rows: int = 22) -> str:
                        f'{_esc(detail[:34])}</text></g>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+# -- activation statistics (`convrt inspect --activations`) --------------------------------------
+@dataclass
+class ActivationStats:
+    """One value's statistics over a run: what a dead ReLU, an exploding layer or a NaN shows."""
+
+    name: str
+    op: str
+    shape: list
+    mean: float
+    std: float
+    min: float
+    max: float
+    zero_pct: float  # % of elements exactly 0 (dead ReLU channels show here)
+    nan: int
+    inf: int
+    ms: float | None  # the producing node's time in the profiled (unfused) run
+
+
+def activation_stats(sess, feeds: dict) -> list[ActivationStats]:
+    """Run ``sess`` once fetching every node output of the original model, and summarize each.
+
+    Every value is a fetch, so no pass fuses across any of them: the per-layer times are those
+    of the unfused graph (a fused layer's time in ``run(None, ...)`` is shared by its parts).
+    One warm-up run compiles that fetch set (and numba's kernels); the second is profiled.
+    """
+    vals = [v for v in sess.get_values() if v.op != "input"]
+    names = [v.name for v in vals]
+    sess.run(names, feeds)
+    prof: list = []
+    results = sess.run(names, feeds, profile=prof)
+    times = {label: secs for label, _, secs in prof}
+    graph = sess.original_graph
+    node_ms = {}
+    for node in graph.nodes:
+        t = times.get(node_label(node))
+        for v in node.outputs:
+            node_ms[v.name] = None if t is None else t * 1e3
+    rows = []
+    for v, a in zip(vals, results):
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiub" or a.size == 0:
+            continue
+        f = a.astype(np.float64, copy=False)
+        finite = f[np.isfinite(f)] if a.dtype.kind == "f" else f.ravel()
+        stat = (lambda fn: float(fn(finite)) if finite.size else float("nan"))
+        rows.append(ActivationStats(
+            v.name, v.op, list(a.shape), stat(np.mean), stat(np.std), stat(np.min),
+            stat(np.max), 100.0 * float(np.count_nonzero(f == 0)) / f.size,
+            int(np.count_nonzero(np.isnan(f))), int(np.count_nonzero(np.isinf(f))),
+            node_ms.get(v.name)))
+    return rows
+
+
+def render_activations(rows: list[ActivationStats], fmt: str = "table") -> str:
+    """The table (or JSON) of ``activation_stats``; NaN/Inf counts are of non-finite elements,
+    and mean/std/min/max are over the finite ones."""
+    if fmt == "json":
+        return json.dumps([asdict(r) for r in rows], indent=1)
+    head = ("value", "op", "shape", "mean", "std", "min", "max", "zero%", "nan", "inf", "ms")
+    body = [(r.name, r.op, "x".join(map(str, r.shape)), f"{r.mean:.4g}", f"{r.std:.4g}",
+             f"{r.min:.4g}", f"{r.max:.4g}", f"{r.zero_pct:.1f}", str(r.nan), str(r.inf),
+             "-" if r.ms is None else f"{r.ms:.3f}") for r in rows]
+    widths = [max(len(x[i]) for x in body + [head]) for i in range(len(head))]
+    widths[0] = min(widths[0], 60)
+    line = "  ".join(("{:<%d}" if i < 3 else "{:>%d}") % w for i, w in enumerate(widths))
+    out = [line.format(*head), "  ".join("-" * w for w in widths)]
+    out += [line.format(r[0] if len(r[0]) <= 60 else "..." + r[0][-57:], *r[1:]) for r in body]
+    return "\n".join(out)
