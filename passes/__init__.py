@@ -22,16 +22,18 @@ from .fuse_conv_add_relu import FuseConvAddReluPass
 from .fuse_conv_bias import FuseConvBiasPass
 from .fuse_conv_maxpool import FuseConvMaxPoolPass
 from .fuse_gemm_activation import FuseGemmActivationPass
+from .fuse_silu import FuseSiluPass
 
 # Order matters: constants first (they expose static parameters), identities out before
 # pattern matching, BN folding before bias folding before the fusions (which need the final
-# bias), residual fusion before plain activation fusion, dead code last.
+# bias), residual fusion before SiLU before plain activation fusion, dead code last.
 DEFAULT_PIPELINE: tuple[type[Pass], ...] = (
     FoldConstantsPass,
     EliminateIdentityPass,
     FoldBatchNormPass,
     FuseConvBiasPass,
     FuseConvAddReluPass,
+    FuseSiluPass,
     FuseConvActivationPass,
     FuseConvMaxPoolPass,
     FuseGemmActivationPass,

@@ -2,19 +2,24 @@
 
 Before::
 
-    x -> Conv(W[, B]) -> y -> Relu | LeakyRelu(alpha) | Clip(min, max) | Sigmoid | Tanh -> z
+    x -> Conv(W[, B]) -> y -> Relu | LeakyRelu(alpha) | Clip(min, max) | Sigmoid | Tanh
+                             | HardSigmoid(alpha, beta) | HardSwish -> z
 
 After::
 
     x -> convrt.FusedConvRelu(W, B) -> z       (FusedConvLeakyRelu(alpha), FusedConvClip(W, B,
-                                                min, max), FusedConvSigmoid, FusedConvTanh)
+                                                min, max), FusedConvSigmoid, FusedConvTanh,
+                                                FusedConvHardSigmoid(alpha, beta),
+                                                FusedConvHardSwish)
 
 Conditions:
     * the Conv and the activation are in the default domain; ``y`` is read by the activation
       only and is not a graph output;
     * Clip: opset >= 11 (bounds are inputs), each bound absent or a scalar constant no feed
       overrides (ReLU6 = Clip(0, 6)), float dtype;
-    * the Conv's bias may be absent (a zero bias is added) or anything the Conv accepts.
+    * the Conv's bias may be absent (a zero bias is added) or anything the Conv accepts;
+    * HardSigmoid / HardSwish: a 2-D Conv (4-D weight), float32/float64 (only the 2-D kernels'
+      epilogues apply them; ``ops.fused.EPILOGUE_2D_ONLY``).
 
 Formula:
     z = act(conv(x, W) + B), computed in the conv kernel's epilogue; the ONNX definition of each
@@ -25,9 +30,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from convrt.activations import fused_attrs
+from convrt.activations import ONNX_OPS, fused_attrs
 from convrt.ir import Graph, Node
-from convrt.ops.fused import CONV_ACTIVATIONS, ensure_function
+from convrt.ops.fused import CONV_ACTIVATIONS, EPILOGUE_2D_ONLY, ensure_function
 
 from ._infra import Pass, PassResult
 from ._match import FLOATS, new_const, only_consumer, replace_chain
@@ -73,6 +78,11 @@ class FuseConvActivationPass(Pass):
             if act is None or act.domain or act.op_type not in CONV_ACTIVATIONS or \
                     act.inputs[0] is not y or y.dtype not in FLOATS:
                 continue
+            if ONNX_OPS[act.op_type][0] in EPILOGUE_2D_ONLY:
+                w = conv.input(1)
+                if w is None or w.shape is None or len(w.shape) != 4 or \
+                        y.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+                    continue
             extra = []
             if act.op_type == "Clip":
                 if any(v is y for v in act.inputs[1:]):

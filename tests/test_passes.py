@@ -629,3 +629,76 @@ def test_resnet18_blocks_fuse():
     assert ops(g)["FusedConvAddRelu"] == 8 and "BatchNormalization" not in ops(g)
     assert "Add" not in ops(g) and "Relu" not in ops(g)
     assert rep["fold_batchnorm"].stats["into Conv"] == 20
+
+
+# -- fuse_silu and the hard activations (issue #21) -------------------------------------------
+SILU = """
+<ir_version: 8, opset_import: ["" : 14]>
+g (float[N,4,8,8] x) => (float[N,4,8,8] y) {
+    c = Conv<pads = [1,1,1,1], group = %d>(x, W, B)
+    %s
+}
+"""
+X8W = {"x": (RNG.standard_normal((2, 4, 8, 8)) * 4).astype(np.float32)}
+
+
+@pytest.mark.parametrize("body,op", [
+    ("s = Sigmoid(c)\n    y = Mul(c, s)", "FusedConvSilu"),
+    ("s = Sigmoid(c)\n    y = Mul(s, c)", "FusedConvSilu"),
+    ("y = HardSwish(c)", "FusedConvHardSwish"),
+    ("y = HardSigmoid<alpha = 0.3, beta = 0.4>(c)", "FusedConvHardSigmoid"),
+    ("y = HardSigmoid(c)", "FusedConvHardSigmoid")])
+@pytest.mark.parametrize("group", [1, 4])
+def test_fuse_conv_silu_and_hard_activations(body, op, group):
+    m = make(SILU % (group, body), {"W": w(4, 4 // group, 3, 3), "B": w(4)})
+    g, rep = optimize(m)
+    assert [(n.domain, n.op_type) for n in g.nodes] == [("convrt", op)]
+    assert ("convrt", op) in g.functions
+    check_numerics(m, g, X8W)  # convrt vs ort on the original, and ort on the export
+
+
+def test_standalone_silu_is_one_kernel():
+    m = make("""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N,4,8,8] x) => (float[N,4,8,8] y, float[N,4,8,8] r) {
+    r = Relu(x)
+    s = Sigmoid(x)
+    y = Mul(x, s)
+}
+""")
+    g, rep = optimize(m)
+    assert ops(g) == {"Relu": 1, "Silu": 1}
+    assert rep["fuse_silu"].stats == {"SiLU": 1}
+    check_numerics(m, g, X8W)  # onnxruntime's own sigmoid is an approximation (MLAS)
+    x = X8W["x"].astype(np.float64)
+    y = convrt.InferenceSession(m.SerializeToString()).run(["y"], X8W)[0]
+    np.testing.assert_allclose(y, x / (1 + np.exp(-x)), rtol=5e-7, atol=0)
+
+
+def test_fuse_silu_negative():
+    base = {"W": w(4, 4, 3, 3), "B": w(4)}
+    # Mul reads two different values: a gate, not a SiLU
+    m = make("""
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N,4,8,8] x, float[N,4,8,8] z) => (float[N,4,8,8] y) {
+    s = Sigmoid(z)
+    y = Mul(x, s)
+}
+""")
+    g, _ = optimize(m)
+    assert ops(g) == {"Sigmoid": 1, "Mul": 1}
+    # Mul(s, s): reads the Sigmoid's output twice
+    m = make(SILU % (1, "s = Sigmoid(c)\n    y = Mul(s, s)"), base)
+    assert ops(optimize(m)[0]) == {"FusedConvSigmoid": 1, "Mul": 1}
+    # Sigmoid output read elsewhere: the Sigmoid must stay, no fusion
+    text = (SILU % (1, "s = Sigmoid(c)\n    y = Mul(c, s)")).replace(
+        "=> (float[N,4,8,8] y)", "=> (float[N,4,8,8] y, float[N,4,8,8] s)")
+    g, _ = optimize(make(text, base))
+    assert ops(g) == {"Conv": 1, "Sigmoid": 1, "Mul": 1}
+    check_numerics(make(text, base), g, X8W)
+    # conv output read by a third node: standalone SiLU, the Conv stays
+    text = (SILU % (1, "s = Sigmoid(c)\n    y = Mul(c, s)\n    t = Relu(c)")).replace(
+        "=> (float[N,4,8,8] y)", "=> (float[N,4,8,8] y, float[N,4,8,8] t)")
+    g, _ = optimize(make(text, base))
+    assert ops(g) == {"Conv": 1, "Silu": 1, "Relu": 1}
+    check_numerics(make(text, base), g, X8W)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._jit import njit, pjit
 
@@ -113,6 +113,35 @@ def clip(x, out, lo, hi):
         v = x[i]
         v = lo if v < lo else v
         out[i] = hi if v > hi else v  # min > max: every value is max, as ONNX specifies
+
+
+def any_sigmoid(v):
+    """sigmoid of a float32 or float64 scalar inside a kernel (``_epilogue.act_other``):
+    the vector form for float32, libm for float64 (dispatched at compile time by type)."""
+    raise NotImplementedError  # only called from numba code
+
+
+def any_tanh(v):
+    """tanh of a float32 or float64 scalar inside a kernel, as ``any_sigmoid``."""
+    raise NotImplementedError
+
+
+@overload(any_sigmoid, jit_options={"error_model": "numpy"})
+def _any_sigmoid(v):
+    if v == types.float32:
+        return lambda v: sigmoid32(v)
+
+    def impl(v):
+        e = math.exp(-abs(v))
+        return (1.0 if v >= 0 else e) / (1.0 + e)
+    return impl
+
+
+@overload(any_tanh)
+def _any_tanh(v):
+    if v == types.float32:
+        return lambda v: tanh32(v)
+    return lambda v: math.tanh(v)
 
 
 @pjit

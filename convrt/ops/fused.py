@@ -20,6 +20,10 @@ FusedConvLeakyRelu     X, W, B                  Conv -> LeakyRelu(alpha)
 FusedConvClip          X, W, B, min, max        Conv -> Clip(min, max)   (ReLU6: 0, 6)
 FusedConvSigmoid       X, W, B                  Conv -> Sigmoid
 FusedConvTanh          X, W, B                  Conv -> Tanh
+FusedConvSilu          X, W, B                  Conv -> Sigmoid -> Mul(conv, sigmoid)   (SiLU)
+FusedConvHardSigmoid   X, W, B                  Conv -> HardSigmoid(alpha, beta)
+FusedConvHardSwish     X, W, B                  Conv -> HardSwish        (MobileNetV3)
+Silu                   X                        Sigmoid -> Mul(X, sigmoid)   (no conv before it)
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
 FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
 FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from ..activations import ONNX_OPS
+from ..activations import ONNX_OPS, hard_params
 from ._shape import FLOAT_TYPES
 from .activation import clip_bounds
 from .conv import bind_conv, conv_geometry
@@ -41,7 +45,7 @@ from .linear import bind_gemm
 from .registry import CONVRT_DOMAIN, register_op
 from ..ir import Function, FunctionNode
 from ..onnx_io.functions import function_to_proto
-from ..kernels.elementwise import channel_affine
+from ..kernels.elementwise import channel_affine, silu
 
 # attribute name -> ONNX attribute type name (a body node takes them from the calling node)
 CONV_ATTRS = {"auto_pad": "STRING", "dilations": "INTS", "group": "INT", "kernel_shape": "INTS",
@@ -55,6 +59,9 @@ CONV_VARIANTS = {
     "FusedConvClip": ("clip", ("min", "max")),
     "FusedConvSigmoid": ("sigmoid", ()),
     "FusedConvTanh": ("tanh", ()),
+    "FusedConvSilu": ("silu", ()),
+    "FusedConvHardSigmoid": ("hard_sigmoid", ()),
+    "FusedConvHardSwish": ("hard_swish", ()),
     "FusedConvAddRelu": ("relu", ("Z",)),
     "FusedConvAdd": ("none", ("Z",)),
 }
@@ -63,13 +70,18 @@ CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
 # fused conv op -> the conv op it pools (kernel 2x2, stride 2, no padding, floor mode)
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
 POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
-FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine")
+FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu")
+# activations only the 2-D kernels' epilogues apply (ops/conv3d.py has its own table)
+EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
 
 def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=None,
           pool=False, **conv):
     geo = conv_geometry(ctx, X, W, B, conv["auto_pad"], conv["dilations"], conv["group"],
                         conv["kernel_shape"], conv["pads"], conv["strides"])
+    if activation in EPILOGUE_2D_ONLY:
+        ctx.check(W.rank == 4, f"{activation} is fused into 2-D convolutions only, W has rank "
+                  f"{W.rank}")
     if pool:
         out = geo[5][2:]
         ctx.check(len(out) == 2, f"a 2x2 max pool needs a 2-D convolution, got {len(out)}-D")
@@ -121,6 +133,40 @@ def FusedConvTanh(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group
                   kernel_shape=None, pads=None, strides=None):
     return _conv(ctx, X, W, B, "tanh", auto_pad=auto_pad, dilations=dilations, group=group,
                  kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvSilu", since=1, domain=CONVRT_DOMAIN)
+def FusedConvSilu(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                  kernel_shape=None, pads=None, strides=None):
+    return _conv(ctx, X, W, B, "silu", auto_pad=auto_pad, dilations=dilations, group=group,
+                 kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+@register_op("FusedConvHardSigmoid", since=1, domain=CONVRT_DOMAIN)
+def FusedConvHardSigmoid(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                         kernel_shape=None, pads=None, strides=None, alpha=0.2, beta=0.5):
+    # alpha*x + beta rides in the epilogue's alpha and clip-min slots (activations.params)
+    a, b = hard_params("hard_sigmoid", alpha, beta)
+    return _conv(ctx, X, W, B, "hard_sigmoid", a, clip=(b, math.inf), auto_pad=auto_pad,
+                 dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)
+
+
+@register_op("FusedConvHardSwish", since=1, domain=CONVRT_DOMAIN)
+def FusedConvHardSwish(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                       kernel_shape=None, pads=None, strides=None):
+    a, b = hard_params("hard_swish")
+    return _conv(ctx, X, W, B, "hard_swish", a, clip=(b, math.inf), auto_pad=auto_pad,
+                 dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)
+
+
+@register_op("Silu", since=1, domain=CONVRT_DOMAIN)
+def Silu(ctx, X):
+    """x * sigmoid(x) in one pass over x (the standalone Mul(x, Sigmoid(x)))."""
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    return ctx.result([X.shape], [X.dtype],
+                      lambda x, out: silu(x.reshape(-1), out.reshape(-1)))
 
 
 @register_op("FusedConvAddRelu", since=1, domain=CONVRT_DOMAIN)
@@ -209,6 +255,13 @@ def function_def(op_type: str, opset: int) -> Function:
             attrs.append("alpha")
         elif act == "clip":
             nodes.append(_node("Clip", [y, "min", "max"], ["Y"]))
+        elif act == "silu":
+            nodes += [_node("Sigmoid", [y], ["sig"]), _node("Mul", [y, "sig"], ["Y"])]
+        elif act == "hard_sigmoid":
+            nodes.append(_node("HardSigmoid", [y], ["Y"], {"alpha": "FLOAT", "beta": "FLOAT"}))
+            attrs += ["alpha", "beta"]
+        elif act == "hard_swish":
+            nodes.append(_node("HardSwish", [y], ["Y"]))
         else:
             nodes.append(_node(act.capitalize(), [y], ["Y"]))
     elif op_type == "FusedGemmRelu":
@@ -216,6 +269,9 @@ def function_def(op_type: str, opset: int) -> Function:
         nodes = [_node("Gemm", ["A", "B", "C"], ["gemm"], GEMM_ATTRS),
                  _node("Relu", ["gemm"], ["Y"])]
         attrs = list(GEMM_ATTRS)
+    elif op_type == "Silu":
+        inputs = ["X"]
+        nodes = [_node("Sigmoid", ["X"], ["sig"]), _node("Mul", ["X", "sig"], ["Y"])]
     elif op_type == "ChannelAffine":
         inputs = ["X", "scale", "shift"]
         nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]

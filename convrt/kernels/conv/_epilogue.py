@@ -12,12 +12,32 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ...activations import CLIP, IN_REGISTERS, LEAKY, NONE, RELU, SIGMOID, TANH
+from ...activations import CLIP, HARD_SIGMOID, IN_REGISTERS, LEAKY, NONE, RELU, SIGMOID, SILU, TANH
 from .._jit import FAST, njit
+from ..elementwise import any_sigmoid, any_tanh
 from ._ir import VEC, VecIR, arrays
 
 _U = np.uint64
 _FM = set(FAST)  # numba wants a set, not a frozenset
+
+
+@njit(fastmath=_FM, error_model="numpy")
+def act_other(v, act, prm):
+    """Activation ``act`` past ``IN_REGISTERS`` (sigmoid, tanh, silu, hard_sigmoid, hard_swish)
+    of one value: the epilogues call it in their loops over a row, where LLVM hoists the
+    switch on the loop-invariant ``act`` and vectorizes the float32 exp (``any_sigmoid``).
+    hard_*: ``prm[0]*v + prm[1]`` clamped to [0, 1] with ordered comparisons (NaN passes)."""
+    if act == SIGMOID:
+        return any_sigmoid(v)
+    if act == TANH:
+        return any_tanh(v)
+    if act == SILU:
+        return v * any_sigmoid(v)
+    zero, one = prm[3], prm[4]
+    h = v * prm[0] + prm[1]
+    h = zero if h < zero else h
+    h = one if h > one else h
+    return h if act == HARD_SIGMOID else v * h
 
 
 @njit(fastmath=_FM)
@@ -51,12 +71,9 @@ def _store_tile(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):
                 v = tile[tb + t]
                 v = lo if v < lo else v
                 out[base + _U(t)] = hi if v > hi else v
-        elif act == SIGMOID:
-            for t in range(nt):
-                out[base + _U(t)] = one / (one + np.exp(-tile[tb + t]))
         else:
             for t in range(nt):
-                out[base + _U(t)] = np.tanh(tile[tb + t])
+                out[base + _U(t)] = act_other(tile[tb + t], act, prm)
 
 
 @intrinsic
@@ -141,12 +158,9 @@ def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
             v = out[ob + i]
             v = lo if v < lo else v
             out[ob + i] = hi if v > hi else v
-    elif act == SIGMOID:
+    elif act != NONE:
         for i in range(cnt):
-            out[ob + i] = one / (one + np.exp(-out[ob + i]))
-    elif act == TANH:
-        for i in range(cnt):
-            out[ob + i] = np.tanh(out[ob + i])
+            out[ob + i] = act_other(out[ob + i], act, prm)
 
 
 @njit

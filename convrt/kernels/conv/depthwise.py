@@ -32,8 +32,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ...activations import CLIP, LEAKY, NONE, RELU, SIGMOID
+from ...activations import CLIP, LEAKY, NONE, RELU
 from .._jit import FAST, njit, pjit
+from ._epilogue import act_other
 from ._base import ConvAlgorithm
 from ._schedule import SERIAL_MACS
 
@@ -161,12 +162,9 @@ def _store(acc, q_n, out, ob, oh_n, ow_n, res, has_res, act, prm):
             for i in range(ow_n):
                 v = acc[a + i]
                 out[o + i] = v * alpha if v < zero else v
-        elif act == SIGMOID:
+        else:  # sigmoid, tanh, silu, hard_sigmoid, hard_swish
             for i in range(ow_n):
-                out[o + i] = one / (one + np.exp(-acc[a + i]))
-        else:
-            for i in range(ow_n):
-                out[o + i] = np.tanh(acc[a + i])
+                out[o + i] = act_other(acc[a + i], act, prm)
 
 
 @njit(fastmath=_FM)
@@ -297,12 +295,9 @@ def _cb_store(ob, nl, ohw, out, o0, res, has_res, act, prm):
             for p in range(ohw):
                 a = ob[p * v + l]
                 out[o + p] = a * alpha if a < zero else a
-        elif act == SIGMOID:
+        else:  # sigmoid, tanh, silu, hard_sigmoid, hard_swish
             for p in range(ohw):
-                out[o + p] = one / (one + np.exp(-ob[p * v + l]))
-        else:
-            for p in range(ohw):
-                out[o + p] = np.tanh(ob[p * v + l])
+                out[o + p] = act_other(ob[p * v + l], act, prm)
 
 
 @njit(fastmath=_FM)
