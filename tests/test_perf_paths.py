@@ -252,3 +252,31 @@ def test_bench_profile_table_and_chrome_trace(tmp_path):
     xs = [e for e in events if e["ph"] == "X"]
     assert {e["args"]["op_type"] for e in xs} == {"FusedGemmRelu"}
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in xs)
+
+
+def test_cache_directory_follows_the_compiled_sources(tmp_path):
+    """numba checks only the defining file's stamp: an edited helper in another file (or an
+    upgrade) must not reuse stale machine code, so the cache directory is named by a digest of
+    every compiled source; a user's NUMBA_CACHE_DIR is the root it goes under."""
+    pkg = tmp_path / "src" / "convrt"
+    shutil.copytree(ROOT / "convrt", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "passes", tmp_path / "src" / "passes",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import numba, convrt.kernels._jit; print(numba.config.CACHE_DIR)"
+
+    def cache_dir(**extra):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        env.update(PYTHONPATH=str(tmp_path / "src"), **extra)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.split()[-1]
+
+    first = cache_dir()
+    assert first.startswith(str(pkg / "__pycache__" / "numba"))
+    assert cache_dir() == first  # stable while nothing changes
+    epilogue = pkg / "kernels" / "conv" / "_epilogue.py"
+    epilogue.write_text(epilogue.read_text() + "\n# edited\n")
+    assert cache_dir() != first  # a helper file changed: a fresh cache
+    user = cache_dir(NUMBA_CACHE_DIR=str(tmp_path / "mine"))
+    assert user.startswith(str(tmp_path / "mine")) and user != str(tmp_path / "mine")

@@ -35,19 +35,64 @@ after a run is unsafe.
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
+import shutil
 import site
 import sys
+import time
 import warnings
 
 import numba
 
 numba.config.SLP_VECTORIZE = True  # before the first compile; see module docstring
 
-if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file__), os.W_OK):
-    # A read-only install: cache where the user can write (numba's cache files are pickles,
-    # so the directory must be the user's own).
-    numba.config.CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba")
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # convrt/
+# Every file whose code or module-level constants numba compiles into a kernel: numba's cache
+# checks only the stamp of the file that defines the called function, not of the helpers it
+# inlines from other files (an edited epilogue kept running its old code) or the constants it
+# froze (activation codes), and pip leaves the old cache files behind on an upgrade.
+_COMPILED_SOURCES = ("kernels", os.path.join("train", "kernels"), "activations.py")
+STALE_SECONDS = 3600
+
+
+def _source_digest() -> str:
+    """A digest of the compiled sources and the numba options, naming the cache directory."""
+    h = hashlib.sha256(f"{numba.__version__} SLP={numba.config.SLP_VECTORIZE}".encode())
+    for rel in _COMPILED_SOURCES:
+        top = os.path.join(_PKG, rel)
+        paths = [top] if top.endswith(".py") else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs if f.endswith(".py"))
+        for path in paths:
+            h.update(os.path.relpath(path, _PKG).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _cache_dir() -> str:
+    """``<root>/<digest>``: a change to any compiled source (or an upgrade) starts a fresh cache
+    instead of reusing stale machine code.  The root is the user's ``NUMBA_CACHE_DIR``, else
+    ``convrt/__pycache__/numba`` (older digests there, unused for an hour, are deleted: no
+    other tree uses them),
+    else, for a read-only install, ``~/.cache/convrt/numba`` (numba's cache files are pickles,
+    so the directory must be the user's own)."""
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    if user:
+        return os.path.join(user, _source_digest())
+    if os.access(_PKG, os.W_OK):
+        root = os.path.join(_PKG, "__pycache__", "numba")
+        digest = _source_digest()
+        if os.path.isdir(root):  # older digests: not while a process may still write them
+            for old in os.listdir(root):
+                path = os.path.join(root, old)
+                if old != digest and time.time() - os.path.getmtime(path) > STALE_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+        return os.path.join(root, digest)
+    return os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba", _source_digest())
+
+
+numba.config.CACHE_DIR = _cache_dir()
 
 FAST = {"contract", "nsz"}  # a set: numba rejects frozensets
 # gemm.py's dot products need ``reassoc`` on their reductions so LLVM can split them over vector
