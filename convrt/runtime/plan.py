@@ -124,6 +124,12 @@ class Arena:
         self.raw, self.buf, self.nbytes = raw, raw[off:off + nbytes], nbytes
         self.views: dict[int, list] = {}  # plan serial -> that plan's slot views
 
+    def drop(self) -> None:
+        """Free the block now: the views refer back to the arena (``_Views.arena``), a cycle
+        that would otherwise wait for the garbage collector, hundreds of MB later."""
+        self.views.clear()
+        self.raw = self.buf = None
+
 
 class ArenaPool:
     """A session's activation arenas, shared by all its plans.
@@ -166,7 +172,9 @@ class ArenaPool:
             self.high = size
             self.allocated = held + size
             self.grown += 1
-        del old  # the smaller block goes before the bigger one is allocated
+        if old is not None:  # the smaller block goes before the bigger one is allocated
+            old.drop()
+        del old
         try:
             return Arena(size, source)
         except InputError:
@@ -180,8 +188,9 @@ class ArenaPool:
                 del a.views[s]
             if self.keep and a.nbytes >= self.high:
                 self._free.append(a)
-            else:  # smaller than the pool grew to since, or no arena kept: free it
-                self.allocated -= a.nbytes
+                return
+            self.allocated -= a.nbytes  # smaller than the pool grew to since, or not kept
+        a.drop()
 
     def forget(self, serial: int) -> None:
         """A plan was dropped: its views in the arenas go (now, or when an arena comes back)."""
@@ -194,8 +203,10 @@ class ArenaPool:
         """Free the arenas not in use (runs in progress free theirs when they end)."""
         with self._lock:
             self.allocated -= sum(a.nbytes for a in self._free)
-            self._free.clear()
+            gone, self._free = self._free, []
             self.high = 0
+        for a in gone:
+            a.drop()
 
 
 class _Views(list):
