@@ -27,6 +27,7 @@ Command line::
 
     python sample_models/builders.py vgg16 [--bn] [-o PATH] [--opset 17] [--image 224]
     python sample_models/builders.py resnet18 | mobilenet_v2 | squeezenet1_1 | small_vgg_32
+    python sample_models/builders.py efficientnet_b0 | mobilenet_v3_large | resnet50 [--image 64]
 
 prints the path of the written file.
 """
@@ -48,6 +49,9 @@ __all__ = [
     "resnet18",
     "mobilenet_v2",
     "squeezenet1_1",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "resnet50",
     "build",
     "cached_model",
     "cache_dir",
@@ -447,6 +451,192 @@ def squeezenet1_1(num_classes: int = 1000, image: int = 224, opset: int = 17, se
 
 
 # ---------------------------------------------------------------------------
+# Modern families (issue #21): EfficientNet-B0, MobileNetV3-Large, ResNet-50
+# ---------------------------------------------------------------------------
+# These default to ``fold_bn=True``: the legacy torch.onnx exporter in eval mode folds every
+# BatchNormalization into the Conv before it (the files people actually run have Conv with bias,
+# no BN); ``fold_bn=False`` keeps BN nodes for the fold_batchnorm pass.  Activations are exported
+# as the legacy exporter writes them at opset 17: SiLU as Mul(x, Sigmoid(x)), Hardswish as
+# HardSwish (opset >= 14), Hardsigmoid as HardSigmoid(alpha=1/6), the SE gate as
+# Mul(scale, input) (torchvision's ``scale * input``).
+
+
+def _silu(g: _Graph, x: str, name: str) -> str:
+    return g.node("Mul", [x, g.node("Sigmoid", [x], f"{name}.sigmoid")], f"{name}.mul")
+
+
+def _act(g: _Graph, x: str, act: str, name: str) -> str:
+    if act == "silu":
+        return _silu(g, x, name)
+    if act == "hardswish":
+        if g.opset < 14:
+            raise ValueError("HardSwish needs opset >= 14")
+        return g.node("HardSwish", [x], name)
+    if act == "hardsigmoid":
+        return g.node("HardSigmoid", [x], name, alpha=1.0 / 6.0, beta=0.5)
+    if act == "sigmoid":
+        return g.node("Sigmoid", [x], name)
+    return g.relu(x, name=name)
+
+
+def _squeeze_excitation(g: _Graph, x: str, c: int, sq: int, act: str, gate: str, p: str) -> str:
+    """torchvision SqueezeExcitation: GAP -> 1x1 conv (bias) -> act -> 1x1 conv -> gate -> Mul.
+
+    fc2's gain is small so the gate's input stays near 0 and the gate near its midpoint: random
+    weights would otherwise saturate it and zero whole channels."""
+    s = g.gap(x, name=f"{p}.avgpool")
+    s = g.conv(s, c, sq, 1, bias=True, name=f"{p}.fc1")
+    s = _act(g, s, act, f"{p}.activation")
+    s = g.conv(s, sq, c, 1, bias=True, name=f"{p}.fc2", gain=0.5)
+    s = _act(g, s, gate, f"{p}.scale_activation")
+    return g.node("Mul", [s, x], f"{p}.mul")
+
+
+_EFFNET_B0 = [  # expand ratio, kernel, stride, in, out, layers (torchvision _efficientnet_conf)
+    (1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+
+
+def efficientnet_b0(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+                    fold_bn: bool = True, dropout: bool = True) -> onnx.ModelProto:
+    """torchvision EfficientNet-B0: Conv-BN-SiLU stem, 16 MBConv blocks (1x1 expand, kxk
+    depthwise, squeeze-and-excitation with SiLU and a Sigmoid gate, 1x1 linear projection,
+    residual Add where shape allows; stochastic depth is the identity in eval), 1x1 head conv to
+    1280 + SiLU, GlobalAveragePool, Flatten, Dropout(0.2), Gemm."""
+    g = _Graph(seed, opset, fold_bn)
+    x = g.conv("input", 3, 32, 3, stride=2, pad=1, bias=False, name="features.0.0",
+               bn=True, bn_name="features.0.1")
+    x = _silu(g, x, "features.0.2")
+    for si, (t, k, s, cin0, cout, n) in enumerate(_EFFNET_B0, start=1):
+        for bi in range(n):
+            cin, stride = (cin0, s) if bi == 0 else (cout, 1)
+            p = f"features.{si}.{bi}.block"
+            hidden = cin * t
+            y, li = x, 0
+            if t != 1:
+                y = g.conv(y, cin, hidden, 1, bias=False, name=f"{p}.{li}.0",
+                           bn=True, bn_name=f"{p}.{li}.1")
+                y = _silu(g, y, f"{p}.{li}.2")
+                li += 1
+            y = g.conv(y, hidden, hidden, k, stride=stride, pad=(k - 1) // 2, group=hidden,
+                       bias=False, name=f"{p}.{li}.0", bn=True, bn_name=f"{p}.{li}.1")
+            y = _silu(g, y, f"{p}.{li}.2")
+            li += 1
+            y = _squeeze_excitation(g, y, hidden, max(1, cin // 4), "silu", "sigmoid",
+                                    f"{p}.{li}")
+            li += 1
+            res = stride == 1 and cin == cout
+            y = g.conv(y, hidden, cout, 1, bias=False, name=f"{p}.{li}.0", bn=True,
+                       bn_name=f"{p}.{li}.1", gain=1.0, bn_scale=0.5 if res else 1.0)
+            if res:
+                y = g.add(y, x, name=f"features.{si}.{bi}.add")
+            x = y
+    x = g.conv(x, 320, 1280, 1, bias=False, name="features.8.0", bn=True, bn_name="features.8.1")
+    x = _silu(g, x, "features.8.2")
+    x = g.gap(x, name="avgpool")
+    x = g.flatten(x, name="flatten")
+    if dropout:
+        x = g.dropout(x, 0.2, name="classifier.0")
+    x = g.gemm(x, 1280, num_classes, name="classifier.1", gain=1.0)
+    return _finish(g, "efficientnet_b0", 3, image, x, num_classes,
+                   f"efficientnet_b0 (torchvision layout, random seeded weights, seed={seed})")
+
+
+_MNV3_LARGE = [  # in, kernel, expanded, out, SE, activation, stride (torchvision)
+    (16, 3, 16, 16, False, "relu", 1), (16, 3, 64, 24, False, "relu", 2),
+    (24, 3, 72, 24, False, "relu", 1), (24, 5, 72, 40, True, "relu", 2),
+    (40, 5, 120, 40, True, "relu", 1), (40, 5, 120, 40, True, "relu", 1),
+    (40, 3, 240, 80, False, "hardswish", 2), (80, 3, 200, 80, False, "hardswish", 1),
+    (80, 3, 184, 80, False, "hardswish", 1), (80, 3, 184, 80, False, "hardswish", 1),
+    (80, 3, 480, 112, True, "hardswish", 1), (112, 3, 672, 112, True, "hardswish", 1),
+    (112, 5, 672, 160, True, "hardswish", 2), (160, 5, 960, 160, True, "hardswish", 1),
+    (160, 5, 960, 160, True, "hardswish", 1)]
+
+
+def mobilenet_v3_large(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+                       fold_bn: bool = True, dropout: bool = True) -> onnx.ModelProto:
+    """torchvision MobileNetV3-Large: Conv-BN-HardSwish stem, 15 inverted residual blocks
+    (ReLU or HardSwish; squeeze-and-excitation with ReLU and a HardSigmoid gate), 1x1 conv to
+    960 + HardSwish, GlobalAveragePool, Flatten, Gemm(1280) + HardSwish, Dropout(0.2), Gemm.
+    Needs opset >= 14 (HardSwish)."""
+    g = _Graph(seed, opset, fold_bn)
+    x = g.conv("input", 3, 16, 3, stride=2, pad=1, bias=False, name="features.0.0",
+               bn=True, bn_name="features.0.1")
+    x = _act(g, x, "hardswish", "features.0.2")
+    for fi, (cin, k, hidden, cout, se, act, stride) in enumerate(_MNV3_LARGE, start=1):
+        p = f"features.{fi}.block"
+        y, li = x, 0
+        if hidden != cin:
+            y = g.conv(y, cin, hidden, 1, bias=False, name=f"{p}.{li}.0",
+                       bn=True, bn_name=f"{p}.{li}.1")
+            y = _act(g, y, act, f"{p}.{li}.2")
+            li += 1
+        y = g.conv(y, hidden, hidden, k, stride=stride, pad=(k - 1) // 2, group=hidden,
+                   bias=False, name=f"{p}.{li}.0", bn=True, bn_name=f"{p}.{li}.1")
+        y = _act(g, y, act, f"{p}.{li}.2")
+        li += 1
+        if se:
+            y = _squeeze_excitation(g, y, hidden, _make_divisible(hidden // 4, 8), "relu",
+                                    "hardsigmoid", f"{p}.{li}")
+            li += 1
+        res = stride == 1 and cin == cout
+        y = g.conv(y, hidden, cout, 1, bias=False, name=f"{p}.{li}.0", bn=True,
+                   bn_name=f"{p}.{li}.1", gain=1.0, bn_scale=0.5 if res else 1.0)
+        if res:
+            y = g.add(y, x, name=f"features.{fi}.add")
+        x = y
+    x = g.conv(x, 160, 960, 1, bias=False, name="features.16.0", bn=True, bn_name="features.16.1")
+    x = _act(g, x, "hardswish", "features.16.2")
+    x = g.gap(x, name="avgpool")
+    x = g.flatten(x, name="flatten")
+    x = g.gemm(x, 960, 1280, name="classifier.0")
+    x = _act(g, x, "hardswish", "classifier.1")
+    if dropout:
+        x = g.dropout(x, 0.2, name="classifier.2")
+    x = g.gemm(x, 1280, num_classes, name="classifier.3", gain=1.0)
+    return _finish(g, "mobilenet_v3_large", 3, image, x, num_classes,
+                   f"mobilenet_v3_large (torchvision layout, random seeded weights, seed={seed})")
+
+
+def resnet50(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+             fold_bn: bool = True) -> onnx.ModelProto:
+    """torchvision ResNet-50 (v1.5: the stride on the 3x3 conv): stem as ResNet-18, then
+    [3, 4, 6, 3] bottlenecks (1x1 reduce, 3x3, 1x1 expand x4, BN each, residual Add + Relu;
+    a 1x1 strided downsample on each stage's first block), GlobalAveragePool, Flatten, Gemm."""
+    g = _Graph(seed, opset, fold_bn)
+    x = g.conv("input", 3, 64, 7, stride=2, pad=3, bias=False, name="conv1", bn=True, bn_name="bn1")
+    x = g.relu(x, name="relu")
+    x = g.maxpool(x, 3, 2, pad=1, name="maxpool")
+    cin = 64
+    for li, (width, n, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)],
+                                            start=1):
+        cout = width * 4
+        for bi in range(n):
+            s = stride if bi == 0 else 1
+            p = f"layer{li}.{bi}"
+            identity = x
+            y = g.conv(x, cin, width, 1, bias=False, name=f"{p}.conv1", bn=True,
+                       bn_name=f"{p}.bn1")
+            y = g.relu(y, name=f"{p}.relu")
+            y = g.conv(y, width, width, 3, stride=s, pad=1, bias=False, name=f"{p}.conv2",
+                       bn=True, bn_name=f"{p}.bn2")
+            y = g.relu(y, name=f"{p}.relu_1")
+            y = g.conv(y, width, cout, 1, bias=False, name=f"{p}.conv3", bn=True,
+                       bn_name=f"{p}.bn3", bn_scale=0.5)
+            if bi == 0:
+                identity = g.conv(x, cin, cout, 1, stride=s, bias=False, gain=1.0,
+                                  name=f"{p}.downsample.0", bn=True, bn_name=f"{p}.downsample.1")
+            y = g.add(y, identity, name=f"{p}.add")
+            x = g.relu(y, name=f"{p}.relu_2")
+            cin = cout
+    x = g.gap(x, name="avgpool")
+    x = g.flatten(x, name="flatten")
+    x = g.gemm(x, 2048, num_classes, name="fc", gain=1.0)
+    return _finish(g, "resnet50", 3, image, x, num_classes,
+                   f"resnet50 (torchvision layout, random seeded weights, seed={seed})")
+
+
+# ---------------------------------------------------------------------------
 # Registry, cache, CLI
 # ---------------------------------------------------------------------------
 
@@ -466,6 +656,9 @@ MODELS = {
     "resnet18": resnet18,
     "mobilenet_v2": mobilenet_v2,
     "squeezenet1_1": squeezenet1_1,
+    "efficientnet_b0": efficientnet_b0,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "resnet50": resnet50,
 }
 
 
