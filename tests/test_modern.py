@@ -64,3 +64,39 @@ def test_conv_epilogue_activation(shape, act, tmp_path):
     assert [n.op_type for n in exported.graph.node] == [FUSED[act]]
     y2 = ort.InferenceSession(exported.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(y2[fin], ref[fin], rtol=1e-4, atol=1e-4 * np.abs(ref[fin]).max())
+
+
+# -- squeeze-and-excitation scale: Mul(x[N, C, H, W], gate[N, C, 1, 1]) ----------------------
+@pytest.mark.parametrize("xs, gs, swap", [
+    ((2, 24, 7, 9), (2, 24, 1, 1), False), ((2, 24, 7, 9), (2, 24, 1, 1), True),
+    ((1, 8, 5, 5), (1, 8, 5, 1), True), ((3, 4, 5), (3, 1, 1), False),
+    ((2, 6, 4, 4), (6, 1, 1), False),  # broadcast over N: not per-plane, numpy's loop
+    ((2, 6, 4, 4), (2, 1, 4, 1), True),  # 1 inside the leading dims: numpy's loop
+    (("N", 6, 4, 4), ("N", 6, 1, 1), False)])  # symbolic batch, same symbol
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mul_per_plane_scale(xs, gs, swap, dtype):
+    """Every broadcast Mul, per-plane kernel or numpy's loop, equals numpy's product exactly."""
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    concrete = [2 if d == "N" else d for d in xs]
+    x = RNG.standard_normal(concrete).astype(dtype)
+    g = RNG.standard_normal([2 if d == "N" else d for d in gs]).astype(dtype)
+    ins = ["g", "x"] if swap else ["x", "g"]
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("Mul", ins, ["y"])], "se",
+        [helper.make_tensor_value_info("x", tp, list(xs)),
+         helper.make_tensor_value_info("g", tp, list(gs))],
+        [helper.make_tensor_value_info("y", tp, None)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    y = convrt.InferenceSession(m.SerializeToString()).run(None, {"x": x, "g": g})[0]
+    assert y.dtype == dtype and np.array_equal(y, x * g)
+
+
+def test_plane_rank_picks_only_per_plane_scales():
+    from convrt.ops.elementwise import plane_rank
+    assert plane_rank((2, 24, 7, 9), (2, 24, 1, 1), (2, 24, 7, 9)) == 2
+    assert plane_rank(("N", 24, 7, 9), ("N", 24, 1, 1), ("N", 24, 7, 9)) == 2
+    assert plane_rank(("N", 24, 7, 9), ("M", 24, 1, 1), ("N", 24, 7, 9)) == 0
+    assert plane_rank((None, 24, 7, 9), (None, 24, 1, 1), (None, 24, 7, 9)) == 0
+    assert plane_rank((2, 24, 7, 9), (24, 1, 1), (2, 24, 7, 9)) == 0
+    assert plane_rank((2, 24, 7, 9), (2, 24, 7, 9), (2, 24, 7, 9)) == 0  # same shape: own path
+    assert plane_rank((2, 24, 1, 1), (2, 24, 7, 9), (2, 24, 7, 9)) == 0  # small operand is big

@@ -264,3 +264,15 @@ def channel_affine(x, scale, shift, out):
         a, b = scale[j], shift[j]
         for k in range(s):
             out[i, j, k] = x[i, j, k] * a + b
+
+
+@pjit
+def plane_scale(x, s, out):
+    """out[p, :] = x[p, :] * s[p] on (P, S) views: a feature map times a per-plane scalar, the
+    squeeze-and-excitation Mul(x[N, C, H, W], gate[N, C, 1, 1]); one task per N*C plane, each a
+    contiguous vectorized loop (numpy's broadcast loop is one thread and strides the gate)."""
+    for p in prange(x.shape[0]):
+        a = s[p]
+        xs, os = x[p], out[p]
+        for k in range(xs.size):
+            os[k] = xs[k] * a
