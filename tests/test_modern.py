@@ -100,3 +100,42 @@ def test_plane_rank_picks_only_per_plane_scales():
     assert plane_rank((2, 24, 7, 9), (24, 1, 1), (2, 24, 7, 9)) == 0
     assert plane_rank((2, 24, 7, 9), (2, 24, 7, 9), (2, 24, 7, 9)) == 0  # same shape: own path
     assert plane_rank((2, 24, 1, 1), (2, 24, 7, 9), (2, 24, 7, 9)) == 0  # small operand is big
+
+
+# -- LayerNormalization (opset 17, ConvNeXt) against onnx's ReferenceEvaluator ---------------
+def _ln_model(xs, ss, axis, with_b=True, outputs=1, dtype=np.float32):
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [numpy_helper.from_array((RNG.standard_normal(ss) + 1).astype(dtype), "S")]
+    ins = ["x", "S"]
+    if with_b:
+        inits.append(numpy_helper.from_array(RNG.standard_normal(ss).astype(dtype), "B"))
+        ins.append("B")
+    outs = ["y", "mean", "inv"][:outputs]
+    node = helper.make_node("LayerNormalization", ins, outs, axis=axis, epsilon=1e-5)
+    return helper.make_model(helper.make_graph(
+        [node], "ln", [helper.make_tensor_value_info("x", tp, list(xs))],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("xs, ss, axis, with_b, outputs", [
+    ((2, 7, 7, 96), (96,), -1, True, 1),  # ConvNeXt's channels-last LayerNorm
+    ((2, 8, 5, 5), (8, 5, 5), 1, True, 3), ((3, 4, 6), (6,), 2, False, 2),
+    ((3, 4, 6), (1, 6), -2, True, 3)])
+def test_layer_normalization(xs, ss, axis, with_b, outputs):
+    m = _ln_model(xs, ss, axis, with_b, outputs)
+    x = (RNG.standard_normal(xs) * 3 + 1).astype(np.float32)
+    want = ReferenceEvaluator(m).run(None, {"x": x})
+    got = convrt.InferenceSession(m.SerializeToString()).run(None, {"x": x})
+    assert len(got) == outputs
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs, ss, axis", [((2, 3, 4), (4,), 3), ((2, 3, 4), (4,), -4),
+                                          ((2, 3, 4), (3,), -1), ((2, 3, 4), (5, 3, 4), 0)])
+def test_layer_normalization_misfit_is_one_line_shape_error(xs, ss, axis):
+    with pytest.raises(convrt.errors.ShapeError) as e:
+        convrt.InferenceSession(_ln_model(xs, ss, axis).SerializeToString())
+    assert "\n" not in str(e.value)

@@ -1,8 +1,12 @@
-"""BatchNormalization (inference form): y = (x - mean) / sqrt(var + eps) * scale + B."""
+"""BatchNormalization (inference form): y = (x - mean) / sqrt(var + eps) * scale + B;
+LayerNormalization (opset 17) over the trailing dims from ``axis``."""
+
+import numpy as np
 
 
 from ..kernels.elementwise import channel_affine
-from ._shape import FLOAT_TYPES
+from ._shape import FLOAT16_UP, FLOAT_TYPES
+from ._shape import axis as norm_axis
 from .params import bn_affine  # noqa: F401  (also imported from here by train/grads/norm.py)
 from .registry import register_op
 
@@ -54,3 +58,56 @@ def BatchNormalization_9(ctx, X, scale, B, mean, var, *, epsilon=1e-5, momentum=
 def BatchNormalization(ctx, X, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                        training_mode=0):
     return _bn(ctx, X, scale, B, input_mean, input_var, epsilon, training_mode)
+
+
+@register_op("LayerNormalization", since=17)
+def LayerNormalization(ctx, X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1):
+    """y = (x - mean) / sqrt(var + eps) * Scale + B over dims [axis, rank) (ConvNeXt, ViTs).
+
+    Statistics are taken in float32 (stash_type 1; float64 input keeps float64) with numpy's
+    pairwise sums: a ConvNeXt LayerNorm is a small share of its time, and numpy's reductions are
+    already vectorized.  Mean and InvStdDev (optional outputs) have X's leading dims and 1s."""
+    ctx.check(X.dtype in FLOAT16_UP, f"dtype {X.dtype} is not supported")
+    ctx.check(X.rank is not None and X.rank >= 1, f"input rank {X.rank} must be >= 1")
+    ctx.check(int(stash_type) in (1, 11), f"stash_type {stash_type} must be 1 or 11")
+    ctx.check(isinstance(epsilon, (int, float)) and 0 <= epsilon < float("inf"),
+              f"epsilon {epsilon!r} must be a finite non-negative number")
+    a = norm_axis(ctx, axis, X.rank)
+    norm = tuple(X.shape[a:])
+    for name, t in (("Scale", Scale), ("B", B)):
+        if t is None:
+            continue
+        ctx.check(t.dtype == X.dtype, f"{name} dtype {t.dtype} differs from X dtype {X.dtype}")
+        ctx.check(t.shape is not None and len(t.shape) <= len(norm) and all(
+            d == 1 or not isinstance(d, int) or not isinstance(n, int) or d == n
+            for d, n in zip(t.shape[::-1], norm[::-1])),
+            f"{name} shape {list(t.shape or ())} does not fit the normalized shape "
+            f"{list(norm)} (axis {axis} of input {list(X.shape)})")
+    stat_dt = np.dtype(np.float64 if int(stash_type) == 11 or X.dtype == np.float64
+                       else np.float32)
+    stat_shape = tuple(X.shape[:a]) + (1,) * len(norm)
+    n_out = max(1, min(3, ctx.n_outputs))
+    shapes = [X.shape] + [stat_shape] * (n_out - 1)
+    dtypes = [X.dtype] + [stat_dt] * (n_out - 1)
+    n_in = 3 if B is not None else 2
+    axes = tuple(range(a, X.rank))
+    eps = float(epsilon)
+
+    def run(*args):
+        x, s = args[0], args[1]
+        b = args[2] if n_in == 3 else None
+        y = args[n_in]
+        xs = x.astype(stat_dt, copy=False)
+        mean = xs.mean(axis=axes, keepdims=True)
+        d = xs - mean
+        inv = 1.0 / np.sqrt((d * d).mean(axis=axes, keepdims=True) + stat_dt.type(eps))
+        d *= inv
+        d *= s
+        if b is not None:
+            d += b
+        np.copyto(y, d, casting="unsafe")
+        stats = args[n_in + 1:]
+        for o, v in zip(stats, (mean, inv)):
+            np.copyto(o, v, casting="unsafe")
+
+    return ctx.result(shapes, dtypes, run)
