@@ -12,12 +12,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from .cli_support import (IMAGE_HELP, add_image_args, make_feeds, make_session, positive_int,
-                          thread_count)
 from .errors import ConvrtError, InputError
+
+# (name, help) of every subcommand, for `convrt --help` and `convrt --version`, which build only
+# this top level: the subcommands' own arguments need cli_support, whose imports (numba, onnx,
+# the kernels) cost ~1 s.  tests/test_cold_start.py checks this list against build_parser().
+COMMANDS = (("run", "run a model on given or random input"),
+            ("inspect", "per-layer shapes, parameters and MACs"),
+            ("featuremaps", "draw layers' feature maps to a PNG"),
+            ("optimize", "write the optimized graph as ONNX"),
+            ("predict", "run a model over every row of an .npy file"),
+            ("warmup", "compile the kernels for this CPU ahead of time"),
+            ("bench", "warm latency and a per-node time profile"),
+            ("train", "train a model's weights and export the trained model"))
 
 
 def _add_opt_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +36,10 @@ def _add_opt_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
+    import numpy as np
+
+    from .cli_support import make_feeds, make_session
+
     t0 = time.perf_counter()
     sess = make_session(args)
     feeds = make_feeds(sess, args.input, args.batch, args=args)
@@ -57,6 +69,7 @@ def cmd_run(args) -> int:
 def cmd_inspect(args) -> int:
     from . import compiler, inspect
     from .api import level_name
+    from .cli_support import make_feeds, make_session
 
     if args.activations:
         if args.format not in ("table", "json"):
@@ -93,6 +106,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_featuremaps(args) -> int:
     from . import viz
+    from .cli_support import make_feeds, make_session
     from .images import is_image, load_image
 
     viz._matplotlib()  # the install hint before minutes of compiling
@@ -137,10 +151,27 @@ def cmd_predict(args) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser():
     p = argparse.ArgumentParser(prog="convrt", description="ONNX CNN compiler and runtime.")
     p.add_argument("--version", action="version", version=f"convrt {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return p, p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def light_parser() -> argparse.ArgumentParser:
+    """The top level only (every command named, none with its arguments): enough for
+    ``--version``, ``--help`` and a mistyped command, without importing the runtime."""
+    p, sub = _top_parser()
+    for name, text in COMMANDS:
+        sub.add_parser(name, help=text)
+    p.subcommands = sub.choices
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_support import IMAGE_HELP, add_image_args, positive_int, thread_count
+    from .warmup import add_parser as add_warmup
+
+    p, sub = _top_parser()
 
     r = sub.add_parser("run", help="run a model on given or random input",
                        description="Run MODEL once (plus --repeat timed runs); print output "
@@ -217,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output-name", default=None, metavar="NAME",
                     help="the model output to write (default: the first)")
     pr.set_defaults(fn=cmd_predict)
+    add_warmup(sub)
 
     try:
         from .bench import add_parser as add_bench
@@ -250,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     what a shell reports for a command killed by the signal).  Any other exception is a bug in
     convrt: one line naming its type, status 1; ``CONVRT_TRACEBACK=1`` lets the traceback out.
     """
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser() if command in dict(COMMANDS) else light_parser()
     # parse_known_args: with parse_args a stray option after the subcommand is reported by the
     # top-level parser, whose usage ("convrt [-h] COMMAND ...") does not help; report it with
     # the subcommand's usage instead.

@@ -40,10 +40,13 @@ import os
 import shutil
 import site
 import sys
+import tempfile
 import time
 import warnings
 
 import numba
+from numba.core.caching import FunctionCache
+from numba.core.dispatcher import Dispatcher
 
 numba.config.SLP_VECTORIZE = True  # before the first compile; see module docstring
 
@@ -70,26 +73,51 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _writable(path: str) -> bool:
+    """Whether numba can keep its cache in ``path`` (created if missing)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.path.isdir(path) and os.access(path, os.W_OK)
+
+
 def _cache_dir() -> str:
     """``<root>/<digest>``: a change to any compiled source (or an upgrade) starts a fresh cache
     instead of reusing stale machine code.  The root is the user's ``NUMBA_CACHE_DIR``, else
     ``convrt/__pycache__/numba`` (older digests there, unused for an hour, are deleted: no
     other tree uses them),
     else, for a read-only install, ``~/.cache/convrt/numba`` (numba's cache files are pickles,
-    so the directory must be the user's own)."""
+    so the directory must be the user's own), else a new temporary directory.
+
+    Each choice is checked for writing: numba itself, given a directory it cannot write,
+    silently falls back to ``__pycache__`` beside each kernel file, a cache that is not keyed by
+    the digest (the stale-helper problem above).  A user's ``NUMBA_CACHE_DIR`` that cannot be
+    written gets one warning, then the next choice."""
+    digest = _source_digest()
     user = os.environ.get("NUMBA_CACHE_DIR")
     if user:
-        return os.path.join(user, _source_digest())
+        if _writable(os.path.join(user, digest)):
+            return os.path.join(user, digest)
+        warnings.warn(f"convrt: NUMBA_CACHE_DIR={user!r} is not a writable directory; caching "
+                      "kernels in convrt's default place instead", RuntimeWarning, stacklevel=2)
     if os.access(_PKG, os.W_OK):
         root = os.path.join(_PKG, "__pycache__", "numba")
-        digest = _source_digest()
         if os.path.isdir(root):  # older digests: not while a process may still write them
             for old in os.listdir(root):
                 path = os.path.join(root, old)
-                if old != digest and time.time() - os.path.getmtime(path) > STALE_SECONDS:
+                try:
+                    stale = old != digest and time.time() - os.path.getmtime(path) > STALE_SECONDS
+                except OSError:  # another process deleted it first
+                    continue
+                if stale:
                     shutil.rmtree(path, ignore_errors=True)
-        return os.path.join(root, digest)
-    return os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba", _source_digest())
+        if _writable(os.path.join(root, digest)):
+            return os.path.join(root, digest)
+    home = os.path.join(os.path.expanduser("~"), ".cache", "convrt", "numba", digest)
+    if _writable(home):
+        return home
+    return tempfile.mkdtemp(prefix=f"convrt-numba-{digest}-")
 
 
 numba.config.CACHE_DIR = _cache_dir()
@@ -166,14 +194,57 @@ def _choose_threading_layer() -> None:
 _choose_threading_layer()
 
 
+class _SafeCache(FunctionCache):
+    """numba's on-disk cache, made safe against bad files: a truncated, garbled or foreign
+    cache file (a crash mid-write on a filesystem without atomic rename, a copied directory,
+    another tool's files) makes numba's loader raise (UnpicklingError, EOFError...) out of the
+    kernel call; here it is a cache miss, and the kernel is compiled.  An entry whose stored
+    signature is not the one asked for (two processes that compiled different signatures of
+    one kernel at once can both write index entry 1, the index of one and the code of the
+    other surviving) is a miss too, instead of machine code for the wrong argument types.
+    A save that fails (an unreadable index) removes that index and tries once more, else
+    leaves the kernel uncached: the run goes on either way."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            cres = super().load_overload(sig, target_context)
+        except Exception:  # noqa: BLE001  (any unreadable file: compile instead)
+            return None
+        want = sig.args if hasattr(sig, "args") else tuple(sig)
+        if cres is not None and tuple(cres.signature.args) != tuple(want):
+            return None
+        return cres
+
+    def save_overload(self, sig, data):
+        try:
+            super().save_overload(sig, data)
+            return
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            os.unlink(self._cache_file._index_path)
+            super().save_overload(sig, data)
+        except Exception:  # noqa: BLE001  (left uncached; the compiled kernel still runs)
+            pass
+
+
+def _safe(obj):
+    """Give a dispatcher (or the dispatchers a decorator factory makes) the safe cache."""
+    if isinstance(obj, Dispatcher):
+        if type(obj._cache) is FunctionCache:
+            obj._cache.__class__ = _SafeCache
+        return obj
+    return lambda fn: _safe(obj(fn))
+
+
 def njit(*args, **kwargs):
-    """``numba.njit`` with convrt's defaults (``cache=True``)."""
+    """``numba.njit`` with convrt's defaults (``cache=True``, the safe cache)."""
     kwargs.setdefault("cache", True)
-    return numba.njit(*args, **kwargs)
+    return _safe(numba.njit(*args, **kwargs))
 
 
 def pjit(*args, **kwargs):
     """A parallel kernel (``prange`` inside); same defaults as :func:`njit`."""
     kwargs.setdefault("cache", True)
     kwargs.setdefault("parallel", True)
-    return numba.njit(*args, **kwargs)
+    return _safe(numba.njit(*args, **kwargs))
