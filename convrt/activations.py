@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-# Codes are ordered: the ones up to CLIP are comparisons and multiplies that vector code applies
-# in registers (``IN_REGISTERS``); the later ones go through the epilogues' loops over a row
-# (``_epilogue.act_other``), which use the vectorized float32 exp of ``kernels/elementwise.py``
-# (numba's own exp is a libm call: no SVML from PyPI).
+# ``IN_REGISTERS``: the codes the LLVM-level store paths (``VecIR.activate``: pixel, blocked,
+# 3x3 depthwise) apply to the sums in registers: comparisons and multiplies, and sigmoid / silu
+# as the vectorized float32 exp of ``kernels/elementwise.py`` written out as vector code (numba's
+# own exp is a libm call: no SVML from PyPI).  Only tanh goes through the epilogues' loops over
+# a row (``_epilogue.act_other``): on EfficientNet-B0 the row path made the SiLU layers 2-4x
+# slower than their ReLU twins (issue #21).
 # SILU is x * sigmoid(x) (EfficientNet, YOLOv8); HARD_SIGMOID is clip(alpha*x + beta, 0, 1)
 # and HARD_SWISH x * hard_sigmoid(x) with alpha 1/6, beta 1/2 (MobileNetV3).
 NONE, RELU, LEAKY, CLIP, SIGMOID, TANH, SILU, HARD_SIGMOID, HARD_SWISH = range(9)
 CODES = {"none": NONE, "relu": RELU, "leaky_relu": LEAKY, "clip": CLIP, "sigmoid": SIGMOID,
          "tanh": TANH, "silu": SILU, "hard_sigmoid": HARD_SIGMOID, "hard_swish": HARD_SWISH}
 NAMES = tuple(CODES)
-IN_REGISTERS = (NONE, RELU, LEAKY, CLIP)
+IN_REGISTERS = (NONE, RELU, LEAKY, CLIP, SIGMOID, SILU, HARD_SIGMOID, HARD_SWISH)
 
 # ONNX activation op -> (name, attributes it carries into the fused op).  SiLU has no ONNX op
 # before opset 22's Swish: it is the pattern Mul(x, Sigmoid(x)) (passes/fuse_silu.py).

@@ -5,6 +5,7 @@ import numba
 import numpy as np
 import pytest
 
+from convrt.activations import IN_REGISTERS
 from convrt.kernels.conv import Conv2d
 from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
@@ -85,6 +86,8 @@ ACTS = [dict(activation="none"), dict(activation="relu"),
                                                        clip_max=0.7),
         dict(activation="clip", clip_min=0.0, clip_max=6.0), dict(activation="sigmoid"),
         dict(activation="tanh")]
+HARD_ACTS = [dict(activation="silu"), dict(activation="hard_swish", alpha=1 / 6, clip_min=0.5),
+             dict(activation="hard_sigmoid", alpha=0.2, clip_min=0.5)]  # beta in clip_min
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -514,21 +517,24 @@ def test_every_pixel_shape(monkeypatch, dtype, pix_major):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("act", range(4))  # none, relu, leaky_relu, clip: stored from registers
+@pytest.mark.parametrize("act", range(8))  # activations.IN_REGISTERS: stored from registers
 @pytest.mark.parametrize("residual", [False, True])
 def test_pixel_direct_stores_equal_tile_stores(act, residual, dtype):
     """Whole channel blocks store the pixel microkernel's sums straight from its registers,
     with the residual and activation applied there; the result is bit-identical to going
     through the tile buffer and ``_store_tile`` (geo[11] = 0 forces that path), NaN included,
-    and a partial last block (which always takes the tile) joins up."""
+    and a partial last block (which always takes the tile) joins up.  sigmoid / silu are the
+    vector form of ``elementwise.sigmoid32`` (float64: libm's exp), the hard forms one fma and
+    two clamps, as ``_epilogue.act_other``; +-inf and saturating inputs included."""
     rng = np.random.default_rng(act)
-    x = rng.standard_normal((2, 3, 6, 40)).astype(dtype)
+    x = rng.standard_normal((2, 3, 6, 40)).astype(dtype) * 8
     x[0, 1, 2, 3] = np.nan
+    x[1, 2, 4, 5], x[1, 0, 1, 20] = np.inf, -np.inf
     wt = rng.standard_normal((27, 3, 3, 3)).astype(dtype)  # 27: a partial last block
     b = rng.standard_normal(27).astype(dtype)
-    kw = dict(ACTS[[0, 1, 2, 4][act]])
+    kw = dict((ACTS + HARD_ACTS)[[0, 1, 2, 4, 5, 7, 9, 8][act]])
     conv = Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1), dtype=dtype, **kw)
-    assert conv.algo == "pixel" and conv.act == act
+    assert conv.algo == "pixel" and conv.act == IN_REGISTERS[act]
     res = rng.standard_normal(conv.out_shape).astype(dtype) if residual else None
     outs = []
     for allow in (1, 0):
@@ -539,7 +545,9 @@ def test_pixel_direct_stores_equal_tile_stores(act, residual, dtype):
     np.testing.assert_array_equal(outs[0], outs[1])
     ref = conv2d_ref(x, wt, b, (1, 1), (1, 1, 1, 1))
     ref = activation_ref(ref + (0 if res is None else res), **kw)
-    np.testing.assert_allclose(outs[0], ref, **TOL[dtype])
+    np.testing.assert_array_equal(np.isnan(outs[0]), np.isnan(ref))
+    fin = ~np.isnan(ref)
+    np.testing.assert_allclose(outs[0][fin], ref[fin], **TOL[dtype])
 
 
 def test_pixel_work_order_by_shape():

@@ -41,6 +41,11 @@ ACTS = [dict(activation="none"), dict(activation="relu"),
         dict(activation="leaky_relu", alpha=0.2),
         dict(activation="clip", clip_min=0.0, clip_max=6.0), dict(activation="sigmoid"),
         dict(activation="tanh")]
+# the in-register activations of dw3x3 (activations.IN_REGISTERS): all of ACTS but tanh, and
+# silu and the hard forms (their beta rides in clip_min)
+DW3_ACTS = ACTS[:5] + [dict(activation="silu"),
+                       dict(activation="hard_swish", alpha=1 / 6, clip_min=0.5),
+                       dict(activation="hard_sigmoid", alpha=0.2, clip_min=0.5)]
 
 
 def _data(case, dtype, seed=0, bias=True):
@@ -180,13 +185,14 @@ def _dw3(name, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("residual", [False, True])
-@pytest.mark.parametrize("act", range(4))  # none, relu, leaky_relu, clip: done in registers
+@pytest.mark.parametrize("act", range(len(DW3_ACTS)))  # all done in registers
 @pytest.mark.parametrize("name", sorted(DW3))
 def test_dw3x3_vs_naive(name, act, residual, dtype):
     from convrt.kernels.conv.dw3x3 import Depthwise3x3
 
     case, x, wt, b = _dw3(name, dtype, seed=act)
-    conv = _conv(case, wt, b, dtype, **ACTS[act])
+    x *= 4  # into sigmoid's saturating range
+    conv = _conv(case, wt, b, dtype, **DW3_ACTS[act])
     assert isinstance(conv._dw, Depthwise3x3)
     ref = _ref(case, x, wt, b)
     res = None
@@ -195,7 +201,7 @@ def test_dw3x3_vs_naive(name, act, residual, dtype):
         ref = ref + res
     out = np.full(conv.out_shape, np.nan, dtype)
     conv(x, out, res)
-    np.testing.assert_allclose(out, activation_ref(ref, **ACTS[act]), **TOL[dtype])
+    np.testing.assert_allclose(out, activation_ref(ref, **DW3_ACTS[act]), **TOL[dtype])
 
 
 def test_dw3x3_choice():
@@ -213,11 +219,13 @@ def test_dw3x3_choice():
     for name in ("nopad", "asym_pad_s2", "s21", "s3", "5x5", "dil2", "multiplier2",
                  "group4_cg2"):
         assert not fast(name), name
-    assert not fast("mnv2_s1", activation="sigmoid")
+    assert fast("mnv2_s1", activation="silu") and fast("mnv2_s1", activation="sigmoid")
+    assert not fast("mnv2_s1", activation="tanh")
     assert not fast("mnv2_s1", algo="depthwise")
 
 
-@pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu"])
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "leaky_relu", "sigmoid", "silu",
+                                 "hard_swish"])
 @pytest.mark.parametrize("name", ["w7", "w33_s2", "w17_h18"])
 def test_dw3x3_nan_inf(name, act):
     case, x, wt, b = _dw3(name, np.float32, seed=5)
@@ -227,6 +235,8 @@ def test_dw3x3_nan_inf(name, act):
     kw = dict(activation=act)
     if act == "clip":
         kw.update(clip_min=0.0, clip_max=6.0)
+    if act == "hard_swish":
+        kw.update(alpha=1 / 6, clip_min=0.5)
     ref = activation_ref(_ref(case, x, wt, b), **kw)
     out = np.empty(_conv(case, wt, b, np.float32, **kw).out_shape, np.float32)
     _conv(case, wt, b, np.float32, **kw)(x, out)

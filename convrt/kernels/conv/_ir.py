@@ -9,7 +9,8 @@ keeps their common vocabulary in one place so that each file only says what its 
 from llvmlite import ir
 from numba.core import cgutils
 
-from ...activations import CLIP, LEAKY, RELU
+from ...activations import CLIP, HARD_SIGMOID, HARD_SWISH, LEAKY, RELU, SIGMOID, SILU
+from .. import elementwise as _ew
 
 VEC = 16  # lanes per vector
 
@@ -107,10 +108,52 @@ class VecIR:
             finals.append(fin)
         return finals
 
+    def const(self, value):
+        """``value`` in every lane of a float vector (a constant; float32 rounds it once)."""
+        return ir.Constant(self.vt, [float(value)] * VEC)
+
+    def _exp32(self, x):
+        """``elementwise.exp32`` of a float32 vector, op for op (same constants, same order,
+        no contraction: bit-identical to the scalar function the row epilogues vectorise)."""
+        b, c = self.builder, self.const
+        xc = b.select(b.fcmp_ordered(">", x, c(_ew._X_HI)), c(_ew._X_HI), x)  # NaN stays NaN
+        xc = b.select(b.fcmp_ordered("<", xc, c(_ew._X_LO)), c(_ew._X_LO), xc)
+        rnd = c(_ew._ROUND)
+        nf = b.fsub(b.fadd(b.fmul(xc, c(_ew._LOG2E)), rnd), rnd)
+        nf = b.select(b.fcmp_ordered(">", nf, c(-160.0)), nf, c(-160.0))  # NaN -> finite n
+        r = b.fsub(b.fsub(xc, b.fmul(nf, c(_ew._LN2_HI))), b.fmul(nf, c(_ew._LN2_LO)))
+        p = c(_ew._E5)
+        for k in (_ew._E4, _ew._E3, _ew._E2, _ew._E1, _ew._E0):
+            p = b.fadd(b.fmul(p, r), c(k))
+        p = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+        it = ir.VectorType(self.i32, VEC)
+        n = b.fptosi(nf, it)
+        n1 = b.ashr(n, ir.Constant(it, [1] * VEC))
+        bias, sh = ir.Constant(it, [127] * VEC), ir.Constant(it, [23] * VEC)
+        s1 = b.bitcast(b.shl(b.add(n1, bias), sh), self.vt)
+        s2 = b.bitcast(b.shl(b.add(b.sub(n, n1), bias), sh), self.vt)
+        return b.fmul(b.fmul(p, s1), s2)
+
+    def sigmoid(self, x):
+        """``elementwise.any_sigmoid`` of a vector: e = exp(-|x|) (the polynomial for float32,
+        ``llvm.exp`` = libm's exp per lane for float64, as the scalar form calls), then
+        ``(1 if x >= 0 else e) / (1 + e)``; NaN -> NaN."""
+        b = self.builder
+        zero, one = ir.Constant(self.vt, None), self.const(1.0)
+        if isinstance(self.ft, ir.FloatType):
+            e = self._exp32(b.select(b.fcmp_ordered(">", x, zero), b.fneg(x), x))
+        else:
+            fabs = self.intrinsic("llvm.fabs", self.vt, [self.vt])
+            e = b.call(self.intrinsic("llvm.exp", self.vt, [self.vt]),
+                       [b.fneg(b.call(fabs, [x]))])
+        return b.fdiv(b.select(b.fcmp_ordered(">=", x, zero), one, e), b.fadd(one, e))
+
     def activate(self, v, act, prm):
         """``v`` through activation code ``act`` (one of ``activations.IN_REGISTERS``, a
         compile-time int) with ``prm`` = (alpha, lo, hi, 0) splats, as ``_epilogue._store_tile``
-        computes it: every comparison ordered, so NaN passes through unchanged."""
+        / ``_epilogue.act_other`` compute it: every comparison ordered, so NaN passes through
+        unchanged.  sigmoid and silu are ``sigmoid`` above; hard_sigmoid / hard_swish clamp
+        ``alpha*v + beta`` (beta in the lo slot, ``activations.params``) to [0, 1]."""
         b = self.builder
         alpha, lo, hi, zero = prm
         if act == RELU:
@@ -120,8 +163,17 @@ class VecIR:
         if act == CLIP:
             v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
             return b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        if act == SIGMOID:
+            return self.sigmoid(v)
+        if act == SILU:
+            return b.fmul(v, self.sigmoid(v))
+        if act in (HARD_SIGMOID, HARD_SWISH):
+            one = self.const(1.0)
+            h = b.call(self.fma, [v, alpha, lo])
+            h = b.select(b.fcmp_ordered("<", h, zero), zero, h)
+            h = b.select(b.fcmp_ordered(">", h, one), one, h)
+            return h if act == HARD_SIGMOID else b.fmul(v, h)
         return v
-
 
 def arrays(context, builder, sig_args, args, which):
     """The numba array structs of the arguments at positions ``which``."""

@@ -20,7 +20,7 @@ every signed index, which costs instructions and blocks vectorisation.
 import numpy as np
 from numba import prange
 
-from ...activations import CLIP, RELU
+from ...activations import RELU, TANH
 from .._jit import FAST, njit, pjit
 from ._base import packed
 from ._epilogue import _store_tile, _store_tile_m, _zero_border
@@ -100,7 +100,7 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
             for ti in range(ntiles):
                 ow0 = min(ti * nt, ow_n - nt)
                 tile_kernel_t(xf, _U(xrow + ow0), offs, wp, blk, bp, tile, nb_, nt, taps)
-                if tp == 16 and act <= CLIP:
+                if tp == 16 and act != TANH:  # activations.IN_REGISTERS
                     _store_tile_m(tile, nt, out, _U(orow + ow0), ohw, jv, res, has_res, act,
                                   prm)
                 else:

@@ -12,8 +12,8 @@ the output rows straight from the input, in 16-lane vectors along each row:
 * stride 2 loads 32 consecutive inputs and splits them into even and odd columns with two
   shuffles; the left neighbours are the odd columns shifted by one lane, carried over from the
   previous vector;
-* bias, residual and activation (none, ReLU, LeakyRelu, Clip) are applied in registers and the
-  row is written with one masked store per vector: no scratch, no second pass.
+* bias, residual and activation (any of ``activations.IN_REGISTERS``: all but tanh) are applied
+  in registers and the row is written with one masked store per vector: no scratch, no second pass.
 
 One call of ``_dw3_plane`` does a whole plane, so the weights and the activation's constants are
 loaded once per plane.  Planes (image, channel) are claimed dynamically by the workers, as in the other conv kernels;
@@ -26,7 +26,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ...activations import IN_REGISTERS, LEAKY, NONE, RELU
+from ...activations import (CLIP, HARD_SIGMOID, IN_REGISTERS, LEAKY, NONE, RELU, SIGMOID,
+                            SILU)
 from .._jit import njit, pjit
 from ._base import ConvAlgorithm
 from ._ir import VEC, VecIR, arrays
@@ -41,7 +42,8 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
     ``h_n x w_n`` plane (the padding); the residual only if ``has_res`` (else its load is fully
     masked: it reads nothing).
 
-    ``wb[wo:wo+9]`` are the taps, ``wb[wo+9]`` the bias; ``prm`` = (alpha, clip_min, clip_max).
+    ``wb[wo:wo+9]`` are the taps, ``wb[wo+9]`` the bias; ``prm`` = (alpha, clip_min, clip_max)
+    (hard_sigmoid / hard_swish: alpha, beta in the first two).
     ``stride`` (1 or 2) and ``act`` must be literals; offsets int64, ``w_n`` < 2**31.
     """
     if not all(isinstance(v, types.IntegerLiteral) for v in (stride, act)):
@@ -170,7 +172,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
 
 @njit
 def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stride, act):
-    """``_dw3_plane`` for a runtime (stride, act)."""
+    """``_dw3_plane`` for a runtime (stride, act), act one of ``IN_REGISTERS``."""
     if stride == 1:
         if act == NONE:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 0)
@@ -178,8 +180,16 @@ def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stri
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 1)
         elif act == LEAKY:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 2)
-        else:
+        elif act == CLIP:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 3)
+        elif act == SIGMOID:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 4)
+        elif act == SILU:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 6)
+        elif act == HARD_SIGMOID:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 7)
+        else:  # HARD_SWISH (supports() admits no tanh)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 8)
     else:
         if act == NONE:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 0)
@@ -187,8 +197,16 @@ def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stri
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 1)
         elif act == LEAKY:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 2)
-        else:
+        elif act == CLIP:
             _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 3)
+        elif act == SIGMOID:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 4)
+        elif act == SILU:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 6)
+        elif act == HARD_SIGMOID:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 7)
+        else:  # HARD_SWISH (supports() admits no tanh)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 8)
 
 
 @njit

@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ...activations import CLIP, IN_REGISTERS
+from ...activations import IN_REGISTERS, TANH
 from .._jit import FAST, njit, pjit
 from ._base import packed
 from ._epilogue import _store_tile, _zero_border
@@ -82,10 +82,11 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
 
     With ``direct`` false the sums go to ``tile[m*16*NV + p]``.  With ``direct`` true they are
     stored from the registers as ``_store_tile`` would store that tile: ``out[ob + m*ohw + p] =
-    act(s + res[ob + m*ohw + p])`` (the residual if ``has_res``), ``act`` one of none, relu,
-    leaky, clip with ``prm`` = (alpha, lo, hi, 0).  On short reductions (first layers, 16-24
-    channel expansions) the scalar store loop of ``_store_tile`` cost as much as the sums: the
-    small VGG's first layer at batch 64 took 8.1 ms on one thread, 3.8 of them in the sums."""
+    act(s + res[ob + m*ohw + p])`` (the residual if ``has_res``), ``act`` one of
+    ``activations.IN_REGISTERS`` with ``prm`` = (alpha, lo, hi, 0).  On short reductions (first
+    layers, 16-24 channel expansions) the scalar store loop of ``_store_tile`` cost as much as
+    the sums: the small VGG's first layer at batch 64 took 8.1 ms on one thread, 3.8 of them in
+    the sums."""
     if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None
     n_m, n_v = mr.literal_value, nv.literal_value
@@ -236,8 +237,8 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
             jv = min(mr, m_all - m0)
             ob = _U(n * ons + m0 * geo[13] + y * ors + ooff + p0)
             # whole channel blocks with an activation the microkernel applies store straight
-            # from its registers; a partial last block, sigmoid and tanh go through the tile
-            direct = allow_direct and jv == mr and act <= CLIP
+            # from its registers; a partial last block and tanh go through the tile
+            direct = allow_direct and jv == mr and act != TANH
             _px_kernel(xf, _U(n * nstride + y * rowstep + p0), offs, wp, mb, bp, tile, mr, nv,
                        out, ob, ohw, res, has_res, act, prm, direct)
             if not direct:
