@@ -389,12 +389,12 @@ def test_without_tbb_falls_back_to_passive_openmp_with_a_warning(tmp_path):
         import ctypes.util, os, site, sys, warnings
         sys.prefix = sys.base_prefix = site.USER_BASE = {str(tmp_path)!r}
         ctypes.util.find_library = lambda name: None
+        import numpy as np
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            import convrt
+            import convrt  # a light import: the kernels (and the layer choice) load on use
+            sess = convrt.InferenceSession({str(SMALL_VGG)!r})
         import numba
-        import numpy as np
-        sess = convrt.InferenceSession({str(SMALL_VGG)!r})
         sess.run(None, {{"input": np.zeros((1, 3, 32, 32), np.float32)}})
         ours = [str(w.message) for w in caught if "TBB threading layer" in str(w.message)]
         try:  # a system TBB on the loader's path is one numba's own default would pick up
