@@ -12,6 +12,7 @@ against the graph's declared inputs, picks the plan, and executes it.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .compiler import load, optimize
 from .errors import InputError, UnsupportedOpError
-from .fetch import FetchCache, ValueInfo, copy_graph, list_values
+from .fetch import FetchCache, ValueInfo, list_values
 from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
@@ -204,6 +205,32 @@ def _node_arg(v) -> NodeArg:
     return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
 
 
+def _reloader(src, base_dir, budget):
+    """Loads ``src`` again when called.  A path is checked to be the file the session loaded
+    (same size and modification time): a changed file would give values of another model.
+    Bytes and a ModelProto are held by reference (the caller's object, not a copy)."""
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            st = os.stat(src)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+
+        def again() -> Graph:
+            try:
+                st = os.stat(src)
+                now = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                now = None
+            if now != stamp:
+                raise InputError(f"{os.fspath(src)}: the model file changed or went away since "
+                                 "the session was created; create a new session to fetch "
+                                 "intermediate values")
+            return load(src, base_dir, budget)
+        return again
+    return lambda: load(src, base_dir, budget)
+
+
 class InferenceSession:
     """Load, optimize and run an ONNX model.
 
@@ -226,8 +253,9 @@ class InferenceSession:
         self.graph: Graph = load(path_or_bytes, base_dir,
                                  min(budget, limit) if limit else budget)
         self.unoptimized_node_count = len(self.graph.nodes)
-        # the unoptimized graph (weights shared), for fetching values the passes fuse away
-        self._fetch = FetchCache(copy_graph(self.graph),
+        # the unoptimized graph, loaded again on the first fetch of a value the passes fuse away
+        self._fetch = FetchCache(_reloader(path_or_bytes, base_dir, min(budget, limit)
+                                           if limit else budget),
                                  level_name(self.options.graph_optimization_level),
                                  tuple(self.options.disabled_optimizers),
                                  self.options.memory_budget, self._threads)

@@ -100,13 +100,26 @@ def _info(v: Value, op: str) -> ValueInfo:
 class FetchCache:
     """Compiled fetch sets of one session: names -> (optimized graph copy, plans by shapes)."""
 
-    def __init__(self, original: Graph, level: str, disabled: tuple, budget, threads: int):
-        self.graph = original  # the unoptimized graph; never mutated (copied per fetch set)
+    def __init__(self, load_original, level: str, disabled: tuple, budget, threads: int):
+        """``load_original()`` loads the unoptimized graph again, on the first fetch only: a
+        copy kept from the start would hold every weight the optimizer replaced (BN folding
+        rewrites each conv's weights), a second copy of the model for every session."""
+        self._load = load_original
+        self._graph: Graph | None = None
         self._level, self._disabled = level, disabled
         self._budget, self._threads = budget, threads
         self._sets: OrderedDict[tuple, tuple[Graph, dict]] = OrderedDict()
         self._lock = threading.Lock()
         self._fetchable: dict[str, Value] | None = None
+
+    @property
+    def graph(self) -> Graph:
+        """The unoptimized graph; never mutated (copied per fetch set)."""
+        if self._graph is None:
+            with self._lock:
+                if self._graph is None:
+                    self._graph = self._load()
+        return self._graph
 
     def fetchable(self) -> dict[str, Value]:
         """name -> Value: the graph inputs and every node output."""
