@@ -76,13 +76,7 @@ def cmd_inspect(args) -> int:
             raise InputError("--activations prints --format table or json")
         sess = make_session(args)
         rows = inspect.activation_stats(sess, make_feeds(sess, [args.activations], 1, args=args))
-        text = inspect.render_activations(rows, args.format)
-        if args.output:
-            Path(args.output).write_text(text + "\n")
-            print(f"wrote {args.output}")
-        else:
-            print(text)
-        return 0
+        return _emit(inspect.render_activations(rows, args.format), args.output)
     graph = compiler.load(args.model)
     before = len(graph.nodes)
     report = None
@@ -96,9 +90,14 @@ def cmd_inspect(args) -> int:
         text = inspect.render_json(s) if fmt == "json" else inspect.render_table(s)
         if report is not None and fmt == "table":
             text += "\n\n" + inspect.render_report(report, before, len(graph.nodes))
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote {args.output}")
+    return _emit(text, args.output)
+
+
+def _emit(text: str, output) -> int:
+    """``text`` into the file ``output`` (saying so), or on stdout."""
+    if output:
+        Path(output).write_text(text + "\n")
+        print(f"wrote {output}")
     else:
         print(text)
     return 0
