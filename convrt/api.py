@@ -26,7 +26,7 @@ from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
-from .runtime.plan import ArenaPool, Plan
+from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
 
@@ -376,8 +376,7 @@ class InferenceSession:
         once, cached: at most ``max_cached_plans``, and ``plan_cache_bytes`` of activations,
         the least recently used dropped first).  All plans share the session's packed weights
         and activation arenas, so a plan holds only what depends on its shapes."""
-        key = tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
-                           for n, i in infos.items()))
+        key = plan_key(infos)
         plan = self._touch(key)
         if plan is None:
             with self._lock:  # one build at a time; runs of built plans go on meanwhile

@@ -24,7 +24,7 @@ from .compiler import optimize
 from .errors import InputError
 from .ir import Graph, Node, Value
 from .ops.registry import TensorInfo
-from .runtime.plan import Plan
+from .runtime.plan import Plan, plan_key
 
 MAX_FETCH_SETS = 4  # fetch sets whose compiled graph is kept (each: folded weights + plans)
 MAX_PLANS_PER_SET = 4  # input-shape sets planned per fetch set
@@ -141,8 +141,7 @@ class FetchCache:
 
     def plan(self, names: tuple, infos: dict[str, TensorInfo]) -> Plan:
         """The plan computing the graph outputs followed by ``names`` (compiled once)."""
-        key = tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
-                           for n, i in infos.items()))
+        key = plan_key(infos)
         with self._lock:
             entry = self._sets.get(names)
             if entry is None:

@@ -246,6 +246,13 @@ class _FreeViews:
 _SERIALS = itertools.count()
 
 
+def plan_key(infos: dict[str, TensorInfo]) -> tuple:
+    """What a plan depends on: each feed's shape, and its value where the plan was built for
+    one (the session's and the fetch sets' plan caches key on this)."""
+    return tuple(sorted((n, i.shape, None if i.value is None else i.value.tobytes())
+                        for n, i in infos.items()))
+
+
 class Plan:
     """An executable form of ``graph`` for one set of input shapes.
 

@@ -102,7 +102,7 @@ def _store_tile(tile, nt, tp, out, ob, ohw, jv, res, has_res, act, prm):
     ``prm`` = (alpha, clip_min, clip_max, 0, 1) in the array's dtype.  Every comparison is
     written so that NaN passes through unchanged (as numpy's maximum/clip do).
     """
-    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
     for j in range(jv):
         base = ob + _U(j) * ohw
         tb = j * tp
@@ -194,7 +194,7 @@ def _store_tile_m(typingctx, tile, nt, out, ob, ohw, jv, res, has_res, act, prm)
 @njit(fastmath=_FM)
 def _row_epilogue(out, ob, cnt, res, has_res, act, prm):
     """In place on ``out[ob:ob+cnt]``: add the residual, then the activation (NaN passes)."""
-    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
     if has_res:
         for i in range(cnt):
             out[ob + i] += res[ob + i]

@@ -144,7 +144,7 @@ def _store(acc, q_n, out, ob, oh_n, ow_n, res, has_res, act, prm):
     columns included: on 7x7 maps a row of 7 never fills a vector, EfficientNet-B0's 7x7 5x5
     SiLU layers spent more time in the scalar store than in the taps), then the rows are
     copied out."""
-    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
     if act > CLIP:
         if has_res:
             for y in range(oh_n):
@@ -288,7 +288,7 @@ def _cb_taps9(xs, toff, ww, ob, oh_n, n, ystep):
 @njit(fastmath=_FM)
 def _cb_store(ob, nl, ohw, out, o0, res, has_res, act, prm):
     """``out[o0 + l*ohw + p] = act(ob[p*16 + l] + res[...])`` for lanes l < nl (uint64)."""
-    alpha, lo, hi, zero, one = prm[0], prm[1], prm[2], prm[3], prm[4]
+    alpha, lo, hi, zero = prm[0], prm[1], prm[2], prm[3]
     v = _U(LANES)
     for l in range(nl):
         o = o0 + l * ohw
