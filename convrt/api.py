@@ -484,7 +484,7 @@ class InferenceSession:
 
     @property
     def original_graph(self) -> Graph:
-        """The unoptimized graph (shares weight arrays with ``self.graph``); do not mutate."""
+        """The unoptimized graph, loaded again on first use (see ``_reloader``); do not mutate."""
         return self._fetch.graph
 
     def _run_fetch(self, names, arrays, infos, run_options, profile) -> list[np.ndarray]:
