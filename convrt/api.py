@@ -26,6 +26,7 @@ from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
+from .runtime.malloc import tune_malloc
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
@@ -250,6 +251,7 @@ class InferenceSession:
                           if self.options.enable_profiling else None)
         limit = int(self.options.memory_limit or 0)
         budget = self.options.memory_budget
+        tune_malloc()  # before loading: its freed temporaries are what the tuning is about
         self.graph: Graph = load(path_or_bytes, base_dir,
                                  min(budget, limit) if limit else budget)
         self.unoptimized_node_count = len(self.graph.nodes)

@@ -4,6 +4,9 @@ a one-line error before anything is allocated."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -174,3 +177,36 @@ def test_without_the_arena_option_each_run_frees_its_arena():
     y = sess.run(None, feed(2))[0]
     assert sess._pool.allocated == 0 and not sess._pool._free
     np.testing.assert_array_equal(y, session().run(None, feed(2))[0])
+
+
+_MALLOC_PROBE = r"""
+import sys
+import numpy as np
+import convrt
+if sys.argv[1] == "session":
+    convrt.InferenceSession("sample_models/small_vgg.onnx")
+big = np.ones(8 << 20, np.uint8)  # an 8 MiB block, mmapped and then freed:
+del big                            # glibc's dynamic threshold would now rise to 8 MiB
+a = np.ones(2 << 20, np.uint8)     # 2 MiB: from the heap, unless the threshold is fixed
+addr = a.ctypes.data
+for line in open("/proc/self/maps"):
+    lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+    if lo <= addr < hi:
+        print("heap" if line.rstrip().endswith("[heap]") else "mmap")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or "MALLOC_MMAP_THRESHOLD_" in os.environ,
+                    reason="needs Linux /proc and glibc's default malloc settings")
+@pytest.mark.parametrize("mode, env, where", [
+    ("session", {}, "mmap"),                               # the session fixed the threshold
+    ("none", {}, "heap"),                                  # glibc's default, for contrast
+    ("session", {"CONVRT_MALLOC_TUNING": "0"}, "heap"),    # the opt-out leaves malloc alone
+])
+def test_first_session_fixes_mallocs_mmap_threshold(mode, env, where):
+    """After a session, a freed multi-MiB temporary no longer sends later weight-sized arrays to
+    the heap, where their holes stay resident (convrt/runtime/malloc.py)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE, mode], capture_output=True,
+                         text=True, cwd=root, env={**os.environ, **env}, check=True)
+    assert out.stdout.split() == [where]
