@@ -270,8 +270,9 @@ class InferenceSession:
         # what every plan shares: packed weights and activation arenas (see plan_for)
         self._packs = PackCache()
         weights = sum(v.const.nbytes for v in self.graph.values.values() if v.const is not None)
-        self._pool = ArenaPool(bool(self.options.enable_cpu_mem_arena), limit,
-                               lambda: weights + self._packs.nbytes)
+        packs = self._packs  # not self: a lambda holding the session would make it a cycle,
+        self._pool = ArenaPool(bool(self.options.enable_cpu_mem_arena), limit,  # freed by gc only
+                               lambda: weights + packs.nbytes)
         self._by_value: frozenset = frozenset()  # inputs whose values key the plans
         self._lock = threading.Lock()
         self._lru = threading.Lock()  # guards the order of _plans (quick: taken on every run)
