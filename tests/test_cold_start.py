@@ -217,3 +217,71 @@ def test_warmup_bad_input_is_one_line(argv, message, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("convrt: error: warmup") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# Counts numba's dispatches that had to compile or load a kernel (``_compile_for_args``) in the
+# first run after the session was created, and prints them with the run's output checksum.
+_FIRST_RUN = """
+import sys, numpy as np, convrt
+from numba.core import dispatcher
+opts = convrt.SessionOptions()
+opts.warm_up = sys.argv[2] == "1"
+sess = convrt.InferenceSession(sys.argv[1], opts)
+plans_after_load = len(sess._plans)
+calls = []
+orig = dispatcher.Dispatcher._compile_for_args
+def counting(self, *a, **k):
+    calls.append(self.py_func.__name__)
+    return orig(self, *a, **k)
+dispatcher.Dispatcher._compile_for_args = counting
+x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+y = sess.run(None, {"input": x})[0]
+print("LOADS", len(calls), "PLANS", plans_after_load, "SUM", repr(float(np.float64(y).sum())))
+"""
+
+
+def test_warm_up_at_load_leaves_nothing_for_the_first_run_to_load(tmp_path):
+    """With ``warm_up`` (the default) numba loaded every kernel while the session was created:
+    the first run loads or compiles nothing, keeps no warm-up plan, and gives the same output
+    as a session without the warm-up (which loads its kernels in that first run)."""
+    model = str(ROOT / "sample_models" / "small_vgg.onnx")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    res = {}
+    for flag in ("0", "1"):  # "0" first: it fills the cache, so "1" loads rather than compiles
+        out = subprocess.run([sys.executable, "-c", _FIRST_RUN, model, flag], env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT, check=True)
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith("LOADS"))
+        _, loads, _, plans, _, total = line.split()
+        res[flag] = (int(loads), int(plans), total)
+    assert res["0"][0] > 0 and res["1"][0] == 0, res
+    assert res["0"][1] == res["1"][1] == 0
+    assert res["0"][2] == res["1"][2]
+
+
+def test_warm_up_skips_inputs_it_cannot_guess_and_defers_errors_to_the_first_run():
+    """Symbolic spatial dims are not warmed up (no size to guess); a plan that fails at load (here a memory limit below the activations' need) is reported by
+    the first run, with the user's inputs, as the same one-line error as without warm-up."""
+    import convrt
+    from convrt.errors import ConvrtError
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+
+    def model(x_type, x_shape):
+        g = helper.make_graph([conv], "m", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    calls = []
+    for shape in (["N", 3, "H", "W"], ["N", 3, 8, 8]):
+        sess = convrt.InferenceSession(model(TensorProto.FLOAT, shape).SerializeToString())
+        calls.append(sess._pool.allocated)  # an arena exists only if the warm-up ran
+    assert calls[0] == 0 and calls[1] > 0
+    opts = convrt.SessionOptions()
+    opts.memory_limit = w.nbytes + 64  # the weights fit, a plan's activations do not
+    sess = convrt.InferenceSession(model(TensorProto.FLOAT, ["N", 3, 64, 64]).SerializeToString(),
+                                   opts)
+    with pytest.raises(ConvrtError) as e:
+        sess.run(None, {"x": np.zeros((1, 3, 64, 64), np.float32)})
+    assert "\n" not in str(e.value) and "limit" in str(e.value)

@@ -40,7 +40,9 @@ def feed(n, seed=1):
 
 
 def session(**opts):
+    """A session of ``dyn_model``; no warm-up run, so the counts below are the runs' own."""
     o = SessionOptions()
+    o.warm_up = False
     o.intra_op_num_threads = 2
     for k, v in opts.items():
         setattr(o, k, v)
