@@ -204,10 +204,14 @@ def test_dw3x3_vs_naive(name, act, residual, dtype):
     np.testing.assert_allclose(out, activation_ref(ref, **DW3_ACTS[act]), **TOL[dtype])
 
 
-def test_dw3x3_choice():
+def test_dw3x3_choice(monkeypatch):
     """3x3 / pad 1 / stride 1 or 2 / one channel per group / an in-register activation only;
-    everything else (and algo="depthwise") keeps the general kernel."""
+    everything else (and algo="depthwise") keeps the general kernel.  (Small maps go to the
+    channel-blocked kernel first; switched off here to see dw3x3's own rule.)"""
+    from convrt.kernels.conv import dwcb
     from convrt.kernels.conv.dw3x3 import Depthwise3x3
+
+    monkeypatch.setattr(dwcb, "MAX_PIXELS", 0)
 
     def fast(name, **kw):
         case = CASES[name]
@@ -248,8 +252,10 @@ def test_dw3x3_nan_inf(name, act):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride):
-    from convrt.kernels.conv import dw3x3
+def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride, monkeypatch):
+    from convrt.kernels.conv import dw3x3, dwcb
+
+    monkeypatch.setattr(dwcb, "MAX_PIXELS", 0)  # stride 2's 30x19 map would go there
 
     case = (4, 128, 60, 37, 128, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), 128)
     x, wt, b = _data(case, np.float32, seed=2)
@@ -260,3 +266,105 @@ def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride):
     np.testing.assert_allclose(outs[0], ref, **TOL[np.float32])
     for out in outs[1:]:
         np.testing.assert_array_equal(outs[0], out)
+
+
+# ---- depthwise, 16 channels a vector, small maps (kernels/conv/dwcb.py) ----------------------
+DWCB = {  # (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations, group)
+    "k5_7x7": (1, 48, 7, 7, 48, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 48),
+    "k5_s2_14": (2, 40, 14, 14, 40, 5, 5, (2, 2), (1, 2, 2, 1), (1, 1), 40),
+    "k3_14_c17": (1, 17, 14, 14, 17, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 17),
+    "k7_14": (1, 32, 14, 14, 32, 7, 7, (1, 1), (3, 3, 3, 3), (1, 1), 32),
+    "k3_dil2_s21": (1, 33, 13, 12, 33, 3, 3, (2, 1), (1, 0, 2, 3), (2, 2), 33),
+    "k3_nopad_5x9": (2, 16, 5, 9, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 16),
+    "k1x3": (1, 20, 6, 30, 20, 1, 3, (1, 1), (0, 1, 0, 1), (1, 1), 20),
+    "out_1x1": (1, 16, 5, 5, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 16),
+}
+
+
+def _dwcb(name, dtype, seed=0, **act):
+    from convrt.kernels.conv.dwcb import DepthwiseBlocked
+
+    case = DWCB[name]
+    x, wt, b = _data(case, dtype, seed=seed)
+    conv = _conv(case, wt, b, dtype, **act)
+    assert isinstance(conv._dw, DepthwiseBlocked), type(conv._dw)
+    return case, x, wt, b, conv
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", range(len(DW3_ACTS)))
+@pytest.mark.parametrize("name", sorted(DWCB))
+def test_depthwise_blocked_vs_naive(name, act, residual, dtype):
+    """Every in-register activation, with and without a residual, in both float types; the
+    second call reuses the scratch (zero border) and gives the same bits."""
+    case, x, wt, b, conv = _dwcb(name, dtype, seed=act, **DW3_ACTS[act])
+    ref = _ref(case, x, wt, b)
+    res = None
+    if residual:
+        res = np.random.default_rng(7).standard_normal(ref.shape).astype(dtype)
+        ref = ref + res
+    out = np.full(conv.out_shape, np.nan, dtype)
+    conv(x, out, res)
+    np.testing.assert_allclose(out, activation_ref(ref, **DW3_ACTS[act]), **TOL[dtype])
+    again = np.full_like(out, np.nan)
+    conv(x, again, res)
+    np.testing.assert_array_equal(out, again)
+
+
+def test_depthwise_blocked_choice():
+    """>= 16 channels, one per group, a zero-bordered input of at most 32x32 pixels and an
+    in-register activation; larger maps, tanh, fewer channels or channel multipliers keep the planar
+    kernels."""
+    from convrt.kernels.conv.dwcb import DepthwiseBlocked
+
+    def blocked(case, **kw):
+        x, wt, b = _data(case, np.float32)
+        return isinstance(_conv(case, wt, b, np.float32, **kw)._dw, DepthwiseBlocked)
+
+    assert all(blocked(c) for c in DWCB.values())
+    assert blocked(DWCB["k5_7x7"], activation="hard_swish", alpha=1 / 6, clip_min=0.5)
+    assert not blocked(DWCB["k5_7x7"], activation="tanh")
+    assert not blocked((1, 16, 31, 30, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 16))
+    assert not blocked((1, 16, 56, 56, 16, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 16))
+    assert not blocked((1, 15, 7, 7, 15, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 15))
+    assert not blocked(CASES["multiplier2"]) and not blocked(CASES["group4_cg2"])
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip", "silu", "hard_swish"])
+@pytest.mark.parametrize("name", ["k5_7x7", "k5_s2_14"])
+def test_depthwise_blocked_nan_inf(name, act):
+    kw = dict(activation=act)
+    if act == "clip":
+        kw.update(clip_min=0.0, clip_max=6.0)
+    if act == "hard_swish":
+        kw.update(alpha=1 / 6, clip_min=0.5)
+    case, x, wt, b, conv = _dwcb(name, np.float32, seed=5, **kw)
+    x[0, 1, 2, 3] = np.nan
+    x[-1, 0, -1, -2] = np.inf
+    x[-1, -1, 0, 0] = -np.inf
+    ref = activation_ref(_ref(case, x, wt, b), **kw)
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out)
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
+
+
+def test_depthwise_blocked_threads():
+    """Bitwise the same at every thread count (a task is always one image x 16 channels), and
+    one bound layer called from several threads at once stays correct."""
+    case = (2, 96, 14, 14, 96, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 96)
+    DWCB["threads"] = case
+    try:
+        _, x, wt, b, conv = _dwcb("threads", np.float32, seed=2, activation="relu")
+    finally:
+        del DWCB["threads"]
+    outs = outputs_at_thread_counts(conv, x)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+    xs = [_data(case, np.float32, seed=s)[0] for s in range(3)]
+    refs = [activation_ref(_ref(case, xi, wt, b), "relu") for xi in xs]
+    check_concurrent_calls(conv, xs, refs, 20, TOL[np.float32])

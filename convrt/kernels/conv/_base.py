@@ -89,6 +89,17 @@ def packed(what: str, params: tuple, make):
     return cache.get(key + (what, params), keep, make)
 
 
+def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
+    """Zeros whose first element sits on an ``align``-byte boundary (numpy only promises 16):
+    a 16-lane float32 vector at a multiple of 16 elements from it is then one cache line, where
+    an unaligned one would be split across two on every load."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.zeros(n * dtype.itemsize + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def geometry_key(layer: ConvLayer) -> tuple:
     """``layer``'s geometry without the batch: what a packing may depend on besides weights."""
     return (layer.c_n, layer.h_n, layer.w_n, layer.m_all, layer.cg, layer.kh, layer.kw,

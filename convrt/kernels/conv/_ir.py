@@ -108,6 +108,26 @@ class VecIR:
             finals.append(fin)
         return finals
 
+    def transpose16(self, rows):
+        """The 16x16 transpose of ``rows`` (16 vectors) in registers: ``out[k][r] = rows[r][k]``.
+        Four rounds of shuffles, each swapping bit ``bit`` of the row and lane indices (an undef
+        row, for a short tile, stays undef where it lands)."""
+        b = self.builder
+        rows = list(rows)
+        for bit in (1, 2, 4, 8):
+            lo_c = ir.Constant(ir.VectorType(self.i32, VEC),
+                               [k if not k & bit else VEC + (k ^ bit) for k in range(VEC)])
+            hi_c = ir.Constant(ir.VectorType(self.i32, VEC),
+                               [k ^ bit if not k & bit else VEC + k for k in range(VEC)])
+            new_rows = list(rows)
+            for r in range(VEC):
+                if not r & bit:
+                    a, c = rows[r], rows[r | bit]
+                    new_rows[r] = b.shuffle_vector(a, c, lo_c)
+                    new_rows[r | bit] = b.shuffle_vector(a, c, hi_c)
+            rows = new_rows
+        return rows
+
     def const(self, value):
         """``value`` in every lane of a float vector (a constant; float32 rounds it once)."""
         return ir.Constant(self.vt, [float(value)] * VEC)

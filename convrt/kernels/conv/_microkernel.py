@@ -192,19 +192,8 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
         pitch = tile_pitch(n_t)
         for b in range(n_b):
             for g0 in range(0, n_t, VEC):
-                rows = [finals[t * n_b + b] if t < n_t else undef for t in range(g0, g0 + VEC)]
-                for bit in (1, 2, 4, 8):  # swap bit `bit` of the row and lane indices
-                    lo_m = [k if not k & bit else VEC + (k ^ bit) for k in range(VEC)]
-                    hi_m = [k ^ bit if not k & bit else VEC + k for k in range(VEC)]
-                    lo_c = ir.Constant(ir.VectorType(v.i32, VEC), lo_m)
-                    hi_c = ir.Constant(ir.VectorType(v.i32, VEC), hi_m)
-                    new_rows = list(rows)
-                    for r in range(VEC):
-                        if not r & bit:
-                            a, c = rows[r], rows[r | bit]
-                            new_rows[r] = builder.shuffle_vector(a, c, lo_c)
-                            new_rows[r | bit] = builder.shuffle_vector(a, c, hi_c)
-                    rows = new_rows
+                rows = v.transpose16([finals[t * n_b + b] if t < n_t else undef
+                                      for t in range(g0, g0 + VEC)])
                 for k in range(VEC):  # row k now holds channel b*16+k of pixels g0..g0+15
                     v.vstore(rows[k], ta.data, c64((b * VEC + k) * pitch + g0))
         return

@@ -13,10 +13,12 @@ from ._microkernel import HOST
 from .depthwise import Depthwise
 from .direct import Direct
 from .dw3x3 import Depthwise3x3
+from .dwcb import DepthwiseBlocked
 from .pixel import Pixel
 from .winograd import WinogradConv
 
 ALGORITHMS = (
+    DepthwiseBlocked,  # depthwise on small maps (<= 28x28), >= 16 channels: 16 channels a vector
     Depthwise3x3,  # MobileNet's 3x3 depthwise, padding 1, stride 1 or 2: rows from registers
     Depthwise,  # any other layer with fewer than 8 output channels per group
     Pixel,  # 1x1 layers and short reductions (first layers): vectors along pixels
