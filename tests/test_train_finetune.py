@@ -411,7 +411,7 @@ def test_cli_trainable_pattern_trains_the_head_only(digits, tmp_path, capsys):
 
 # -- PyTorch habits: class weights, ignore_index, label smoothing, gradient clipping --------
 # torch 2.13 ``F.cross_entropy`` in float64 on these inputs (rng 3): loss and the first six
-# gradient entries, recorded by hand.
+# gradient entries, recomputed and checked by sample_models/record_finetune_literals.py.
 CE_RNG = np.random.default_rng(3)
 CE_Z = CE_RNG.standard_normal((6, 4)) * 2
 CE_Y = np.array([0, 3, -100, 2, 1, 3])
@@ -449,13 +449,18 @@ def test_cross_entropy_options_match_torch(case):
         assert not grad[2].any()  # the ignored sample gets no gradient
 
 
+CLIP_TORCH_LOSSES = [1.5875365734100342, 1.5435553789138794, 1.4648754596710205]
+CLIP_TORCH_NORMS = [0.8969241380691528, 0.8630170822143555, 0.7968131899833679]
+CLIP_TORCH_FC_BIAS = [0.20501556992530823, 0.24801477789878845, -0.16702376306056976,
+                      -0.25438249111175537, -0.12034870684146881]
+
+
 def test_clipping_and_smoothed_weighted_loss_match_pytorch(recorded):
     """Full fine-tune (BN in train mode) with ``clip_grad_norm_(max_norm=0.5)`` and
     ``CrossEntropyLoss(weight=[1, 2, .5, 1, 1.5], label_smoothing=0.1)``, SGD(0.1, 0.9): torch
-    2.13's losses and total gradient norms on the finetune_head batch, recorded by hand (the
+    2.13's losses, total gradient norms and final fc.bias on the finetune_head batch
+    (``CLIP_TORCH_*``, recomputed and checked by sample_models/record_finetune_literals.py; the
     norms exceed 0.5, so every step clips)."""
-    torch_losses = [1.5875365734100342, 1.5435553789138794, 1.4648754596710205]
-    torch_norms = [0.8969241380691528, 0.8630170822143555, 0.7968131899833679]
     tr = Trainer(str(FINETUNE), optimizer=SGD(lr=0.1, momentum=0.9), batchnorm="train",
                  clip_grad_norm=0.5, loss=CrossEntropyLoss(weight=[1.0, 2.0, 0.5, 1.0, 1.5],
                                                            label_smoothing=0.1))
@@ -463,12 +468,9 @@ def test_clipping_and_smoothed_weighted_loss_match_pytorch(recorded):
     for _ in range(3):
         losses.append(tr.step({"input": recorded["inputs"]}, recorded["labels"]))
         norms.append(tr.last_grad_norm)
-    np.testing.assert_allclose(losses, torch_losses, rtol=1e-5)
-    np.testing.assert_allclose(norms, torch_norms, rtol=1e-5)
-    np.testing.assert_allclose(tr.params["fc.bias"], [0.20501556992530823, 0.24801477789878845,
-                                                      -0.16702376306056976,
-                                                      -0.25438249111175537,
-                                                      -0.12034870684146881], atol=1e-6)
+    np.testing.assert_allclose(losses, CLIP_TORCH_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose(norms, CLIP_TORCH_NORMS, rtol=1e-5)
+    np.testing.assert_allclose(tr.params["fc.bias"], CLIP_TORCH_FC_BIAS, atol=1e-6)
     assert tr.evaluate({"input": recorded["inputs"]}, recorded["labels"])["accuracy"] >= 0
 
 
