@@ -13,8 +13,8 @@ Writes two small fixtures next to this script:
   ``finetune_head.onnx``'s weights (the module of ``export_finetune_head.py``, cross-entropy on
   the recorded batch) with BatchNorm in eval mode: in train mode a conv bias before BatchNorm
   has a gradient of exactly zero, whose float rounding noise Adam would scale up to full
-  ``lr``-sized steps, different in every implementation: ``<case>.losses`` and ``<case>.<name>`` for every
-  ``state_dict`` entry after the steps.  The groups follow convrt's rule (the first group whose
+  ``lr``-sized steps, different in every implementation.  It holds ``<case>.losses`` and
+  ``<case>.<name>`` for every ``state_dict`` entry after the steps.  The groups follow convrt's rule (the first group whose
   selector matches takes a parameter; the rest form a last group with the optimizer's own
   options); the cases are in ``GROUP_CASES`` below, mirrored by the test.
 """

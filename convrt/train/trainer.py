@@ -89,6 +89,10 @@ class Trainer:
         untied: initializers created by untying aliases (new name -> the tensor it copied);
             see :mod:`convrt.train.untie`.  They train, update and export as separate tensors.
         bn_eval: names of the BatchNormalization nodes that run in eval mode while training.
+        scheduler, scheduler_interval: as given; may be set after construction too (the CLI
+            builds its cosine once it knows the steps per epoch).
+        last_batch_hits: ``(correct, labelled)`` argmax predictions of the last training batch
+            (cross-entropy only; training mode, as a Keras progress bar shows).
     """
 
     def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
