@@ -295,9 +295,12 @@ def test_freeze_is_the_complement_of_trainable():
     assert sorted(tr.params) == ["fc.bias", "fc.weight"] and len(tr.bn_eval) == 2
     tr = Trainer(str(FINETUNE), trainable=["features.[05].*", "fc.*"], freeze="*.bias")
     assert sorted(tr.params) == ["fc.weight", "features.0.weight", "features.5.weight"]
-    with pytest.raises(TrainingError, match=r"freeze pattern 'backbone.\*' matches no float "
-                                            r"initializer$"):
+    with pytest.raises(TrainingError, match=r"freeze pattern 'backbone.\*' matches no "
+                                            r"trainable initializer$"):
         Trainer(str(FINETUNE), freeze=["backbone.*"])
+    with pytest.raises(TrainingError, match=r"freeze pattern '\*.running_\*' matches no "
+                                            r"trainable initializer$"):
+        Trainer(str(FINETUNE), freeze=["*.running_*"])
     with pytest.raises(TrainingError, match="freeze 'features.1.running_mean' is not a "
                                             "trainable float initializer"):
         Trainer(str(FINETUNE), freeze=["features.1.running_mean"])
@@ -352,7 +355,7 @@ def test_cli_bad_freeze_and_val_one_line(digits, tmp_path, capsys, case):
     np.savez(data, x=x, y=y)
     extra = ["--val", str(val)]
     vx, vy = x[:20], y[:20]
-    want = {"freeze_nothing": "freeze pattern 'head.*' matches no float initializer",
+    want = {"freeze_nothing": "freeze pattern 'head.*' matches no trainable initializer",
             "val_shape": f"{val}: x has samples of shape [1, 8, 9], the training data {data} "
                          "has [1, 8, 8]",
             "val_targets": f"{val}: y has targets of shape [10], the training data",

@@ -31,7 +31,8 @@ def is_pattern(item: str) -> bool:
     return any(ch in item for ch in "*?[")
 
 
-def expand(items, candidates, source: str, what: str, exact_ok=()) -> list[str]:
+def expand(items, candidates, source: str, what: str, exact_ok=(),
+           noun: str = "float initializer") -> list[str]:
     """Names and glob patterns to names, in ``candidates`` order for a pattern.  A pattern
     matching none of ``candidates`` raises; an exact name is kept as given (the caller checks
     it) unless ``exact_ok`` is given and lacks it."""
@@ -43,8 +44,7 @@ def expand(items, candidates, source: str, what: str, exact_ok=()) -> list[str]:
         if is_pattern(item) and item not in exact_ok:
             hits = [n for n in candidates if fnmatch.fnmatchcase(n, item)]
             if not hits:
-                raise TrainingError(f"{source}: {what} pattern '{item}' matches no float "
-                                    "initializer")
+                raise TrainingError(f"{source}: {what} pattern '{item}' matches no {noun}")
             names.extend(hits)
         else:
             names.append(item)
@@ -53,7 +53,7 @@ def expand(items, candidates, source: str, what: str, exact_ok=()) -> list[str]:
 
 def frozen(freeze, candidates, source: str) -> set[str]:
     """The names ``freeze`` (names or patterns) takes out of ``candidates``."""
-    names = expand(freeze, candidates, source, "freeze")
+    names = expand(freeze, candidates, source, "freeze", noun="trainable initializer")
     missing = [n for n in names if n not in candidates]
     if missing:
         raise TrainingError(f"{source}: freeze '{missing[0]}' is not a trainable float "
