@@ -154,13 +154,13 @@ class Trainer:
             raise TrainingError(f"{self.source}: nothing to train")
         self.params = {n: np.array(g.initializers[n].const, copy=True) for n in names}
         self.state = {n: np.array(g.initializers[n].const, copy=True) for n in state}
-        if param_groups is not None:
+        self.program = Program(g, names, dynamic=state)
+        self._eval_ids, self.bn_eval, self.bn_train = self._bn_modes(batchnorm)
+        if param_groups is not None:  # last: a model that cannot train leaves the optimizer be
             self.optimizer.set_param_groups(resolve_groups(param_groups, self.params,
                                                            self.source))
             if self.scheduler is not None:  # the new groups start at the current epoch's lr
                 self.scheduler.refresh()
-        self.program = Program(g, names, dynamic=state)
-        self._eval_ids, self.bn_eval, self.bn_train = self._bn_modes(batchnorm)
         self.inputs = {v.name: v for v in g.runtime_inputs()}
         self.output = g.outputs[0].name
         self.rng = np.random.default_rng(seed)
