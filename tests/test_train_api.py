@@ -110,6 +110,15 @@ def test_scheduler_state_round_trips_exactly():
     with pytest.raises(TrainingError, match="holds a SequentialLR scheduler's state, the trainer "
                                             "has a StepLR"):
         StepLR(SGD(lr=0.1), 2).load_state_dict(saved)
+    # a SequentialLR whose second phase differs: refused before any sub-scheduler changes
+    c_opt = two_groups()
+    c = SequentialLR(c_opt, [LinearLR(c_opt, 0.5, total_iters=2), ExponentialLR(c_opt, 0.5),
+                             ExponentialLR(c_opt, 0.9)], milestones=[2, 6])
+    with pytest.raises(TrainingError, match="holds a StepLR scheduler's state, the trainer has "
+                                            "a ExponentialLR"):
+        c.load_state_dict(saved)
+    assert c.last_epoch == 0 and [s.last_epoch for s in c.schedulers][0] == 0
+    assert c.get_last_lr() == [0.05, 0.01]
 
 
 @pytest.mark.parametrize("make,msg", [
@@ -260,12 +269,12 @@ def test_param_groups_and_scheduler_resume_bitwise(batch, tmp_path):
     checkpoint refuses a trainer with another scheduler, changing nothing."""
     x, y = batch
 
-    def make(seed, sched=True):
+    def make(seed, sched=True, head="fc.*"):
         opt = AdamW(lr=1e-2)
         s = SequentialLR(opt, [LinearLR(opt, 0.2, total_iters=1), CosineAnnealingLR(opt, 3)],
                          milestones=[1]) if sched else None
         return Trainer(str(FINETUNE), optimizer=opt, seed=seed, scheduler=s, param_groups=[
-            {"params": ["fc.*"], "lr": 5e-2}, {"params": [ndim_le_1], "weight_decay": 0.0}])
+            {"params": [head], "lr": 5e-2}, {"params": [ndim_le_1], "weight_decay": 0.0}])
 
     straight = make(0)
     hist = straight.fit(x, y, epochs=4, batch_size=4)
@@ -280,13 +289,20 @@ def test_param_groups_and_scheduler_resume_bitwise(batch, tmp_path):
     assert resumed.fit(x, y, epochs=4, batch_size=4) == hist[2:]
     for n in straight.params:
         assert np.array_equal(straight.params[n], resumed.params[n]), n
-    other = make(0, sched=False)
-    before = {n: a.copy() for n, a in other.params.items()}
-    with pytest.raises(TrainingError, match="written with scheduler SequentialLR, this trainer "
-                                            "has None"):
-        other.load_checkpoint(ck)
-    assert all(np.array_equal(before[n], other.params[n]) for n in before)
-    assert other.optimizer.t == 0
+    for other, msg in ((make(0, sched=False), "written with scheduler SequentialLR, this "
+                                              "trainer has None"),
+                       (make(0, head="fc.weight"), "ck.npz: the checkpoint's 3 param groups "
+                                                   "hold other parameters than this "
+                                                   "optimizer's 3")):
+        before = {n: a.copy() for n, a in other.params.items()}
+        lrs = [g["lr"] for g in other.optimizer.param_groups]
+        with pytest.raises(TrainingError, match=msg):
+            other.load_checkpoint(ck)
+        assert all(np.array_equal(before[n], other.params[n]) for n in before)
+        assert other.optimizer.t == 0 and other.epoch == 0
+        assert [g["lr"] for g in other.optimizer.param_groups] == lrs
+        if other.scheduler is not None:
+            assert other.scheduler.last_epoch == 0
 
 
 # -- freeze ----------------------------------------------------------------------------------

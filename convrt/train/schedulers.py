@@ -86,12 +86,22 @@ class LRScheduler:
         return {"kind": type(self).__name__, "last_epoch": self.last_epoch,
                 **{k: getattr(self, k) for k in self.config}}
 
+    def check_state(self, d: dict) -> None:
+        """Raise unless :meth:`load_state_dict` can take ``d`` (checked before anything
+        changes, so a refused checkpoint leaves the scheduler as it was)."""
+        if not isinstance(d, dict) or d.get("kind") != type(self).__name__:
+            kind = d.get("kind") if isinstance(d, dict) else None
+            raise TrainingError(f"the checkpoint holds a {kind} scheduler's state, the "
+                                f"trainer has a {type(self).__name__}")
+        missing = [k for k in ("last_epoch",) + self.config if k not in d]
+        if missing:
+            raise TrainingError(f"the checkpoint's {type(self).__name__} state lacks "
+                                f"'{missing[0]}'")
+
     def load_state_dict(self, d: dict) -> None:
         """Restore ``last_epoch`` and the options (the checkpoint's win, as in torch) and set
         the groups' learning rates for it."""
-        if d.get("kind") != type(self).__name__:
-            raise TrainingError(f"the checkpoint holds a {d.get('kind')} scheduler's state, the "
-                                f"trainer has a {type(self).__name__}")
+        self.check_state(d)
         for k in self.config:
             setattr(self, k, d[k])
         self.last_epoch = int(d["last_epoch"])
@@ -213,10 +223,18 @@ class SequentialLR(LRScheduler):
                 "milestones": self.milestones,
                 "schedulers": [s.state_dict() for s in self.schedulers]}
 
+    def check_state(self, d: dict) -> None:
+        super().check_state(d)
+        subs = d.get("schedulers")
+        if not isinstance(subs, list) or len(subs) != len(self.schedulers) or \
+                "milestones" not in d:
+            raise TrainingError(f"the checkpoint's SequentialLR state does not hold "
+                                f"{len(self.schedulers)} schedulers and their milestones")
+        for s, sd in zip(self.schedulers, subs):
+            s.check_state(sd)
+
     def load_state_dict(self, d: dict) -> None:
-        if d.get("kind") != "SequentialLR" or len(d["schedulers"]) != len(self.schedulers):
-            raise TrainingError(f"the checkpoint holds a {d.get('kind')} scheduler's state, the "
-                                f"trainer has a SequentialLR of {len(self.schedulers)}")
+        self.check_state(d)
         for s, sd in zip(self.schedulers, d["schedulers"]):
             s.load_state_dict(sd)
         self.milestones = list(d["milestones"])

@@ -524,20 +524,22 @@ class Trainer:
         if mine != theirs:
             raise TrainingError(f"{path}: the checkpoint was written with scheduler {theirs}, "
                                 f"this trainer has {mine}; resume with the same scheduler")
+        if self.scheduler is not None:
+            try:
+                self.scheduler.check_state(sched)
+            except TrainingError as e:
+                raise TrainingError(f"{path}: {e}") from None
         opt = dict(meta["optimizer"])
         opt["state"] = {}
         for key, (kind, name, slot) in meta["index"].items():
             if kind == "opt":
                 opt["state"].setdefault(name, {})[slot] = arrays[key]
-        before = self.optimizer.state_dict(), self.optimizer.param_groups
-        self.optimizer.load_state_dict(opt)  # raises on another optimizer or other groups
+        try:  # raises, changing nothing, on another optimizer or other param groups
+            self.optimizer.load_state_dict(opt)
+        except TrainingError as e:
+            raise TrainingError(f"{path}: {e}") from None
         if self.scheduler is not None:
-            try:
-                self.scheduler.load_state_dict(sched)
-            except (TrainingError, KeyError, TypeError, ValueError) as e:
-                self.optimizer.load_state_dict(before[0])
-                self.optimizer.param_groups = before[1]
-                raise TrainingError(f"{path}: cannot restore the scheduler: {e}") from None
+            self.scheduler.load_state_dict(sched)
         for key, (kind, name, slot) in meta["index"].items():
             if kind == "param":
                 self.params[name][...] = arrays[key]
