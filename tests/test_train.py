@@ -74,7 +74,8 @@ def test_mse_matches_numpy():
 P0 = np.array([0.5, -1.5, 2.0, 0.25])
 GRADS = [np.array([0.1, -0.2, 0.3, 0.0]), np.array([-0.4, 0.5, 0.05, 1.0]),
          np.array([0.2, 0.2, -0.3, -0.1])]
-# Parameters after these three steps, from torch.optim 2.13 in float64 (the same p.grad values).
+# Parameters after these three steps, from torch.optim 2.13 in float64 (the same p.grad values);
+# recomputed and checked by sample_models/record_finetune_literals.py.
 TORCH_AFTER_3 = {
     "sgd_plain": [0.51, -1.55, 1.995, 0.16],
     "sgd_momentum_wd": [0.5260953895, -1.5524181784999997, 1.9281085679999999,

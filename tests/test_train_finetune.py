@@ -16,7 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 from convrt.errors import InputError, TrainingError
-from convrt.train import SGD, Adam, AdamW, CrossEntropyLoss, Trainer
+from convrt.train import (SGD, Adam, AdamW, CosineAnnealingLR, CrossEntropyLoss, LinearLR,
+                          SequentialLR, StepLR, Trainer)
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / "sample_models" / "finetune_head.onnx"
@@ -230,33 +231,63 @@ def _tensors(tr):
             **{f"state:{n}": a for n, a in tr.state.items()}}
 
 
-@pytest.mark.parametrize("opt", [lambda: SGD(lr=0.05, momentum=0.9), lambda: Adam(lr=2e-3)])
-def test_resume_after_two_epochs_equals_four_straight_bitwise(digits, tmp_path, opt):
+def _cosine_per_step(opt, n=385):
+    """The CLI's default: CosineAnnealingLR over every optimizer step of 4 epochs."""
+    return {"scheduler": CosineAnnealingLR(opt, T_max=4 * 6), "scheduler_interval": "step"}
+
+
+def _warmup_then_step_per_epoch(opt):
+    """Warmup (LinearLR) then StepLR, stepped per epoch: the lr changes at every epoch."""
+    return {"scheduler": SequentialLR(opt, [LinearLR(opt, start_factor=0.25, total_iters=2),
+                                            StepLR(opt, step_size=1, gamma=0.5)],
+                                      milestones=[2])}
+
+
+@pytest.mark.parametrize("opt,sched", [
+    (lambda: SGD(lr=0.05, momentum=0.9), _cosine_per_step),
+    (lambda: Adam(lr=2e-3), _cosine_per_step),
+    (lambda: SGD(lr=0.05, momentum=0.9), _warmup_then_step_per_epoch),
+    (lambda: AdamW(lr=2e-3), None)])
+def test_resume_after_two_epochs_equals_four_straight_bitwise(digits, tmp_path, opt, sched):
     """fit 4 epochs vs fit 2 of 4, checkpoint, a new Trainer (another seed: the checkpoint must
     carry everything) from the checkpoint, fit to 4.  The digits model has Dropout and BN; 385
-    samples in batches of 64 leave a one-sample batch that is skipped; cosine schedule."""
+    samples in batches of 64 leave a one-sample batch that is skipped (6 steps an epoch);
+    schedulers per step and per epoch (a SequentialLR's sub-schedulers included), and none."""
     x, y = digits[0][:385], digits[1][:385]
-    straight = Trainer(str(DIGITS), optimizer=opt(), seed=5)
-    hist = straight.fit(x, y, epochs=4, batch_size=64, schedule="cosine")
-    first = Trainer(str(DIGITS), optimizer=opt(), seed=5)
-    assert first.fit(x, y, epochs=4, batch_size=64, schedule="cosine", until_epoch=2) == hist[:2]
+
+    def make(seed):
+        o = opt()
+        return Trainer(str(DIGITS), optimizer=o, seed=seed, **(sched(o) if sched else {}))
+
+    straight = make(5)
+    assert straight.steps_per_epoch(385, 64) == 6
+    lrs = []
+    hist = straight.fit(x, y, epochs=4, batch_size=64,
+                        on_epoch=lambda *a: lrs.append(straight.optimizer.lr))
+    if sched is not None:
+        assert len(set(lrs)) == 4  # the schedule did move the learning rate every epoch
+    first = make(5)
+    assert first.fit(x, y, epochs=4, batch_size=64, until_epoch=2) == hist[:2]
     ck = tmp_path / "ck.npz"
     first.save_checkpoint(ck)
-    resumed = Trainer(str(DIGITS), optimizer=opt(), seed=123)
+    resumed = make(123)
     resumed.load_checkpoint(ck)
     assert resumed.epoch == 2 and resumed.step_count == first.step_count == 12
-    assert resumed.fit(x, y, epochs=4, batch_size=64, schedule="cosine") == hist[2:]
+    assert resumed.optimizer.lr == first.optimizer.lr == lrs[1]
+    assert resumed.fit(x, y, epochs=4, batch_size=64) == hist[2:]
     assert resumed.epoch == straight.epoch == 4 and resumed.step_count == 24
     assert resumed.optimizer.lr == straight.optimizer.lr
+    if sched is not None:
+        assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
     a, b = _tensors(straight), _tensors(resumed)
     assert a.keys() == b.keys() and len(a) > 10
     for n in a:
         assert np.array_equal(a[n], b[n]), n
-    # the resumed run did not start over: a fresh 2-epoch run ends elsewhere
-    restart = Trainer(str(DIGITS), optimizer=opt(), seed=5)
-    restart.fit(x, y, epochs=2, batch_size=64, schedule="cosine")
+    # the resumed run did not start over: 2 epochs from the start end elsewhere
+    restart = make(5)
+    restart.fit(x, y, epochs=2, batch_size=64)
     assert not np.array_equal(restart.params["classifier.3.weight"],
-                              first.params["classifier.3.weight"])
+                              resumed.params["classifier.3.weight"])
     # a finished run fits nothing more
     assert resumed.fit(x, y, epochs=4, batch_size=64) == [] and resumed.step_count == 24
 
@@ -380,7 +411,7 @@ def test_cli_trainable_pattern_trains_the_head_only(digits, tmp_path, capsys):
 
 # -- PyTorch habits: class weights, ignore_index, label smoothing, gradient clipping --------
 # torch 2.13 ``F.cross_entropy`` in float64 on these inputs (rng 3): loss and the first six
-# gradient entries, recorded by hand.
+# gradient entries, recomputed and checked by sample_models/record_finetune_literals.py.
 CE_RNG = np.random.default_rng(3)
 CE_Z = CE_RNG.standard_normal((6, 4)) * 2
 CE_Y = np.array([0, 3, -100, 2, 1, 3])
@@ -418,13 +449,18 @@ def test_cross_entropy_options_match_torch(case):
         assert not grad[2].any()  # the ignored sample gets no gradient
 
 
+CLIP_TORCH_LOSSES = [1.5875365734100342, 1.5435553789138794, 1.4648754596710205]
+CLIP_TORCH_NORMS = [0.8969241380691528, 0.8630170822143555, 0.7968131899833679]
+CLIP_TORCH_FC_BIAS = [0.20501556992530823, 0.24801477789878845, -0.16702376306056976,
+                      -0.25438249111175537, -0.12034870684146881]
+
+
 def test_clipping_and_smoothed_weighted_loss_match_pytorch(recorded):
     """Full fine-tune (BN in train mode) with ``clip_grad_norm_(max_norm=0.5)`` and
     ``CrossEntropyLoss(weight=[1, 2, .5, 1, 1.5], label_smoothing=0.1)``, SGD(0.1, 0.9): torch
-    2.13's losses and total gradient norms on the finetune_head batch, recorded by hand (the
+    2.13's losses, total gradient norms and final fc.bias on the finetune_head batch
+    (``CLIP_TORCH_*``, recomputed and checked by sample_models/record_finetune_literals.py; the
     norms exceed 0.5, so every step clips)."""
-    torch_losses = [1.5875365734100342, 1.5435553789138794, 1.4648754596710205]
-    torch_norms = [0.8969241380691528, 0.8630170822143555, 0.7968131899833679]
     tr = Trainer(str(FINETUNE), optimizer=SGD(lr=0.1, momentum=0.9), batchnorm="train",
                  clip_grad_norm=0.5, loss=CrossEntropyLoss(weight=[1.0, 2.0, 0.5, 1.0, 1.5],
                                                            label_smoothing=0.1))
@@ -432,12 +468,9 @@ def test_clipping_and_smoothed_weighted_loss_match_pytorch(recorded):
     for _ in range(3):
         losses.append(tr.step({"input": recorded["inputs"]}, recorded["labels"]))
         norms.append(tr.last_grad_norm)
-    np.testing.assert_allclose(losses, torch_losses, rtol=1e-5)
-    np.testing.assert_allclose(norms, torch_norms, rtol=1e-5)
-    np.testing.assert_allclose(tr.params["fc.bias"], [0.20501556992530823, 0.24801477789878845,
-                                                      -0.16702376306056976,
-                                                      -0.25438249111175537,
-                                                      -0.12034870684146881], atol=1e-6)
+    np.testing.assert_allclose(losses, CLIP_TORCH_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose(norms, CLIP_TORCH_NORMS, rtol=1e-5)
+    np.testing.assert_allclose(tr.params["fc.bias"], CLIP_TORCH_FC_BIAS, atol=1e-6)
     assert tr.evaluate({"input": recorded["inputs"]}, recorded["labels"])["accuracy"] >= 0
 
 

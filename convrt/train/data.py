@@ -65,3 +65,22 @@ def batches(n: int, batch_size: int, rng):
     order = rng.permutation(n)
     for i in range(0, n, batch_size):
         yield order[i:i + batch_size]
+
+
+def check_like(path, xv, yv, x, y, train_spec) -> None:
+    """A held-out set (``--val``) must be shaped like the training data: same sample shape,
+    targets of the same per-sample shape and kind (class indices vs numbers), at least one
+    sample; one line naming the file and the array otherwise (a mismatch would surface as a
+    shape error deep in evaluation, after an epoch of training)."""
+    if len(xv) == 0:
+        raise TrainingError(f"{path}: the held-out set has no samples")
+    if xv.shape[1:] != x.shape[1:]:
+        raise TrainingError(f"{path}: x has samples of shape {list(xv.shape[1:])}, the "
+                            f"training data {train_spec} has {list(x.shape[1:])}")
+    if yv.shape[1:] != y.shape[1:]:
+        raise TrainingError(f"{path}: y has targets of shape {list(yv.shape[1:])}, the "
+                            f"training data {train_spec} has {list(y.shape[1:])}")
+    labels = y.dtype.kind in "iu"
+    if yv.dtype.kind not in "fiu" or (labels and yv.dtype.kind not in "iu"):
+        raise TrainingError(f"{path}: y is {yv.dtype}, the training data {train_spec} has "
+                            f"{y.dtype} targets")

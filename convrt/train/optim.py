@@ -7,9 +7,16 @@
   ``v = b2 v + (1 - b2) g^2``, ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
 * :class:`AdamW`: decoupled decay ``p *= 1 - lr * wd`` first, then Adam without L2.
 
-State is per parameter name; ``state_dict``/``load_state_dict`` round-trip it for checkpoints.
-Updates are in place, in the parameter's dtype.  ``snapshot``/``restore`` let the trainer undo a
-step whose result is not finite, so a diverging run never keeps a NaN.
+Hyperparameters live in ``param_groups``, as in ``torch.optim``: a list of dicts, each holding
+``"params"`` (parameter names) and every option (``lr``, ``weight_decay``, ...).  A fresh
+optimizer has one group whose ``"params"`` is None, meaning every parameter given to
+:meth:`Optimizer.step`; :meth:`Optimizer.set_param_groups` (which the :class:`~.trainer.Trainer`
+calls for its ``param_groups`` argument) splits the parameters into groups with their own
+options.  Learning-rate schedulers (:mod:`.schedulers`) write each group's ``"lr"``.
+
+State is per parameter name; ``state_dict``/``load_state_dict`` round-trip it and the groups for
+checkpoints.  Updates are in place, in the parameter's dtype.  ``snapshot``/``restore`` let the
+trainer undo a step whose result is not finite, so a diverging run never keeps a NaN.
 
 Arguments are checked at construction as ``torch.optim`` does (a negative or non-finite learning
 rate, momentum, weight decay or eps, betas outside [0, 1)): a wrong one is a one-line
@@ -25,38 +32,105 @@ import numpy as np
 from ..errors import InputError, TrainingError
 
 
+def _check(where: str, what: str, value, low: float = 0.0, high: float = math.inf,
+           high_open: bool = False) -> float:
+    """``value`` as a float in [low, high] (or [low, high)), else a one-line InputError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {what} must be a number, got {value!r}") from None
+    ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+    if not ok:
+        if high_open:
+            bound = f"lie in [{low:g}, {high:g})"
+        elif high == math.inf:
+            bound = f"be a finite number >= {low:g}"
+        else:
+            bound = f"lie in [{low:g}, {high:g}]"
+        raise InputError(f"{where}: {what} {value!r} must {bound}")
+    return v
+
+
 class Optimizer:
     name = "optimizer"
 
-    def __init__(self, lr: float):
-        self.lr = self._check("learning rate", lr)
+    def __init__(self, **defaults):
+        self.defaults = self._validate(defaults, self.name)
+        self.param_groups: list[dict] = [dict(self.defaults, params=None)]
         self.t = 0
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
+    def _validate(self, hyper: dict, where: str) -> dict:  # pragma: no cover - abstract
+        """The options checked and normalized; ``where`` starts each error message."""
+        raise NotImplementedError
+
+    # -- groups ------------------------------------------------------------------------------
+    def set_param_groups(self, groups) -> None:
+        """Replace the groups: ``[{"params": [names], "lr": ..., ...}, ...]``; options a group
+        leaves out take the optimizer's own (``defaults``).  Names must be disjoint (the
+        trainer's pattern resolution guarantees it); the optimizer's state is kept."""
+        out, seen = [], set()
+        for i, g in enumerate(groups):
+            if not isinstance(g, dict) or "params" not in g:
+                raise InputError(f"{self.name}: param group {i} must be a dict with 'params'")
+            opts = {k: v for k, v in g.items() if k not in ("params", "initial_lr")}
+            unknown = sorted(set(opts) - set(self.defaults))
+            if unknown:
+                raise InputError(f"{self.name}: param group {i}: unknown option '{unknown[0]}' "
+                                 f"(options: {', '.join(self.defaults)})")
+            group = self._validate({**self.defaults, **opts}, f"{self.name} param group {i}")
+            group["params"] = list(g["params"])
+            if "initial_lr" in g:
+                group["initial_lr"] = g["initial_lr"]
+            dup = seen.intersection(group["params"])
+            if dup:
+                raise InputError(f"{self.name}: '{sorted(dup)[0]}' is in more than one param "
+                                 "group")
+            seen.update(group["params"])
+            out.append(group)
+        if not out:
+            raise InputError(f"{self.name}: no param groups")
+        self.param_groups = out
+
+    @property
+    def lr(self) -> float:
+        """The learning rate when every group has the same one (the single-group case)."""
+        lrs = {g["lr"] for g in self.param_groups}
+        if len(lrs) != 1:
+            raise TrainingError(f"{self.name}: the param groups have different learning rates "
+                                f"{[g['lr'] for g in self.param_groups]}; read "
+                                "param_groups[i]['lr']")
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value) -> None:
+        """Set every group's learning rate (what one ``lr`` means without groups)."""
+        v = _check(self.name, "learning rate", value)
+        for g in self.param_groups:
+            g["lr"] = v
+
+    def _groups_for(self, names):
+        """(group, names of ``names`` in it) for every group; a ``params`` of None takes every
+        name no other group lists."""
+        listed = {n for g in self.param_groups if g["params"] is not None for n in g["params"]}
+        for g in self.param_groups:
+            if g["params"] is None:
+                yield g, [n for n in names if n not in listed]
+            else:
+                yield g, [n for n in g["params"] if n in names]
+
+    # -- stepping ----------------------------------------------------------------------------
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         self.t += 1
-        for name, p in params.items():
-            g = grads.get(name)
-            if g is not None:
-                self._update(name, p, g.astype(p.dtype, copy=False))
+        for group, names in self._groups_for(params):
+            for name in names:
+                g = grads.get(name)
+                if g is not None:
+                    p = params[name]
+                    self._update(name, p, g.astype(p.dtype, copy=False), group)
 
-    def _check(self, what: str, value, low: float = 0.0, high: float = math.inf,
-               high_open: bool = False) -> float:
-        """``value`` as a float in [low, high] (or [low, high)), else a one-line InputError."""
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{self.name}: {what} must be a number, got {value!r}") from None
-        ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
-        if not ok:
-            if high_open:
-                bound = f"lie in [{low:g}, {high:g})"
-            elif high == math.inf:
-                bound = f"be a finite number >= {low:g}"
-            else:
-                bound = f"lie in [{low:g}, {high:g}]"
-            raise InputError(f"{self.name}: {what} {value!r} must {bound}")
-        return v
+    def _update(self, name, p, g, group):  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def snapshot(self):
         """A copy of the step count and state, for :meth:`restore` (undoing one step)."""
@@ -65,20 +139,35 @@ class Optimizer:
     def restore(self, snap) -> None:
         self.t, self.state = snap[0], snap[1]
 
-    def _update(self, name, p, g):  # pragma: no cover - abstract
-        raise NotImplementedError
-
+    # -- checkpoints -------------------------------------------------------------------------
     def hyper(self) -> dict:
-        return {"lr": self.lr}
+        return dict(self.defaults)
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "t": self.t, "hyper": self.hyper(),
+        """JSON-able groups (names and options, ``initial_lr`` included) and the per-name
+        arrays."""
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+                  for g in self.param_groups]
+        return {"name": self.name, "t": self.t, "hyper": self.hyper(), "param_groups": groups,
                 "state": {n: {k: v.copy() for k, v in s.items()} for n, s in self.state.items()}}
 
     def load_state_dict(self, d: dict) -> None:
+        """Restore the state, and every group's options as ``torch.optim`` does (a scheduled
+        learning rate's current value belongs to the run being resumed).  The groups must hold
+        the same parameters as the checkpoint's."""
         if d.get("name") != self.name:
             raise TrainingError(f"checkpoint holds {d.get('name')} state, the trainer uses "
                                 f"{self.name}")
+        groups = d.get("param_groups")
+        if groups is None:  # written before param groups existed: one lr for all
+            groups = [dict(self.param_groups[0], lr=d["hyper"]["lr"])]
+        mine = [g["params"] for g in self.param_groups]
+        theirs = [g["params"] for g in groups]
+        if mine != theirs:
+            raise TrainingError(f"the checkpoint's {len(theirs)} param groups hold other "
+                                f"parameters than this optimizer's {len(mine)}")
+        self.param_groups = [
+            {k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
         self.t = int(d["t"])
         self.state = {n: {k: np.array(v) for k, v in s.items()} for n, s in d["state"].items()}
 
@@ -88,32 +177,34 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        super().__init__(lr)
-        self.momentum = self._check("momentum", momentum)
-        self.dampening = self._check("dampening", dampening, high=1.0)
-        self.weight_decay = self._check("weight_decay", weight_decay)
-        if nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise InputError("sgd: Nesterov momentum needs momentum > 0 and dampening 0")
-        self.nesterov = bool(nesterov)
+        super().__init__(lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov)
 
-    def hyper(self):
-        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+    def _validate(self, h, where):
+        out = {"lr": _check(where, "learning rate", h["lr"]),
+               "momentum": _check(where, "momentum", h["momentum"]),
+               "dampening": _check(where, "dampening", h["dampening"], high=1.0),
+               "weight_decay": _check(where, "weight_decay", h["weight_decay"]),
+               "nesterov": bool(h["nesterov"])}
+        if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
+            raise InputError(f"{where}: Nesterov momentum needs momentum > 0 and dampening 0")
+        return out
 
-    def _update(self, name, p, g):
+    def _update(self, name, p, g, group):
         dt = p.dtype.type
-        if self.weight_decay:
-            g = g + dt(self.weight_decay) * p
-        if self.momentum:
+        wd, momentum = group["weight_decay"], group["momentum"]
+        if wd:
+            g = g + dt(wd) * p
+        if momentum:
             st = self.state.get(name)
             if st is None:
                 buf = self.state.setdefault(name, {})["momentum_buffer"] = g.copy()
             else:
                 buf = st["momentum_buffer"]
-                buf *= dt(self.momentum)
-                buf += dt(1 - self.dampening) * g
-            g = g + dt(self.momentum) * buf if self.nesterov else buf
-        p -= dt(self.lr) * g
+                buf *= dt(momentum)
+                buf += dt(1 - group["dampening"]) * g
+            g = g + dt(momentum) * buf if group["nesterov"] else buf
+        p -= dt(group["lr"]) * g
 
 
 class Adam(Optimizer):
@@ -122,28 +213,31 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__(lr)
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _validate(self, h, where):
         try:
-            b1, b2 = betas
+            b1, b2 = h["betas"]
         except (TypeError, ValueError):
-            raise InputError(f"{self.name}: betas must be a pair, got {betas!r}") from None
-        self.betas = (self._check("beta1", b1, high=1.0, high_open=True),
-                      self._check("beta2", b2, high=1.0, high_open=True))
-        self.eps = self._check("eps", eps)
-        self.weight_decay = self._check("weight_decay", weight_decay)
+            raise InputError(f"{where}: betas must be a pair, got {h['betas']!r}") from None
+        return {"lr": _check(where, "learning rate", h["lr"]),
+                "betas": (_check(where, "beta1", b1, high=1.0, high_open=True),
+                          _check(where, "beta2", b2, high=1.0, high_open=True)),
+                "eps": _check(where, "eps", h["eps"]),
+                "weight_decay": _check(where, "weight_decay", h["weight_decay"])}
 
     def hyper(self):
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay}
+        return {**self.defaults, "betas": list(self.defaults["betas"])}
 
-    def _update(self, name, p, g):
+    def _update(self, name, p, g, group):
         dt = p.dtype.type
-        b1, b2 = self.betas
-        if self.weight_decay:
+        b1, b2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd:
             if self.decoupled:
-                p *= dt(1 - self.lr * self.weight_decay)
+                p *= dt(1 - lr * wd)
             else:
-                g = g + dt(self.weight_decay) * p
+                g = g + dt(wd) * p
         st = self.state.get(name)
         if st is None:
             st = self.state[name] = {"exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)}
@@ -154,8 +248,8 @@ class Adam(Optimizer):
         v += dt(1 - b2) * g * g
         bc1 = 1 - b1 ** self.t
         bc2 = 1 - b2 ** self.t
-        denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(self.eps)
-        p -= dt(self.lr / bc1) * (m / denom)
+        denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(group["eps"])
+        p -= dt(lr / bc1) * (m / denom)
 
 
 class AdamW(Adam):

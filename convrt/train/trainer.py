@@ -34,6 +34,8 @@ from ..runtime.feeds import check_feeds
 from .autodiff import Program
 from .losses import get_loss
 from .optim import SGD, Optimizer
+from .schedulers import LRScheduler
+from .select import expand, frozen, resolve_groups
 from .untie import BN_STATE_INPUTS, untie_initializers
 
 CHECKPOINT_FORMAT = "convrt-train-checkpoint/1"
@@ -70,16 +72,34 @@ class Trainer:
         clip_grad_norm: scale the gradients so that their total 2-norm (over every trainable
             tensor) is at most this, as ``torch.nn.utils.clip_grad_norm_(params, max_norm)``
             before ``optimizer.step()`` (coefficient ``max_norm / (norm + 1e-6)``, capped at 1).
+        freeze: names or glob patterns taken out of the trainable set (``["features.*"]``
+            freezes a backbone); the complement of ``trainable``, applied after it.
+        param_groups: per-group optimizer options, ``[{"params": ["fc.*"], "lr": 1e-2},
+            {"params": ["*.bias"], "weight_decay": 0.0}]``: names, glob patterns or callables
+            ``f(name, array) -> bool``; the first matching group takes a parameter, the rest
+            form a last group with the optimizer's own options (:mod:`convrt.train.select`).
+            The optimizer's ``param_groups`` then hold the names.
+        scheduler: a learning-rate scheduler (:mod:`convrt.train.schedulers`) built on
+            ``optimizer``; :meth:`fit` steps it and checkpoints carry its state.
+        scheduler_interval: ``"epoch"`` (default: ``scheduler.step()`` after each epoch, the
+            usual PyTorch loop) or ``"step"`` (after each optimizer step; see
+            :meth:`steps_per_epoch` for a ``T_max`` spanning the run).
 
     Attributes:
         untied: initializers created by untying aliases (new name -> the tensor it copied);
             see :mod:`convrt.train.untie`.  They train, update and export as separate tensors.
         bn_eval: names of the BatchNormalization nodes that run in eval mode while training.
+        scheduler, scheduler_interval: as given; may be set after construction too (the CLI
+            builds its cosine once it knows the steps per epoch).
+        last_batch_hits: ``(correct, labelled)`` argmax predictions of the last training batch
+            (cross-entropy only; training mode, as a Keras progress bar shows).
     """
 
     def __init__(self, model, loss: str = "cross_entropy", optimizer: Optimizer | None = None,
                  trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False,
-                 batchnorm: str = "auto", clip_grad_norm: float | None = None):
+                 batchnorm: str = "auto", clip_grad_norm: float | None = None,
+                 freeze=None, param_groups=None, scheduler: LRScheduler | None = None,
+                 scheduler_interval: str = "epoch"):
         if batchnorm not in BATCHNORM_MODES:
             raise InputError(f"batchnorm={batchnorm!r}: choose one of "
                              f"{', '.join(BATCHNORM_MODES)}")
@@ -95,6 +115,14 @@ class Trainer:
         if not isinstance(self.optimizer, Optimizer):
             raise TrainingError(f"optimizer must be a convrt.train optimizer, got "
                                 f"{type(self.optimizer).__name__}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise InputError(f"scheduler_interval={scheduler_interval!r}: choose 'epoch' or "
+                             "'step'")
+        if scheduler is not None and not (isinstance(scheduler, LRScheduler)
+                                          and scheduler.optimizer is self.optimizer):
+            raise InputError("scheduler must be a convrt.train scheduler built on the trainer's "
+                             "optimizer")
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         g = self.graph = load(model, base_dir)
         self.source = g.source
         self.untied = untie_initializers(g, keep_ties)
@@ -110,7 +138,7 @@ class Trainer:
         if trainable is None:
             names = self._default_trainable(floats)
         else:
-            names = self._expand_trainable(trainable, floats, state)
+            names = expand(trainable, floats, self.source, "trainable", g.initializers)
             for n in names:
                 if n not in g.initializers:
                     raise TrainingError(f"{self.source}: trainable '{n}' is not an initializer")
@@ -119,42 +147,31 @@ class Trainer:
                                         "statistic, which is state, not trainable")
                 if n not in floats:
                     raise TrainingError(f"{self.source}: trainable '{n}' is not a float tensor")
+        if freeze is not None:
+            off = frozen(freeze, names, self.source)
+            names = [n for n in names if n not in off]
         if not names:
             raise TrainingError(f"{self.source}: nothing to train")
         self.params = {n: np.array(g.initializers[n].const, copy=True) for n in names}
         self.state = {n: np.array(g.initializers[n].const, copy=True) for n in state}
         self.program = Program(g, names, dynamic=state)
         self._eval_ids, self.bn_eval, self.bn_train = self._bn_modes(batchnorm)
+        if param_groups is not None:  # last: a model that cannot train leaves the optimizer be
+            self.optimizer.set_param_groups(resolve_groups(param_groups, self.params,
+                                                           self.source))
+            if self.scheduler is not None:  # the new groups start at the current epoch's lr
+                self.scheduler.refresh()
         self.inputs = {v.name: v for v in g.runtime_inputs()}
         self.output = g.outputs[0].name
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
-        # fit()'s position, saved in checkpoints so that a resumed run continues the same epoch
-        # count, learning-rate schedule and shuffle order (2 + 2 epochs == 4, bit for bit)
+        # fit()'s position, saved in checkpoints with the scheduler's so that a resumed run
+        # continues the same epoch count, learning rates and shuffle order (2 + 2 epochs == 4,
+        # bit for bit)
         self.epoch = 0
         self.shuffle_rng = np.random.default_rng(seed)
-        self.schedule = {"kind": None, "base_lr": None, "position": 0}
-
-    def _expand_trainable(self, trainable, floats, state):
-        """Names and glob patterns (``fnmatch``: ``"fc.*"``, ``"layer4.*"``) to initializer names,
-        in graph order for a pattern.  A pattern matching no trainable float initializer is an
-        error, not a silently frozen model; an exact name keeps its own checks below."""
-        import fnmatch
-
-        items = [trainable] if isinstance(trainable, str) else list(trainable)
-        names = []
-        for item in items:
-            if not isinstance(item, str):
-                raise InputError(f"trainable entries must be strings, got {item!r}")
-            if any(ch in item for ch in "*?[") and item not in self.graph.initializers:
-                hits = [n for n in floats if fnmatch.fnmatchcase(n, item)]
-                if not hits:
-                    raise TrainingError(f"{self.source}: trainable pattern '{item}' matches no "
-                                        "float initializer")
-                names.extend(hits)
-            else:
-                names.append(item)
-        return list(dict.fromkeys(names))
+        # (correct, labelled) predictions of the last training batch, for progress bars
+        self.last_batch_hits: tuple[int, int] | None = None
 
     def _bn_modes(self, mode):
         """(ids of eval-mode BN nodes, their names, names of the train-mode ones)."""
@@ -264,7 +281,21 @@ class Trainer:
         for n, val in updates.items():
             self.state[n][...] = val
         self.step_count = k
+        self.last_batch_hits = self._hits(tape.env[self.output], targets)
         return loss
+
+    def _hits(self, pred, targets):
+        """(correct, labelled) argmax predictions for cross-entropy (positions whose label is
+        the loss's ignore_index do not count), else None."""
+        if self.loss_name != "cross_entropy":
+            return None
+        y = np.asarray(targets)
+        if pred.ndim < 2 or y.shape != pred.shape[:1] + pred.shape[2:]:
+            return None
+        ok = pred.argmax(axis=1) == y
+        ignore = getattr(self._loss, "ignore_index", None)
+        labelled = y != ignore if ignore is not None else np.ones(y.shape, bool)
+        return int((ok & labelled).sum()), int(labelled.sum())
 
     def _clip(self, grads):
         total = math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64),
@@ -285,20 +316,28 @@ class Trainer:
                     "nothing was updated, the last finite weights and statistics are kept (try "
                     "a smaller learning rate, or check the scale of the inputs)")
 
-    def fit(self, x, y, epochs: int, batch_size: int = 64, schedule: str = "constant",
-            until_epoch: int | None = None, on_batch=None, on_epoch=None) -> list[float]:
+    def steps_per_epoch(self, n: int, batch_size: int) -> int:
+        """Optimizer steps :meth:`fit` takes per epoch over ``n`` samples: one per batch, less a
+        last one-sample batch when some BatchNormalization layer trains (it is skipped).  With
+        ``scheduler_interval="step"``, ``T_max = epochs * steps_per_epoch(n, batch_size)``
+        makes a cosine reach its minimum at the end of the run."""
+        return -(-n // batch_size) - int(n % batch_size == 1 and bool(self.bn_train))
+
+    def fit(self, x, y, epochs: int, batch_size: int = 64, until_epoch: int | None = None,
+            on_batch=None, on_epoch=None) -> list[float]:
         """Train on arrays ``x`` (one-input models) and targets ``y`` up to epoch ``epochs``.
 
         ``epochs`` is the total, as in ``convrt train --epochs``: a trainer restored from a
         checkpoint taken after epoch 2 trains epochs 3..``epochs``, with the shuffle order and the
-        learning-rate schedule where the interrupted run left them, so 2 + 2 resumed epochs give
-        the same tensors as 4 straight ones, bit for bit.  ``until_epoch`` stops early (an
-        interrupted run: the schedule still spans ``epochs``).
+        scheduler where the interrupted run left them, so 2 + 2 resumed epochs give the same
+        tensors as 4 straight ones, bit for bit.  ``until_epoch`` stops early (an interrupted
+        run).  The trainer's ``scheduler``, if any, steps after each epoch or each optimizer
+        step (``scheduler_interval``), before ``on_epoch`` runs, so a checkpoint written there
+        holds the learning rate of the next epoch.
 
         Args:
-            schedule: ``"constant"`` (the optimizer's lr untouched) or ``"cosine"`` (per step,
-                from the lr at the run's first fit() down to 0 at the end of epoch ``epochs``).
-            on_batch: ``f(loss, n_samples)`` after each step (progress bars).
+            on_batch: ``f(loss, n_samples)`` after each step (progress bars;
+                :attr:`last_batch_hits` has the batch's accuracy counts).
             on_epoch: ``f(epoch, mean_loss, n_samples)`` after each epoch (logging,
                 checkpoints: :meth:`save_checkpoint` there records the finished epoch).
 
@@ -311,8 +350,6 @@ class Trainer:
         if len(self.inputs) != 1:
             raise InputError(f"{self.source}: fit() needs a model with one input, it has "
                              f"{sorted(self.inputs)}; use step()")
-        if schedule not in ("constant", "cosine"):
-            raise InputError(f"schedule={schedule!r}: choose 'constant' or 'cosine'")
         for name, v in (("epochs", epochs), ("batch_size", batch_size)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
@@ -320,30 +357,25 @@ class Trainer:
         if len(x) != len(y):
             raise InputError(f"{self.source}: {len(x)} inputs but {len(y)} targets")
         self._check_targets(y)
-        sched = self.schedule
-        if sched["base_lr"] is None:
-            sched["base_lr"] = self.optimizer.lr
-        sched["kind"] = schedule
+        sched = self.scheduler
+        per_step = sched is not None and self.scheduler_interval == "step"
         stop = epochs if until_epoch is None else min(epochs, until_epoch)
-        per_epoch = -(-len(x) // batch_size)
-        total = epochs * per_epoch
         history = []
         while self.epoch < stop:
             seen, loss_sum = 0, 0.0
             for idx in batches(len(x), batch_size, self.shuffle_rng):
-                pos = sched["position"]
-                sched["position"] = pos + 1
                 if len(idx) < 2 and self.bn_train:
                     continue
-                if schedule == "cosine":
-                    self.optimizer.lr = sched["base_lr"] * 0.5 * (
-                        1 + math.cos(math.pi * min(pos, total) / total))
                 loss = self.step(x[idx], y[idx])
+                if per_step:
+                    sched.step()
                 seen += len(idx)
                 loss_sum += loss * len(idx)
                 if on_batch is not None:
                     on_batch(loss, len(idx))
             self.epoch += 1
+            if sched is not None and not per_step:
+                sched.step()
             history.append(loss_sum / max(seen, 1))
             if on_epoch is not None:
                 on_epoch(self.epoch, history[-1], seen)
@@ -442,7 +474,7 @@ class Trainer:
 
     def save_checkpoint(self, path) -> None:
         """Weights, running statistics, optimizer state, step count, the Dropout RNG state, and
-        fit()'s epoch, schedule position and shuffle RNG state (for an exact resume)."""
+        fit()'s epoch, the scheduler's state and the shuffle RNG state (for an exact resume)."""
         arrays, index = {}, {}
         for kind, d in (("param", self.params), ("state", self.state)):
             for n, a in d.items():
@@ -457,7 +489,8 @@ class Trainer:
                 index[key] = ["opt", n, slot]
         meta = {"format": CHECKPOINT_FORMAT, "loss": self.loss_name, "step": self.step_count,
                 "optimizer": opt, "rng": self.rng.bit_generator.state, "index": index,
-                "epoch": self.epoch, "schedule": self.schedule,
+                "epoch": self.epoch,
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "fingerprint": self._fingerprint()}
         buf = io.BytesIO()
@@ -469,9 +502,11 @@ class Trainer:
             raise TrainingError(f"cannot write checkpoint {path}: {e.strerror}") from None
 
     def load_checkpoint(self, path) -> None:
-        """Restore what :meth:`save_checkpoint` wrote.  The optimizer's learning rate comes back
-        too (as ``torch.optim.Optimizer.load_state_dict`` restores its param groups' lr): a
-        cosine schedule's current value and its base belong to the run being resumed."""
+        """Restore what :meth:`save_checkpoint` wrote.  The optimizer's param groups come back
+        with their options (as ``torch.optim.Optimizer.load_state_dict`` restores them: a
+        scheduled learning rate belongs to the run being resumed), and the scheduler's state.
+        A checkpoint that does not fit this trainer (other tensors, optimizer, param groups or
+        scheduler) raises before anything is changed."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["__meta__"]))
@@ -483,23 +518,36 @@ class Trainer:
         if meta["fingerprint"] != self._fingerprint():
             raise TrainingError(f"{path}: the checkpoint's tensors do not match this model's "
                                 "trainable tensors and running statistics")
+        sched = meta.get("scheduler")
+        mine = None if self.scheduler is None else type(self.scheduler).__name__
+        theirs = None if sched is None else sched.get("kind")
+        if mine != theirs:
+            raise TrainingError(f"{path}: the checkpoint was written with scheduler {theirs}, "
+                                f"this trainer has {mine}; resume with the same scheduler")
+        if self.scheduler is not None:
+            try:
+                self.scheduler.check_state(sched)
+            except TrainingError as e:
+                raise TrainingError(f"{path}: {e}") from None
         opt = dict(meta["optimizer"])
         opt["state"] = {}
         for key, (kind, name, slot) in meta["index"].items():
-            a = arrays[key]
+            if kind == "opt":
+                opt["state"].setdefault(name, {})[slot] = arrays[key]
+        try:  # raises, changing nothing, on another optimizer or other param groups
+            self.optimizer.load_state_dict(opt)
+        except TrainingError as e:
+            raise TrainingError(f"{path}: {e}") from None
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(sched)
+        for key, (kind, name, slot) in meta["index"].items():
             if kind == "param":
-                self.params[name][...] = a
+                self.params[name][...] = arrays[key]
             elif kind == "state":
-                self.state[name][...] = a
-            else:
-                opt["state"].setdefault(name, {})[slot] = a
-        self.optimizer.load_state_dict(opt)
+                self.state[name][...] = arrays[key]
         self.step_count = int(meta["step"])
         self.rng.bit_generator.state = meta["rng"]
-        self.optimizer.lr = float(opt["hyper"]["lr"])  # as torch's load_state_dict does
         # fit()'s position (absent from checkpoints written before it existed: start afresh)
         self.epoch = int(meta.get("epoch", 0))
-        self.schedule = dict(meta.get("schedule") or {"kind": None, "base_lr": None,
-                                                      "position": 0})
         if "shuffle_rng" in meta:
             self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
