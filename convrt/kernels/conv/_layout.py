@@ -146,13 +146,22 @@ def zero_spare(out, ogeo, n_img):
 
 @pjit
 def gather(x, xs, n_c, h_n, w_n, oh_n, ow_n, sh, sw):
-    """``xs[(u*oh + i)*ow + j] = x[(u*h + i*sh)*w + j*sw]``: the strided pixels, per plane u."""
+    """``xs[(u*oh + i)*ow + j] = x[(u*h + i*sh)*w + j*sw]``: the strided pixels, per plane u.
+
+    uint64 indices (no negative-index wrap-around per element) and a literal 2 for ResNet's
+    stride let LLVM vectorise the row as wide loads and shuffles: 2.2x faster on ResNet-50's
+    56x56x256 downsample input (171 -> 80 us)."""
     for u in prange(n_c):
+        uu = _U(u)
         for i in range(oh_n):
-            src = (u * h_n + i * sh) * w_n
-            dst = (u * oh_n + i) * ow_n
-            for j in range(ow_n):
-                xs[dst + j] = x[src + j * sw]
+            src = (uu * _U(h_n) + _U(i) * _U(sh)) * _U(w_n)
+            dst = (uu * _U(oh_n) + _U(i)) * _U(ow_n)
+            if sw == 2:
+                for j in range(ow_n):
+                    xs[dst + _U(j)] = x[src + _U(2) * _U(j)]
+            else:
+                for j in range(ow_n):
+                    xs[dst + _U(j)] = x[src + _U(j) * _U(sw)]
 
 
 class RowInput(ConvAlgorithm):
