@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .compiler import optimize
 from .errors import InputError
-from .ir import Graph, Node, Value
+from .ir import Graph, Value, copy_graph
 from .ops.registry import TensorInfo
 from .runtime.plan import Plan, plan_key
 
@@ -45,40 +45,6 @@ class ValueInfo:
     op: str
     shape: list
     dtype: str
-
-
-def copy_graph(graph: Graph) -> Graph:
-    """A structural copy of ``graph``: fresh Values and Nodes, the same constant arrays."""
-    g = Graph(graph.name)
-    for attr in ("opsets", "metadata_props", "functions"):
-        setattr(g, attr, dict(getattr(graph, attr)))
-    for attr in ("ir_version", "producer_name", "domain", "doc_string", "graph_doc_string",
-                 "model_version", "source"):
-        setattr(g, attr, getattr(graph, attr))
-    vals: dict[int, Value] = {}
-
-    def cp(v: Value | None) -> Value | None:
-        if v is None:
-            return None
-        n = vals.get(id(v))
-        if n is None:
-            n = vals[id(v)] = Value(v.name, v.shape, v.dtype, v.const)
-            n.doc = v.doc
-            g.values[v.name] = n
-        return n
-
-    for name, v in graph.initializers.items():
-        g.initializers[name] = cp(v)
-    g.inputs = [cp(v) for v in graph.inputs]
-    for node in graph.nodes:
-        new = Node(node.op_type, [cp(v) for v in node.inputs], [cp(v) for v in node.outputs],
-                   node.attrs, node.name, node.domain)
-        new.doc = node.doc
-        g.nodes.append(new)
-    g.outputs = [cp(v) for v in graph.outputs]
-    for name, v in graph.values.items():  # values no node touches (unused inputs...)
-        g.values.setdefault(name, cp(v))
-    return g
 
 
 def list_values(graph: Graph) -> list[ValueInfo]:

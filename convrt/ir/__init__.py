@@ -1,8 +1,8 @@
 """convrt's intermediate representation."""
 
 from .analysis import dependency_graph, layers, sort_graph, toposort
-from .core import Dim, Graph, Node, Shape, Value
+from .core import Dim, Graph, Node, Shape, Value, copy_graph
 from .function import Function, FunctionNode
 
 __all__ = ["Dim", "Function", "FunctionNode", "Graph", "Node", "Shape", "Value",
-           "dependency_graph", "layers", "sort_graph", "toposort"]
+           "copy_graph", "dependency_graph", "layers", "sort_graph", "toposort"]

@@ -192,30 +192,38 @@ class Program:
 
     # -- running ----------------------------------------------------------------------------
     def forward(self, feeds: dict, dynamic: dict, training: bool = True, rng=None,
-                keep: bool = True, eval_nodes=frozenset()) -> Tape:
+                keep: bool = True, eval_nodes=frozenset(), prefix=None) -> Tape:
         """Run the graph; ``feeds`` are runtime inputs, ``dynamic`` the changing initializers.
 
         With ``keep`` the tape records what backward needs (only nodes on the path).
         ``eval_nodes`` (node ids) run in eval mode even when ``training``: a frozen backbone's
         BatchNormalization uses its stored statistics and reports no state update.
+        ``prefix`` (a ``frozen.FrozenPrefix``): its nodes are not run here; its inference plan
+        supplies the values they hand on.
         """
         arrays = dict(dynamic)
         arrays.update(feeds)
         consts, steps = self.bound(arrays)
         env = dict(consts)
         env.update(arrays)
+        skip = frozenset()
+        if prefix:
+            env.update(prefix.run(feeds))
+            skip = prefix.node_ids
         records: list[NodeCtx] = []
         state_updates: dict = {}
         rng = rng if rng is not None else np.random.default_rng(0)
         with ThreadBudget() as threads:
             self._run_steps(steps, env, records, state_updates, training, rng, keep, threads,
-                            eval_nodes)
+                            eval_nodes, skip)
         return Tape(env, records, state_updates)
 
     def _run_steps(self, steps, env, records, state_updates, training, rng, keep, threads,
-                   eval_nodes):
+                   eval_nodes, skip):
         for st in steps:
             node = st.node
+            if id(node) in skip:
+                continue
             args = [None if v is None or not v.name else env[v.name] for v in node.inputs]
             while args and args[-1] is None:
                 args.pop()

@@ -32,6 +32,7 @@ from ..errors import InputError, TrainingError
 from ..onnx_io import from_graph, save_model
 from ..runtime.feeds import check_feeds
 from .autodiff import Program
+from .frozen import FrozenPrefix
 from .losses import get_loss
 from .optim import SGD, Optimizer
 from .schedulers import LRScheduler
@@ -84,6 +85,10 @@ class Trainer:
         scheduler_interval: ``"epoch"`` (default: ``scheduler.step()`` after each epoch, the
             usual PyTorch loop) or ``"step"`` (after each optimizer step; see
             :meth:`steps_per_epoch` for a ``T_max`` spanning the run).
+        compile_frozen: True (default): the nodes no trainable tensor or changing BN state
+            reaches (a frozen backbone with eval-mode BN) run as one optimized inference plan
+            (BN folded, activations fused), not node by node (:mod:`convrt.train.frozen`);
+            their results equal the node-by-node forward up to the fused kernels' rounding.
 
     Attributes:
         untied: initializers created by untying aliases (new name -> the tensor it copied);
@@ -99,7 +104,7 @@ class Trainer:
                  trainable=None, seed: int = 0, base_dir=None, keep_ties: bool = False,
                  batchnorm: str = "auto", clip_grad_norm: float | None = None,
                  freeze=None, param_groups=None, scheduler: LRScheduler | None = None,
-                 scheduler_interval: str = "epoch"):
+                 scheduler_interval: str = "epoch", compile_frozen: bool = True):
         if batchnorm not in BATCHNORM_MODES:
             raise InputError(f"batchnorm={batchnorm!r}: choose one of "
                              f"{', '.join(BATCHNORM_MODES)}")
@@ -156,6 +161,13 @@ class Trainer:
         self.state = {n: np.array(g.initializers[n].const, copy=True) for n in state}
         self.program = Program(g, names, dynamic=state)
         self._eval_ids, self.bn_eval, self.bn_train = self._bn_modes(batchnorm)
+        self._prefix = None
+        if compile_frozen:
+            changing = set(self.params) | {
+                v.name for node in g.nodes if node.op_type == "BatchNormalization"
+                and id(node) not in self._eval_ids
+                for v in (node.input(i) for i in BN_STATE_INPUTS) if v is not None}
+            self._prefix = FrozenPrefix(g, changing, self._eval_ids, self.state) or None
         if param_groups is not None:  # last: a model that cannot train leaves the optimizer be
             self.optimizer.set_param_groups(resolve_groups(param_groups, self.params,
                                                            self.source))
@@ -220,7 +232,7 @@ class Trainer:
         for name, a in feeds.items():
             _check_input(name, a, self.source)
         tape = self.program.forward(feeds, self._dynamic(), training=True, rng=self.rng,
-                                    eval_nodes=self._eval_ids)
+                                    eval_nodes=self._eval_ids, prefix=self._prefix)
         pred = tape.env[self.output]
         loss, dpred = self._loss(pred, targets)
         if not np.isfinite(loss):
@@ -420,13 +432,14 @@ class Trainer:
     def _predict(self, feeds, batch_size):
         n = next(iter(feeds.values())).shape[0] if feeds else 0
         if batch_size is None or n <= batch_size:
-            return self.program.forward(feeds, self._dynamic(), training=False,
-                                        keep=False).env[self.output].copy()
+            return self.program.forward(feeds, self._dynamic(), training=False, keep=False,
+                                        prefix=self._prefix).env[self.output].copy()
         parts = []
         for i in range(0, n, batch_size):
             part = {k: v[i:i + batch_size] for k, v in feeds.items()}
             parts.append(self.program.forward(part, self._dynamic(), training=False,
-                                              keep=False).env[self.output].copy())
+                                              keep=False, prefix=self._prefix)
+                         .env[self.output].copy())
         return np.concatenate(parts)
 
     def evaluate(self, feeds, targets, batch_size: int = 512) -> dict:
