@@ -2,13 +2,15 @@
 
     python benchmarks/_worker.py SPEC.json
 
-SPEC: {"kind": "convrt" | "ort" | "peak", "model": path, "batch": n, "threads": 2,
-       "repeat": n, "warmup": n, "seed": 0, "t_spawn": parent's time.time() before the spawn,
+SPEC: {"kind": "convrt" | "ort" | "ov_f32" | "ov_default" | "peak", "model": path, "batch": n,
+       "threads": 2, "repeat": n, "warmup": n, "seed": 0,
+       "t_spawn": parent's time.time() before the spawn,
        "out_npy": where to save the first output, "result": where to write the JSON result,
        "serve": true for the interleaved mode (``_serve``: timed batches on request)}
 
 Only the runtime being measured is imported (peak RSS and thread pools stay its own).  Cold
-start = first output's wall time minus ``t_spawn`` (process start, imports, load, plan, run).
+start = first output's wall time minus ``t_spawn`` (process start, imports, load, plan, run);
+``load_s`` is the part up to the session being ready (for convrt that includes its warm-up run).
 """
 
 import json
@@ -29,20 +31,21 @@ def _input(shape, seed):
 
 
 def _first_run(sess, spec):
-    """Feed the seeded input once (either runtime's session: same ``get_inputs``/``run``);
-    returns the feeds, the cold start (spawn -> first output) and the RSS after it, and saves
+    """Feed the seeded input once (every runtime's session: the same ``get_inputs``/``run``;
+    OpenVINO's through ``_OVSession``); returns the feeds and the start-up figures (cold start =
+    spawn -> first output, load = spawn -> session ready, RSS after the first run), and saves
     the output where ``out_npy`` says."""
     import numpy as np
 
+    load = time.time() - spec["t_spawn"]
     inp = sess.get_inputs()[0]
     shape = [spec["batch"] if not isinstance(d, int) else d for d in inp.shape]
     feeds = {inp.name: _input(shape, spec["seed"])}
     y = sess.run(None, feeds)[0]
-    cold = time.time() - spec["t_spawn"]
-    rss = _rss_mb()
+    start = {"cold_s": time.time() - spec["t_spawn"], "load_s": load, "rss_first_mb": _rss_mb()}
     if spec.get("out_npy"):
         np.save(spec["out_npy"], y)
-    return feeds, cold, rss
+    return feeds, start
 
 
 def _serve(fn, warmup):
@@ -87,10 +90,9 @@ def run_ort(spec):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
-    feeds, cold, rss_after_first = _first_run(sess, spec)
+    feeds, start = _first_run(sess, spec)
     ts = _measure(lambda: sess.run(None, feeds), spec)
-    return {"cold_s": cold, "times_s": ts, "rss_first_mb": rss_after_first,
-            "version": ort.__version__}
+    return dict(start, times_s=ts, version=ort.__version__)
 
 
 def run_convrt(spec):
@@ -98,9 +100,8 @@ def run_convrt(spec):
     from convrt.runtime import InferenceSession, SessionOptions
 
     sess = InferenceSession(spec["model"], SessionOptions(intra_op_num_threads=spec["threads"]))
-    feeds, cold, rss_after_first = _first_run(sess, spec)
-    res = {"cold_s": cold, "rss_first_mb": rss_after_first,
-           "version": getattr(convrt, "__version__", "dev")}
+    feeds, start = _first_run(sess, spec)
+    res = dict(start, version=getattr(convrt, "__version__", "dev"))
     if spec["repeat"] > 0:
         res["times_s"] = _measure(lambda: sess.run(None, feeds), spec)
         from convrt.bench import step_flops
@@ -114,6 +115,58 @@ def run_convrt(spec):
         except ImportError:
             pass
     return res
+
+
+class _OVSession:
+    """An OpenVINO compiled model behind onnxruntime's two session calls that ``_first_run`` and
+    the timing loop use (``get_inputs``, ``run``), so every runtime is fed and timed by the same
+    code.  One infer request is reused, as a serving loop would; the input is shared (like
+    onnxruntime, which reads the caller's array) and the outputs are copied out (like
+    onnxruntime's and convrt's fresh result arrays)."""
+
+    def __init__(self, compiled):
+        from types import SimpleNamespace
+
+        self._req = compiled.create_infer_request()
+        self._inputs = [SimpleNamespace(name=p.any_name,
+                                        shape=[d.get_length() if d.is_static else None
+                                               for d in p.get_partial_shape()])
+                        for p in compiled.inputs]
+
+    def get_inputs(self):
+        return self._inputs
+
+    def run(self, _output_names, feeds):
+        return list(self._req.infer(feeds, share_inputs=True).to_tuple())
+
+
+def run_ov(spec):
+    """OpenVINO's CPU plugin on the ONNX file itself (its own reader, no conversion step), tuned
+    for one request at a time (``PERFORMANCE_HINT: LATENCY``) on ``threads`` threads.
+    ``ov_f32`` pins float32 inference (``INFERENCE_PRECISION_HINT: f32``): the float32 peer.
+    ``ov_default`` leaves the precision to OpenVINO, which picks bfloat16 on a CPU with
+    AVX512_BF16 or AMX: what a user gets out of the box, not float32-exact.  A symbolic batch
+    dimension is fixed to ``batch`` before compiling (OpenVINO compiles static shapes best, and
+    the other runtimes see the same batch on their first run)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(spec["model"])
+    port = model.inputs[0]
+    dims = port.get_partial_shape()
+    if dims.is_dynamic:
+        model.reshape({port: ov.PartialShape(
+            [spec["batch"] if d.is_dynamic else d.get_length() for d in dims])})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": spec["threads"]}
+    if spec["kind"] == "ov_f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = core.compile_model(model, "CPU", config)
+    sess = _OVSession(compiled)
+    feeds, start = _first_run(sess, spec)
+    ts = _measure(lambda: sess.run(None, feeds), spec)
+    return dict(start, times_s=ts, version=ov.get_version(),
+                precision=compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                config={k: str(v) for k, v in config.items()})
 
 
 def run_peak(spec):
@@ -135,7 +188,8 @@ def run_peak(spec):
 
 def main():
     spec = json.loads(open(sys.argv[1]).read())
-    fn = {"ort": run_ort, "convrt": run_convrt, "peak": run_peak}[spec["kind"]]
+    fn = {"ort": run_ort, "convrt": run_convrt, "ov_f32": run_ov, "ov_default": run_ov,
+          "peak": run_peak}[spec["kind"]]
     res = fn(spec)
     res["peak_rss_mb"] = _rss_mb()
     res["pid"] = os.getpid()
