@@ -15,8 +15,10 @@ calls for its ``param_groups`` argument) splits the parameters into groups with 
 options.  Learning-rate schedulers (:mod:`.schedulers`) write each group's ``"lr"``.
 
 State is per parameter name; ``state_dict``/``load_state_dict`` round-trip it and the groups for
-checkpoints.  Updates are in place, in the parameter's dtype.  ``snapshot``/``restore`` let the
-trainer undo a step whose result is not finite, so a diverging run never keeps a NaN.
+checkpoints.  Updates are in place, in the parameter's dtype, one fused pass per parameter
+(``kernels/optim.py``); :meth:`Optimizer.check` runs the same formulas without writing and
+reports what would become non-finite, so the trainer keeps a diverging step from changing
+anything without copying a single array.
 
 Arguments are checked at construction as ``torch.optim`` does (a negative or non-finite learning
 rate, momentum, weight decay or eps, betas outside [0, 1)): a wrong one is a one-line
@@ -30,6 +32,7 @@ import math
 import numpy as np
 
 from ..errors import InputError, TrainingError
+from .kernels import optim as kopt
 
 
 def _check(where: str, what: str, value, low: float = 0.0, high: float = math.inf,
@@ -120,16 +123,40 @@ class Optimizer:
                 yield g, [n for n in g["params"] if n in names]
 
     # -- stepping ----------------------------------------------------------------------------
+    SLOTS: tuple = ()  # names of the per-parameter state arrays, as the report bits number them
+
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        """Update ``params`` in place (one fused pass per parameter)."""
         self.t += 1
+        self._each(params, grads, True)
+
+    def check(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict:
+        """What :meth:`step` would make non-finite, changing nothing: ``{name: bits}`` for the
+        parameters whose gradient, new value or new optimizer slot would be NaN/Inf (the bits of
+        ``kernels/optim.py``).  The trainer calls it before ``step`` so that a diverging step
+        keeps every tensor as it was without copying any."""
+        self.t += 1
+        try:
+            return {n: b for n, b in self._each(params, grads, False).items() if b}
+        finally:
+            self.t -= 1
+
+    def _each(self, params, grads, commit: bool) -> dict:
+        bits = {}
         for group, names in self._groups_for(params):
             for name in names:
                 g = grads.get(name)
                 if g is not None:
                     p = params[name]
-                    self._update(name, p, g.astype(p.dtype, copy=False), group)
+                    if not p.flags.c_contiguous:  # pragma: no cover - params are C arrays
+                        raise TrainingError(f"{self.name}: parameter '{name}' is not contiguous")
+                    g = np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)
+                    bits[name] = self._update(name, p, g, group, commit)
+        return bits
 
-    def _update(self, name, p, g, group):  # pragma: no cover - abstract
+    def _update(self, name, p, g, group, commit):  # pragma: no cover - abstract
+        """One parameter's update (``p`` the parameter, ``g`` its flat gradient); writes only
+        with ``commit``; returns the report bits.  Slots take the parameter's shape."""
         raise NotImplementedError
 
     def snapshot(self):
@@ -190,21 +217,26 @@ class SGD(Optimizer):
             raise InputError(f"{where}: Nesterov momentum needs momentum > 0 and dampening 0")
         return out
 
-    def _update(self, name, p, g, group):
+    SLOTS = ("momentum_buffer",)
+
+    def _update(self, name, p, g, group, commit):
         dt = p.dtype.type
-        wd, momentum = group["weight_decay"], group["momentum"]
-        if wd:
-            g = g + dt(wd) * p
-        if momentum:
-            st = self.state.get(name)
-            if st is None:
-                buf = self.state.setdefault(name, {})["momentum_buffer"] = g.copy()
-            else:
-                buf = st["momentum_buffer"]
-                buf *= dt(momentum)
-                buf += dt(1 - group["dampening"]) * g
-            g = g + dt(momentum) * buf if group["nesterov"] else buf
-        p -= dt(group["lr"]) * g
+        momentum = group["momentum"]
+        st = self.state.get(name)
+        first = st is None
+        buf = p  # a placeholder the kernel neither reads (first step) nor writes (no momentum)
+        if momentum and not first:
+            buf = st["momentum_buffer"]
+        elif momentum and commit:
+            buf = np.empty_like(p)
+        args = (p.reshape(-1), g, buf.reshape(-1), dt(group["lr"]), dt(group["weight_decay"]),
+                dt(momentum), dt(1 - group["dampening"]), bool(group["nesterov"]), first)
+        if not commit:
+            return kopt.dry_run(kopt.sgd_check, kopt.sgd_kinds, args)
+        kopt.sgd_apply(*args, bool(momentum))
+        if momentum and first:
+            self.state[name] = {"momentum_buffer": buf}
+        return 0
 
 
 class Adam(Optimizer):
@@ -229,27 +261,31 @@ class Adam(Optimizer):
     def hyper(self):
         return {**self.defaults, "betas": list(self.defaults["betas"])}
 
-    def _update(self, name, p, g, group):
+    SLOTS = ("exp_avg", "exp_avg_sq")
+
+    def _update(self, name, p, g, group, commit):
         dt = p.dtype.type
         b1, b2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
-        if wd:
-            if self.decoupled:
-                p *= dt(1 - lr * wd)
-            else:
-                g = g + dt(wd) * p
         st = self.state.get(name)
         if st is None:
-            st = self.state[name] = {"exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)}
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m *= dt(b1)
-        m += dt(1 - b1) * g
-        v *= dt(b2)
-        v += dt(1 - b2) * g * g
+            if not commit:  # a dry run on zeros: what the first step will start from
+                z = np.zeros_like(p)
+                st = {"exp_avg": z, "exp_avg_sq": z}
+            else:
+                st = self.state[name] = {"exp_avg": np.zeros_like(p),
+                                         "exp_avg_sq": np.zeros_like(p)}
+        decay = dt(1 - lr * wd) if (self.decoupled and wd) else dt(1)
+        l2 = dt(0) if self.decoupled else dt(wd)
         bc1 = 1 - b1 ** self.t
         bc2 = 1 - b2 ** self.t
-        denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(group["eps"])
-        p -= dt(lr / bc1) * (m / denom)
+        args = (p.reshape(-1), g, st["exp_avg"].reshape(-1), st["exp_avg_sq"].reshape(-1),
+                dt(lr / bc1), l2, decay, dt(b1), dt(1 - b1), dt(b2), dt(1 - b2),
+                dt(math.sqrt(bc2)), dt(group["eps"]))
+        if not commit:
+            return kopt.dry_run(kopt.adam_check, kopt.adam_kinds, args)
+        kopt.adam_apply(*args)
+        return 0
 
 
 class AdamW(Adam):

@@ -252,9 +252,9 @@ class Trainer:
     def step(self, feeds, targets) -> float:
         """Forward, backward and one optimizer update on a batch; returns the loss.
 
-        Transactional: the update is computed on copies and checked before it is kept.  If the
-        loss, a gradient, an updated weight, the optimizer's state or a BN running statistic
-        would be NaN/Inf, :class:`TrainingError` names the first such tensor and every weight,
+        Transactional: the update is first run dry (``Optimizer.check``: computed, not written)
+        and only then applied in place.  If the loss, a gradient, an updated weight, the
+        optimizer's state or a BN running statistic would be NaN/Inf, :class:`TrainingError` names the first such tensor and every weight,
         statistic and optimizer slot keeps its previous (finite) value, so ``export()`` after the
         error writes the last good model instead of garbage.
         """
@@ -266,30 +266,19 @@ class Trainer:
     def _step(self, feeds, targets) -> float:
         loss, grads, tape = self._forward_backward(feeds, targets)
         k = self.step_count + 1
-        self._require_finite(grads, "the gradient of", k)
-        if self.clip_grad_norm is not None:
+        if self.clip_grad_norm is not None:  # the norm of a non-finite gradient means nothing
+            self._require_finite(grads, "the gradient of", k)
             grads = self._clip(grads)
-        new = {n: p.copy() for n, p in self.params.items()}
-        snap = self.optimizer.snapshot()
-        try:
-            self.optimizer.step(new, grads)
-            self._require_finite(new, "the weight", k)
-            for n, slots in self.optimizer.state.items():
-                for slot, a in slots.items():
-                    self._require_finite({n: a}, f"the optimizer's {slot} of", k)
-        except BaseException:
-            self.optimizer.restore(snap)
-            raise
+        # a dry run of the update (nothing written) names what it would make non-finite ...
+        bad = self.optimizer.check(self.params, grads)
+        if bad:
+            self._refuse(bad, k)
         # Running statistics fed as inputs or computed by nodes are not state this trainer
         # owns (untying made every initializer-backed statistic its own entry here).
         updates = {n: v for n, v in tape.state_updates.items() if n in self.state}
-        try:
-            self._require_finite(updates, "the running statistic", k)
-        except TrainingError:
-            self.optimizer.restore(snap)
-            raise
-        for n, p in self.params.items():
-            p[...] = new[n]
+        self._require_finite(updates, "the running statistic", k)
+        # ... so that the step itself, in place, can no longer fail half-way
+        self.optimizer.step(self.params, grads)
         for n, val in updates.items():
             self.state[n][...] = val
         self.step_count = k
@@ -322,11 +311,30 @@ class Trainer:
     def _require_finite(self, arrays: dict, what: str, k: int) -> None:
         for name, a in arrays.items():
             if not np.isfinite(a).all():
-                kind = "NaN" if np.isnan(a).any() else "Inf"
-                raise TrainingError(
-                    f"{self.source}: step {k} would make {what} '{name}' non-finite ({kind}); "
-                    "nothing was updated, the last finite weights and statistics are kept (try "
-                    "a smaller learning rate, or check the scale of the inputs)")
+                self._nonfinite(what, name, "NaN" if np.isnan(a).any() else "Inf", k)
+
+    def _nonfinite(self, what: str, name: str, kind: str, k: int):
+        raise TrainingError(
+            f"{self.source}: step {k} would make {what} '{name}' non-finite ({kind}); "
+            "nothing was updated, the last finite weights and statistics are kept (try "
+            "a smaller learning rate, or check the scale of the inputs)")
+
+    def _refuse(self, bad: dict, k: int):
+        """The first problem ``Optimizer.check`` found, as :meth:`_require_finite` words it:
+        a gradient first, then a new weight, then an optimizer slot, in parameter order."""
+        from .kernels import optim as kopt
+
+        slots = self.optimizer.SLOTS
+        checks = [("the gradient of", kopt.GRAD_NAN, kopt.GRAD_INF),
+                  ("the weight", kopt.W_NAN, kopt.W_INF)]
+        checks += [(f"the optimizer's {slot} of", nan, inf) for slot, (nan, inf) in
+                   zip(slots, ((kopt.S0_NAN, kopt.S0_INF), (kopt.S1_NAN, kopt.S1_INF)))]
+        for what, nan, inf in checks:
+            for name in self.params:
+                b = bad.get(name, 0)
+                if b & (nan | inf):
+                    self._nonfinite(what, name, "NaN" if b & nan else "Inf", k)
+        raise AssertionError(f"unexplained report bits {bad}")  # pragma: no cover
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
         """Optimizer steps :meth:`fit` takes per epoch over ``n`` samples: one per batch, less a

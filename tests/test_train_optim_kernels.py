@@ -1,0 +1,105 @@
+"""The fused optimizer updates (convrt/train/kernels/optim.py) against the plain numpy formulas
+of PyTorch's update rules, written out here as the oracle: bit for bit in float32 and float64
+(same operations, same order, no contraction), and a dry run (``Optimizer.check``) that reports
+what would become non-finite while writing nothing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from convrt.train import SGD, Adam, AdamW
+from convrt.train.kernels import optim as kopt
+
+
+def _numpy_sgd(p, g, state, lr, momentum, dampening, wd, nesterov):
+    dt = p.dtype.type
+    if wd:
+        g = g + dt(wd) * p
+    if momentum:
+        if state.get("buf") is None:
+            buf = state["buf"] = g.copy()
+        else:
+            buf = state["buf"]
+            buf *= dt(momentum)
+            buf += dt(1 - dampening) * g
+        g = g + dt(momentum) * buf if nesterov else buf
+    p -= dt(lr) * g
+
+
+def _numpy_adam(p, g, state, t, lr, b1, b2, eps, wd, decoupled):
+    dt = p.dtype.type
+    if wd:
+        if decoupled:
+            p *= dt(1 - lr * wd)
+        else:
+            g = g + dt(wd) * p
+    m = state.setdefault("m", np.zeros_like(p))
+    v = state.setdefault("v", np.zeros_like(p))
+    m *= dt(b1)
+    m += dt(1 - b1) * g
+    v *= dt(b2)
+    v += dt(1 - b2) * g * g
+    denom = np.sqrt(v) / dt(math.sqrt(1 - b2 ** t)) + dt(eps)
+    p -= dt(lr / (1 - b1 ** t)) * (m / denom)
+
+
+def _arrays(dtype, shape=(70001,), seed=0):  # more than two parallel blocks, a ragged last one
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9), dict(momentum=0.9, weight_decay=1e-2),
+                                dict(momentum=0.8, dampening=0.3),
+                                dict(momentum=0.9, nesterov=True, weight_decay=5e-4)])
+def test_sgd_bitwise_as_numpy(kw, dtype):
+    p, _ = _arrays(dtype)
+    ref, st = p.copy(), {}
+    opt = SGD(lr=0.1, **kw)
+    for step in range(3):
+        g = _arrays(dtype, seed=step + 1)[1]
+        opt.step({"w": p}, {"w": g})
+        _numpy_sgd(ref, g, st, 0.1, kw.get("momentum", 0.0), kw.get("dampening", 0.0),
+                   kw.get("weight_decay", 0.0), kw.get("nesterov", False))
+        np.testing.assert_array_equal(p, ref)
+        if st.get("buf") is not None:
+            np.testing.assert_array_equal(opt.state["w"]["momentum_buffer"], st["buf"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, wd", [(Adam, 0.0), (Adam, 1e-2), (AdamW, 1e-2), (AdamW, 0.0)])
+def test_adam_bitwise_as_numpy(cls, wd, dtype):
+    p, _ = _arrays(dtype, shape=(3, 40000))
+    ref, st = p.copy(), {}
+    opt = cls(lr=1e-3, weight_decay=wd)
+    for t in range(1, 4):
+        g = _arrays(dtype, shape=(3, 40000), seed=t)[1]
+        opt.step({"w": p}, {"w": g})
+        _numpy_adam(ref, g, st, t, 1e-3, 0.9, 0.999, 1e-8, wd, cls is AdamW)
+        np.testing.assert_array_equal(p, ref)
+        np.testing.assert_array_equal(opt.state["w"]["exp_avg_sq"], st["v"])
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(lr=1e30, momentum=0.9), lambda: Adam(lr=1.0)])
+def test_check_reports_and_writes_nothing(make):
+    opt = make()
+    p = np.ones(50000, np.float32)
+    g = np.ones(50000, np.float32)
+    opt.step({"a": p}, {"a": g})  # a first step, so there is state to keep
+    before_p, before_state, before_t = p.copy(), opt.snapshot(), opt.t
+    g_bad = g.copy()
+    g_bad[12345] = np.nan
+    g_big = np.full_like(g, 3e38)
+    report = opt.check({"a": p, "b": p.copy()}, {"a": g_bad, "b": g_big})
+    assert report["a"] & kopt.GRAD_NAN
+    if isinstance(opt, SGD):  # 3e38 * 1e30 overflows the new weight and the momentum buffer
+        assert report["b"] & kopt.W_INF
+    np.testing.assert_array_equal(p, before_p)
+    assert opt.t == before_t and set(opt.state) == set(before_state[1])
+    for n, slots in before_state[1].items():
+        for k, a in slots.items():
+            np.testing.assert_array_equal(opt.state[n][k], a)
+    assert opt.check({"a": p}, {"a": g}) == {}
