@@ -93,7 +93,8 @@ MATMUL_CONV_MIN = 16
 
 
 def _matmul_as_conv(ctx, dtype, rows, b):
-    """``run(a, b, out)`` computing ``a.reshape(rows, K) @ b`` with the conv kernels."""
+    """``(run, scratch)``: ``run(a, b, out)`` computes ``a.reshape(rows, K) @ b`` with the conv
+    kernels; ``scratch``: the bytes of its per-run transposed copies (for the memory budget)."""
     from ..kernels.conv.select import Conv2d
 
     kdim, ncols = b.shape
@@ -108,7 +109,7 @@ def _matmul_as_conv(ctx, dtype, rows, b):
         conv(image.reshape(1, kdim, 1, rows), y.reshape(1, ncols, 1, rows))
         np.copyto(out.reshape(rows, ncols), y.T)
 
-    return run
+    return run, (kdim + ncols) * rows * np.dtype(dtype).itemsize + conv.scratch_bytes()
 
 
 @register_op("MatMul", since=(1, 9, 13))
@@ -132,9 +133,8 @@ def MatMul(ctx, A, B):
         return ctx.result([shape], [A.dtype], flops=macs)
     if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES and \
             int(np.prod(A.shape[:-1])) >= MATMUL_CONV_MIN and B.shape[1] >= MATMUL_CONV_MIN:
-        rows = int(np.prod(A.shape[:-1]))
-        return ctx.result([shape], [A.dtype], _matmul_as_conv(ctx, A.dtype, rows, B.value),
-                          flops=macs)
+        run, scratch = _matmul_as_conv(ctx, A.dtype, int(np.prod(A.shape[:-1])), B.value)
+        return ctx.result([shape], [A.dtype], run, flops=macs, scratch=scratch)
     if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES:
         packed = np.ascontiguousarray(B.value)
         kdim, ncols = packed.shape
