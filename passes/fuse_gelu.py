@@ -1,4 +1,4 @@
-"""fuse_gelu: GELU written out as Div -> Erf -> Add -> Mul -> Mul -> one Gelu node.
+"""fuse_gelu: GELU written out as Div -> Erf -> Add -> Mul -> Mul (or its tanh form) -> one node.
 
 Before::
 
@@ -9,11 +9,15 @@ Before::
 
     (every Mul and Add in either operand order; Mul(x, 1/sqrt 2) in place of the Div)
 
+    tanh form (nn.GELU(approximate="tanh"); Hugging Face's gelu_new with Pow(x, 3)):
+    Mul(x, x) -> Mul(x, .) (or Pow(x, 3)) -> Mul(0.044715, .) -> Add(x, .) -> Mul(sqrt(2/pi), .)
+    -> Tanh -> Add 1 -> the same two tails
+
 After::
 
-    x -> Gelu -> y            opset >= 20: the standard op
-    x -> convrt.Gelu -> y     older models: its ONNX function (convrt/ops/fused.py) is the
-                              Div/Erf/Add/Mul/Mul chain, so the exported model stays loadable
+    x -> Gelu[approximate] -> y        opset >= 20: the standard op
+    x -> convrt.Gelu | GeluTanh -> y   older models: its ONNX function (convrt/ops/fused.py)
+                                       is the chain, so the exported model stays loadable
 
 Conditions:
     * every node is in the default domain; the model's opset is >= 12 (the function body's
@@ -21,13 +25,16 @@ Conditions:
       float constants with CastLike, an opset-15 op);
     * the constants are scalars (one element, rank <= x's, so broadcasting changes no shape),
       constant (initializers no feed overrides), and equal sqrt 2 (1/sqrt 2 for the Mul form),
-      1 and 0.5 to within float32 rounding (relative 1e-6);
-    * ``u``, ``e``, ``p`` and ``m`` (or ``h``) are read only by the next node of the chain and
-      are not graph outputs (an intermediate used elsewhere must stay, so the chain does too);
-      ``x`` may have other readers.
+      1 and 0.5 (tanh form: sqrt(2/pi), 0.044715, 3 for Pow) to within float32 rounding
+      (relative 1e-6);
+    * every intermediate (``u``, ``e``, ``p``, ``m`` or ``h``; the tanh form's square, cube,
+      sum and argument) is read only by the next node of the chain and is not a graph output
+      (an intermediate used elsewhere must stay, so the chain does too); ``x`` may have other
+      readers.
 
 Formula:
-    y = 0.5 x (1 + erf(x / sqrt 2)); the kernel (``kernels/erf.py``) computes 0.5 x erfc(|x| /
+    y = 0.5 x (1 + erf(x / sqrt 2)), or 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) =
+    x sigmoid(2 sqrt(2/pi) (...)) for the tanh form; the erf kernel (``kernels/erf.py``) computes 0.5 x erfc(|x| /
     sqrt 2) for x < 0, which is more accurate than the chain's cancelling 1 + erf in float32.
 
 ConvNeXt-tiny has 18 such GELUs on its largest tensors (4x the block width); unfused each is five
@@ -47,6 +54,7 @@ from ._infra import Pass, PassResult
 from ._match import only_consumer, replace_chain
 
 SQRT2 = math.sqrt(2.0)
+TANH_BETA, TANH_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
 REL = 1e-6
 
 
@@ -79,9 +87,8 @@ def _binary(node: Node | None, op: str) -> bool:
         len(node.inputs) == 2 and all(i is not None for i in node.inputs)
 
 
-def match_gelu(graph: Graph, erf: Node) -> tuple[Value, list[Node]] | None:
-    """``(x, chain)`` when ``erf`` is the Erf of a GELU (the chain in order, the last node
-    writing y); None otherwise."""
+def _erf_head(graph: Graph, erf: Node) -> tuple[Value, list[Node]] | None:
+    """``(x, [scale, erf])`` when ``erf`` reads Div(x, sqrt 2) or Mul(x, 1/sqrt 2)."""
     u = erf.input(0)
     scale = u.producer if u is not None else None
     if not (_binary(scale, "Div") or _binary(scale, "Mul")) or scale.outputs[0] is not u:
@@ -97,8 +104,69 @@ def match_gelu(graph: Graph, erf: Node) -> tuple[Value, list[Node]] | None:
         ok = _close(scalar_value(graph, c, _rank(x)), 1 / SQRT2)
     if not ok or x is None or graph.is_constant(x):
         return None
+    return x, [scale, erf]
+
+
+def _const_operand(graph: Graph, node: Node, value: float) -> Value | None:
+    """The non-constant input of binary ``node`` whose other input is the scalar ``value``."""
+    for i in (0, 1):
+        v, c = node.inputs[i], node.inputs[1 - i]
+        if v is not c and not graph.is_constant(v) and \
+                _close(scalar_value(graph, c, _rank(v)), value):
+            return v
+    return None
+
+
+def _private(graph: Graph, v: Value | None, reader: Node) -> Node | None:
+    """``v``'s producer when ``reader`` is its only reader (and it is not a graph output)."""
+    if v is None or v.producer is None or only_consumer(graph, v) is not reader or \
+            v.producer.outputs[0] is not v:
+        return None
+    return v.producer
+
+
+def _tanh_head(graph: Graph, tanh: Node) -> tuple[Value, list[Node]] | None:
+    """``(x, nodes)`` when ``tanh`` reads sqrt(2/pi) (x + 0.044715 x^3), the cube as
+    Mul(x, Mul(x, x)) (either order) or Pow(x, 3)."""
+    inner = _private(graph, tanh.input(0), tanh)
+    if not _binary(inner, "Mul"):
+        return None
+    s = _const_operand(graph, inner, TANH_BETA)
+    add = _private(graph, s, inner)
+    if not _binary(add, "Add"):
+        return None
+    for i in (0, 1):
+        x, kc = add.inputs[i], add.inputs[1 - i]
+        scaled = _private(graph, kc, add)
+        if x is kc or not _binary(scaled, "Mul"):
+            continue
+        cube = _const_operand(graph, scaled, TANH_KAPPA)
+        cubing = _private(graph, cube, scaled)
+        if cubing is None or cubing.domain or len(cubing.inputs) != 2:
+            continue
+        a, b = cubing.inputs
+        if cubing.op_type == "Pow" and a is x and _close(scalar_value(graph, b, _rank(x)), 3.0):
+            return x, [cubing, scaled, add, inner, tanh]
+        if cubing.op_type != "Mul":
+            continue
+        sq_v = b if a is x else a if b is x else None
+        square = _private(graph, sq_v, cubing) if sq_v is not None and sq_v is not x else None
+        if _binary(square, "Mul") and square.inputs[0] is x and square.inputs[1] is x:
+            return x, [square, cubing, scaled, add, inner, tanh]
+    return None
+
+
+def match_gelu(graph: Graph, node: Node) -> tuple[Value, list[Node]] | None:
+    """``(x, chain)`` when ``node`` (an Erf or a Tanh) is the core of a GELU (the chain in
+    order, the last node writing y); None otherwise."""
+    head = _erf_head(graph, node) if node.op_type == "Erf" else _tanh_head(graph, node)
+    if head is None:
+        return None
+    x, chain = head
+    if graph.is_constant(x):
+        return None
     rank = _rank(x)
-    e = erf.outputs[0]
+    e = node.outputs[0]
     add = only_consumer(graph, e)
     if not _binary(add, "Add") or not _close(scalar_value(graph, _other(add, e), rank), 1.0):
         return None
@@ -113,13 +181,13 @@ def match_gelu(graph: Graph, erf: Node) -> tuple[Value, list[Node]] | None:
         if not _binary(last, "Mul") or not _close(scalar_value(graph, _other(last, m), rank),
                                                    0.5):
             return None
-        return x, [scale, erf, add, mul, last]
+        return x, chain + [add, mul, last]
     half = q.producer if q is not None else None  # Mul(x, 0.5) -> h ; Mul(h, p)
     if not _binary(half, "Mul") or half.outputs[0] is not q or only_consumer(graph, q) is not mul \
             or _other(half, x) is None or not _close(
                 scalar_value(graph, _other(half, x), rank), 0.5):
         return None
-    return x, [scale, erf, add, half, mul]
+    return x, chain + [add, half, mul]
 
 
 def _rank(v: Value | None) -> int | None:
@@ -134,24 +202,27 @@ class FuseGeluPass(Pass):
         n = 0
         if graph.opset < 12:
             return self.result({})
-        for erf in list(graph.nodes):
-            if erf.domain or erf.op_type != "Erf" or erf not in graph.nodes:
+        for core in list(graph.nodes):
+            if core.domain or core.op_type not in ("Erf", "Tanh") or core not in graph.nodes:
                 continue
-            found = match_gelu(graph, erf)
+            found = match_gelu(graph, core)
             if found is None:
                 continue
             x, chain = found
             f64_ok = graph.opset >= 15  # the function body's CastLike
             if x.dtype != np.float32 and not (x.dtype == np.float64 and f64_ok):
                 continue
+            tanh = core.op_type == "Tanh"
+            y = chain[-1].outputs[0]
             if graph.opset >= 20:
-                new = Node("Gelu", [x], [chain[-1].outputs[0]], {}, name=erf.name)
+                new = Node("Gelu", [x], [y], {"approximate": "tanh"} if tanh else {},
+                           name=core.name)
             else:
-                new = Node("Gelu", [x], [chain[-1].outputs[0]], {}, name=erf.name,
+                new = Node("GeluTanh" if tanh else "Gelu", [x], [y], {}, name=core.name,
                            domain="convrt")
             replace_chain(graph, chain, new)
             if new.domain:
-                ensure_function(graph, "Gelu")
+                ensure_function(graph, new.op_type)
             n += 1
         if n:
             graph.remove_unused_initializers()

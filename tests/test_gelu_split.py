@@ -323,3 +323,57 @@ def test_convnext_gelus_fused_and_optimized_export_runs_in_onnxruntime():
     scale = np.abs(ref).max()
     assert np.abs(_ort(out, {"input": x})[0] - ref).max() <= 1e-4 * scale
     assert np.abs(_run(m, {"input": x})[0] - ref).max() <= 1e-4 * scale
+
+
+def _gelu_tanh_chain(cube="mul", tail="torch", swap=False, opset=17, elem=F32, kappa=0.044715,
+                     extra_output=None):
+    """PyTorch's tanh GELU export (cube "mul": Mul(x, Mul(x, x))) or Hugging Face's gelu_new
+    (cube "pow": Pow(x, 3); tail "hf": Mul(Mul(x, 0.5), p))."""
+    dt = np.float32 if elem == F32 else np.float64
+    inits = [("beta", np.array(math.sqrt(2 / math.pi), dt)), ("kappa", np.array(kappa, dt)),
+             ("one", np.array(1.0, dt)), ("half", np.array(0.5, dt)),
+             ("three", np.array(3.0, dt))]
+
+    def mk(op, a, b, out):
+        return helper.make_node(op, [b, a] if swap and op != "Pow" else [a, b], [out])
+    if cube == "pow":
+        nodes = [mk("Pow", "x", "three", "cube")]
+    else:
+        nodes = [mk("Mul", "x", "x", "sq"), mk("Mul", "x", "sq", "cube")]
+    nodes += [mk("Mul", "kappa", "cube", "kc"), mk("Add", "x", "kc", "s"),
+              mk("Mul", "beta", "s", "inner"), helper.make_node("Tanh", ["inner"], ["t"]),
+              mk("Add", "one", "t", "p")]
+    if tail == "torch":
+        nodes += [mk("Mul", "x", "p", "m"), mk("Mul", "half", "m", "y")]
+    else:
+        nodes += [mk("Mul", "x", "half", "h"), mk("Mul", "h", "p", "y")]
+    outs = ["y"] + ([extra_output] if extra_output else [])
+    return _model(nodes, {"x": [2, 3, 8]}, outs, inits, opset=opset, elem=elem)
+
+
+@pytest.mark.parametrize("cube", ["mul", "pow"])
+@pytest.mark.parametrize("tail", ["torch", "hf"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_fuse_gelu_tanh_form(cube, tail, swap):
+    m = _gelu_tanh_chain(cube, tail, swap)
+    g, ops, _ = _optimized(m)
+    assert ops == {"convrt.GeluTanh": 1}, ops
+    x = (np.random.default_rng(5).standard_normal((2, 3, 8)) * 3).astype(np.float32)
+    ref = _ort(m, {"x": x})[0]
+    np.testing.assert_allclose(_run(m, {"x": x})[0], ref, rtol=2e-6, atol=1e-6)
+    out = from_graph(g)
+    onnx.checker.check_model(out, full_check=True)
+    np.testing.assert_allclose(_ort(out, {"x": x})[0], ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_run(out, {"x": x})[0], ref, rtol=2e-6, atol=1e-6)
+
+
+def test_fuse_gelu_tanh_form_opset20_is_the_standard_op():
+    g, ops, _ = _optimized(_gelu_tanh_chain(opset=20, elem=F64))
+    assert ops == {"Gelu": 1} and g.nodes[0].attrs.get("approximate") == "tanh", ops
+
+
+@pytest.mark.parametrize("kw", [{"kappa": 0.05}, {"extra_output": "sq"},
+                                {"extra_output": "inner"}, {"extra_output": "t"}])
+def test_fuse_gelu_tanh_form_negative_cases(kw):
+    _, ops, _ = _optimized(_gelu_tanh_chain(**kw))
+    assert ops["Tanh"] == 1 and "convrt.GeluTanh" not in ops, ops

@@ -33,9 +33,9 @@ def _split13(xs, sizes, axis, read=None):
     return model(nodes, {"X": xs}, ["Y"], {"s": np.array(sizes, np.int64)})
 
 
-def _fused_gelu(xs):
-    """The convrt-domain Gelu the fuse_gelu pass writes into pre-opset-20 models."""
-    m = model([helper.make_node("Gelu", ["X"], ["Y"], domain="convrt")], {"X": xs}, ["Y"],
+def _fused_gelu(xs, op="Gelu"):
+    """The convrt-domain Gelu / GeluTanh the fuse_gelu pass writes into pre-opset-20 models."""
+    m = model([helper.make_node(op, ["X"], ["Y"], domain="convrt")], {"X": xs}, ["Y"],
               opset=17)
     m.opset_import.append(helper.make_opsetid("convrt", 1))
     return m
@@ -53,6 +53,7 @@ CASES = {
         "tanh": unary("Gelu", (3, 4, 5), opset=20, approximate="tanh"),
         "convrt_domain": _fused_gelu((3, 4, 5)),
     },
+    "GeluTanh": {"convrt_domain": _fused_gelu((3, 4, 5), "GeluTanh")},
     "Split": {
         "input_sizes": _split13((2, 6, 3), [2, 1, 3], axis=1),
         "unread_piece": _split13((2, 6, 3), [2, 4], axis=1, read=["Y1"]),
@@ -110,7 +111,7 @@ PARAMS = [(op, name) for op, cases in sorted(CASES.items()) for name in cases]
 def test_backward_matches_finite_differences(op, case):
     graph = convrt.load(CASES[op][case])
     rng = np.random.default_rng(0)
-    feeds = {v.name: rng.standard_normal(v.shape) * (2.0 if op in ("Erf", "Gelu") else 1.0)
+    feeds = {v.name: rng.standard_normal(v.shape) * (2.0 if "Erf" in op or "Gelu" in op else 1.0)
              for v in graph.runtime_inputs()}
     assert check_against_finite_differences(graph, feeds, rng) > 0
 

@@ -27,6 +27,8 @@ Silu                   X                        Sigmoid -> Mul(X, sigmoid)   (no
 Gelu                   X                        Div(X, sqrt 2) -> Erf -> Add 1 -> Mul X -> Mul 0.5
                                                 (registered in ops/gelu.py; opset >= 15 bodies
                                                 cast the constants to X's type with CastLike)
+GeluTanh               X                        0.5 X (1 + Tanh(sqrt(2/pi) (X + 0.044715 X^3)))
+                                                as Mul/Add/Tanh, PyTorch's tanh GELU export
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
 FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
 FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
@@ -74,7 +76,7 @@ CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
 POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
 FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu",
-                                                     "Gelu")
+                                                     "Gelu", "GeluTanh")
 # activations only the 2-D kernels' epilogues apply (ops/conv3d.py has its own table)
 EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
@@ -279,6 +281,9 @@ def function_def(op_type: str, opset: int) -> Function:
     elif op_type == "Gelu":
         inputs = ["X"]
         nodes = _gelu_body(opset)
+    elif op_type == "GeluTanh":
+        inputs = ["X"]
+        nodes = _gelu_tanh_body(opset)
     elif op_type == "ChannelAffine":
         inputs = ["X", "scale", "shift"]
         nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]
@@ -288,19 +293,37 @@ def function_def(op_type: str, opset: int) -> Function:
                     tuple(attrs), doc)
 
 
-def _gelu_body(opset: int) -> list:
-    """PyTorch's erf GELU as the legacy exporter writes it (Constant's value_float: opset >= 12,
-    which the pass requires); the float constants are cast to X's type from opset 15 on
-    (CastLike), so the body also types for float64 there (the pass fuses float64 only then)."""
+def _constants(opset: int, values) -> list:
+    """Constant nodes (Constant's value_float: opset >= 12, which fuse_gelu requires), cast to
+    X's type from opset 15 on (CastLike), so a body also types for float64 there (the pass fuses
+    float64 only then)."""
     nodes = []
-    for name, v in (("sqrt2", math.sqrt(2.0)), ("one", 1.0), ("half", 0.5)):
+    for name, v in values:
         c = name if opset < 15 else f"{name}_f"
         nodes.append(_node("Constant", [], [c], value_float=v))
         if opset >= 15:
             nodes.append(_node("CastLike", [c, "X"], [name]))
-    return nodes + [_node("Div", ["X", "sqrt2"], ["u"]), _node("Erf", ["u"], ["e"]),
-                    _node("Add", ["e", "one"], ["p"]), _node("Mul", ["X", "p"], ["m"]),
-                    _node("Mul", ["m", "half"], ["Y"])]
+    return nodes
+
+
+def _gelu_body(opset: int) -> list:
+    """PyTorch's erf GELU as the legacy exporter writes it."""
+    return _constants(opset, (("sqrt2", math.sqrt(2.0)), ("one", 1.0), ("half", 0.5))) + [
+        _node("Div", ["X", "sqrt2"], ["u"]), _node("Erf", ["u"], ["e"]),
+        _node("Add", ["e", "one"], ["p"]), _node("Mul", ["X", "p"], ["m"]),
+        _node("Mul", ["m", "half"], ["Y"])]
+
+
+def _gelu_tanh_body(opset: int) -> list:
+    """PyTorch's tanh GELU (``approximate="tanh"``) as the legacy exporter writes it."""
+    consts = (("beta", math.sqrt(2.0 / math.pi)), ("kappa", 0.044715), ("one", 1.0),
+              ("half", 0.5))
+    return _constants(opset, consts) + [
+        _node("Mul", ["X", "X"], ["sq"]), _node("Mul", ["X", "sq"], ["cube"]),
+        _node("Mul", ["kappa", "cube"], ["kc"]), _node("Add", ["X", "kc"], ["s"]),
+        _node("Mul", ["beta", "s"], ["inner"]), _node("Tanh", ["inner"], ["t"]),
+        _node("Add", ["one", "t"], ["p"]), _node("Mul", ["X", "p"], ["m"]),
+        _node("Mul", ["half", "m"], ["Y"])]
 
 
 def function_proto(op_type: str, opset: int):

@@ -2,8 +2,9 @@
 
 ``Gelu`` is a standard op from opset 20; older models spell it ``Div -> Erf -> Add -> Mul ->
 Mul`` (PyTorch's legacy exporter), which ``passes/fuse_gelu.py`` turns into one node: the standard
-``Gelu`` at opset >= 20, else ``convrt.Gelu`` (same signature, defined here too) whose ONNX
-function body is that chain (``convrt/ops/fused.py``).
+``Gelu`` at opset >= 20, else ``convrt.Gelu`` (defined here too) whose ONNX function body is
+that chain (``convrt/ops/fused.py``); the tanh form likewise becomes ``Gelu(approximate="tanh")``
+or ``convrt.GeluTanh``.
 """
 
 from ..kernels import erf as K
@@ -37,6 +38,12 @@ def Gelu(ctx, X, *, approximate="none"):
 
 
 @register_op("Gelu", since=1, domain=CONVRT_DOMAIN)
-def GeluFused(ctx, X, *, approximate="none"):
-    """The fused GELU of a model older than opset 20 (see the module docstring)."""
-    return _gelu(ctx, X, approximate)
+def GeluFused(ctx, X):
+    """The fused erf GELU of a model older than opset 20 (see the module docstring)."""
+    return _gelu(ctx, X, "none")
+
+
+@register_op("GeluTanh", since=1, domain=CONVRT_DOMAIN)
+def GeluTanhFused(ctx, X):
+    """The fused tanh GELU of a model older than opset 20 (one op type per function body)."""
+    return _gelu(ctx, X, "tanh")

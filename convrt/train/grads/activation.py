@@ -159,10 +159,20 @@ def gelu_grad(ctx, gy):
     0.5 (1 + erf(x / sqrt 2)) and phi its density; "tanh": y = 0.5 x (1 + t), t = tanh(v),
     v = sqrt(2/pi) (x + 0.044715 x^3), so dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) dv/dx
     (PyTorch's gelu_backward, both forms).  Also the rule of the fused ``convrt.Gelu``."""
-    x = ctx.inputs[0]
     approximate = ctx.attrs.get("approximate", "none")
     if isinstance(approximate, bytes):
         approximate = approximate.decode()
+    return _gelu_grad(ctx, gy, approximate)
+
+
+@register_grad("GeluTanh")
+def gelu_tanh_grad(ctx, gy):
+    """The fused ``convrt.GeluTanh``: Gelu's rule for the tanh form."""
+    return _gelu_grad(ctx, gy, "tanh")
+
+
+def _gelu_grad(ctx, gy, approximate):
+    x = ctx.inputs[0]
     xd = x.astype(np.float64)
     if approximate == "tanh":
         c, k = np.sqrt(2.0 / np.pi), 0.044715
