@@ -377,3 +377,39 @@ def test_fuse_gelu_tanh_form_opset20_is_the_standard_op():
 def test_fuse_gelu_tanh_form_negative_cases(kw):
     _, ops, _ = _optimized(_gelu_tanh_chain(**kw))
     assert ops["Tanh"] == 1 and "convrt.GeluTanh" not in ops, ops
+
+
+# -- LayerNormalization's row kernel (ConvNeXt) ---------------------------------------------------
+@pytest.mark.parametrize("elem, dtype", [(F32, np.float32), (F64, np.float64)])
+@pytest.mark.parametrize("xs, axis, ss, const, bias", [
+    ((2, 5, 5, 96), -1, (96,), True, True),  # ConvNeXt's NHWC LayerNorm
+    ((2, 3, 4, 6), 2, (1, 6), True, True),  # Scale broadcast over the normalized dims
+    ((3, 7), 0, (3, 7), False, True),  # Scale, B as graph inputs
+    ((2, 3, 8), -1, (8,), True, False),  # no B
+    ((0, 4), 1, (4,), True, True),  # no rows
+])
+def test_layer_norm_rows_match_reference(elem, dtype, xs, axis, ss, const, bias):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(xs) * 3 + 1).astype(dtype)
+    s = rng.uniform(0.5, 1.5, ss).astype(dtype)
+    b = rng.standard_normal(ss).astype(dtype)
+    ins = ["x", "s"] + (["b"] if bias else [])
+    feeds, inputs, inits = {"x": x}, {"x": list(xs)}, []
+    for name, v in (("s", s), ("b", b))[:len(ins) - 1]:
+        if const:
+            inits.append((name, v))
+        else:
+            feeds[name], inputs[name] = v, list(v.shape)
+    m = _model([helper.make_node("LayerNormalization", ins, ["y"], axis=axis, epsilon=1e-6)],
+               inputs, ["y"], inits, opset=17, elem=elem)
+    y = _run(m, feeds)[0]
+    a = axis % len(xs)
+    xd = x.astype(np.float64)
+    axes = tuple(range(a, len(xs)))
+    exact = (xd - xd.mean(axis=axes, keepdims=True)) / np.sqrt(
+        xd.var(axis=axes, keepdims=True) + 1e-6) * s + (b if bias else 0)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y, exact, rtol=tol, atol=tol)
+    if dtype == np.float32 and x.size:
+        np.testing.assert_allclose(y, ReferenceEvaluator(m).run(None, feeds)[0], rtol=1e-5,
+                                   atol=1e-5)
