@@ -22,7 +22,9 @@ GELU (ONNX ``Gelu``, PyTorch ``nn.GELU``): ``0.5 x (1 + erf(x / sqrt 2))``.  For
 sum cancels (``erf -> -1``); it is computed as ``0.5 x erfc(|x| / sqrt 2)`` instead, from the same
 two ranges, so the tail keeps its relative precision.  The tanh form ``0.5 x (1 + tanh(v))``,
 ``v = sqrt(2/pi) (x + 0.044715 x^3)``, is ``x * sigmoid(2 v)`` (the same identity, no
-cancellation), with the vector ``sigmoid32``.
+cancellation), with the vector ``sigmoid32``.  Measured (tests): GELU within 13 ulp of the
+correctly rounded value over normal results (the worst just below x = -sqrt 2, where the small
+range's 1 - erf still cancels a little; the tests allow 16), the tanh form within 2e-5 relative.
 
 Special values follow the ONNX formula evaluated in IEEE arithmetic: erf(+-inf) = +-1,
 erf(-0) = -0, NaN -> NaN; gelu(+inf) = inf and gelu(-inf) = -inf * 0 = NaN in both forms, which
