@@ -65,6 +65,8 @@ MODELS = {
     "efficientnet_b0_b1": ("efficientnet_b0", 1),
     "mobilenet_v3_large_b1": ("mobilenet_v3_large", 1),
     "resnet50_b1": ("resnet50", 1),
+    "convnext_tiny_b1": ("convnext_tiny", 1),
+    "yolov8n_320_b1": ("yolov8n", 1),  # the builder's default: 320x320, static batch 1
 }
 DEFAULT_MODELS = ["vgg16_b1", "vgg16_b8", "small_vgg_b64", "resnet18_b1", "mobilenet_v2_b1"]
 TOL = 1e-4  # max abs error <= TOL * max|y_ort|

@@ -21,6 +21,7 @@ from .fuse_conv_activation import FuseConvActivationPass
 from .fuse_conv_add_relu import FuseConvAddReluPass
 from .fuse_conv_bias import FuseConvBiasPass
 from .fuse_conv_maxpool import FuseConvMaxPoolPass
+from .fuse_gelu import FuseGeluPass
 from .fuse_gemm_activation import FuseGemmActivationPass
 from .fuse_silu import FuseSiluPass
 
@@ -34,6 +35,7 @@ DEFAULT_PIPELINE: tuple[type[Pass], ...] = (
     FuseConvBiasPass,
     FuseConvAddReluPass,
     FuseSiluPass,
+    FuseGeluPass,
     FuseConvActivationPass,
     FuseConvMaxPoolPass,
     FuseGemmActivationPass,

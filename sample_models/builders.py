@@ -28,6 +28,7 @@ Command line::
     python sample_models/builders.py vgg16 [--bn] [-o PATH] [--opset 17] [--image 224]
     python sample_models/builders.py resnet18 | mobilenet_v2 | squeezenet1_1 | small_vgg_32
     python sample_models/builders.py efficientnet_b0 | mobilenet_v3_large | resnet50 [--image 64]
+    python sample_models/builders.py convnext_tiny [--image 64] | yolov8n [--image 320]
 
 prints the path of the written file.
 """
@@ -52,6 +53,8 @@ __all__ = [
     "efficientnet_b0",
     "mobilenet_v3_large",
     "resnet50",
+    "convnext_tiny",
+    "yolov8n",
     "build",
     "cached_model",
     "cache_dir",
@@ -637,6 +640,234 @@ def resnet50(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: i
 
 
 # ---------------------------------------------------------------------------
+# ConvNeXt-tiny (torchvision) and YOLOv8n (ultralytics), issue #21
+# ---------------------------------------------------------------------------
+# As the legacy exporter writes them at opset 17: LayerNorm2d as Transpose -> LayerNormalization
+# -> Transpose, nn.Linear on a 4-D tensor as MatMul + Add, nn.GELU() as Div(x, sqrt 2) -> Erf ->
+# Add 1 -> Mul x -> Mul 0.5, nn.SiLU as Sigmoid + Mul, torch.chunk / split as Split (sizes as an
+# input from opset 13), nn.Upsample(scale_factor=2) as Resize(nearest, asymmetric, floor).
+
+_CONVNEXT_TINY = [(96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)]
+_LN_EPS = 1e-6
+
+
+def _layer_norm(g: _Graph, x: str, c: int, name: str) -> str:
+    """nn.LayerNorm(c, eps=1e-6) over the last axis, with non-trivial affine parameters."""
+    w = g.rng.uniform(0.75, 1.25, c).astype(np.float32)
+    return g.node("LayerNormalization", [x, g.init(f"{name}.weight", w),
+                                         g.init(f"{name}.bias", g._small(c, 0.1))],
+                  name, axis=-1, epsilon=_LN_EPS)
+
+
+def _layer_norm_2d(g: _Graph, x: str, c: int, name: str) -> str:
+    """torchvision LayerNorm2d: permute to NHWC, LayerNorm over C, permute back."""
+    x = g.node("Transpose", [x], f"{name}.permute", perm=[0, 2, 3, 1])
+    x = _layer_norm(g, x, c, name)
+    return g.node("Transpose", [x], f"{name}.permute_1", perm=[0, 3, 1, 2])
+
+
+def _linear(g: _Graph, x: str, fin: int, fout: int, name: str, gain: float = 2.0) -> str:
+    """nn.Linear on a rank > 2 tensor: MatMul by the transposed weight, then Add the bias."""
+    w = g._he((fout, fin), fin, gain)
+    y = g.node("MatMul", [x, g.init(f"{name}.weight_t", np.ascontiguousarray(w.T))],
+               f"{name}.matmul")
+    return g.node("Add", [y, g.init(f"{name}.bias", g._small(fout))], f"{name}.add")
+
+
+def _gelu_erf(g: _Graph, x: str, name: str) -> str:
+    """nn.GELU() as the legacy exporter writes it (opset < 20)."""
+    u = g.node("Div", [x, g.const(np.sqrt(2.0))], f"{name}.div")
+    e = g.node("Erf", [u], f"{name}.erf")
+    p = g.node("Add", [e, g.const(1.0)], f"{name}.add")
+    m = g.node("Mul", [x, p], f"{name}.mul")
+    return g.node("Mul", [m, g.const(0.5)], f"{name}.mul_1")
+
+
+def convnext_tiny(num_classes: int = 1000, image: int = 224, opset: int = 17, seed: int = 0,
+                  layer_scale: float = 0.1) -> onnx.ModelProto:
+    """torchvision ConvNeXt-tiny: 4x4/4 stem conv + LayerNorm2d; stages of [3, 3, 9, 3] CNBlocks
+    (7x7 depthwise conv -> Transpose to NHWC -> LayerNorm -> Linear 4x -> GELU -> Linear ->
+    Transpose back -> Mul by the layer scale [C, 1, 1] -> Add the block input; stochastic depth
+    is the identity in eval) with LayerNorm2d + 2x2/2 conv between stages; GlobalAveragePool,
+    LayerNorm2d, Flatten, Gemm.  ``layer_scale``: the scale's mean (torchvision starts at 1e-6,
+    trained weights are far larger; 0.1 lets the random blocks change the result).  Opset >= 17
+    (LayerNormalization)."""
+    if opset < 17:
+        raise ValueError("convnext_tiny needs opset >= 17 (LayerNormalization)")
+    g = _Graph(seed, opset)
+    x = g.conv("input", 3, 96, 4, stride=4, name="features.0.0", gain=1.0)
+    x = _layer_norm_2d(g, x, 96, "features.0.1")
+    fi = 1
+    for cin, cout, n in _CONVNEXT_TINY:
+        for bi in range(n):
+            p = f"features.{fi}.{bi}"
+            y = g.conv(x, cin, cin, 7, pad=3, group=cin, name=f"{p}.block.0", gain=1.0)
+            y = g.node("Transpose", [y], f"{p}.block.1", perm=[0, 2, 3, 1])
+            y = _layer_norm(g, y, cin, f"{p}.block.2")
+            y = _linear(g, y, cin, 4 * cin, f"{p}.block.3")
+            y = _gelu_erf(g, y, f"{p}.block.4")
+            y = _linear(g, y, 4 * cin, cin, f"{p}.block.5", gain=1.0)
+            y = g.node("Transpose", [y], f"{p}.block.6", perm=[0, 3, 1, 2])
+            scale = (g.rng.uniform(0.5, 1.5, (cin, 1, 1)) * layer_scale).astype(np.float32)
+            y = g.node("Mul", [g.init(f"{p}.layer_scale", scale), y], f"{p}.mul")
+            x = g.add(y, x, name=f"{p}.add")
+        fi += 1
+        if cout is not None:
+            x = _layer_norm_2d(g, x, cin, f"features.{fi}.0")
+            x = g.conv(x, cin, cout, 2, stride=2, name=f"features.{fi}.1", gain=1.0)
+            fi += 1
+    x = g.gap(x, name="avgpool")
+    x = _layer_norm_2d(g, x, 768, "classifier.0")
+    x = g.flatten(x, name="classifier.1")
+    x = g.gemm(x, 768, num_classes, name="classifier.2", gain=1.0)
+    return _finish(g, "convnext_tiny", 3, image, x, num_classes,
+                   f"convnext_tiny (torchvision layout, random seeded weights, seed={seed})")
+
+
+def _yconv(g: _Graph, x: str, c1: int, c2: int, k: int = 1, s: int = 1, name: str = "") -> str:
+    """ultralytics Conv with its BatchNorm fused (as exported): Conv(bias) + SiLU."""
+    y = g.conv(x, c1, c2, k, stride=s, pad=k // 2, name=f"{name}.conv")
+    return _silu(g, y, f"{name}.act")
+
+
+def _split(g: _Graph, x: str, sizes: list[int], axis: int, name: str) -> list[str]:
+    name = g._unique(name)
+    outs = [f"{name}_output_{i}" for i in range(len(sizes))]
+    if g.opset >= 13:
+        ins = [x, g.init(f"{name}.split", np.array(sizes, np.int64))]
+        g.nodes.append(helper.make_node("Split", ins, outs, name=name, axis=axis))
+    else:
+        g.nodes.append(helper.make_node("Split", [x], outs, name=name, axis=axis, split=sizes))
+    return outs
+
+
+def _c2f(g: _Graph, x: str, c1: int, c2: int, n: int, shortcut: bool, p: str) -> str:
+    """C2f: cv1 (1x1 to 2c), Split in two, n Bottlenecks on the last piece (3x3, 3x3, + input
+    when ``shortcut``), Concat of every piece, cv2 (1x1)."""
+    c = c2 // 2
+    ys = _split(g, _yconv(g, x, c1, 2 * c, 1, name=f"{p}.cv1"), [c, c], 1, f"{p}.split")
+    for i in range(n):
+        y = _yconv(g, ys[-1], c, c, 3, name=f"{p}.m.{i}.cv1")
+        y = _yconv(g, y, c, c, 3, name=f"{p}.m.{i}.cv2")
+        ys.append(g.add(ys[-1], y, name=f"{p}.m.{i}.add") if shortcut else y)
+    y = g.node("Concat", ys, f"{p}.concat", axis=1)
+    return _yconv(g, y, (2 + n) * c, c2, 1, name=f"{p}.cv2")
+
+
+def _sppf(g: _Graph, x: str, c1: int, c2: int, p: str) -> str:
+    y = [_yconv(g, x, c1, c1 // 2, 1, name=f"{p}.cv1")]
+    for i in range(3):
+        y.append(g.maxpool(y[-1], 5, 1, pad=2, name=f"{p}.m" if i == 0 else f"{p}.m_{i}"))
+    return _yconv(g, g.node("Concat", y, f"{p}.concat", axis=1), 2 * c1, c2, 1, name=f"{p}.cv2")
+
+
+def _upsample(g: _Graph, x: str, name: str) -> str:
+    scales = g.init(f"{name}.scales", np.array([1, 1, 2, 2], np.float32))
+    return g.node("Resize", [x, "", scales], name, coordinate_transformation_mode="asymmetric",
+                  cubic_coeff_a=-0.75, mode="nearest", nearest_mode="floor")
+
+
+def _anchors(image: int, strides=(8, 16, 32)):
+    """ultralytics make_anchors (offset 0.5): cell centres in grid units, row-major per level,
+    as [1, 2, A] anchors and [1, A] strides."""
+    pts, st = [], []
+    for s in strides:
+        h = w = image // s
+        sy, sx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+        pts.append(np.stack([sx.reshape(-1), sy.reshape(-1)]))
+        st.append(np.full(h * w, s))
+    return (np.concatenate(pts, 1)[None].astype(np.float32),
+            np.concatenate(st)[None].astype(np.float32))
+
+
+def yolov8n(image: int = 320, batch: int = 1, num_classes: int = 80, opset: int = 17,
+            seed: int = 0) -> onnx.ModelProto:
+    """ultralytics YOLOv8n (depth 0.33, width 0.25) as ``model.export(format="onnx")`` writes it
+    (static shapes, BatchNorm fused): backbone Conv(3x3/2) x2, C2f, ... , SPPF; PAN head with
+    Resize-nearest upsampling and Concat; Detect head (per level two branches of Conv 3x3 x2 +
+    1x1 conv: 64 box-distribution and ``num_classes`` class channels), flattened and joined
+    into [batch, 4 + num_classes, A] (A = 2100 at 320x320), DFL (Reshape, Transpose, Softmax,
+    a fixed 1x1 conv with weights 0..15), dist2bbox (Slice, Sub, Add, Div, Concat) times the
+    strides, class Sigmoid.  Input "images" [batch, 3, image, image], output "output0"."""
+    if opset < 11 or image % 32:
+        raise ValueError("yolov8n needs opset >= 11 and an image size divisible by 32")
+    g = _Graph(seed, opset)
+    x = _yconv(g, "images", 3, 16, 3, 2, name="model.0")
+    x = _yconv(g, x, 16, 32, 3, 2, name="model.1")
+    x = _c2f(g, x, 32, 32, 1, True, "model.2")
+    x = _yconv(g, x, 32, 64, 3, 2, name="model.3")
+    p3 = _c2f(g, x, 64, 64, 2, True, "model.4")
+    x = _yconv(g, p3, 64, 128, 3, 2, name="model.5")
+    p4 = _c2f(g, x, 128, 128, 2, True, "model.6")
+    x = _yconv(g, p4, 128, 256, 3, 2, name="model.7")
+    x = _c2f(g, x, 256, 256, 1, True, "model.8")
+    p5 = _sppf(g, x, 256, 256, "model.9")
+    x = g.node("Concat", [_upsample(g, p5, "model.10"), p4], "model.11", axis=1)
+    h4 = _c2f(g, x, 384, 128, 1, False, "model.12")
+    x = g.node("Concat", [_upsample(g, h4, "model.13"), p3], "model.14", axis=1)
+    o3 = _c2f(g, x, 192, 64, 1, False, "model.15")
+    x = g.node("Concat", [_yconv(g, o3, 64, 64, 3, 2, name="model.16"), h4], "model.17", axis=1)
+    o4 = _c2f(g, x, 192, 128, 1, False, "model.18")
+    x = g.node("Concat", [_yconv(g, o4, 128, 128, 3, 2, name="model.19"), p5], "model.20",
+               axis=1)
+    o5 = _c2f(g, x, 384, 256, 1, False, "model.21")
+    reg, no = 16, 4 * 16 + num_classes
+    c2, c3 = max(16, 64 // 4, reg * 4), max(64, min(num_classes, 100))
+    flat = []
+    for i, (f, c) in enumerate([(o3, 64), (o4, 128), (o5, 256)]):
+        p = "model.22"
+        b = _yconv(g, f, c, c2, 3, name=f"{p}.cv2.{i}.0")
+        b = _yconv(g, b, c2, c2, 3, name=f"{p}.cv2.{i}.1")
+        b = g.conv(b, c2, 4 * reg, 1, name=f"{p}.cv2.{i}.2", gain=1.0)
+        k = _yconv(g, f, c, c3, 3, name=f"{p}.cv3.{i}.0")
+        k = _yconv(g, k, c3, c3, 3, name=f"{p}.cv3.{i}.1")
+        k = g.conv(k, c3, num_classes, 1, name=f"{p}.cv3.{i}.2", gain=1.0)
+        y = g.node("Concat", [b, k], f"{p}.concat_{i}", axis=1)
+        shape = g.init(f"{p}.shape_{i}", np.array([batch, no, -1], np.int64))
+        flat.append(g.node("Reshape", [y, shape], f"{p}.reshape_{i}"))
+    x = g.node("Concat", flat, "model.22.concat", axis=2)
+    box, cls = _split(g, x, [4 * reg, num_classes], 1, "model.22.split")
+    a = (image // 8) ** 2 + (image // 16) ** 2 + (image // 32) ** 2
+    d = g.node("Reshape", [box, g.init("model.22.dfl.shape", np.array([batch, 4, reg, a],
+                                                                        np.int64))],
+               "model.22.dfl.reshape")
+    d = g.node("Transpose", [d], "model.22.dfl.transpose", perm=[0, 2, 1, 3])
+    d = g.node("Softmax", [d], "model.22.dfl.softmax", axis=1)
+    w = g.init("model.22.dfl.conv.weight", np.arange(reg, dtype=np.float32).reshape(1, reg, 1, 1))
+    d = g.node("Conv", [d, w], "model.22.dfl.conv", kernel_shape=[1, 1])
+    d = g.node("Reshape", [d, g.init("model.22.dfl.shape_1", np.array([batch, 4, a], np.int64))],
+               "model.22.dfl.reshape_1")
+
+    def piece(lo, hi, name):
+        ins = [d] + [g.init(f"{name}.{k}", np.array([v], np.int64))
+                     for k, v in (("starts", lo), ("ends", hi), ("axes", 1))]
+        return g.node("Slice", ins, name)
+
+    lt, rb = piece(0, 2, "model.22.slice"), piece(2, 4, "model.22.slice_1")
+    anchors, strides = _anchors(image)
+    anc = g.init("model.22.anchors", anchors)
+    x1y1 = g.node("Sub", [anc, lt], "model.22.sub")
+    x2y2 = g.node("Add", [anc, rb], "model.22.add")
+    cxy = g.node("Div", [g.node("Add", [x1y1, x2y2], "model.22.add_1"), g.const(2.0)],
+                 "model.22.div")
+    wh = g.node("Sub", [x2y2, x1y1], "model.22.sub_1")
+    box = g.node("Concat", [cxy, wh], "model.22.concat_3", axis=1)
+    box = g.node("Mul", [box, g.init("model.22.strides", strides)], "model.22.mul")
+    g.node("Concat", [box, g.node("Sigmoid", [cls], "model.22.sigmoid")], "model.22.concat_4",
+           axis=1)
+    g.nodes[-1].output[0] = "output0"
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, image, image])
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + num_classes, a])
+    graph = helper.make_graph(g.nodes, "yolov8n", [inp], [out], g.inits)
+    opsets = [helper.make_opsetid("", g.opset)]
+    m = helper.make_model(graph, opset_imports=opsets, producer_name="convrt.sample_models.builders",
+                          producer_version=str(BUILDER_VERSION),
+                          ir_version=helper.find_min_ir_version_for(opsets))
+    m.doc_string = f"yolov8n (ultralytics layout, random seeded weights, seed={seed})"
+    return m
+
+
+# ---------------------------------------------------------------------------
 # Registry, cache, CLI
 # ---------------------------------------------------------------------------
 
@@ -659,6 +890,8 @@ MODELS = {
     "efficientnet_b0": efficientnet_b0,
     "mobilenet_v3_large": mobilenet_v3_large,
     "resnet50": resnet50,
+    "convnext_tiny": convnext_tiny,
+    "yolov8n": yolov8n,
 }
 
 
@@ -738,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("small_vgg_32 has a fixed 32x32 input")
         kw["image"] = a.image
     if a.fold_bn:
-        if a.model == "squeezenet1_1":
+        if a.model in ("squeezenet1_1", "convnext_tiny", "yolov8n"):
             ap.error("squeezenet1_1 has no BatchNormalization")
         kw["fold_bn"] = True
     if a.bn:

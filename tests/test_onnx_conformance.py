@@ -35,7 +35,7 @@ Conv ConvTranspose MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNorm
 Relu LeakyRelu PRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Clip Softmax LogSoftmax Gemm
 MatMul Add Sub Mul Div Pow Sqrt Exp Log Max Min Mean Sum Concat Flatten Reshape Transpose Squeeze
 Unsqueeze Pad Dropout Identity Constant ConstantOfShape Shape Gather Slice Cast ReduceMean
-Resize Upsample
+Resize Upsample Erf Gelu Split LayerNormalization
 """.split())
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")

@@ -24,6 +24,11 @@ FusedConvSilu          X, W, B                  Conv -> Sigmoid -> Mul(conv, sig
 FusedConvHardSigmoid   X, W, B                  Conv -> HardSigmoid(alpha, beta)
 FusedConvHardSwish     X, W, B                  Conv -> HardSwish        (MobileNetV3)
 Silu                   X                        Sigmoid -> Mul(X, sigmoid)   (no conv before it)
+Gelu                   X                        Div(X, sqrt 2) -> Erf -> Add 1 -> Mul X -> Mul 0.5
+                                                (registered in ops/gelu.py; opset >= 15 bodies
+                                                cast the constants to X's type with CastLike)
+GeluTanh               X                        0.5 X (1 + Tanh(sqrt(2/pi) (X + 0.044715 X^3)))
+                                                as Mul/Add/Tanh, PyTorch's tanh GELU export
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
 FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
 FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
@@ -70,7 +75,8 @@ CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
 # fused conv op -> the conv op it pools (kernel 2x2, stride 2, no padding, floor mode)
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
 POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
-FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu")
+FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu",
+                                                     "Gelu", "GeluTanh")
 # activations only the 2-D kernels' epilogues apply (ops/conv3d.py has its own table)
 EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
@@ -272,6 +278,12 @@ def function_def(op_type: str, opset: int) -> Function:
     elif op_type == "Silu":
         inputs = ["X"]
         nodes = [_node("Sigmoid", ["X"], ["sig"]), _node("Mul", ["X", "sig"], ["Y"])]
+    elif op_type == "Gelu":
+        inputs = ["X"]
+        nodes = _gelu_body(opset)
+    elif op_type == "GeluTanh":
+        inputs = ["X"]
+        nodes = _gelu_tanh_body(opset)
     elif op_type == "ChannelAffine":
         inputs = ["X", "scale", "shift"]
         nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]
@@ -279,6 +291,39 @@ def function_def(op_type: str, opset: int) -> Function:
         raise KeyError(op_type)
     return Function(CONVRT_DOMAIN, op_type, tuple(inputs), ("Y",), tuple(nodes), {"": int(opset)},
                     tuple(attrs), doc)
+
+
+def _constants(opset: int, values) -> list:
+    """Constant nodes (Constant's value_float: opset >= 12, which fuse_gelu requires), cast to
+    X's type from opset 15 on (CastLike), so a body also types for float64 there (the pass fuses
+    float64 only then)."""
+    nodes = []
+    for name, v in values:
+        c = name if opset < 15 else f"{name}_f"
+        nodes.append(_node("Constant", [], [c], value_float=v))
+        if opset >= 15:
+            nodes.append(_node("CastLike", [c, "X"], [name]))
+    return nodes
+
+
+def _gelu_body(opset: int) -> list:
+    """PyTorch's erf GELU as the legacy exporter writes it."""
+    return _constants(opset, (("sqrt2", math.sqrt(2.0)), ("one", 1.0), ("half", 0.5))) + [
+        _node("Div", ["X", "sqrt2"], ["u"]), _node("Erf", ["u"], ["e"]),
+        _node("Add", ["e", "one"], ["p"]), _node("Mul", ["X", "p"], ["m"]),
+        _node("Mul", ["m", "half"], ["Y"])]
+
+
+def _gelu_tanh_body(opset: int) -> list:
+    """PyTorch's tanh GELU (``approximate="tanh"``) as the legacy exporter writes it."""
+    consts = (("beta", math.sqrt(2.0 / math.pi)), ("kappa", 0.044715), ("one", 1.0),
+              ("half", 0.5))
+    return _constants(opset, consts) + [
+        _node("Mul", ["X", "X"], ["sq"]), _node("Mul", ["X", "sq"], ["cube"]),
+        _node("Mul", ["kappa", "cube"], ["kc"]), _node("Add", ["X", "kc"], ["s"]),
+        _node("Mul", ["beta", "s"], ["inner"]), _node("Tanh", ["inner"], ["t"]),
+        _node("Add", ["one", "t"], ["p"]), _node("Mul", ["X", "p"], ["m"]),
+        _node("Mul", ["half", "m"], ["Y"])]
 
 
 def function_proto(op_type: str, opset: int):

@@ -81,6 +81,37 @@ def Gemm(ctx, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     return bind_gemm(ctx, A, B, C, alpha, beta, transA, transB)
 
 
+# From this many rows of A (and columns of B) on, a MatMul by a constant B runs as a 1x1
+# convolution: weights B^T (N output channels of K), packed once, over the image A^T (K channels
+# of P pixels), then out = (B^T A^T)^T.  gemm_packed is written for a classifier's few rows
+# (column chunks that keep an output row in L1); on ConvNeXt's Linear layers it took 34-36 ms
+# per MatMul ([3136, 96] x [96, 384], [49, 3072] x [3072, 768]), the conv form 1.5-2.9 ms with
+# both transposes (measured 2026-12-06, busy 2-core box).  numpy's BLAS took 1.0 ms idle, but
+# its spinning thread pool fights numba's under load (1.1 s for the model's 36 MatMuls then);
+# A as the conv's weights instead would repack A on every run (12 ms for [3136, 384]).
+MATMUL_CONV_MIN = 16
+
+
+def _matmul_as_conv(ctx, dtype, rows, b):
+    """``(run, scratch)``: ``run(a, b, out)`` computes ``a.reshape(rows, K) @ b`` with the conv
+    kernels; ``scratch``: the bytes of its per-run transposed copies (for the memory budget)."""
+    from ..kernels.conv.select import Conv2d
+
+    kdim, ncols = b.shape
+    wt = np.ascontiguousarray(b.T, dtype=dtype).reshape(ncols, kdim, 1, 1)
+    packs = None if ctx.packs is None else (ctx.packs, ("matmul", id(b)), (b,))
+    conv = Conv2d(wt, None, (1, kdim, 1, rows), dtype=dtype, packs=packs)
+
+    def run(a, _b, out):
+        image = np.empty((kdim, rows), dtype)  # per run: concurrent runs share the kernel
+        np.copyto(image, a.reshape(rows, kdim).T)
+        y = np.empty((ncols, rows), dtype)
+        conv(image.reshape(1, kdim, 1, rows), y.reshape(1, ncols, 1, rows))
+        np.copyto(out.reshape(rows, ncols), y.T)
+
+    return run, (kdim + ncols) * rows * np.dtype(dtype).itemsize + conv.scratch_bytes()
+
+
 @register_op("MatMul", since=(1, 9, 13))
 def MatMul(ctx, A, B):
     ctx.check(A.dtype == B.dtype, f"dtypes differ ({A.dtype} vs {B.dtype})")
@@ -100,6 +131,10 @@ def MatMul(ctx, A, B):
     macs = int(np.prod(shape)) * a_shape[-1] if all(known(v) for v in shape + a_shape) else 0
     if not ctx.binding:
         return ctx.result([shape], [A.dtype], flops=macs)
+    if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES and \
+            int(np.prod(A.shape[:-1])) >= MATMUL_CONV_MIN and B.shape[1] >= MATMUL_CONV_MIN:
+        run, scratch = _matmul_as_conv(ctx, A.dtype, int(np.prod(A.shape[:-1])), B.value)
+        return ctx.result([shape], [A.dtype], run, flops=macs, scratch=scratch)
     if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES:
         packed = np.ascontiguousarray(B.value)
         kdim, ncols = packed.shape

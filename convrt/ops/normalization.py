@@ -5,6 +5,7 @@ import numpy as np
 
 
 from ..kernels.elementwise import channel_affine
+from ..kernels.layer_norm import layer_norm as _layer_norm
 from ._shape import FLOAT16_UP, FLOAT_TYPES
 from ._shape import axis as norm_axis
 from .params import bn_affine  # noqa: F401  (also imported from here by train/grads/norm.py)
@@ -64,9 +65,10 @@ def BatchNormalization(ctx, X, scale, B, input_mean, input_var, *, epsilon=1e-5,
 def LayerNormalization(ctx, X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1):
     """y = (x - mean) / sqrt(var + eps) * Scale + B over dims [axis, rank) (ConvNeXt, ViTs).
 
-    Statistics are taken in float32 (stash_type 1; float64 input keeps float64) with numpy's
-    pairwise sums: a ConvNeXt LayerNorm is a small share of its time, and numpy's reductions are
-    already vectorized.  Mean and InvStdDev (optional outputs) have X's leading dims and 1s."""
+    float32/float64 with only Y wanted: one numba pass per row (``kernels/layer_norm.py``,
+    statistics in float64).  Otherwise (float16, or the optional Mean and InvStdDev outputs,
+    which have X's leading dims and 1s) numpy, statistics in float32 (stash_type 1; float64
+    input keeps float64)."""
     ctx.check(X.dtype in FLOAT16_UP, f"dtype {X.dtype} is not supported")
     ctx.check(X.rank is not None and X.rank >= 1, f"input rank {X.rank} must be >= 1")
     ctx.check(int(stash_type) in (1, 11), f"stash_type {stash_type} must be 1 or 11")
@@ -92,6 +94,8 @@ def LayerNormalization(ctx, X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_ty
     n_in = 3 if B is not None else 2
     axes = tuple(range(a, X.rank))
     eps = float(epsilon)
+    if n_out == 1 and X.dtype in FLOAT_TYPES and ctx.binding:
+        return _layer_norm_rows(ctx, X, Scale, B, norm, eps)
 
     def run(*args):
         x, s = args[0], args[1]
@@ -111,3 +115,27 @@ def LayerNormalization(ctx, X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_ty
             np.copyto(o, v, casting="unsafe")
 
     return ctx.result(shapes, dtypes, run)
+
+
+def _layer_norm_rows(ctx, X, Scale, B, norm, eps):
+    """The numba form: x as (rows, width); Scale and B expanded to the normalized shape once
+    when constant (they may broadcast, e.g. [1, C] against [H, C])."""
+    width = int(np.prod(norm))
+    rows = int(np.prod(X.shape)) // width if width else 0
+    dt = X.dtype
+
+    def full(t):
+        return None if t is None or t.value is None else np.ascontiguousarray(
+            np.broadcast_to(t.value.astype(dt), norm).reshape(-1))
+
+    s_c, b_c = full(Scale), full(B) if B is not None else np.zeros(width, dt)
+
+    def run(x, s, *rest):  # rest = ([b], out)
+        sv = s_c if s_c is not None else np.ascontiguousarray(
+            np.broadcast_to(s, norm).reshape(-1))
+        bv = b_c if b_c is not None else np.ascontiguousarray(
+            np.broadcast_to(rest[0], norm).reshape(-1))
+        if rows and width:
+            _layer_norm(x.reshape(rows, width), sv, bv, eps, rest[-1].reshape(rows, width))
+
+    return ctx.result([X.shape], [X.dtype], run)

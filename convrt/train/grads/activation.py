@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...kernels import erf as KE
 from ..kernels import elementwise as K
 from .registry import register_grad
 
@@ -131,3 +132,53 @@ def selu_grad(ctx, gy):
     x, y = ctx.inputs[0], ctx.outputs[0]
     a, g = float(ctx.attrs["alpha"]), float(ctx.attrs["gamma"])
     return (gy[0] * np.where(x > 0, _x_dtype(ctx, g), y + _x_dtype(ctx, g * a)),)
+
+
+_TWO_OVER_SQRT_PI = 1.1283791670955126
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _erf(x):
+    """erf elementwise (numpy has none): convrt's own kernel, float32 or float64."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    KE.erf(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+@register_grad("Erf")
+def erf_grad(ctx, gy):
+    """d erf(x) / dx = 2 / sqrt(pi) exp(-x^2)."""
+    x = ctx.inputs[0]
+    return (gy[0] * (_x_dtype(ctx, _TWO_OVER_SQRT_PI) * np.exp(-(x * x))),)
+
+
+@register_grad("Gelu")
+def gelu_grad(ctx, gy):
+    """approximate="none": d(x Phi(x))/dx = Phi(x) + x phi(x), Phi the normal CDF
+    0.5 (1 + erf(x / sqrt 2)) and phi its density; "tanh": y = 0.5 x (1 + t), t = tanh(v),
+    v = sqrt(2/pi) (x + 0.044715 x^3), so dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) dv/dx
+    (PyTorch's gelu_backward, both forms).  Also the rule of the fused ``convrt.Gelu``."""
+    approximate = ctx.attrs.get("approximate", "none")
+    if isinstance(approximate, bytes):
+        approximate = approximate.decode()
+    return _gelu_grad(ctx, gy, approximate)
+
+
+@register_grad("GeluTanh")
+def gelu_tanh_grad(ctx, gy):
+    """The fused ``convrt.GeluTanh``: Gelu's rule for the tanh form."""
+    return _gelu_grad(ctx, gy, "tanh")
+
+
+def _gelu_grad(ctx, gy, approximate):
+    x = ctx.inputs[0]
+    xd = x.astype(np.float64)
+    if approximate == "tanh":
+        c, k = np.sqrt(2.0 / np.pi), 0.044715
+        t = np.tanh(c * (xd + k * xd ** 3))
+        d = 0.5 * (1 + t) + 0.5 * xd * (1 - t * t) * c * (1 + 3 * k * xd * xd)
+    else:
+        cdf = 0.5 * (1 + _erf(xd / np.sqrt(2.0)))
+        d = cdf + xd * _INV_SQRT_2PI * np.exp(-0.5 * xd * xd)
+    return (gy[0] * d.astype(x.dtype),)

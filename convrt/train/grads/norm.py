@@ -129,3 +129,32 @@ def lrn_grad(ctx, gy):
     t = _window_sum(g3 * y3 / d, hi_off, lo_off)
     gx = g3 * d ** -beta - (2 * beta * alpha / size) * x3 * t
     return (gx.reshape(x.shape).astype(x.dtype),)
+
+
+@register_grad("LayerNormalization")
+def layer_norm_grad(ctx, gy):
+    """y = xhat * Scale + B, xhat = (x - mean) * inv, inv = 1 / sqrt(var + eps), statistics over
+    the axes from ``axis`` on.  With g = gy * Scale (broadcast), per normalized row:
+    dx = inv * (g - mean(g) - xhat * mean(g * xhat)); dScale = gy * xhat and dB = gy in the
+    output's shape (autodiff sums them to Scale's and B's shapes).  Computed in float64 (the
+    statistics' cancellation matters more here than in the forward's float32 stash)."""
+    if any(g is not None for g in gy[1:]):
+        raise TrainingError(f"node '{ctx.label}' (LayerNormalization): no backward rule through "
+                            "the Mean / InvStdDev outputs")
+    x, scale = ctx.inputs[0], ctx.inputs[1]
+    eps = float(ctx.attrs.get("epsilon", 1e-5))
+    axis = int(ctx.attrs.get("axis", -1))
+    axes = tuple(range(axis + x.ndim if axis < 0 else axis, x.ndim))
+    xd = x.astype(np.float64)
+    d = xd - xd.mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt((d * d).mean(axis=axes, keepdims=True) + eps)
+    xhat = d * inv
+    g0 = gy[0].astype(np.float64)
+    g = g0 * scale.astype(np.float64)
+    gx = inv * (g - g.mean(axis=axes, keepdims=True)
+                - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    out = (gx.astype(x.dtype) if ctx.needs[0] else None,
+           (g0 * xhat).astype(x.dtype) if ctx.needs[1] else None)
+    if len(ctx.inputs) > 2 and ctx.inputs[2] is not None:
+        out += (gy[0] if ctx.needs[2] else None,)
+    return out

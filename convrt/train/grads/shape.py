@@ -1,5 +1,5 @@
 """Backward of the ops that only move data: Identity, Flatten, Reshape, Squeeze, Unsqueeze,
-Concat."""
+Concat, Split."""
 
 from __future__ import annotations
 
@@ -91,3 +91,14 @@ def pad_grad(ctx, gy):
     gx = np.zeros_like(x)
     gx[tuple(dst)] = gy[0][tuple(src)]
     return (gx,) + (None,) * (len(ctx.inputs) - 1)
+
+
+@register_grad("Split", nondiff=(1,))
+def split_grad(ctx, gy):
+    """The outputs' gradients concatenated back along the axis; an output nothing reads
+    contributes zeros of its shape."""
+    x = ctx.inputs[0]
+    axis = int(ctx.attrs.get("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    parts = [np.zeros(o.shape, x.dtype) if g is None else g for g, o in zip(gy, ctx.outputs)]
+    return (np.concatenate(parts, axis=axis),) + (None,) * (len(ctx.inputs) - 1)
