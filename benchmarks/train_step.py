@@ -1,14 +1,24 @@
 """One training step (forward + backward + SGD update), convrt vs PyTorch CPU, same run
 (run by hand; needs torch).
 
-    python benchmarks/train_step.py [--batch 64] [--repeat 5] [--threads 2]
+    python benchmarks/train_step.py [--cases small_vgg_bn_b64 resnet18_64_b8 ...]
+                                    [--repeat 7] [--threads 2]
 
-Model: ``sample_models/builders.py`` ``small_vgg_32(batch_norm=True)`` (conv 64-64-M-128-128-M-
-256-256-M with BN and ReLU, Gemm 4096->10), input (batch, 3, 32, 32), cross-entropy, SGD with
-momentum 0.9.  BN runs in training mode on both sides.  PyTorch runs the same weights through
-``train_torch_ref.TorchTwin`` (torch's functional conv/BN/pool ops) on ``--threads`` threads;
-convrt uses numba's threads (both default to 2, the machine's cores).  Steps alternate between
-the two so background load hits both alike; medians are printed with their ratio.
+Cases (issue #23's three):
+
+* ``small_vgg_bn_b64``: ``builders.small_vgg_32(batch_norm=True)`` (conv 64-64-M-128-128-M-
+  256-256-M with BN and ReLU, Gemm 4096->10), input (64, 3, 32, 32), everything trained;
+* ``resnet18_64_b8``: ``builders.resnet18(image=64)`` with BN (torchvision's structure, 1000
+  classes), input (8, 3, 64, 64), full fine-tune;
+* ``resnet18_64_b8_head``: the same, only ``fc.*`` trained: convrt's ``Trainer(trainable=
+  ["fc.*"])`` (its BN then runs in eval mode, ``batchnorm="auto"``, and the frozen backbone
+  runs as one inference plan); PyTorch's twin in eval mode with every other parameter
+  ``requires_grad_(False)``, as a fine-tuning script freezes a backbone.
+
+Cross-entropy, SGD with momentum 0.9; BN in training mode on both sides where it trains.
+PyTorch runs the same weights through ``train_torch_ref.TorchTwin`` (torch's functional
+conv/BN/pool ops) on ``--threads`` threads; convrt uses numba's threads.  Steps alternate
+between the two so background load hits both alike; medians are printed with their ratio.
 """
 
 from __future__ import annotations
@@ -31,29 +41,41 @@ from train_torch_ref import TorchTwin  # noqa: E402
 
 from convrt.train import SGD, Trainer  # noqa: E402
 
+# name -> (model builder, input shape, classes, trainable patterns or None for all)
+CASES = {
+    "small_vgg_bn_b64": (lambda: builders.small_vgg_32(batch_norm=True), (64, 3, 32, 32), 10,
+                         None),
+    "resnet18_64_b8": (lambda: builders.resnet18(image=64), (8, 3, 64, 64), 1000, None),
+    "resnet18_64_b8_head": (lambda: builders.resnet18(image=64), (8, 3, 64, 64), 1000,
+                            ["fc.*"]),
+}
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    import numba
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
 
-    model = builders.small_vgg_32(batch_norm=True)
+def run_case(name: str, repeat: int) -> tuple[float, float, float]:
+    build, shape, classes, trainable = CASES[name]
+    model = build()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 3, 32, 32), dtype=np.float32)
-    y = rng.integers(0, 10, args.batch)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y = rng.integers(0, classes, shape[0])
 
     t0 = time.perf_counter()
-    tr = Trainer(model, optimizer=SGD(lr=0.01, momentum=0.9))
+    tr = Trainer(model, optimizer=SGD(lr=0.01, momentum=0.9), trainable=trainable)
     tr.step(x, y)  # compiles/binds
     first = time.perf_counter() - t0
 
-    twin = TorchTwin(model).train()
-    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+    twin = TorchTwin(model)
+    if trainable is None:
+        twin.train()
+        params = list(twin.parameters())
+    else:  # a frozen backbone: eval mode, no gradient recorded for it
+        twin.eval()
+        keep = set(tr.params)
+        params = []
+        for n, p in twin.named_onnx_parameters().items():
+            p.requires_grad_(n in keep)
+            if n in keep:
+                params.append(p)
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     xt, yt = torch.tensor(x), torch.tensor(y)
 
     def torch_step():
@@ -65,21 +87,33 @@ def main():
 
     torch_step()
     ours, theirs = [], []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         t = time.perf_counter()
         tr.step(x, y)
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
         torch_step()
         theirs.append(time.perf_counter() - t)
-    mc, mt = float(np.median(ours)), float(np.median(theirs))
-    print(f"small_vgg_32 (BN, train mode), batch {args.batch}, {args.threads} threads, "
-          f"{args.repeat} steps each")
-    print(f"convrt  step: median {mc * 1e3:8.1f} ms  (min {min(ours) * 1e3:.1f}; first step "
-          f"incl. load/compile {first:.1f} s)")
-    print(f"PyTorch step: median {mt * 1e3:8.1f} ms  (min {min(theirs) * 1e3:.1f}; "
-          f"torch {torch.__version__})")
-    print(f"ratio convrt / PyTorch: {mc / mt:.2f}x")
+    return float(np.median(ours)), float(np.median(theirs)), first
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import numba
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+
+    print(f"{args.threads} threads, {args.repeat} alternating steps each, torch "
+          f"{torch.__version__}")
+    print(f"{'case':22s} {'convrt ms':>10s} {'PyTorch ms':>11s} {'ratio':>6s}  first step")
+    for name in args.cases:
+        mc, mt, first = run_case(name, args.repeat)
+        print(f"{name:22s} {mc * 1e3:10.1f} {mt * 1e3:11.1f} {mc / mt:6.2f}  {first:.1f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,11 @@ CASES = {
         "depthwise_stride2": conv((1, 3, 6, 6), (3, 1, 3, 3), group=3, strides=[2, 2]),
         "same_upper_even_kernel": conv((1, 2, 5, 5), (2, 2, 2, 2), auto_pad="SAME_UPPER"),
         "conv1d": conv((2, 2, 9), (3, 2, 3), strides=[2], pads=[1, 2]),
+        # unit stride, one group: dX by the forward kernels (grads/conv.py _dx_by_forward_conv)
+        "1x1_unit": conv((2, 5, 4, 6), (7, 5, 1, 1)),
+        "5x5_asym_pads": conv((1, 3, 7, 6), (4, 3, 5, 5), pads=[0, 1, 2, 3]),
+        "deep_3x3": conv((2, 24, 6, 7), (20, 24, 3, 3), pads=[1, 1, 1, 1]),
+        "3x3_pad3_beyond_kernel": conv((1, 2, 4, 4), (3, 2, 3, 3), pads=[3, 0, 3, 1]),
     },
     "Gemm": {
         "plain": gemm((3, 4), (4, 5)),
