@@ -103,7 +103,7 @@ def _adam_value(p, g, m, v, lr_bc1, wd, decay, b1, c1, b2, c2, sqrt_bc2, eps):
     d = g + wd * p if wd != 0 else g
     mn = m * b1 + c1 * d
     vn = v * b2 + c2 * d * d
-    return p - lr_bc1 * (mn / (np.sqrt(vn) / sqrt_bc2 + eps)), mn, vn
+    return p - lr_bc1 * (mn / (math.sqrt(vn) / sqrt_bc2 + eps)), mn, vn
 
 
 @pjit(fastmath=_SUM)
