@@ -26,7 +26,7 @@ from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
-from .runtime.malloc import tune_malloc
+from .runtime.malloc import loading as malloc_loading
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
@@ -259,18 +259,20 @@ class InferenceSession:
                           if self.options.enable_profiling else None)
         limit = int(self.options.memory_limit or 0)
         budget = self.options.memory_budget
-        tune_malloc()  # before loading: its freed temporaries are what the tuning is about
-        self.graph: Graph = load(path_or_bytes, base_dir,
-                                 min(budget, limit) if limit else budget)
-        self.unoptimized_node_count = len(self.graph.nodes)
-        # the unoptimized graph, loaded again on the first fetch of a value the passes fuse away
-        self._fetch = FetchCache(_reloader(path_or_bytes, base_dir, min(budget, limit)
-                                           if limit else budget),
-                                 level_name(self.options.graph_optimization_level),
-                                 tuple(self.options.disabled_optimizers),
-                                 self.options.memory_budget, self._threads)
-        self.pass_report = optimize(self.graph, level_name(self.options.graph_optimization_level),
-                                    tuple(self.options.disabled_optimizers))
+        with malloc_loading():  # its freed temporaries must not stay as heap holes
+            self.graph: Graph = load(path_or_bytes, base_dir,
+                                     min(budget, limit) if limit else budget)
+            self.unoptimized_node_count = len(self.graph.nodes)
+            # the unoptimized graph, loaded again on the first fetch of a value the passes
+            # fuse away
+            self._fetch = FetchCache(_reloader(path_or_bytes, base_dir, min(budget, limit)
+                                               if limit else budget),
+                                     level_name(self.options.graph_optimization_level),
+                                     tuple(self.options.disabled_optimizers),
+                                     self.options.memory_budget, self._threads)
+            self.pass_report = optimize(self.graph,
+                                        level_name(self.options.graph_optimization_level),
+                                        tuple(self.options.disabled_optimizers))
         self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
         self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
         self._outputs = [v.name for v in self.graph.outputs]

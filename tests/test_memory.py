@@ -184,34 +184,41 @@ def test_without_the_arena_option_each_run_frees_its_arena():
 _MALLOC_PROBE = r"""
 import sys
 import numpy as np
-import convrt
-if sys.argv[1] == "session":
-    convrt.InferenceSession("sample_models/small_vgg.onnx")
-big = np.ones(8 << 20, np.uint8)  # an 8 MiB block, mmapped and then freed:
-del big                            # glibc's dynamic threshold would now rise to 8 MiB
-a = np.ones(2 << 20, np.uint8)     # 2 MiB: from the heap, unless the threshold is fixed
-addr = a.ctypes.data
-for line in open("/proc/self/maps"):
-    lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
-    if lo <= addr < hi:
-        print("heap" if line.rstrip().endswith("[heap]") else "mmap")
+from convrt.runtime.malloc import loading
+
+def where(a):
+    addr = a.ctypes.data
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if lo <= addr < hi:
+            return "heap" if line.rstrip().endswith("[heap]") else "mmap"
+
+def probe():
+    big = np.ones(8 << 20, np.uint8)  # an 8 MiB block freed: glibc's dynamic threshold
+    del big                            # would now rise to 8 MiB
+    return where(np.ones(2 << 20, np.uint8))  # 2 MiB
+
+with loading():
+    inside = probe()
+print(inside, probe())
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps") or "MALLOC_MMAP_THRESHOLD_" in os.environ,
                     reason="needs Linux /proc and glibc's default malloc settings")
-@pytest.mark.parametrize("mode, env, where", [
-    ("session", {}, "mmap"),                               # the session fixed the threshold
-    ("none", {}, "heap"),                                  # glibc's default, for contrast
-    ("session", {"CONVRT_MALLOC_TUNING": "0"}, "heap"),    # the opt-out leaves malloc alone
+@pytest.mark.parametrize("env, places", [
+    ({}, ["mmap", "heap"]),  # while loading: its own mapping; after: the heap, reused
+    ({"CONVRT_MALLOC_TUNING": "0"}, ["heap", "heap"]),  # the opt-out leaves glibc's rule
 ])
-def test_first_session_fixes_mallocs_mmap_threshold(mode, env, where):
-    """After a session, a freed multi-MiB temporary no longer sends later weight-sized arrays to
-    the heap, where their holes stay resident (convrt/runtime/malloc.py)."""
+def test_loading_maps_large_temporaries_and_then_returns_them_to_the_heap(env, places):
+    """While a model loads, a multi-MiB temporary freed earlier no longer sends the next ones
+    to the heap, where their holes would stay resident; afterwards large arrays come from
+    the heap again, so outputs are not mapped and faulted in on every run
+    (convrt/runtime/malloc.py)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE, mode], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], capture_output=True,
                          text=True, cwd=root, env={**os.environ, **env}, check=True)
-    assert out.stdout.split() == [where]
+    assert out.stdout.split() == places
 
 
 def test_a_dropped_session_is_freed_without_waiting_for_the_cycle_collector():

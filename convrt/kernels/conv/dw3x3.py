@@ -9,6 +9,10 @@ the output rows straight from the input, in 16-lane vectors along each row:
 * the zero padding is never materialised: lanes that fall outside the row, and whole rows that
   fall outside the plane, are masked off (``llvm.masked.load`` reads nothing for a masked lane
   and yields 0 there, which is what the padding holds);
+* stride 1 loads each input row once per vector of outputs, one vector ahead: the left and
+  right neighbours are that vector shifted by one lane with the last lane of the previous one
+  and the first of the next (two shuffles instead of two more unaligned loads: 3 loads per
+  output vector, not 9);
 * stride 2 loads 32 consecutive inputs and splits them into even and odd columns with two
   shuffles; the left neighbours are the odd columns shifted by one lane, carried over from the
   previous vector;
@@ -76,7 +80,6 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         iota = ir.Constant(it, list(range(VEC)))
         w_s = splat(builder.trunc(w_n, i32), it)
         ow_s = splat(builder.trunc(ow_n, i32), it)
-        one_s = ir.Constant(it, [1] * VEC)
         nch = builder.udiv(builder.add(ow_n, c64(VEC - 1)), c64(VEC))
 
         def load(base, off, mask):  # masked vector load of x[base + off + lane]
@@ -105,26 +108,39 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             safe = builder.select(ok, ri, c64(0))
             bases.append(builder.add(xo, builder.mul(safe, w_n)))
         orow = builder.add(oo, builder.mul(y, ow_n))
+        firsts = []
+        if s_l == 1:  # each row's first vector; later ones are loaded one step ahead
+            cm0 = builder.icmp_signed("<", iota, w_s)
+            firsts = [load(bases[i], c64(0), builder.and_(cm0, present[i])) for i in range(3)]
+        row_end = builder.block
         builder.branch(kloop)
 
         builder.position_at_end(kloop)  # per vector of 16 outputs along the row
         k = builder.phi(i64)
-        k.add_incoming(c64(0), yloop)
-        prev = []
+        k.add_incoming(c64(0), row_end)
+        prev, cur = [], []
         if s_l == 2:  # previous vector's odd columns, per input row (0 = the left padding)
             for _ in range(3):
                 p = builder.phi(vt)
-                p.add_incoming(zero, yloop)
+                p.add_incoming(zero, row_end)
                 prev.append(p)
+        else:  # per input row: the previous vector (0 = the left padding) and this one
+            for i in range(3):
+                p = builder.phi(vt)
+                p.add_incoming(zero, row_end)
+                prev.append(p)
+                c = builder.phi(vt)
+                c.add_incoming(firsts[i], row_end)
+                cur.append(c)
         x0 = builder.mul(k, c64(VEC))
         ox = builder.add(splat(builder.trunc(x0, i32), it), iota)
         omask = builder.icmp_signed("<", ox, ow_s)
         acc = wts[9]
         odds = []
-        if s_l == 1:  # column masks, shared by the three rows (unsigned: -1 is out)
-            cm = builder.icmp_signed("<", ox, w_s)
-            lm = builder.icmp_unsigned("<", builder.sub(ox, one_s), w_s)
-            rm = builder.icmp_signed("<", builder.add(ox, one_s), w_s)
+        nexts = []
+        if s_l == 1:  # the next vector's columns (one load per row and step; the left and
+            # right neighbours are this vector shifted by a lane from the previous / next one)
+            nm = builder.icmp_signed("<", builder.add(ox, ir.Constant(it, [VEC] * VEC)), w_s)
         else:
             x2 = builder.mul(x0, c64(2))
             ia = builder.add(splat(builder.trunc(x2, i32), it), iota)
@@ -132,9 +148,12 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             bm = builder.icmp_signed("<", builder.add(ia, ir.Constant(it, [VEC] * VEC)), w_s)
         for i in range(3):
             if s_l == 1:
-                left = load(bases[i], builder.sub(x0, c64(1)), builder.and_(lm, present[i]))
-                mid = load(bases[i], x0, builder.and_(cm, present[i]))
-                right = load(bases[i], builder.add(x0, c64(1)), builder.and_(rm, present[i]))
+                nxt = load(bases[i], builder.add(x0, c64(VEC)), builder.and_(nm, present[i]))
+                mid = cur[i]
+                left = builder.shuffle_vector(prev[i], mid, ir.Constant(
+                    it, list(range(VEC - 1, 2 * VEC - 1))))
+                right = builder.shuffle_vector(mid, nxt, ir.Constant(it, list(range(1, VEC + 1))))
+                nexts.append(nxt)
             else:
                 va = load(bases[i], x2, builder.and_(am, present[i]))
                 vb = load(bases[i], builder.add(x2, c64(VEC)), builder.and_(bm, present[i]))
@@ -158,6 +177,9 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         k.add_incoming(kn, kend)
         for p, o in zip(prev, odds):
             p.add_incoming(o, kend)
+        for p, c, nx in zip(prev if s_l == 1 else (), cur, nexts):
+            p.add_incoming(c, kend)
+            c.add_incoming(nx, kend)
         builder.cbranch(builder.icmp_signed("<", kn, nch), kloop, ynext)
 
         builder.position_at_end(ynext)
