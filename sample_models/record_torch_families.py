@@ -20,8 +20,11 @@ Writes ``tests/data/torch_families/<family>.npz``, read by ``tests/test_torch_fa
   in eval mode, as the eval-mode export has no Dropout nodes; loss = mean cross-entropy of the
   logits against ``labels``): for each parameter ``g_names[i]``, the values ``g_val`` at flat
   indices ``g_idx`` (the argmax of |g| and 31 seeded others; ``g_off`` delimits each
-  parameter's slice), ``g_max`` = max |g| and ``g_rms`` = RMS of g.  max and RMS are 1-Lipschitz
-  in the max-norm, so a convrt gradient within tol elementwise is within tol on them too.
+  parameter's slice), ``g_max`` = max |g| and ``g_rms`` = RMS of g (max and RMS are 1-Lipschitz
+  in the max-norm, so a gradient within tol elementwise is within tol on them too), and
+  ``g_sens``, how far that exact gradient moves under float32-sized input noise (see
+  ``_sensitivity``; the input is the first of three seeds whose gradients it moves by at most
+  1e-4 of the largest, else the least sensitive one).
 
 Usage (a venv apart from convrt's, with a CPU torch; ``--no-deps`` keeps pip from pulling a
 CUDA torch)::
@@ -37,7 +40,7 @@ fails registering its C++ ops (``torchvision::nms``), so the script makes
 ``torch.library.register_fake`` skip a failing registration first (the model builders are plain
 Python).  Weights are never downloaded (``weights=None``); YOLOv8n is built from
 ``yolov8n.yaml``.  Output is deterministic for a given torch/torchvision/ultralytics version
-(those used are in each fixture's ``meta``).  All families take about 2 minutes.
+(those used are in each fixture's ``meta``).  All families take about 12 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ from torch import nn
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE.parent / "tests" / "data" / "torch_families"
 sys.path.insert(0, str(HERE))
-from family_fixtures import checksum, input_tensor, save_fixture, weight  # noqa: E402
+from family_fixtures import checksum, input_tensor, save_fixture, weight
 
 BATCH, OPSET, SAMPLES = 2, 17, 32
+NOISE, NOISE_DRAWS, SEEDS = 1e-6, 4, 3  # input noise for the oracle's sensitivity; input seeds
+GRAD_TOL = 1e-3  # the tests' gradient tolerance (x the largest gradient), for the report
 
 
 def _import_torchvision():
@@ -75,7 +80,7 @@ def _import_torchvision():
         def safe(fn):
             try:
                 return decorator(fn)
-            except Exception:  # the C++ op is absent from this torch build
+            except RuntimeError:  # "operator torchvision::nms does not exist" on a CPU torch
                 return fn
         return safe
 
@@ -241,16 +246,46 @@ def _train_mode_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def _fingerprint(model64: nn.Module, x: torch.Tensor, labels: torch.Tensor, graph_inits):
-    logits = _train_mode_bn(model64)(x.double())
-    F.cross_entropy(logits, labels).backward()
-    names, idx, val, off, gmax, grms = [], [], [], [0], [], []
-    for name, p in model64.named_parameters():
-        if p.grad is None:
+def _gradients64(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Float64 train-mode gradients of the mean cross-entropy, by parameter name (None: the
+    parameter does not reach the loss)."""
+    m = _train_mode_bn(copy.deepcopy(model).double())
+    F.cross_entropy(m(x.double()), labels).backward()
+    return {n: None if p.grad is None else p.grad.numpy().reshape(-1)
+            for n, p in m.named_parameters()}
+
+
+def _sensitivity(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, g0: dict) -> dict:
+    """Per parameter, how far the exact gradient moves when the input moves by float32-sized
+    noise (relative 1e-6, four draws): the oracle's own uncertainty.
+
+    Why: the gradient is only piecewise smooth (ReLU, max pooling).  A unit whose
+    pre-activation lies within rounding distance of a kink flips under any float32 computation,
+    and in networks whose train-mode gradients grow toward the input (ResNet-50, DenseNet,
+    Inception: torch's own float32 gradients miss 1e-3 of the largest there) one flip moves a
+    stem gradient by percents.  Measured here in float64, so the tests can tell an
+    implementation error from the reference's own resolution.  1e-6 rather than an ulp:
+    convrt's float32 train-mode activations differ from float64 by 2e-7 near the input to 1e-5
+    deep in the network, and with 3e-7 the four draws missed kinks that convrt's rounding
+    crossed (GoogLeNet, MobileNetV2 exceeded 1e-3 + 4 x that estimate by up to 1.8x).
+    """
+    gen = torch.Generator().manual_seed(zlib.crc32(b"sensitivity"))
+    sens = {n: np.zeros(1) for n in g0}
+    for _ in range(NOISE_DRAWS):
+        xn = x.double() * (1 + NOISE * torch.randn(x.shape, generator=gen, dtype=torch.float64))
+        for n, g in _gradients64(model, xn, labels).items():
+            if g is not None:
+                sens[n] = np.maximum(sens[n], np.abs(g - g0[n]).max())
+    return {n: float(v.max()) for n, v in sens.items()}
+
+
+def _fingerprint(g0: dict, sens: dict, graph_inits) -> dict:
+    names, idx, val, off, gmax, grms, gsens = [], [], [], [0], [], [], []
+    for name, g in g0.items():
+        if g is None:
             if name in graph_inits:
                 raise RuntimeError(f"{name} is in the graph but got no gradient")
             continue
-        g = p.grad.numpy().reshape(-1)
         rng = np.random.default_rng([zlib.crc32(name.encode()), 1])
         top = int(np.abs(g).argmax())
         others = rng.choice(g.size, size=min(g.size, SAMPLES), replace=False)
@@ -261,23 +296,41 @@ def _fingerprint(model64: nn.Module, x: torch.Tensor, labels: torch.Tensor, grap
         off.append(off[-1] + len(pick))
         gmax.append(np.abs(g).max())
         grms.append(np.sqrt(np.mean(g * g)))
+        gsens.append(sens[name])
     return {"g_names": np.array(names), "g_idx": np.concatenate(idx),
             "g_val": np.concatenate(val), "g_off": np.array(off, np.int64),
-            "g_max": np.array(gmax, np.float32), "g_rms": np.array(grms, np.float32)}
+            "g_max": np.array(gmax, np.float32), "g_rms": np.array(grms, np.float32),
+            "g_sens": np.array(gsens, np.float32)}
 
 
 def _float32_gradient_error(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                            fp: dict) -> float:
-    """torch's own float32 train-mode gradients vs the float64 fingerprint, / the largest."""
+                            g0: dict) -> float:
+    """torch's own float32 train-mode gradients vs the float64 ones, / the largest."""
     m = _train_mode_bn(copy.deepcopy(model))
     F.cross_entropy(m(x), labels).backward()
-    params = dict(m.named_parameters())
-    err = 0.0
-    for i, name in enumerate(fp["g_names"]):
-        sl = slice(fp["g_off"][i], fp["g_off"][i + 1])
-        g = params[str(name)].grad.numpy().reshape(-1)[fp["g_idx"][sl]]
-        err = max(err, float(np.abs(g - fp["g_val"][sl]).max()))
-    return err / float(fp["g_max"].max())
+    err = max(float(np.abs(p.grad.numpy().reshape(-1) - g0[n]).max())
+              for n, p in m.named_parameters() if p.grad is not None)
+    return err / max(float(np.abs(g).max()) for g in g0.values() if g is not None)
+
+
+def _choose_input(family, model, shape, labels):
+    """The first of a few seeded inputs whose gradients no float32-sized noise moves by more
+    than a tenth of the test tolerance (else the least sensitive): an input with a unit within
+    rounding distance of a ReLU kink makes a fragile oracle (MobileNetV3-Large's first seed has
+    one at 8e-7 whose flip moves the stem's gradient by 0.3% of the largest)."""
+    best = None
+    for k in range(SEEDS):
+        seed = family if k == 0 else f"{family}#{k}"
+        xt = torch.from_numpy(input_tensor(seed, shape))
+        g0 = _gradients64(model, xt, labels)
+        sens = _sensitivity(model, xt, labels, g0)
+        worst = max(sens.values()) / max(float(np.abs(g).max()) for g in g0.values()
+                                         if g is not None)
+        if best is None or worst < best[0]:
+            best = (worst, seed, xt, g0, sens)
+        if worst <= 1e-4:
+            break
+    return best
 
 
 def _onnxruntime_error(model: onnx.ModelProto, x: np.ndarray, ys: list[np.ndarray]) -> float:
@@ -295,7 +348,13 @@ def record(family: str) -> dict:
     torch.manual_seed(0)
     model = build().eval()
     randomized = _set_weights(model)
-    x = input_tensor(family, (BATCH, 3, size, size))
+    shape = (BATCH, 3, size, size)
+    seed, labels = family, None
+    if kind == "classifier":
+        rng = np.random.default_rng([zlib.crc32(family.encode()), 2])
+        labels = rng.integers(0, 1000, BATCH).astype(np.int64)
+        worst, seed, _, g0, sens = _choose_input(family, model, shape, torch.from_numpy(labels))
+    x = input_tensor(seed, shape)
     xt = torch.from_numpy(x)
     with torch.no_grad():
         y32 = [t.numpy() for t in _flat(model(xt))]
@@ -310,16 +369,17 @@ def record(family: str) -> dict:
                                         for a, b in zip(y32, ys)),
              "onnxruntime_error": _onnxruntime_error(onnx_model, x, ys)}
     if kind == "classifier":
-        rng = np.random.default_rng([zlib.crc32(family.encode()), 2])
-        labels = rng.integers(0, ys[0].shape[1], BATCH).astype(np.int64)
-        fp = _fingerprint(copy.deepcopy(model).double(), xt, torch.from_numpy(labels),
-                          {t.name for t in onnx_model.graph.initializer})
+        assert ys[0].shape[1] == 1000
+        fp = _fingerprint(g0, sens, {t.name for t in onnx_model.graph.initializer})
         arrays.update(fp, labels=labels)
         stats["torch_float32_grad_error"] = _float32_gradient_error(
-            model, xt, torch.from_numpy(labels), fp)
+            model, xt, torch.from_numpy(labels), g0)
         stats["grad_max"] = float(fp["g_max"].max())
+        stats["grad_sensitivity"] = worst
+        tol = GRAD_TOL * fp["g_max"].max()
+        stats["params_at_issue_tol"] = f"{int((4 * fp['g_sens'] <= tol).sum())}/{len(fp['g_sens'])}"
     meta = dict(stats, torch=torch.__version__, torchvision=tv.__version__, opset=OPSET,
-                input_seed=family, input_shape=list(x.shape), input_crc=checksum([x]))
+                input_seed=seed, input_shape=list(x.shape), input_crc=checksum([x]))
     if family == "yolov8n":
         import ultralytics
 

