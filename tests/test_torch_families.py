@@ -110,3 +110,12 @@ def test_gradients_match_torch(family):
     assert sorted(grads) == sorted(names)
     bad = _gradient_mismatches(grads, arrays)
     assert not bad, f"{family}: {len(bad)} mismatches, first: " + "; ".join(bad[:5])
+
+
+def test_gradient_oracle_tells_eval_mode_batchnorm_apart():
+    """The fingerprint and its tolerances can fail: eval-mode BatchNorm (stored statistics
+    instead of the batch's) is a plausible trainer bug, and it must show as mismatches."""
+    model, arrays, _ = load_fixture(DATA / "resnet18.npz")
+    trainer = Trainer(model, batchnorm="eval")
+    grads = trainer.gradients({"input": arrays["x"]}, arrays["labels"])
+    assert len(_gradient_mismatches(grads, arrays)) > len(arrays["g_names"]) // 2
