@@ -45,16 +45,19 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
         return np.ascontiguousarray(b.T if transB else b, dtype=dt)
 
     has_c = C is not None
-    if B.value is not None and transB:
+    if transB:
         # (M, K) weights as stored: the dot-product kernel streams them with no packed copy
-        bmk = np.ascontiguousarray(B.value, dtype=dt)
+        # (also when B is fed at run time, as a trained layer's weights are: no per-run
+        # transposed copy of them)
+        bmk = None if B.value is None else np.ascontiguousarray(B.value, dtype=dt)
 
         def run_nt(a, b, *rest):  # rest = ([c], out)
             out = rest[-1]
             if transA:
                 a = np.ascontiguousarray(a.T)
             c = np.broadcast_to(rest[0], out.shape) if has_c else _EMPTY[dt]
-            gemm_nt(a, bmk, c, out, alpha, beta, code)
+            gemm_nt(a, bmk if bmk is not None else np.ascontiguousarray(b, dtype=dt), c, out,
+                    alpha, beta, code)
 
         return ctx.result([shape], [A.dtype], run_nt, flops=macs)
 
