@@ -103,3 +103,26 @@ def test_check_reports_and_writes_nothing(make):
         for k, a in slots.items():
             np.testing.assert_array_equal(opt.state[n][k], a)
     assert opt.check({"a": p}, {"a": g}) == {}
+
+
+def test_float32_update_compiled_after_a_float64_one_stays_float32():
+    """A float64 step compiled first must not be reused for float32 through numba's safe casts
+    (the value functions are inlined into each kernel): in a fresh process, a float64 Adam step
+    and then the float32 comparison above."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import numpy as np\n"
+        "from convrt.train import Adam, SGD\n"
+        "for cls in (Adam, SGD):\n"
+        "    cls(lr=1e-3).step({'w': np.ones(8)}, {'w': np.ones(8)})\n"
+        "import test_train_optim_kernels as t\n"
+        "t.test_adam_bitwise_as_numpy(Adam, 1e-2, np.float32)\n"
+        "t.test_sgd_bitwise_as_numpy(dict(momentum=0.9, weight_decay=1e-2), np.float32)\n"
+        "print('ok')\n")
+    here = Path(__file__).resolve().parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-2000:]

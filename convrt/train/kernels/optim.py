@@ -16,7 +16,10 @@ The new values come from one function per optimizer (``_sgd_value``, ``_adam_val
 without fast-math flags: every product and sum rounds as numpy's separate operations do, so the
 values checked are the values written, equal to the former numpy code bit for bit.  Indices are
 uint64: numba's negative-index wrap-around on signed indices kept the loops scalar (10x slower).
-Work is split into fixed blocks, so nothing depends on the thread count.
+Work is split into fixed blocks, so nothing depends on the thread count.  The value functions
+are inlined into each kernel before typing (``inline="always"``): called as ordinary jitted
+functions, a float32 kernel compiled after a float64 one reused the float64 specialization
+through numba's safe casts and computed Adam in float64 (1-ulp differences).
 """
 
 import math
@@ -37,7 +40,7 @@ def _blocks(n):
     return (n + BLOCK - 1) // BLOCK
 
 
-@njit
+@njit(inline="always")  # typed with the caller's float type (see the module docstring)
 def _sgd_value(p, g, b, lr, wd, momentum, damp1, nesterov, first):
     """(new weight, new momentum buffer) of PyTorch's SGD for one element."""
     d = g + wd * p if wd != 0 else g
@@ -96,7 +99,7 @@ def sgd_kinds(p, g, buf, lr, wd, momentum, damp1, nesterov, first):
     return out
 
 
-@njit
+@njit(inline="always")
 def _adam_value(p, g, m, v, lr_bc1, wd, decay, b1, c1, b2, c2, sqrt_bc2, eps):
     """(new weight, exp_avg, exp_avg_sq) of PyTorch's Adam/AdamW for one element."""
     p = p * decay if decay != 1 else p
