@@ -105,7 +105,7 @@ def test_check_reports_and_writes_nothing(make):
     assert opt.check({"a": p}, {"a": g}) == {}
 
 
-def test_float32_update_compiled_after_a_float64_one_stays_float32():
+def test_float32_update_compiled_after_a_float64_one_stays_float32(tmp_path):
     """A float64 step compiled first must not be reused for float32 through numba's safe casts
     (the value functions are inlined into each kernel): in a fresh process, a float64 Adam step
     and then the float32 comparison above."""
@@ -123,6 +123,9 @@ def test_float32_update_compiled_after_a_float64_one_stays_float32():
         "t.test_sgd_bitwise_as_numpy(dict(momentum=0.9, weight_decay=1e-2), np.float32)\n"
         "print('ok')\n")
     here = Path(__file__).resolve().parent
+    import os
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))  # compiled here, in this order
     out = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=env)
     assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-2000:]
