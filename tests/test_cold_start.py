@@ -259,8 +259,9 @@ def test_warm_up_at_load_leaves_nothing_for_the_first_run_to_load(tmp_path):
 
 
 def test_warm_up_skips_inputs_it_cannot_guess_and_defers_errors_to_the_first_run():
-    """Symbolic spatial dims are not warmed up (no size to guess); a plan that fails at load (here a memory limit below the activations' need) is reported by
-    the first run, with the user's inputs, as the same one-line error as without warm-up."""
+    """Symbolic spatial dims are not warmed up (no size to guess); a plan that fails at load
+    (here a memory limit below the activations' need) is reported by the first run, with the
+    user's inputs, as the same one-line error as without warm-up."""
     import convrt
     from convrt.errors import ConvrtError
 

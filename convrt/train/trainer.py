@@ -33,6 +33,7 @@ from ..onnx_io import from_graph, save_model
 from ..runtime.feeds import check_feeds
 from .autodiff import Program
 from .frozen import FrozenPrefix
+from .kernels import optim as kopt
 from .losses import get_loss
 from .optim import SGD, Optimizer
 from .schedulers import LRScheduler
@@ -254,9 +255,10 @@ class Trainer:
 
         Transactional: the update is first run dry (``Optimizer.check``: computed, not written)
         and only then applied in place.  If the loss, a gradient, an updated weight, the
-        optimizer's state or a BN running statistic would be NaN/Inf, :class:`TrainingError` names the first such tensor and every weight,
-        statistic and optimizer slot keeps its previous (finite) value, so ``export()`` after the
-        error writes the last good model instead of garbage.
+        optimizer's state or a BN running statistic would be NaN/Inf, :class:`TrainingError`
+        names the first such tensor and every weight, statistic and optimizer slot keeps its
+        previous (finite) value, so ``export()`` after the error writes the last good model
+        instead of garbage.
         """
         # Overflow is detected and reported below as a TrainingError; numpy's warnings about it
         # would only repeat that on stderr.
@@ -322,8 +324,6 @@ class Trainer:
     def _refuse(self, bad: dict, k: int):
         """The first problem ``Optimizer.check`` found, as :meth:`_require_finite` words it:
         a gradient first, then a new weight, then an optimizer slot, in parameter order."""
-        from .kernels import optim as kopt
-
         slots = self.optimizer.SLOTS
         checks = [("the gradient of", kopt.GRAD_NAN, kopt.GRAD_INF),
                   ("the weight", kopt.W_NAN, kopt.W_INF)]

@@ -250,7 +250,8 @@ MAX_PIXELS = 32 * 32
 
 class DepthwiseBlocked(ConvAlgorithm):
     """A depthwise convolution (one input channel per group, one output channel per group, at
-    least 16 channels) on a small map (``MAX_PIXELS``), with an activation the store applies in registers.
+    least 16 channels) on a small map (``MAX_PIXELS``), with an activation the store applies in
+    registers.
 
     Calling ``dw(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``.
     The scratch is per calling thread (``threading.local``): one row per block of tasks, the
