@@ -212,8 +212,8 @@ class RowInput(ConvAlgorithm):
         self._rowstep = sh * rl
         koff = [i * dh * rl + ((j * dw) % sw) * q_n + (j * dw) // sw
                 for i in range(kh) for j in range(kw)]
-        self._offs = np.array([c * cstride + o for c in range(layer.cg) for o in koff],
-                              dtype=np.uint64)
+        self._offs = (np.arange(layer.cg, dtype=np.uint64)[:, None] * np.uint64(cstride)
+                      + np.array(koff, dtype=np.uint64)[None, :]).reshape(-1)
 
     # -- zero-bordered handoff between layers (runtime/plan.py) ---------------------------------
     # When one convolution's output is read by the next alone, the plan can have the first

@@ -3,7 +3,7 @@
 Images are processed in chunks so the im2col buffer stays bounded (about ``CHUNK_BYTES``; few
 chunks, since each kernel call is a parallel region and waking threads is costly on a busy
 machine).  Per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t`` are BLAS
-products and ``col2im`` scatters ``dcols`` into dX.  For unit-stride 2-D layers of one group
+products, split by columns among the threads (``_threads.matmul_split``), and ``col2im`` scatters ``dcols`` into dX.  For unit-stride 2-D layers of one group
 (most of ResNet's and VGG's), dX is instead the forward convolution of dY with the flipped,
 transposed weights, run by the inference kernels (``_dx_by_forward_conv``).
 """
@@ -14,6 +14,7 @@ import numpy as np
 
 from ...ops.conv import conv_geometry
 from ...ops.registry import OpContext, TensorInfo
+from .._threads import matmul_split
 from ..kernels import conv as K
 from .registry import register_grad
 
@@ -53,7 +54,8 @@ def _dx_by_forward_conv(dy, w, x_shape, kernel, pads):
 
     kh, kw = kernel
     pt, pl, pb, pr = pads
-    wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    wt = np.empty((w.shape[1], w.shape[0], kh, kw), dtype=w.dtype)
+    K.flip_swap(w, wt)
     conv = Conv2d(wt, None, dy.shape, (1, 1), (kh - 1 - pt, kw - 1 - pl, kh - 1 - pb,
                                                kw - 1 - pr), dtype=dy.dtype)
     gx = np.empty(x_shape, dtype=dy.dtype)
@@ -83,7 +85,8 @@ def conv_grad(ctx, gy):
     cg, mg = c // group, m // group
     kk = kh * kw
     w3 = w.reshape(group, mg, cg * kk)
-    gw = np.zeros((group, mg, cg * kk), dtype=x.dtype) if need_w else None
+    # written by the first chunk's product (the others add to it); zeros for an empty batch
+    gw = (np.empty if n else np.zeros)((group, mg, cg * kk), dtype=x.dtype) if need_w else None
     gx = None
     if need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
         gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads)
@@ -105,9 +108,9 @@ def conv_grad(ctx, gy):
         for g in range(group):
             dyg = dyt[g * mg:(g + 1) * mg, :q]
             if need_w:
-                gw[g] += dyg @ cols[g * cg * kk:(g + 1) * cg * kk, :q].T
+                matmul_split(dyg, cols[g * cg * kk:(g + 1) * cg * kk, :q].T, gw[g], n0 > 0)
             if need_x:
-                np.matmul(w3[g].T, dyg, out=dcols[g * cg * kk:(g + 1) * cg * kk, :q])
+                matmul_split(w3[g].T, dyg, dcols[g * cg * kk:(g + 1) * cg * kk, :q])
         if need_x:
             K.col2im(dcols[:, :q] if q == dcols.shape[1] else
                      np.ascontiguousarray(dcols[:, :q]), gx, n0, n1, kh, kw, sh, sw, dh, dw,
@@ -168,7 +171,8 @@ def conv_transpose_grad(ctx, gy):
     kk = kh * kw
     p = oh * ow
     w3 = w.reshape(group, mg, cg * kk)
-    gw = np.zeros((group, mg, cg * kk), dtype=x.dtype) if need_w else None
+    # written by the first chunk's product (the others add to it); zeros for an empty batch
+    gw = (np.empty if n else np.zeros)((group, mg, cg * kk), dtype=x.dtype) if need_w else None
     gx = np.empty((n, cin, p), dtype=x.dtype) if need_x else None
     x3 = np.ascontiguousarray(x4).reshape(n, cin, p)
     rows = cout * kk
@@ -184,7 +188,7 @@ def conv_transpose_grad(ctx, gy):
         for g in range(group):
             cg_rows = cols[g * cg * kk:(g + 1) * cg * kk, :q]
             if need_w:
-                gw[g] += xt[g * mg:(g + 1) * mg, :q] @ cg_rows.T
+                matmul_split(xt[g * mg:(g + 1) * mg, :q], cg_rows.T, gw[g], n0 > 0)
             if need_x:
                 z = w3[g] @ cg_rows  # (mg, q): images n0..n1-1, pixel-major per image
                 gx[n0:n1, g * mg:(g + 1) * mg] = z.reshape(mg, n1 - n0, p).transpose(1, 0, 2)

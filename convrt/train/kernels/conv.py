@@ -6,9 +6,12 @@ output pixels ``p = oh*OW + ow``; padding cells read as zero.  ``dW = dY_t @ col
 into ``dX``, one (image, channel) plane per task, so no two tasks write the same cell.
 """
 
+import numpy as np
 from numba import prange
 
 from ...kernels._jit import njit, pjit
+
+_U = np.uint64
 
 
 @njit
@@ -25,38 +28,44 @@ def _span(ow_n, w_n, sw, off):
 
 @pjit
 def im2col(x, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
-    """x (N, C, H, W) -> cols (C*kh*kw, (n1-n0)*OH*OW) for images n0..n1-1."""
+    """x (N, C, H, W) -> cols (C*kh*kw, (n1-n0)*OH*OW) for images n0..n1-1.
+
+    One task per (channel, image) plane, which stays in L1 while its kh*kw rows are written;
+    the copy loops index in ``uint64`` (numba adds a negative-index wrap-around to signed
+    indices, which keeps LLVM from vectorising them): 3-5x faster than a task per row with
+    signed indices (VGG's 32x32x64 layer at batch 64: 24.8 -> 4.8 ms)."""
     c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
     p_n = oh_n * ow_n
     nimg = n1 - n0
-    rows = c_n * kh * kw
-    for t in prange(rows * nimg):
-        r = t // nimg
-        i = t % nimg
-        c = r // (kh * kw)
-        a = (r // kw) % kh
-        b = r % kw
-        off = b * dw - pl
-        lo, hi = _span(ow_n, w_n, sw, off)
-        dst = cols[r]
-        for oh in range(oh_n):
-            y = oh * sh - pt + a * dh
-            o = i * p_n + oh * ow_n
-            if y < 0 or y >= h_n:
-                for ow in range(ow_n):
-                    dst[o + ow] = 0
-                continue
-            src = x[n0 + i, c, y]
-            for ow in range(lo):
-                dst[o + ow] = 0
-            if sw == 1:
-                for ow in range(lo, hi):
-                    dst[o + ow] = src[ow + off]
-            else:
-                for ow in range(lo, hi):
-                    dst[o + ow] = src[ow * sw + off]
-            for ow in range(hi, ow_n):
-                dst[o + ow] = 0
+    for t in prange(c_n * nimg):
+        c = t // nimg
+        i = t - c * nimg
+        plane = x[n0 + i, c]
+        for a in range(kh):
+            for b in range(kw):
+                dst = cols[(c * kh + a) * kw + b]
+                off = b * dw - pl
+                lo, hi = _span(ow_n, w_n, sw, off)
+                ulo, uhi, uow = _U(lo), _U(hi), _U(ow_n)
+                for oh in range(oh_n):
+                    y = oh * sh - pt + a * dh
+                    o = _U(i * p_n + oh * ow_n)
+                    if y < 0 or y >= h_n:
+                        for q in range(uow):
+                            dst[o + q] = 0
+                        continue
+                    src = plane[y]
+                    for q in range(ulo):
+                        dst[o + q] = 0
+                    if sw == 1:
+                        s0 = _U(lo + off)
+                        for q in range(uhi - ulo):
+                            dst[o + ulo + q] = src[s0 + q]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[o + _U(ow)] = src[_U(ow * sw + off)]
+                    for q in range(uhi, uow):
+                        dst[o + q] = 0
 
 
 @pjit
@@ -99,5 +108,19 @@ def nchw_to_cnp(dy, out, n0, n1):
     for t in prange(m_n * nimg):
         m = t // nimg
         i = t % nimg
-        for p in range(p_n):
-            out[m, i * p_n + p] = dy[n0 + i, m, p]
+        src, dst, o = dy[n0 + i, m], out[m], _U(i * p_n)
+        for p in range(_U(p_n)):
+            dst[o + p] = src[p]
+
+
+@pjit
+def flip_swap(w, out):
+    """out[c, m, a, b] = w[m, c, kh-1-a, kw-1-b]: the weights of dX's forward convolution (the
+    adjoint), in one parallel pass (numpy's copy of the reversed, transposed view took ~0.5 ms
+    per ResNet-18 layer, 13 ms a step)."""
+    m_n, c_n, kh, kw = w.shape
+    for c in prange(c_n):
+        for m in range(m_n):
+            for a in range(kh):
+                for b in range(kw):
+                    out[c, m, a, b] = w[m, c, kh - 1 - a, kw - 1 - b]
