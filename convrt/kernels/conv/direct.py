@@ -173,24 +173,31 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
 
 
 @pjit
-def _pack_blocks(w3, b2, wp, bp):
-    """``wp[g*nbg + bl, r, j] = w3[g, bl*wd + j, r]`` and ``bp`` the same for the bias, zeros
-    past a group's last channel.  Parallel over blocks: training packs every layer on every
-    step (its weights change), where numpy's strided transposes took ~13 ms per ResNet-18 step."""
-    group, mg, rows = w3.shape
+def _pack_blocks(w, bias, wp, bp, group):
+    """``wp[g*nbg + bl, r, j] = w[g*mg + bl*wd + j, c, a, b]`` with ``r = (c*kH + a)*kW + b``,
+    and ``bp`` the same for the bias, zeros past a group's last channel.  ``w`` may be any
+    strided view (dX's flipped, transposed weights in training are packed straight from the
+    forward ones).  Parallel over blocks: training packs every layer on every step (its
+    weights change), where numpy's strided transposes took ~13 ms per ResNet-18 step."""
+    m_n, cg, kh, kw = w.shape
+    mg = m_n // group
     nb, wd = wp.shape[0], wp.shape[2]
     nbg = nb // group
     for blk in prange(nb):
         g = blk // nbg
-        c0 = (blk - g * nbg) * wd
-        j_n = min(wd, mg - c0)
-        for r in range(rows):
-            for j in range(j_n):
-                wp[blk, r, j] = w3[g, c0 + j, r]
-            for j in range(j_n, wd):
-                wp[blk, r, j] = 0
+        c0 = g * mg + (blk - g * nbg) * wd
+        j_n = min(wd, g * mg + mg - c0)
+        r = 0
+        for c in range(cg):
+            for a in range(kh):
+                for b in range(kw):
+                    for j in range(j_n):
+                        wp[blk, r, j] = w[c0 + j, c, a, b]
+                    for j in range(j_n, wd):
+                        wp[blk, r, j] = 0
+                    r += 1
         for j in range(j_n):
-            bp[blk, j] = b2[g, c0 + j]
+            bp[blk, j] = bias[c0 + j]
         for j in range(j_n, wd):
             bp[blk, j] = 0
 
@@ -217,8 +224,7 @@ class Direct(RowInput):
         def pack():
             wp = np.empty((nb, layer.cg * kk, wd), dtype=dtype)
             bp = np.empty((nb, wd), dtype=dtype)
-            _pack_blocks(np.ascontiguousarray(w).reshape(group, mg, layer.cg * kk),
-                         np.ascontiguousarray(bias).reshape(group, mg), wp, bp)
+            _pack_blocks(w, np.ascontiguousarray(bias), wp, bp, group)
             return wp, bp
 
         wp, bp = packed("direct", (wd,), pack)

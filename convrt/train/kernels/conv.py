@@ -112,15 +112,3 @@ def nchw_to_cnp(dy, out, n0, n1):
         for p in range(_U(p_n)):
             dst[o + p] = src[p]
 
-
-@pjit
-def flip_swap(w, out):
-    """out[c, m, a, b] = w[m, c, kh-1-a, kw-1-b]: the weights of dX's forward convolution (the
-    adjoint), in one parallel pass (numpy's copy of the reversed, transposed view took ~0.5 ms
-    per ResNet-18 layer, 13 ms a step)."""
-    m_n, c_n, kh, kw = w.shape
-    for c in prange(c_n):
-        for m in range(m_n):
-            for a in range(kh):
-                for b in range(kw):
-                    out[c, m, a, b] = w[m, c, kh - 1 - a, kw - 1 - b]
