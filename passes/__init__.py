@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from convrt.ir import Graph
 
 from ._infra import LEVELS, Pass, PassManager, PassResult, select, verify_hook
+from .channels_first import ChannelsFirstPass
 from .eliminate_dead_nodes import EliminateDeadNodesPass
 from .eliminate_identity import EliminateIdentityPass
 from .fold_batchnorm import FoldBatchNormPass
@@ -27,11 +28,13 @@ from .fuse_silu import FuseSiluPass
 
 # Order matters: constants first (they expose static parameters), identities out before
 # pattern matching, BN folding before bias folding before the fusions (which need the final
-# bias), residual fusion before SiLU before plain activation fusion, dead code last.
+# bias), channels-last stretches moved to NCHW before bias folding (their MatMul + Add become
+# Conv + Add), residual fusion before SiLU before plain activation fusion, dead code last.
 DEFAULT_PIPELINE: tuple[type[Pass], ...] = (
     FoldConstantsPass,
     EliminateIdentityPass,
     FoldBatchNormPass,
+    ChannelsFirstPass,
     FuseConvBiasPass,
     FuseConvAddReluPass,
     FuseSiluPass,

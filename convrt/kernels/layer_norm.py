@@ -1,4 +1,5 @@
-"""LayerNormalization over rows: x viewed as (rows, width), width = the normalized dims.
+"""LayerNormalization over rows: x viewed as (rows, width), width = the normalized dims; and
+over the channels of an NCHW tensor (``channel_layer_norm``).
 
 One task per block of rows (ConvNeXt: one row per pixel, width = channels); each row is read
 three times from L1 (sum, squared deviations, output).  Statistics are accumulated in float64:
@@ -36,3 +37,43 @@ def layer_norm(x, scale, bias, eps, out):
             orow = out[r]
             for j in range(w):
                 orow[j] = (xr[j] - m) * inv * scale[j] + bias[j]
+
+
+PIXELS = 64  # pixels per task of channel_layer_norm (a 64 x C slab stays in L2 for C <= 2048)
+
+
+@pjit
+def channel_layer_norm(x, scale, bias, eps, out, stats):
+    """LayerNormalization over the channels of an NCHW tensor, per pixel: x, out (N, C, P);
+    scale, bias (C,); ``stats`` (tasks, 2, PIXELS) float64 scratch, one slab per task, so the
+    kernel allocates nothing.  ConvNeXt's channels-last LayerNorm after
+    ``passes/channels_first.py`` moved its block to NCHW: the sums run along contiguous pixels
+    (vectorised), three reads of a 64-pixel slab that stays in L2."""
+    n_img, c_n, p_n = x.shape
+    blocks = (p_n + PIXELS - 1) // PIXELS
+    for t in prange(n_img * blocks):
+        i = t // blocks
+        p0 = (t - i * blocks) * PIXELS
+        w = min(PIXELS, p_n - p0)
+        mean = stats[t, 0]
+        inv = stats[t, 1]
+        for q in range(w):
+            mean[q] = 0.0
+            inv[q] = 0.0
+        for c in range(c_n):
+            row = x[i, c]
+            for q in range(w):
+                mean[q] += row[p0 + q]
+        for q in range(w):
+            mean[q] /= c_n
+        for c in range(c_n):
+            row = x[i, c]
+            for q in range(w):
+                d = row[p0 + q] - mean[q]
+                inv[q] += d * d
+        for q in range(w):
+            inv[q] = 1.0 / math.sqrt(inv[q] / c_n + eps)
+        for c in range(c_n):
+            row, orow, s, b = x[i, c], out[i, c], scale[c], bias[c]
+            for q in range(w):
+                orow[p0 + q] = (row[p0 + q] - mean[q]) * inv[q] * s + b

@@ -34,6 +34,9 @@ FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (Mobile
 FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
 FusedGemmRelu          A, B, C                  Gemm -> Relu
 ChannelAffine          X, scale, shift          Mul -> Add   (scale/shift shaped [C,1,..])
+ChannelLayerNorm       X, Scale, B              Transpose(0,2,3,1) -> LayerNormalization(axis -1,
+                                                epsilon) -> Transpose(0,3,1,2)   (4-D X; the op
+                                                is in ops/normalization.py)
 =====================  =======================  =============================================
 """
 
@@ -76,7 +79,7 @@ CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
 POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
 FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu",
-                                                     "Gelu", "GeluTanh")
+                                                     "Gelu", "GeluTanh", "ChannelLayerNorm")
 # activations only the 2-D kernels' epilogues apply (ops/conv3d.py has its own table)
 EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
@@ -287,6 +290,13 @@ def function_def(op_type: str, opset: int) -> Function:
     elif op_type == "ChannelAffine":
         inputs = ["X", "scale", "shift"]
         nodes = [_node("Mul", ["X", "scale"], ["scaled"]), _node("Add", ["scaled", "shift"], ["Y"])]
+    elif op_type == "ChannelLayerNorm":
+        inputs = ["X", "Scale", "B"]
+        nodes = [_node("Transpose", ["X"], ["nhwc"], perm=[0, 2, 3, 1]),
+                 _node("LayerNormalization", ["nhwc", "Scale", "B"], ["normed"],
+                       {"epsilon": "FLOAT"}, axis=-1),
+                 _node("Transpose", ["normed"], ["Y"], perm=[0, 3, 1, 2])]
+        attrs = ["epsilon"]
     else:
         raise KeyError(op_type)
     return Function(CONVRT_DOMAIN, op_type, tuple(inputs), ("Y",), tuple(nodes), {"": int(opset)},

@@ -1,15 +1,19 @@
 """BatchNormalization (inference form): y = (x - mean) / sqrt(var + eps) * scale + B;
-LayerNormalization (opset 17) over the trailing dims from ``axis``."""
+LayerNormalization (opset 17) over the trailing dims from ``axis``; ``convrt.ChannelLayerNorm``,
+LayerNormalization over the channels (axis 1) of an NCHW tensor."""
+
+import threading
 
 import numpy as np
 
 
 from ..kernels.elementwise import channel_affine
+from ..kernels.layer_norm import PIXELS, channel_layer_norm
 from ..kernels.layer_norm import layer_norm as _layer_norm
 from ._shape import FLOAT16_UP, FLOAT_TYPES
 from ._shape import axis as norm_axis
 from .params import bn_affine  # noqa: F401  (also imported from here by train/grads/norm.py)
-from .registry import register_op
+from .registry import CONVRT_DOMAIN, register_op
 
 
 def _bn(ctx, X, scale, B, mean, var, epsilon, training_mode=0, n_outputs=1):
@@ -137,5 +141,42 @@ def _layer_norm_rows(ctx, X, Scale, B, norm, eps):
             np.broadcast_to(rest[0], norm).reshape(-1))
         if rows and width:
             _layer_norm(x.reshape(rows, width), sv, bv, eps, rest[-1].reshape(rows, width))
+
+    return ctx.result([X.shape], [X.dtype], run)
+
+
+@register_op("ChannelLayerNorm", since=1, domain=CONVRT_DOMAIN)
+def ChannelLayerNorm(ctx, X, Scale, B, *, epsilon=1e-5):
+    """y[n, :, h, w] = LayerNormalization of x[n, :, h, w] over the C channels, * Scale + B.
+
+    What ``passes/channels_first.py`` writes for ConvNeXt's Transpose(NCHW -> NHWC) ->
+    LayerNormalization(axis=-1) -> ... -> Transpose back, so the block stays NCHW; its ONNX
+    function (``ops/fused.py``) is that Transpose -> LayerNormalization -> Transpose.  The
+    statistics are float64 sums in channel order, as the row kernel's: the same values."""
+    ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
+    ctx.check(X.rank is not None and X.rank >= 2, f"input rank {X.rank} must be >= 2")
+    ctx.check(isinstance(epsilon, (int, float)) and 0 <= epsilon < float("inf"),
+              f"epsilon {epsilon!r} must be a finite non-negative number")
+    c = X.shape[1]
+    for name, t in (("Scale", Scale), ("B", B)):
+        ctx.check(t.dtype == X.dtype, f"{name} dtype {t.dtype} differs from X dtype {X.dtype}")
+        ctx.check(t.rank == 1 and (not isinstance(c, int) or t.shape[0] == c),
+                  f"{name} shape {list(t.shape or ())} must be [{c}] for input "
+                  f"{list(X.shape)}")
+    if not ctx.binding:
+        return ctx.result([X.shape], [X.dtype])
+    eps = float(epsilon)
+    local = threading.local()  # scratch per calling thread: two runs at once may share a plan
+
+    def run(x, s, b, out):
+        n, ch = x.shape[:2]
+        px = x.size // (n * ch) if n * ch else 0
+        if not px:
+            return
+        tasks = n * -(-px // PIXELS)
+        stats = getattr(local, "stats", None)
+        if stats is None or stats.shape[0] < tasks:
+            stats = local.stats = np.empty((tasks, 2, PIXELS))
+        channel_layer_norm(x.reshape(n, ch, px), s, b, eps, out.reshape(n, ch, px), stats)
 
     return ctx.result([X.shape], [X.dtype], run)
