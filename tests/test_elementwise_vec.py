@@ -108,3 +108,38 @@ def test_sigmoid_op_float64_and_float16_inputs():
         ref = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(dt)
         np.testing.assert_allclose(y, ref, rtol=1e-3 if dt == np.float16 else 1e-15)
     assert onnx  # imported for helper
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 1000), -1), ((1, 16, 4, 2100), 1), ((2, 5, 67), 1),
+                                         ((2, 3, 5, 7), 2), ((9, 1), 1), ((2, 9, 130), -2)])
+@pytest.mark.parametrize("log", [False, True])
+def test_float32_softmax_against_float64_numpy(shape, axis, log):
+    """Softmax/LogSoftmax float32 (``kernels.softmax.softmax32``: rows when the axis is last,
+    blocks of inner positions otherwise) against float64 numpy; a NaN poisons its own line only,
+    an +inf logit takes the line to NaN as in numpy's exp(inf - inf), -inf gives 0 (or -inf)."""
+    import convrt
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[[1, 7]] = [np.nan, -np.inf]
+    if x.size > 40:
+        flat[40] = np.inf
+    op = "LogSoftmax" if log else "Softmax"
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"], axis=axis)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    got = convrt.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+    x64 = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        z = x64 - x64.max(axis=axis, keepdims=True)
+        e = np.exp(z)
+        want = z - np.log(e.sum(axis=axis, keepdims=True)) if log else \
+            e / e.sum(axis=axis, keepdims=True)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    ok = np.isfinite(want)
+    err = np.abs(got[ok] - want[ok])
+    assert err.max() <= (4e-7 * np.maximum(np.abs(want[ok]), 1)).max() + 1e-7, err.max()

@@ -1,11 +1,14 @@
 """Activations and Softmax/LogSoftmax."""
 
 import math
+import threading
 
 import numpy as np
 
 from ..kernels import elementwise as K
+from ..kernels.softmax import BLOCK as _SOFTMAX_BLOCK
 from ..kernels.softmax import softmax as _softmax
+from ..kernels.softmax import softmax32 as _softmax32
 from ._shape import FLOAT_TYPES, NUMERIC, axis
 from .registry import register_op
 
@@ -107,13 +110,26 @@ def _softmax_op(ctx, X, ax, log, legacy):
     r = X.rank
     a = axis(ctx, ax, r)
 
+    local = threading.local()  # softmax32's scratch, per calling thread (plans run in parallel)
+
     def run(x, out):
         s = x.shape
         if legacy:  # opset < 13: rows are the flattened dims from `axis` on
             outer, n, inner = math.prod(s[:a]), math.prod(s[a:]), 1
         else:
             outer, n, inner = math.prod(s[:a]), s[a], math.prod(s[a + 1:])
-        _softmax(x.reshape(outer, n, inner), out.reshape(outer, n, inner), log)
+        if not (outer and n and inner):
+            return
+        x3, o3 = x.reshape(outer, n, inner), out.reshape(outer, n, inner)
+        if x.dtype != np.float32:
+            _softmax(x3, o3, log)
+            return
+        tasks = outer * -(-inner // _SOFTMAX_BLOCK) if inner > 1 else 0
+        scratch = getattr(local, "scratch", None)
+        if scratch is None or scratch[0].shape[0] < tasks:
+            scratch = local.scratch = (np.empty((max(tasks, 1), _SOFTMAX_BLOCK), np.float32),
+                                       np.empty((max(tasks, 1), _SOFTMAX_BLOCK)))
+        _softmax32(x3, o3, log, *scratch)
 
     return ctx.result([X.shape], [X.dtype], run)
 
