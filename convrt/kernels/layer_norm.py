@@ -48,32 +48,34 @@ def channel_layer_norm(x, scale, bias, eps, out, stats):
     scale, bias (C,); ``stats`` (tasks, 2, PIXELS) float64 scratch, one slab per task, so the
     kernel allocates nothing.  ConvNeXt's channels-last LayerNorm after
     ``passes/channels_first.py`` moved its block to NCHW: the sums run along contiguous pixels
-    (vectorised), three reads of a 64-pixel slab that stays in L2."""
+    (vectorised: every inner loop indexes a slice from 0, so numba drops its negative-index
+    wrap-around), three reads of a 64-pixel slab that stays in L2."""
     n_img, c_n, p_n = x.shape
     blocks = (p_n + PIXELS - 1) // PIXELS
     for t in prange(n_img * blocks):
         i = t // blocks
         p0 = (t - i * blocks) * PIXELS
-        w = min(PIXELS, p_n - p0)
-        mean = stats[t, 0]
-        inv = stats[t, 1]
+        p1 = min(p_n, p0 + PIXELS)
+        w = p1 - p0
+        mean = stats[t, 0, :w]
+        inv = stats[t, 1, :w]
         for q in range(w):
             mean[q] = 0.0
             inv[q] = 0.0
         for c in range(c_n):
-            row = x[i, c]
+            xs = x[i, c, p0:p1]
             for q in range(w):
-                mean[q] += row[p0 + q]
+                mean[q] += xs[q]
         for q in range(w):
             mean[q] /= c_n
         for c in range(c_n):
-            row = x[i, c]
+            xs = x[i, c, p0:p1]
             for q in range(w):
-                d = row[p0 + q] - mean[q]
+                d = xs[q] - mean[q]
                 inv[q] += d * d
         for q in range(w):
             inv[q] = 1.0 / math.sqrt(inv[q] / c_n + eps)
         for c in range(c_n):
-            row, orow, s, b = x[i, c], out[i, c], scale[c], bias[c]
+            xs, os, sc, b = x[i, c, p0:p1], out[i, c, p0:p1], scale[c], bias[c]
             for q in range(w):
-                orow[p0 + q] = (row[p0 + q] - mean[q]) * inv[q] * s + b
+                os[q] = (xs[q] - mean[q]) * inv[q] * sc + b
