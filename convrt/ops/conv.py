@@ -1,6 +1,7 @@
 """Conv (2-D; 1-D runs as 2-D with a unit height) bound to the packed direct kernel."""
 
 import math
+import threading
 
 from ..kernels.conv import Conv2d
 from ..kernels.conv.conv_pool import ConvMaxPool
@@ -78,9 +79,11 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         scratch += math.prod(unpooled) * X.dtype.itemsize
     kind = ConvMaxPool if pool else Conv2d
 
+    def w4_of(w):
+        return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
+
     def make(w, b, packs=None):
-        w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
-        return kind(w4, b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype,
+        return kind(w4_of(w), b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype,
                     packs=packs)
 
     const = W.value is not None and (B is None or B.value is not None)
@@ -94,11 +97,20 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         scratch = conv.scratch_bytes()
 
     has_b = B is not None
+    # weights fed at run time (training: every step): the layer is bound once per thread and
+    # its packed arrays refilled (``Conv2d.repack``); per thread, so two runs at once never
+    # share arrays being refilled
+    local = threading.local()
 
     def run(x, w, *rest):  # rest = ([b], [z], out): inputs as the node has them, then out
         b = rest[0] if has_b else None
         z = rest[-2].reshape(out4) if residual else None
-        kern = conv if conv is not None else make(w, b)
+        kern = conv
+        if kern is None:
+            kern = getattr(local, "kern", None)
+            repack = getattr(kern, "repack", None)
+            if repack is None or not repack(w4_of(w), b):
+                kern = local.kern = make(w, b)
         # x_shape / y_shape: 4-D, or flat where the plan gave X or Y a zero-bordered layout
         kern(x.reshape(kern.x_shape), rest[-1].reshape(kern.y_shape), z)
 

@@ -229,6 +229,7 @@ class Direct(RowInput):
 
         wp, bp = packed("direct", (wd,), pack)
         self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
+        self._group = group
         # 3x3 taps unrolled per channel: constant tap offsets need unit stride and dilation
         # along W (see _tile_sums)
         self._taps = 0 if (layer.kh, layer.kw) != (3, 3) else (
@@ -238,6 +239,10 @@ class Direct(RowInput):
         # and 112x112x128 layers, 3-7 % slower on 56x56x256 (2.4 MB of weights).
         self._row_major = (self._nstride * dtype.itemsize > ROW_MAJOR_BYTES
                            and wp.nbytes <= ROW_MAJOR_BYTES // 2)
+
+    def repack(self, w, bias):
+        """New weights of the same shape into this layer's packed arrays (``Conv2d.repack``)."""
+        _pack_blocks(w, np.ascontiguousarray(bias), self._wp, self._bp, self._group)
 
     def run(self, xf, out, res, has_res, shape, oh_n, ow_n, ogeo, pool):
         """The blocked (or, with ``pool``, the pooled) workers over flat ``xf`` into ``out``;

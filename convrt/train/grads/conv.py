@@ -45,19 +45,22 @@ def _as_forward(x, group, strides, dilations, kernel, pads) -> bool:
             and all(p <= k - 1 for p, k in zip(pads, kernel + kernel)))
 
 
-def _dx_by_forward_conv(dy, w, x_shape, kernel, pads):
+def _dx_by_forward_conv(dy, w, x_shape, kernel, pads, cache):
     """dX of a unit-stride convolution: the convolution of dY with W's channels swapped and
     its taps flipped, padded ``k - 1 - p`` (the adjoint), on the inference kernels (blocked,
     Winograd...) instead of W.T @ dY and a col2im scatter: 2-3x faster on ResNet's and VGG's
-    3x3 layers.  The weights change every step, so the layer is bound (packed) per call,
-    straight from the view (the blocked kernel's packing reads any strides)."""
+    3x3 layers.  The weights change every step: the layer is bound once per node and shapes
+    (``cache``) and repacked per call, straight from the view (the blocked kernel's packing
+    reads any strides)."""
     from ...kernels.conv import Conv2d
 
     kh, kw = kernel
     pt, pl, pb, pr = pads
     wt = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]  # a view: the kernels pack from it
-    conv = Conv2d(wt, None, dy.shape, (1, 1), (kh - 1 - pt, kw - 1 - pl, kh - 1 - pb,
-                                               kw - 1 - pr), dtype=dy.dtype)
+    conv = cache.get("dx_conv")  # the node's binding for these shapes, repacked each step
+    if conv is None or not conv.repack(wt, None):
+        conv = cache["dx_conv"] = Conv2d(wt, None, dy.shape, (1, 1), (
+            kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr), dtype=dy.dtype)
     gx = np.empty(x_shape, dtype=dy.dtype)
     conv(np.ascontiguousarray(dy), gx)
     return gx
@@ -89,7 +92,7 @@ def conv_grad(ctx, gy):
     gw = (np.empty if n else np.zeros)((group, mg, cg * kk), dtype=x.dtype) if need_w else None
     gx = None
     if need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
-        gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads)
+        gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads, ctx.cache)
         need_x = False
     elif need_x:
         gx = np.empty(x4.shape, dtype=x.dtype)
