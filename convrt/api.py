@@ -30,6 +30,7 @@ from .runtime.malloc import loading as malloc_loading
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
+from .weights import ReleasedWeights
 
 MAX_PLANS = 8
 PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
@@ -259,20 +260,20 @@ class InferenceSession:
                           if self.options.enable_profiling else None)
         limit = int(self.options.memory_limit or 0)
         budget = self.options.memory_budget
+        level = level_name(self.options.graph_optimization_level)
+        disabled = tuple(self.options.disabled_optimizers)
         with malloc_loading():  # its freed temporaries must not stay as heap holes
             self.graph: Graph = load(path_or_bytes, base_dir,
                                      min(budget, limit) if limit else budget)
             self.unoptimized_node_count = len(self.graph.nodes)
             # the unoptimized graph, loaded again on the first fetch of a value the passes
-            # fuse away
-            self._fetch = FetchCache(_reloader(path_or_bytes, base_dir, min(budget, limit)
-                                               if limit else budget),
-                                     level_name(self.options.graph_optimization_level),
-                                     tuple(self.options.disabled_optimizers),
-                                     self.options.memory_budget, self._threads)
-            self.pass_report = optimize(self.graph,
-                                        level_name(self.options.graph_optimization_level),
-                                        tuple(self.options.disabled_optimizers))
+            # fuse away, and to derive a released weight again (convrt/weights.py)
+            reload = _reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget)
+            self._fetch = FetchCache(reload, level, disabled, self.options.memory_budget,
+                                     self._threads)
+            self.pass_report = optimize(self.graph, level, disabled)
+        # the weights that live on only packed are released after each plan is built
+        self._weights = ReleasedWeights(self.graph, reload, level, disabled)
         self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
         self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
         self._outputs = [v.name for v in self.graph.outputs]
@@ -318,6 +319,7 @@ class InferenceSession:
             with np.errstate(all="ignore"):
                 plan.run(arrays)
             plan.release()
+            self._weights.release(plan.packed_consts)
         except ConvrtError:
             pass
 
@@ -337,13 +339,16 @@ class InferenceSession:
         from .onnx_io import from_graph  # not the root package: api -> convrt would be a cycle
 
         opts = dataclasses.replace(self.options, optimized_model_filepath="")
-        return type(self), (from_graph(self.graph).SerializeToString(), opts)
+        with self._weights.restored():  # the released weights, for this one copy
+            data = from_graph(self.graph).SerializeToString()
+        return type(self), (data, opts)
 
     def _write_optimized(self, path) -> None:
         from .onnx_io import save
 
         try:
-            save(self.graph, path)
+            with self._weights.restored():
+                save(self.graph, path)
         except OSError as e:
             raise InputError(f"optimized_model_filepath {str(path)!r}: cannot write "
                              f"({e.strerror})") from None
@@ -426,6 +431,7 @@ class InferenceSession:
                 if plan is None:
                     plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
                                 self._packs, self._pool)
+                    self._weights.release(plan.packed_consts)
                     with self._lru:
                         self._plans[key] = plan
                         self._evict()

@@ -84,6 +84,7 @@ class ConvMaxPool:
     x_shape = property(lambda self: self.conv.x_shape)
     y_shape = property(lambda self: (-1,) if self._padded_out else self.out_shape)
     _padded_out = False
+    packs_weights = property(lambda self: self.conv.packs_weights)
 
     def padded_input(self):
         return self.conv.padded_input()

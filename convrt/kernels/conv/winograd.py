@@ -541,6 +541,7 @@ class WinogradConv(ConvAlgorithm):
     """The Winograd engine bound to a layer (``_wino``), with its per-thread buffers."""
 
     name = "winograd"
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:
