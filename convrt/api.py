@@ -22,7 +22,7 @@ import numpy as np
 from .compiler import load, optimize
 from .errors import ConvrtError, InputError, UnsupportedOpError
 from .fetch import FetchCache, ValueInfo, list_values
-from .ir import Graph
+from .ir import Graph, copy_graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
@@ -215,10 +215,19 @@ def _node_arg(v) -> NodeArg:
     return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
 
 
-def _reloader(src, base_dir, budget):
-    """Loads ``src`` again when called.  A path is checked to be the file the session loaded
-    (same size and modification time): a changed file would give values of another model.
-    Bytes and a ModelProto are held by reference (the caller's object, not a copy)."""
+def _reloader(src, base_dir, budget, graph: Graph):
+    """The unoptimized graph again, when called (for fetches and released weights).
+
+    A path is loaded again, checked first to be the file the session loaded (same size and
+    modification time): a changed file would give values of another model.  For bytes and a
+    ModelProto, a structural copy of the loaded ``graph`` is kept instead (``copy_graph``: its
+    weight arrays are the loaded ones, shared with the optimized graph wherever the passes kept
+    them).  Why not hold the caller's object: a session would then hold a bytes model twice,
+    the bytes beside the arrays read from them, for as long as it lives (VGG-16: 528 MB more).
+    """
+    if not isinstance(src, (str, os.PathLike)):
+        original = copy_graph(graph)
+        return lambda: original
     if isinstance(src, (str, os.PathLike)):
         try:
             st = os.stat(src)
@@ -238,7 +247,6 @@ def _reloader(src, base_dir, budget):
                                  "intermediate values")
             return load(src, base_dir, budget)
         return again
-    return lambda: load(src, base_dir, budget)
 
 
 class InferenceSession:
@@ -268,7 +276,8 @@ class InferenceSession:
             self.unoptimized_node_count = len(self.graph.nodes)
             # the unoptimized graph, loaded again on the first fetch of a value the passes
             # fuse away, and to derive a released weight again (convrt/weights.py)
-            reload = _reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget)
+            reload = _reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget,
+                               self.graph)
             self._fetch = FetchCache(reload, level, disabled, self.options.memory_budget,
                                      self._threads)
             self.pass_report = optimize(self.graph, level, disabled)
@@ -532,7 +541,7 @@ class InferenceSession:
 
     @property
     def original_graph(self) -> Graph:
-        """The unoptimized graph, loaded again on first use (see ``_reloader``); do not mutate."""
+        """The unoptimized graph (loaded again on first use, see ``_reloader``); do not mutate."""
         return self._fetch.graph
 
     def _run_fetch(self, names, arrays, infos, run_options, profile) -> list[np.ndarray]:

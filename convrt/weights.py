@@ -31,7 +31,7 @@ import numpy as np
 
 from .compiler import optimize
 from .errors import ModelLoadError
-from .ir import Graph, Value
+from .ir import Graph, Value, copy_graph
 
 
 class ReleasedWeights:
@@ -79,14 +79,20 @@ class ReleasedWeights:
     def _derive(self, v: Value) -> np.ndarray:
         g = self._derived
         if g is None:
-            g = self._reload()
-            optimize(g, self._level, self._disabled)
+            g = self._optimized_source()
         w = g.values.get(v.name)
         arr = None if w is None else w.const
         if arr is None or tuple(arr.shape) != tuple(v.shape) or arr.dtype != v.dtype:
             raise ModelLoadError(f"{self.graph.source}: cannot restore the released weight "
                                  f"'{v.name}': the reloaded model differs")
         return arr
+
+    def _optimized_source(self) -> Graph:
+        """The source model optimized as the session's was (a copy: ``reload`` may return the
+        same unoptimized graph every time, which fetches share)."""
+        g = copy_graph(self._reload())
+        optimize(g, self._level, self._disabled)
+        return g
 
     @contextlib.contextmanager
     def restored(self):
@@ -95,8 +101,7 @@ class ReleasedWeights:
             names = [n for n, v in self.graph.initializers.items() if v.released]
             derive = any(n not in self._from_file for n in names)
             if derive:
-                self._derived = self._reload()
-                optimize(self._derived, self._level, self._disabled)
+                self._derived = self._optimized_source()
             try:
                 for n in names:
                     self.graph.initializers[n].const  # noqa: B018  (restores it)
