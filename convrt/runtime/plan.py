@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
+from ..kernels._alloc import mapped_empty
 from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import PackCache, TensorInfo, packing_into
 
@@ -116,7 +117,7 @@ class Arena:
 
     def __init__(self, nbytes: int, source: str):
         try:
-            raw = np.empty(nbytes + ALIGN, np.uint8)
+            raw = mapped_empty(nbytes + ALIGN, np.uint8)  # its own mapping (kernels/_alloc.py)
         except MemoryError:
             raise InputError(f"{source}: cannot allocate {nbytes} bytes of activations") \
                 from None
