@@ -22,7 +22,7 @@ import numpy as np
 from .compiler import load, optimize
 from .errors import ConvrtError, InputError, UnsupportedOpError
 from .fetch import FetchCache, ValueInfo, list_values
-from .ir import Graph
+from .ir import Graph, copy_graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
@@ -30,6 +30,7 @@ from .runtime.malloc import loading as malloc_loading
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
+from .weights import ReleasedWeights
 
 MAX_PLANS = 8
 PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
@@ -214,10 +215,19 @@ def _node_arg(v) -> NodeArg:
     return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
 
 
-def _reloader(src, base_dir, budget):
-    """Loads ``src`` again when called.  A path is checked to be the file the session loaded
-    (same size and modification time): a changed file would give values of another model.
-    Bytes and a ModelProto are held by reference (the caller's object, not a copy)."""
+def _reloader(src, base_dir, budget, graph: Graph):
+    """The unoptimized graph again, when called (for fetches and released weights).
+
+    A path is loaded again, checked first to be the file the session loaded (same size and
+    modification time): a changed file would give values of another model.  For bytes and a
+    ModelProto, a structural copy of the loaded ``graph`` is kept instead (``copy_graph``: its
+    weight arrays are the loaded ones, shared with the optimized graph wherever the passes kept
+    them).  Why not hold the caller's object: a session would then hold a bytes model twice,
+    the bytes beside the arrays read from them, for as long as it lives (VGG-16: 528 MB more).
+    """
+    if not isinstance(src, (str, os.PathLike)):
+        original = copy_graph(graph)
+        return lambda: original
     if isinstance(src, (str, os.PathLike)):
         try:
             st = os.stat(src)
@@ -237,7 +247,6 @@ def _reloader(src, base_dir, budget):
                                  "intermediate values")
             return load(src, base_dir, budget)
         return again
-    return lambda: load(src, base_dir, budget)
 
 
 class InferenceSession:
@@ -259,20 +268,21 @@ class InferenceSession:
                           if self.options.enable_profiling else None)
         limit = int(self.options.memory_limit or 0)
         budget = self.options.memory_budget
+        level = level_name(self.options.graph_optimization_level)
+        disabled = tuple(self.options.disabled_optimizers)
         with malloc_loading():  # its freed temporaries must not stay as heap holes
             self.graph: Graph = load(path_or_bytes, base_dir,
                                      min(budget, limit) if limit else budget)
             self.unoptimized_node_count = len(self.graph.nodes)
             # the unoptimized graph, loaded again on the first fetch of a value the passes
-            # fuse away
-            self._fetch = FetchCache(_reloader(path_or_bytes, base_dir, min(budget, limit)
-                                               if limit else budget),
-                                     level_name(self.options.graph_optimization_level),
-                                     tuple(self.options.disabled_optimizers),
-                                     self.options.memory_budget, self._threads)
-            self.pass_report = optimize(self.graph,
-                                        level_name(self.options.graph_optimization_level),
-                                        tuple(self.options.disabled_optimizers))
+            # fuse away, and to derive a released weight again (convrt/weights.py)
+            reload = _reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget,
+                               self.graph)
+            self._fetch = FetchCache(reload, level, disabled, self.options.memory_budget,
+                                     self._threads)
+            self.pass_report = optimize(self.graph, level, disabled)
+        # the weights that live on only packed are released after each plan is built
+        self._weights = ReleasedWeights(self.graph, reload, level, disabled)
         self._inputs = {v.name: v for v in self.graph.runtime_inputs()}
         self._overridable = {v.name: v for v in self.graph.inputs if v.const is not None}
         self._outputs = [v.name for v in self.graph.outputs]
@@ -318,6 +328,7 @@ class InferenceSession:
             with np.errstate(all="ignore"):
                 plan.run(arrays)
             plan.release()
+            self._weights.release(plan.packed_consts)
         except ConvrtError:
             pass
 
@@ -337,13 +348,16 @@ class InferenceSession:
         from .onnx_io import from_graph  # not the root package: api -> convrt would be a cycle
 
         opts = dataclasses.replace(self.options, optimized_model_filepath="")
-        return type(self), (from_graph(self.graph).SerializeToString(), opts)
+        with self._weights.restored():  # the released weights, for this one copy
+            data = from_graph(self.graph).SerializeToString()
+        return type(self), (data, opts)
 
     def _write_optimized(self, path) -> None:
         from .onnx_io import save
 
         try:
-            save(self.graph, path)
+            with self._weights.restored():
+                save(self.graph, path)
         except OSError as e:
             raise InputError(f"optimized_model_filepath {str(path)!r}: cannot write "
                              f"({e.strerror})") from None
@@ -426,6 +440,7 @@ class InferenceSession:
                 if plan is None:
                     plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
                                 self._packs, self._pool)
+                    self._weights.release(plan.packed_consts)
                     with self._lru:
                         self._plans[key] = plan
                         self._evict()
@@ -526,7 +541,7 @@ class InferenceSession:
 
     @property
     def original_graph(self) -> Graph:
-        """The unoptimized graph, loaded again on first use (see ``_reloader``); do not mutate."""
+        """The unoptimized graph (loaded again on first use, see ``_reloader``); do not mutate."""
         return self._fetch.graph
 
     def _run_fetch(self, names, arrays, infos, run_options, profile) -> list[np.ndarray]:

@@ -4,6 +4,7 @@ a one-line error before anything is allocated."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -239,3 +240,259 @@ def test_a_dropped_session_is_freed_without_waiting_for_the_cycle_collector():
     finally:
         if enabled:
             gc.enable()
+
+
+# -- released weights (convrt/weights.py): packed layers' originals are not kept --------------
+
+def bn_model(seed=0):
+    """x [N, 8, 10, 10] -> Conv 3x3 (16, no bias) -> BatchNormalization -> Relu -> Conv 3x3 (16):
+    fold_batchnorm derives the first Conv's weights, so no file holds them."""
+    rng = np.random.default_rng(seed)
+    arr = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("cw", arr(16, 8, 3, 3) * 0.2), ("g", arr(16)), ("be", arr(16)), ("mu", arr(16)),
+        ("var", np.abs(arr(16)) + 0.5), ("cw2", arr(16, 16, 3, 3) * 0.1), ("cb2", arr(16)))]
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Conv", ["r", "cw2", "cb2"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 10, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def bn_feed(n, seed=3):
+    return {"x": np.random.default_rng(seed + n).standard_normal((n, 8, 10, 10))
+            .astype(np.float32)}
+
+
+def _source(kind, model, tmp_path):
+    """The model as the session is given it: a file path, its bytes, or the ModelProto."""
+    if kind == "path":
+        path = tmp_path / "m.onnx"
+        path.write_bytes(model.SerializeToString())
+        return str(path)
+    return model.SerializeToString() if kind == "bytes" else model
+
+
+def _session(src, **opts):
+    o = SessionOptions()
+    o.intra_op_num_threads = 2
+    for k, v in opts.items():
+        setattr(o, k, v)
+    return InferenceSession(src, o)
+
+
+def _kept(monkeypatch):
+    """Sessions made after this keep every weight (the behaviour before releasing)."""
+    from convrt.weights import ReleasedWeights
+    monkeypatch.setattr(ReleasedWeights, "release", lambda self, names: 0)
+
+
+def _conv_weights(sess):
+    return {n: v for n, v in sess.graph.initializers.items() if v.shape and len(v.shape) == 4}
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "proto"])
+@pytest.mark.parametrize("make, feeder", [(dyn_model, feed), (bn_model, bn_feed)])
+def test_packed_weights_are_freed_and_outputs_are_bitwise_unchanged(kind, make, feeder,
+                                                                    tmp_path, monkeypatch):
+    """The warm-up packs every convolution; the originals are then released and their arrays
+    freed (nothing holds them: not the graph, the plans or the pack cache), while runs of new
+    batch sizes give bit for bit what a session keeping them gives."""
+    import gc
+    import weakref
+
+    src = _source(kind, make(), tmp_path)
+    o = SessionOptions()
+    o.warm_up = False
+    sess = InferenceSession(src, o)
+    refs = {n: weakref.ref(v.const) for n, v in _conv_weights(sess).items()}
+    assert len(refs) == 2
+    kept = {n for n, v in sess.original_graph.initializers.items()
+            if n in refs and v.const is refs[n]()}  # the loaded array, unchanged by the passes
+    sess._warm_up()
+    gc.collect()
+    released = [n for n, v in sess.graph.initializers.items() if v.released]
+    assert sorted(released) == sorted(refs)
+    assert all(v.has_const for v in sess.graph.initializers.values())  # still constants
+    # a path's weights can be read again from the file; for bytes or a ModelProto the session
+    # keeps the loaded graph for that (api.py _reloader): what the passes derived is freed,
+    # what they kept stays there, held once
+    for n, r in refs.items():
+        assert (r() is None) == (kind == "path" or n not in kept), n
+    assert kind == "path" or kept == ({"w0", "w1"} if make is dyn_model else {"cw2"})
+    assert sess._weights.released_bytes == sum(
+        math.prod(v.shape) * 4 for v in _conv_weights(sess).values())
+    want = {}
+    with monkeypatch.context() as m:
+        _kept(m)
+        keeper = _session(_source(kind, make(), tmp_path))
+        assert not any(v.released for v in keeper.graph.initializers.values())
+        for n in (1, 3, 2):
+            want[n] = keeper.run(None, feeder(n))[0]
+    for n in (1, 3, 2, 1):  # batch 3 and 2 are new plans after the release
+        np.testing.assert_array_equal(sess.run(None, feeder(n))[0], want[n])
+    assert sorted(n for n, v in sess.graph.initializers.items() if v.released) == sorted(refs)
+
+
+def test_a_new_batch_size_reads_no_released_weight(tmp_path, monkeypatch):
+    """Plans of new batch sizes find the packed weights in the cache by the weight's Value:
+    restoring one would bring the memory back on every new batch size."""
+    from convrt.weights import ReleasedWeights
+
+    sess = _session(_source("path", bn_model(), tmp_path))
+    assert any(v.released for v in sess.graph.initializers.values())
+    calls = []
+    monkeypatch.setattr(ReleasedWeights, "_restore", lambda self, v: calls.append(v.name))
+    for n in (2, 5, 7):
+        sess.run(None, bn_feed(n))
+    assert calls == [] and sess._packs.misses == 2 and len(sess._plans) == 3
+
+
+@pytest.mark.parametrize("make", [dyn_model, bn_model])
+@pytest.mark.parametrize("kind", ["path", "bytes", "proto"])
+def test_a_released_weight_reads_back_bitwise(make, kind, tmp_path, monkeypatch):
+    """``Value.const`` of a released weight restores it: from the model file's span when the
+    array was the file's bytes, else by loading and optimizing the source again."""
+    with monkeypatch.context() as m:
+        _kept(m)
+        want = {n: v.const.copy() for n, v in _conv_weights(
+            _session(_source(kind, make(), tmp_path))).items()}
+    sess = _session(_source(kind, make(), tmp_path))
+    weights = _conv_weights(sess)
+    assert all(v.released for v in weights.values())
+    from_file = set(sess._weights._from_file)
+    if kind != "path":
+        assert not from_file
+    else:  # the file's bytes are read again (no reload); a BN-folded weight is derived anew
+        assert from_file == ({"w0", "w1"} if make is dyn_model else {"cw2"})
+    for n, v in weights.items():
+        np.testing.assert_array_equal(v.const, want[n])
+        assert not v.released
+    sess.run(None, (feed if make is dyn_model else bn_feed)(4))  # a new plan releases again
+    assert all(v.released for v in weights.values())
+
+
+def test_release_memory_repacks_from_the_restored_weights(tmp_path):
+    sess = _session(_source("path", dyn_model(), tmp_path))
+    y = sess.run(None, feed(2))[0]
+    sess.release_memory()
+    np.testing.assert_array_equal(sess.run(None, feed(2))[0], y)
+    assert sess._packs.misses == 6  # packed twice: before and after release_memory
+    assert all(v.released for v in _conv_weights(sess).values())
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes"])
+def test_pickling_and_writing_the_optimized_model_after_the_release(kind, tmp_path):
+    """Both read every weight: they restore the released ones for the copy they make, and the
+    session releases them again afterwards."""
+    import pickle
+
+    import onnxruntime as ort
+
+    sess = _session(_source(kind, bn_model(), tmp_path))
+    y = sess.run(None, bn_feed(3))[0]
+    clone = pickle.loads(pickle.dumps(sess))
+    np.testing.assert_array_equal(clone.run(None, bn_feed(3))[0], y)
+    out = tmp_path / "opt.onnx"
+    sess._write_optimized(str(out))
+    assert all(v.released for v in _conv_weights(sess).values())
+    ref = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(ref.run(None, bn_feed(3))[0], y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(_session(str(out)).run(None, bn_feed(3))[0], y)
+
+
+@pytest.mark.parametrize("change", ["rewrite", "delete"])
+def test_a_model_file_changed_under_the_session(change, tmp_path):
+    """Runs and new batch sizes never read the file again; reading a released weight back
+    from a file rewritten in place or deleted is a one-line error, never another model's
+    weights (and never a SIGBUS: the file is not mapped)."""
+    path = _source("path", dyn_model(), tmp_path)
+    sess = _session(path)
+    y = sess.run(None, feed(2))[0]
+    if change == "rewrite":
+        with open(path, "wb") as f:  # in place: same inode, new bytes
+            f.write(dyn_model(seed=7).SerializeToString())
+    else:
+        os.remove(path)
+    np.testing.assert_array_equal(sess.run(None, feed(2))[0], y)
+    sess.run(None, feed(6))  # a new plan
+    v = next(iter(_conv_weights(sess).values()))
+    with pytest.raises(ConvrtError) as e:
+        v.const  # noqa: B018
+    assert "\n" not in str(e.value) and "changed or went away" in str(e.value)
+    assert v.released  # still released; the session keeps running
+    np.testing.assert_array_equal(sess.run(None, feed(2))[0], y)
+
+
+def test_a_bytes_model_is_not_held_after_loading():
+    """The session keeps no reference to the caller's bytes (nor to a ModelProto): a fetch
+    of an intermediate value compiles from a structural copy of the loaded graph instead."""
+    import gc
+
+    model = dyn_model()
+    data = model.SerializeToString()
+    refs = sys.getrefcount(data), sys.getrefcount(model)
+    sess = _session(data)
+    by_proto = _session(model)
+    gc.collect()
+    assert (sys.getrefcount(data), sys.getrefcount(model)) == refs  # bytes cannot be weakref'd
+    want = by_proto.run(["r0", "y"], feed(2))
+    for s in (sess, by_proto):
+        for a, b in zip(s.run(["r0", "y"], feed(2)), want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_external_data_weights_are_released_and_restored(tmp_path):
+    """External data is read into arrays at load (pread, no mapping: see onnx_io/origin.py);
+    the packed ones are released like any other and restored by loading the model again."""
+    import onnx
+
+    model = dyn_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="ext.bin", size_threshold=0)
+    sess = _session(str(path))
+    weights = _conv_weights(sess)
+    assert all(v.released for v in weights.values()) and not sess._weights._from_file
+    want = {t.name: numpy_helper.to_array(t) for t in dyn_model().graph.initializer}
+    for n, v in weights.items():
+        np.testing.assert_array_equal(v.const, want[n])
+    np.testing.assert_array_equal(sess.run(None, feed(2))[0],
+                                  _session(dyn_model()).run(None, feed(2))[0])
+
+
+def test_the_topological_sort_is_networkx_lexicographical_one():
+    """convrt.ir.toposort (a heap; networkx is not imported to load a model: ~11 MiB) orders
+    nodes exactly as networkx's lexicographical topological sort did."""
+    import random
+
+    import networkx as nx
+
+    from convrt.ir import Graph, Node, Value, dependency_graph, toposort
+
+    rng = random.Random(0)
+    for trial in range(30):
+        g = Graph()
+        vals = [Value(f"in{trial}")]
+        for i in range(rng.randint(1, 25)):
+            ins = rng.sample(vals, min(len(vals), rng.randint(1, 3)))
+            out = Value(f"v{i}")
+            g.add_node(Node("Add", ins + ins[:1], [out], name=f"n{i}"))
+            vals.append(out)
+        rng.shuffle(g.nodes)
+        want = list(nx.lexicographical_topological_sort(dependency_graph(g)))
+        assert [g.nodes.index(n) for n in toposort(g)] == want
+
+
+def test_a_session_does_not_import_networkx():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, numpy as np, convrt\n"
+            "s = convrt.InferenceSession('sample_models/small_vgg.onnx')\n"
+            "s.run(None, {s.get_inputs()[0].name: np.zeros((1, 3, 32, 32), np.float32)})\n"
+            "print('networkx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": root}, check=True)
+    assert out.stdout.split() == ["False"]

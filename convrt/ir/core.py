@@ -27,21 +27,52 @@ class Value:
         name: unique within the graph.
         shape: tuple of dims, or None when even the rank is unknown.
         dtype: a numpy dtype, or None when unknown.
-        const: the initializer's data (a numpy array) or None.
+        const: the initializer's data (a numpy array) or None.  A session may *release* a
+            constant whose data only lives on in packed form (``release``); reading ``const``
+            then restores it (see convrt/weights.py), so every reader keeps working.
         producer: the node writing this value, or None (graph input / initializer).
         uses: (node, input index) pairs reading it.
     """
 
-    __slots__ = ("name", "shape", "dtype", "const", "producer", "uses", "doc")
+    __slots__ = ("name", "shape", "dtype", "_const", "_restore", "producer", "uses", "doc")
 
     def __init__(self, name: str, shape: Shape | None = None, dtype=None, const=None):
         self.name = name
         self.shape = None if shape is None else tuple(shape)
         self.dtype = None if dtype is None else np.dtype(dtype)
-        self.const = const
+        self._const = const
+        self._restore = None  # Value -> array, for a released constant (see ``release``)
         self.producer: Node | None = None
         self.uses: list[tuple[Node, int]] = []
         self.doc = ""
+
+    @property
+    def const(self):
+        """The constant's array (restored first when it was released), or None."""
+        c = self._const
+        if c is None and self._restore is not None:
+            c = self._const = self._restore(self)
+        return c
+
+    @const.setter
+    def const(self, array) -> None:
+        self._const, self._restore = array, None  # new data: an old restore no longer applies
+
+    @property
+    def has_const(self) -> bool:
+        """Whether this is a constant, without restoring a released one's data."""
+        return self._const is not None or self._restore is not None
+
+    @property
+    def released(self) -> bool:
+        """Whether the data is released (``const`` would restore it)."""
+        return self._const is None and self._restore is not None
+
+    def release(self, restore) -> None:
+        """Drop the reference to the data; ``restore(value) -> array`` gives it back on the next
+        read of ``const``, bit for bit (the caller's promise).  Why: a session whose kernels
+        hold a packed copy of a weight need not keep the original resident."""
+        self._const, self._restore = None, restore
 
     def __repr__(self) -> str:
         return f"Value({self.name!r}, {self.shape}, {self.dtype})"
@@ -107,6 +138,9 @@ class Graph:
         self.source = "<model>"  # file name or "<bytes>": used in error messages
         # model-local functions kept for export: (domain, name) -> ir.Function (plain data)
         self.functions: dict[tuple[str, str], Any] = {}
+        # where the initializers' bytes lie in the model file (onnx_io/origin.py), for reading
+        # a released weight again; None when not loaded from a file
+        self.origin: Any = None
         self._fresh = itertools.count()
 
     # -- construction ---------------------------------------------------------------
@@ -142,11 +176,11 @@ class Graph:
 
     def is_constant(self, v: Value | None) -> bool:
         """True when ``v`` holds data no feed can override (IR < 4 lists initializers as inputs)."""
-        return v is not None and v.const is not None and v not in self.inputs
+        return v is not None and v.has_const and v not in self.inputs
 
     def runtime_inputs(self) -> list[Value]:
         """Graph inputs a user feeds (initializers listed as inputs are optional overrides)."""
-        return [v for v in self.inputs if v.const is None]
+        return [v for v in self.inputs if not v.has_const]
 
     def consumers(self, v: Value) -> list[Node]:
         return [n for n, _ in v.uses]

@@ -30,6 +30,7 @@ from .. import _protowire as wire
 from ..errors import ModelLoadError, UnsupportedOpError
 from ..ir import Graph, Node, Value
 from .functions import function_from_proto
+from .origin import FileOrigin, file_stamp
 from .tensors import DEFAULT_MEMORY_BUDGET, np_dtype, payload_bytes, tensor_to_array
 
 MIN_OPSET = 7
@@ -170,12 +171,28 @@ def load_graph(src, base_dir: str | os.PathLike | None = None,
     else:
         model, source, base_dir, weights, fd = fast
     try:
-        return to_graph(model, source, base_dir, budget, _weights=weights)
+        g = to_graph(model, source, base_dir, budget, _weights=weights)
+        if fd is not None:
+            g.origin = _file_origin(src, fd, source, model, weights, g)
+        return g
     except RecursionError:
         raise ModelLoadError(f"{source}: model nests too deeply") from None
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _file_origin(path, fd: int, source: str, model, weights: _Weights, g: Graph) -> FileOrigin:
+    """Record where each initializer read straight from the file lies in it (``origin.py``)."""
+    origin = FileOrigin(path, file_stamp(os.fstat(fd)), source)
+    for i, t in enumerate(model.graph.initializer):
+        span = weights.get(i)
+        v = g.initializers.get(t.name)
+        if span is None or v is None or v.const is None or v.const.dtype.kind == "V" or \
+                v.const.nbytes != span[2]:
+            continue
+        origin.add(t.name, span[1], span[2], v.const)
+    return origin
 
 
 def _shape_of(tp, what: str, source: str):

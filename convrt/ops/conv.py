@@ -90,8 +90,11 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     conv = None
     if const:  # packed once per session when the plan is built with a pack cache
         bv = None if B is None else B.value
-        packs = None if ctx.packs is None else (ctx.packs, ("conv", id(W.value), id(bv)),
-                                                (W.value, bv))
+        # keyed by the weight's Value where it has one (``TensorInfo.key``), not by its array:
+        # a released weight (convrt/weights.py) has no array, and a restored one a new one
+        wkey = W.value if W.key is None else W.key
+        packs = None if ctx.packs is None else (ctx.packs, ("conv", id(wkey), id(bv)),
+                                                (wkey, bv))
         conv = make(W.value, bv, packs)
     if conv is not None:  # the bound kernel knows its own copy (Winograd, gather, none)
         scratch = conv.scratch_bytes()
@@ -118,6 +121,8 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     # read at the output's offsets, so such an output stays NCHW
     layout = {} if conv is None else {"reads_x": conv} if residual else {"reads_x": conv,
                                                                             "writes_y": conv}
+    if conv is not None and conv.packs_weights:  # W (input 1) is never read at run time
+        layout["packed"] = (1,)
     return ctx.result([shape], [X.dtype], run, flops=macs, scratch=scratch, **layout)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConvrtError, ModelLoadError, ShapeError, UnsupportedOpError
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Released, Value
 from .registry import (OpContext, OpDef, OpResult, TensorInfo, attr_type_ok, lookup,
                        schema_attribute_types, schema_attributes)
 
@@ -129,11 +129,13 @@ def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
         # an overridable initializer (also a graph input) not fed to this plan is its default:
         # a constant for the plan
         const = graph.is_constant(v) or (feeds is not None and name not in feeds)
-        env[name] = TensorInfo(tuple(v.shape), v.dtype, v.const if const else None)
+        # a released weight (convrt/weights.py) is a stand-in: its data stays where it is
+        value = (Released(v) if v.released else v.const) if const else None
+        env[name] = TensorInfo(tuple(v.shape), v.dtype, value, v if const else None)
     for v in graph.inputs:
         if feeds is not None and v.name in feeds:
             env[v.name] = feeds[v.name]
-        elif v.const is None:
+        elif not v.has_const:
             env[v.name] = TensorInfo(v.shape, v.dtype)
     out: list[NodeInfo] = []
     folded_bytes = 0

@@ -37,11 +37,17 @@ CONVRT_DOMAIN = "convrt"
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """What an op sees of an input: shape, dtype and the value when it is constant."""
+    """What an op sees of an input: shape, dtype and the value when it is constant.
+
+    ``value`` may be a released weight's stand-in (``convrt.ir.Released``: shape, dtype, and
+    the data through ``np.asarray``); ``key`` is the initializer's Value, a stable identity for
+    caching what is derived from the data (packed weights) across plans and releases.
+    """
 
     shape: tuple | None
     dtype: np.dtype | None
     value: np.ndarray | None = None
+    key: object = None
 
     @property
     def rank(self) -> int | None:
@@ -72,10 +78,12 @@ class PackCache:
 
     Why: each plan binds its own kernels, and a kernel packs its weights for its inner loop; a
     session that sees batch sizes 1..8 would otherwise hold eight packed copies of every layer.
-    Entries are keyed by the identity of the constant arrays packed (``id``) plus the layer's
-    geometry without the batch and the packing parameters (so an algorithm chosen differently
-    for another batch gets its own entry).  Each entry holds the arrays it was keyed by, so an
-    ``id`` cannot be reused by another array while its entry lives.  Thread-safe: two plans
+    Entries are keyed by the identity (``id``) of the constants packed (their Values, where
+    ``TensorInfo.key`` gives one, else their arrays) plus the layer's geometry without the batch
+    and the packing parameters (so an algorithm chosen differently for another batch gets its
+    own entry).  Each entry holds the objects it was keyed by, so an ``id`` cannot be reused
+    while its entry lives; holding a Value rather than its array lets the session release the
+    unpacked weights (convrt/weights.py).  Thread-safe: two plans
     built at once may both pack a miss; the first stored wins and the other copy is dropped.
     """
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
+from ..kernels._alloc import mapped_empty
 from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import PackCache, TensorInfo, packing_into
 
@@ -116,7 +117,7 @@ class Arena:
 
     def __init__(self, nbytes: int, source: str):
         try:
-            raw = np.empty(nbytes + ALIGN, np.uint8)
+            raw = mapped_empty(nbytes + ALIGN, np.uint8)  # its own mapping (kernels/_alloc.py)
         except MemoryError:
             raise InputError(f"{source}: cannot allocate {nbytes} bytes of activations") \
                 from None
@@ -282,6 +283,9 @@ class Plan:
         self._none_slot = len(self.template)  # always None: omitted optional inputs
         self.template.append(None)
         self.steps: list[Step] = []
+        # slots read as a packed kernel's weights (``OpResult.extra["packed"]``), and otherwise
+        self._packed_reads: set[int] = set()
+        self._plain_reads: set[int] = set()
         self._links: list = []  # per step: (input slots, kernel reading X, kernel writing Y)
         self.scratch_bytes = 0  # per-run kernel scratch (Conv's padded input copy...)
         defs: list[tuple[int, TensorInfo]] = []  # (slot, info) of buffers per step, in order
@@ -294,6 +298,7 @@ class Plan:
             self._bind(ni, slot_of, env, defs, step_defs, alias_of, last_use)
         self.output_slots = [slot_of(v.name) for v in graph.outputs]
         self.output_infos = [env[v.name] for v in graph.outputs]
+        self.packed_consts = self._drop_packed(slot)
         end = len(self.steps)
         for s in self.output_slots:
             last_use[alias_of.get(s, s)] = end
@@ -325,6 +330,10 @@ class Plan:
                 defs.append((s, info))
                 last_use.setdefault(s, i)
         step_defs.append(mine)
+        packed = res.extra.get("packed", ())
+        for k, s in enumerate(ins):
+            if s is not None:
+                (self._packed_reads if k in packed else self._plain_reads).add(s)
         self._links.append((ins, res.extra.get("reads_x"), res.extra.get("writes_y")))
         self.scratch_bytes += int(res.extra.get("scratch", 0))
         label = node.name or node.outputs[0].name
@@ -339,6 +348,20 @@ class Plan:
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias,
                                           self._none_slot),
                                serial))
+
+    def _drop_packed(self, slot: dict[str, int]) -> frozenset:
+        """Constants that only kernels holding a packed copy read: their template slots are
+        emptied (those kernels ignore the argument), so the plan keeps no reference to the
+        unpacked array.  Returns their names, which the session may release (weights.py)."""
+        names = []
+        outputs = set(self.output_slots)
+        for name, s in slot.items():
+            if (s in self._packed_reads and s not in self._plain_reads and s not in outputs
+                    and s not in self.feed_slots.values() and self.template[s] is not None):
+                self.template[s] = None
+                names.append(name)
+        del self._packed_reads, self._plain_reads
+        return frozenset(names)
 
     def _pad_handoffs(self, step_defs, alias_of) -> dict[int, int]:
         """Let a convolution write its output straight into the zero-bordered layout its only

@@ -71,22 +71,32 @@ class ConvLayer:
     dilations = property(lambda self: (self.dh, self.dw))
 
 
-# (cache, key, keep) while a Conv2d is being bound with a session's pack cache (``Conv2d``'s
+# (cache, key, keep, strict) while a Conv2d is being bound with a session's pack cache (``Conv2d``'s
 # ``packs``), else None.  A context variable so that the algorithms' constructors need no
 # extra parameter, and two threads binding at once do not see each other's scope.
 _PACKING: contextvars.ContextVar = contextvars.ContextVar("convrt_conv_packing", default=None)
+
+
+class WeightsNeeded(Exception):
+    """Raised by ``packed`` on a miss while the weights are only a stand-in (see ``Conv2d``)."""
+
+
+def _need_weights():
+    raise WeightsNeeded
 
 
 def packed(what: str, params: tuple, make):
     """``make()`` (the packed weights), shared through the session's pack cache when the layer
     is being bound with one: every plan of a session (one per batch size) then holds one copy.
     ``params``: whatever besides the weights and the layer's geometry the packing depends on
-    (the microkernel's block width...), so a different choice gets its own entry."""
+    (the microkernel's block width...), so a different choice gets its own entry.  While the
+    weights are a released stand-in (``strict``), a miss raises ``WeightsNeeded`` instead of
+    packing, and ``Conv2d`` binds again with the weights restored."""
     scope = _PACKING.get()
     if scope is None:
         return make()
-    cache, key, keep = scope
-    return cache.get(key + (what, params), keep, make)
+    cache, key, keep, strict = scope
+    return cache.get(key + (what, params), keep, _need_weights if strict else make)
 
 
 def aligned_zeros(shape, dtype, align: int = 64) -> np.ndarray:
@@ -110,6 +120,9 @@ class ConvAlgorithm:
     """Base of the algorithm classes (``select.ALGORITHMS``)."""
 
     name = ""  # what ``Conv2d.algo`` reports
+    # True where the weights reach the kernel only through ``packed``: the bound object keeps
+    # no reference to them, so a session may release the original (convrt/weights.py)
+    packs_weights = False
 
     @classmethod
     def accepts(cls, layer: ConvLayer, cpu) -> bool:

@@ -20,6 +20,7 @@ import threading
 import numpy as np
 from numba import prange
 
+from .._alloc import mapped_empty
 from .._jit import njit, pjit
 from ._base import ConvAlgorithm
 
@@ -116,7 +117,9 @@ def _shared_scratch(n, dtype):
     key = np.dtype(dtype).char
     buf = getattr(_SCRATCH, key, None)
     if buf is None or buf.shape[0] < n:
-        buf = np.empty(n, dtype=dtype)  # exactly: VGG-16's largest copy is 13 MB
+        buf = None  # the old one goes first
+        setattr(_SCRATCH, key, None)
+        buf = mapped_empty(n, dtype)  # exactly: 13 MB an image on VGG-16
         setattr(_SCRATCH, key, buf)
     return buf[:n]
 

@@ -27,6 +27,7 @@ import numpy as np
 from ...activations import NONE, RELU
 from ..pool import max_pool2d
 from . import _microkernel
+from .._alloc import mapped_empty
 from ._layout import nchw_strides, padded_strides, zero_spare
 from .select import Conv2d
 
@@ -40,7 +41,9 @@ def _unpooled_scratch(n, dtype):
     key = np.dtype(dtype).str
     buf = getattr(_UNPOOLED, key, None)
     if buf is None or buf.size < n:
-        buf = np.empty(n, dtype=dtype)
+        buf = None  # the old one goes first
+        setattr(_UNPOOLED, key, None)
+        buf = mapped_empty(n, dtype)
         setattr(_UNPOOLED, key, buf)
     return buf[:n]
 
@@ -84,6 +87,7 @@ class ConvMaxPool:
     x_shape = property(lambda self: self.conv.x_shape)
     y_shape = property(lambda self: (-1,) if self._padded_out else self.out_shape)
     _padded_out = False
+    packs_weights = property(lambda self: self.conv.packs_weights)
 
     def padded_input(self):
         return self.conv.padded_input()

@@ -206,6 +206,7 @@ class Direct(RowInput):
     """The blocked kernel bound to a layer: packed weights, microkernel shape, work order."""
 
     name = "direct"
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:

@@ -259,6 +259,7 @@ class DepthwiseBlocked(ConvAlgorithm):
     """
 
     name = "depthwise"  # the family's name, as dw3x3 reports (``Conv2d._dw`` is the object)
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:

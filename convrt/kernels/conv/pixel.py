@@ -292,6 +292,7 @@ class Pixel(RowInput):
     """This kernel bound to a layer (group 1, output rows of 16+ pixels)."""
 
     name = "pixel"
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:

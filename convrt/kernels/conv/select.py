@@ -8,7 +8,7 @@ one module and one line in ``ALGORITHMS``.
 
 import numpy as np
 
-from ._base import _PACKING, ConvLayer, geometry_key
+from ._base import _PACKING, ConvLayer, WeightsNeeded, geometry_key
 from ._microkernel import HOST
 from .depthwise import Depthwise
 from .direct import Direct
@@ -57,6 +57,8 @@ class Conv2d:
             shared by every Conv2d bound to the same weights and geometry (``_base.packed``).
 
     Calling ``conv(x, out, residual=None)`` writes ``act(conv(x) + b + residual)`` into ``out``;
+    ``w`` may be a released weight's stand-in (``convrt.ir.Released``: shape, dtype, ``array()``):
+    it is only read when no plan packed this layer's weights before.
     ``residual`` must not share memory with ``out`` (the last tile of a row rewrites a few
     pixels, and would read an already-updated residual).  ``impl`` is the algorithm object;
     the handoff contract of ``runtime/plan.py`` is forwarded to it, and so are its own fields
@@ -67,21 +69,21 @@ class Conv2d:
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
                  dtype=np.float32, algo="auto", packs=None):
         dtype = np.dtype(dtype)
-        w = np.asarray(w, dtype=dtype)
+        # released weights (a stand-in with shape, dtype and ``array()``: convrt/ir/released.py)
+        stand_in = not isinstance(w, np.ndarray) and callable(getattr(w, "array", None))
+        if not stand_in:
+            w = np.asarray(w, dtype=dtype)
         layer = ConvLayer.build(w.shape, in_shape, strides, pads, dilations, group, activation,
                                 alpha, clip_min, clip_max, dtype)
         bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
         assert bias.shape == (layer.m_all,)
         cls = select(layer, HOST, algo)
+        if stand_in and (packs is None or not cls.packs_weights or w.dtype != dtype):
+            w, stand_in = np.asarray(w.array(), dtype=dtype), False  # the kernel reads them
         if packs is None:
             impl = cls(layer, w, bias)
         else:
-            cache, key, keep = packs
-            token = _PACKING.set((cache, key + (geometry_key(layer),), keep))
-            try:
-                impl = cls(layer, w, bias)
-            finally:
-                _PACKING.reset(token)
+            impl = self._bind_packed(cls, layer, w, bias, packs, stand_in)
         object.__setattr__(self, "impl", impl)
         object.__setattr__(self, "algo", impl.name)
         object.__setattr__(self, "_own_packing", packs is None)
@@ -100,6 +102,21 @@ class Conv2d:
         bias = np.zeros(self._wshape[0], dtype=dtype) if b is None else np.asarray(b, dtype)
         repack(np.asarray(w, dtype=dtype), bias)
         return True
+
+    @staticmethod
+    def _bind_packed(cls, layer, w, bias, packs, stand_in):
+        """``cls(layer, w, bias)`` with its packed weights from the session's cache; with a
+        stand-in for released weights, a miss (another packing than any plan made before)
+        restores them and binds again."""
+        cache, key, keep = packs
+        token = _PACKING.set((cache, key + (geometry_key(layer),), keep, stand_in))
+        try:
+            return cls(layer, w, bias)
+        except WeightsNeeded:
+            _PACKING.set((cache, key + (geometry_key(layer),), keep, False))
+            return cls(layer, np.asarray(w.array(), dtype=layer.dtype), bias)
+        finally:
+            _PACKING.reset(token)
 
     x_shape = property(lambda self: self.impl.x_shape)
     y_shape = property(lambda self: self.impl.y_shape)

@@ -28,6 +28,7 @@ import numpy as np
 from numba import prange
 
 from ...activations import NONE
+from .._alloc import mapped_empty, mapped_zeros
 from .._jit import FAST, njit, pjit
 from ._base import ConvAlgorithm, packed
 from ._epilogue import _row_epilogue
@@ -460,8 +461,8 @@ class Winograd:
         if self.fused:
             scr = getattr(tls, "wf", None)
             if scr is None:  # zeros: a short last group leaves columns it never transforms
-                scr = tls.wf = np.zeros((numba.config.NUMBA_NUM_THREADS, self.buf_len),
-                                        self.dtype)
+                scr = tls.wf = mapped_zeros(numba.config.NUMBA_NUM_THREADS * self.buf_len,
+                                            self.dtype).reshape(-1, self.buf_len)
             has_res = residual is not None
             res = residual.reshape(-1) if has_res else out.reshape(-1)[:1]
             ngroups = -(-self.geo[7] // self.gsz)
@@ -504,7 +505,7 @@ def _shared(which, n, dtype):
     if buf is None or buf.shape[0] < n:
         buf = None  # the old one goes first
         setattr(_SHARED, key, None)
-        buf = np.empty(n, dtype=dtype)
+        buf = mapped_empty(n, dtype)
         setattr(_SHARED, key, buf)
     return buf[:n]
 
@@ -541,6 +542,7 @@ class WinogradConv(ConvAlgorithm):
     """The Winograd engine bound to a layer (``_wino``), with its per-thread buffers."""
 
     name = "winograd"
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:
