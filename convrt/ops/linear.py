@@ -101,7 +101,9 @@ def _gemm_bf16(ctx, A, B, C, alpha, beta, transB, act, mnk):
             return None
         bias = np.broadcast_to(beta * np.asarray(C.value, np.float32).reshape(-1), (ncols,))
     w = np.asarray(B.value, np.float32)
-    w = (w if transB else w.T) * np.float32(alpha)
+    w = w if transB else w.T
+    if alpha != 1.0:
+        w = w * np.float32(alpha)
     wt = np.ascontiguousarray(w, np.float32).reshape(ncols, kdim, 1, 1)
     bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
     packs = None if ctx.packs is None else (ctx.packs, ("gemm_bf16", id(B.value), id(

@@ -34,15 +34,22 @@ MIN_CHANNELS = 8  # below this (first layers: RGB) the float32 kernels keep the 
 
 def pack_weights(w, bias, wd):
     """``(wp, bp)``: ``w`` (M, C, kH, kW) float32 as bf16 channel pairs in blocks of ``wd``
-    output channels (see module docstring), ``bias`` (M,) float32 padded to the blocks."""
+    output channels (see module docstring), ``bias`` (M,) float32 padded to the blocks.  One
+    block at a time, so that packing VGG-16's 411 MB classifier holds a few MB of temporaries
+    beside the result, not several copies of it."""
     m_all, c_n = w.shape[:2]
     kk = w.shape[2] * w.shape[3]
     c2_n = (c_n + 1) // 2
     nb = -(-m_all // wd)
-    w3 = np.zeros((nb * wd, 2 * c2_n, kk), np.float32)
-    w3[:m_all, :c_n] = np.asarray(w, np.float32).reshape(m_all, c_n, kk)
-    words = bf16.pack_pairs(w3[:, 0::2], w3[:, 1::2])  # (M', C2, kk)
-    wp = np.ascontiguousarray(words.reshape(nb, wd, c2_n * kk).transpose(0, 2, 1))
+    w3 = np.asarray(w, np.float32).reshape(m_all, c_n, kk)
+    wp = np.empty((nb, c2_n * kk, wd), np.uint32)
+    blk = np.zeros((wd, 2 * c2_n, kk), np.float32)
+    for b in range(nb):
+        m0, m1 = b * wd, min(m_all, (b + 1) * wd)
+        blk[:] = 0
+        blk[:m1 - m0, :c_n] = w3[m0:m1]
+        words = bf16.pack_pairs(blk[:, 0::2], blk[:, 1::2])  # (wd, C2, kk)
+        wp[b] = words.reshape(wd, c2_n * kk).T
     bp = np.zeros(nb * wd, np.float32)
     bp[:m_all] = bias
     return wp, bp.reshape(nb, wd)
