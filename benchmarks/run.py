@@ -391,7 +391,8 @@ def _versions(results: dict) -> str:
 def render_text(results: dict) -> str:
     m = results["machine"]
     ran, ratios = columns(results)
-    peers = " and ".join(dict.fromkeys(LABELS[k].split()[0] for k in ran if not k.startswith("convrt")))
+    peers = " and ".join(dict.fromkeys(LABELS[k].split()[0] for k in ran
+                                       if not k.startswith("convrt")))
     lines = [f"convrt vs {peers or 'nothing'}  {results['date']}  {m.get('cpu')}, "
              f"{m.get('cores')} cores, "
              f"{results['threads']} threads each, median of {results.get('rounds', 1)} x "

@@ -106,8 +106,9 @@ def _gemm_bf16(ctx, A, B, C, alpha, beta, transB, act, mnk):
         w = w * np.float32(alpha)
     wt = np.ascontiguousarray(w, np.float32).reshape(ncols, kdim, 1, 1)
     bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
-    packs = None if ctx.packs is None else (ctx.packs, ("gemm_bf16", id(B.value), id(
-        None if C is None else C.value), alpha, beta, transB), (B.value, None if C is None else C.value))
+    cv = None if C is None else C.value
+    packs = None if ctx.packs is None else (
+        ctx.packs, ("gemm_bf16", id(B.value), id(cv), alpha, beta, transB), (B.value, cv))
     conv = Conv2d(wt, bias, (1, kdim, 1, rows), activation=act, packs=packs,
                   precision="bf16")
     if conv.algo != "direct_bf16":

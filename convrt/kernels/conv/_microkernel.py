@@ -90,6 +90,9 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
     ``trans`` must be a literal: it picks the table of instances (``TRANSPOSED_CASES`` or
     ``PRODUCT_CASES``) that (``nblk``, ``ntile``, ``taps``), run-time ints, are dispatched over;
     arrays C-contiguous; ``xb`` uint64.
+    bf16 (``direct_bf16.py``): with ``xf`` and ``wp`` uint32 (a bf16 pair per word, channels
+    2c and 2c+1) each step is a broadcast pair and ``llvm.x86.avx512bf16.dpbf16ps.512`` per
+    vector (two products into each float32 sum); ``bp`` and ``tile`` stay float32.
     Emits one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and
     Inf propagate as in a plain multiply-add).  The transpose is done in registers, 16x16 at a
     time (4 rounds of two-input shuffles), so that the store into NCHW runs along pixels.

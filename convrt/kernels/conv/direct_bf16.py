@@ -21,12 +21,11 @@ per instruction where the float32 kernel's FMA does 16.
 import numpy as np
 
 from .. import bf16
-from ._base import packed
-from ._layout import _shared_scratch, nchw_strides
-from ._ir import VEC
 from . import _microkernel
+from ._base import packed
+from ._ir import VEC
+from ._layout import RowInput, _shared_scratch, nchw_strides
 from .direct import ROW_MAJOR_BYTES, Direct
-from ._layout import RowInput
 
 _WORD = np.dtype(np.uint32)
 MIN_CHANNELS = 8  # below this (first layers: RGB) the float32 kernels keep the layer
