@@ -2,7 +2,7 @@
 
     python benchmarks/_worker.py SPEC.json
 
-SPEC: {"kind": "convrt" | "ort" | "ov_f32" | "ov_default" | "peak", "model": path, "batch": n,
+SPEC: {"kind": "convrt" | "convrt_bf16" | "ort" | "ov_f32" | "ov_default" | "peak", "model": path, "batch": n,
        "threads": 2, "repeat": n, "warmup": n, "seed": 0,
        "t_spawn": parent's time.time() before the spawn,
        "out_npy": where to save the first output, "result": where to write the JSON result,
@@ -99,7 +99,9 @@ def run_convrt(spec):
     import convrt
     from convrt.runtime import InferenceSession, SessionOptions
 
-    sess = InferenceSession(spec["model"], SessionOptions(intra_op_num_threads=spec["threads"]))
+    precision = "bf16" if spec["kind"] == "convrt_bf16" else "fp32"
+    sess = InferenceSession(spec["model"], SessionOptions(intra_op_num_threads=spec["threads"],
+                                                          precision=precision))
     feeds, start = _first_run(sess, spec)
     res = dict(start, version=getattr(convrt, "__version__", "dev"))
     if spec["repeat"] > 0:
@@ -188,8 +190,8 @@ def run_peak(spec):
 
 def main():
     spec = json.loads(open(sys.argv[1]).read())
-    fn = {"ort": run_ort, "convrt": run_convrt, "ov_f32": run_ov, "ov_default": run_ov,
-          "peak": run_peak}[spec["kind"]]
+    fn = {"ort": run_ort, "convrt": run_convrt, "convrt_bf16": run_convrt, "ov_f32": run_ov,
+          "ov_default": run_ov, "peak": run_peak}[spec["kind"]]
     res = fn(spec)
     res["peak_rss_mb"] = _rss_mb()
     res["pid"] = os.getpid()

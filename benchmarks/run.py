@@ -72,21 +72,31 @@ DEFAULT_MODELS = ["vgg16_b1", "vgg16_b8", "small_vgg_b64", "resnet18_b1", "mobil
 TOL = 1e-4  # max abs error <= TOL * max|y_ort|
 
 # every runtime _worker.py can time, in the table's column order
-RUNTIMES = ("convrt", "ort", "ov_f32", "ov_default")
+RUNTIMES = ("convrt", "ort", "ov_f32", "ov_default", "convrt_bf16")
 LABELS = {"convrt": "convrt", "ort": "onnxruntime", "ov_f32": "OpenVINO f32",
-          "ov_default": "OpenVINO default"}
-SHORT = {"convrt": "convrt", "ort": "ort", "ov_f32": "OV f32", "ov_default": "OV def"}
+          "ov_default": "OpenVINO default", "convrt_bf16": "convrt bf16"}
+SHORT = {"convrt": "convrt", "ort": "ort", "ov_f32": "OV f32", "ov_default": "OV def",
+         "convrt_bf16": "cv bf16"}
+DEFAULT_RUNTIMES = ("convrt", "ort", "ov_f32", "ov_default")  # convrt_bf16 is opt-in
 # the order the processes start and take turns in: onnxruntime first and convrt last as before,
 # so a run without OpenVINO times exactly as it did
-START_ORDER = ("ort", "ov_f32", "ov_default", "convrt")
+START_ORDER = ("ort", "ov_f32", "ov_default", "convrt", "convrt_bf16")
 # outputs compared with onnxruntime's; True = held to TOL (float32), False = error reported only
-CHECKED = {"convrt": True, "ov_f32": True, "ov_default": False}
-# the ratio columns: (header, name in the JSON/Markdown, the peer or peers convrt is divided by);
-# "best f32" is the better of the two float32 peers per metric, the bar convrt has to clear
+CHECKED = {"convrt": True, "ov_f32": True, "ov_default": False, "convrt_bf16": False}
+# the ratio columns: (header, name in the JSON/Markdown, the peer or peers convrt is divided by,
+# and the convrt runtime divided: float32 unless named); "best f32" is the better of the two
+# float32 peers per metric, the bar convrt has to clear; convrt bf16 / OV default (bfloat16
+# here) is issue #20's bf16 bar
 RATIOS = (("/ort", "convrt/ort", ("ort",)),
           ("/OV f32", "convrt/OV f32", ("ov_f32",)),
           ("/best32", "convrt/best f32", ("ort", "ov_f32")),
-          ("/OV def", "convrt/OV default", ("ov_default",)))
+          ("/OV def", "convrt/OV default", ("ov_default",)),
+          ("bf/OVdef", "convrt bf16/OV default", ("ov_default",), "convrt_bf16"))
+
+
+def _num(ratio) -> str:
+    """The runtime a ratio column divides (its fourth field, else float32 convrt)."""
+    return ratio[3] if len(ratio) > 3 else "convrt"
 HIGHER_IS_BETTER = {"images_per_s", "gflops", "pct_peak"}
 
 
@@ -243,12 +253,13 @@ def bench_model(name: str, args, runtimes: list, peak: float, log) -> dict:
     out = {"model": builder, "batch": batch, "path": path}
     with tempfile.TemporaryDirectory(prefix="convrt-bench-out-") as tmp:
         npy = {k: os.path.join(tmp, f"{k}.npy") for k in runtimes}
-        if "convrt" in runtimes:
-            log(f"[{name}] priming convrt's numba cache")
-            prime = worker(dict(common, kind="convrt", repeat=0), env)
-            if "error" in prime:
-                out["prime_error"] = prime["error"]
-            time.sleep(args.pause)
+        for kind in ("convrt", "convrt_bf16"):
+            if kind in runtimes:
+                log(f"[{name}] priming {LABELS[kind]}'s numba cache")
+                prime = worker(dict(common, kind=kind, repeat=0), env)
+                if "error" in prime:
+                    out["prime_error"] = prime["error"]
+                time.sleep(args.pause)
         kinds = [k for k in START_ORDER if k in runtimes]
         log(f"[{name}] {', '.join(LABELS[k] for k in kinds)}: {args.rounds} alternating rounds "
             f"of {args.repeat} runs")
@@ -269,7 +280,7 @@ def bench_model(name: str, args, runtimes: list, peak: float, log) -> dict:
         finally:
             shutil.rmtree(cache, ignore_errors=True)
         out["convrt_empty_cache"] = cold
-    cv = out.get("convrt", {})
+    cv = out.get("convrt") or out.get("convrt_bf16") or {}
     flops = cv.get("flops", 0) if "error" not in cv else 0
     out["gflop"] = flops / 1e9
     for k in RUNTIMES:
@@ -294,7 +305,7 @@ def _best(key: str, values: list):
 def columns(results: dict) -> tuple[list, list]:
     """The runtimes that ran (value columns) and the ratios that can be formed from them."""
     ran = [k for k in RUNTIMES if k in results.get("runtimes", ("convrt", "ort"))]
-    ratios = [r for r in RATIOS if "convrt" in ran and all(p in ran for p in r[2])]
+    ratios = [r for r in RATIOS if _num(r) in ran and all(p in ran for p in r[2])]
     return ran, ratios
 
 
@@ -315,8 +326,8 @@ def rows_of(results: dict) -> list[tuple]:
             vals = {k: r.get(k, {}).get(key) for k in ran}
             if label == "start-up (empty cache)":  # the peers keep no cache: their one start-up
                 vals["convrt"] = e.get("cold_s")
-            rats = {h: _ratio(vals.get("convrt"), _best(key, [vals.get(p) for p in peers]))
-                    for h, _, peers in ratios}
+            rats = {r[0]: _ratio(vals.get(_num(r)), _best(key, [vals.get(p) for p in r[2]]))
+                    for r in ratios}
             rows.append((name, label, unit, vals, rats))
         for side in ran + ["convrt_empty_cache"]:
             if "error" in r.get(side, {}):
@@ -380,7 +391,8 @@ def _versions(results: dict) -> str:
 def render_text(results: dict) -> str:
     m = results["machine"]
     ran, ratios = columns(results)
-    peers = " and ".join(dict.fromkeys(LABELS[k].split()[0] for k in ran if k != "convrt"))
+    peers = " and ".join(dict.fromkeys(LABELS[k].split()[0] for k in ran
+                                       if not k.startswith("convrt")))
     lines = [f"convrt vs {peers or 'nothing'}  {results['date']}  {m.get('cpu')}, "
              f"{m.get('cores')} cores, "
              f"{results['threads']} threads each, median of {results.get('rounds', 1)} x "
@@ -389,7 +401,7 @@ def render_text(results: dict) -> str:
              f"{results['peak_gflops']:.1f} GFLOP/s", ""]
     lines += [f"skipped: {line}" for line in _skipped(results)] + [""] * bool(_skipped(results))
     hdr = (f"{'model':<16} {'metric':<28}" + "".join(f" {SHORT[k]:>9}" for k in ran)
-           + "".join(f" {h:>8}" for h, _, _ in ratios))
+           + "".join(f" {h:>8}" for h, *_ in ratios))
     lines += [hdr, "-" * len(hdr)]
     last = None
     for name, label, unit, vals, rats in rows_of(results):
@@ -399,7 +411,7 @@ def render_text(results: dict) -> str:
         lab = label + (" " + unit if unit and unit != "%" else "")
         lines.append(f"{name if name != last else '':<16} {lab:<28}"
                      + "".join(f" {_fmt(vals.get(k), unit):>9}" for k in ran)
-                     + "".join(f" {_rat(rats.get(h)):>8}" for h, _, _ in ratios))
+                     + "".join(f" {_rat(rats.get(h)):>8}" for h, *_ in ratios))
         last = name
     prec = next((r["ov_default"].get("precision") for r in results["models"].values()
                  if r.get("ov_default", {}).get("precision")), None)
@@ -408,7 +420,7 @@ def render_text(results: dict) -> str:
                                                                     else "")}
     if ratios:
         lines.append("; ".join(["ratios = convrt / the peer"]
-                               + [notes[h] for h, _, _ in ratios if h in notes]))
+                               + [notes[h] for h, *_ in ratios if h in notes]))
     lines.append("start-up = the whole process, spawn -> first output" + (
         "; the peers keep no kernel cache, so their empty-cache start-up is their one start-up"
         if any("convrt_empty_cache" in r for r in results["models"].values()) else ""))
@@ -423,28 +435,38 @@ def render_text(results: dict) -> str:
         spreads = round_ratios(r)
         if spreads:
             lines.append(f"{name:<16} latency ratio per round (median of each), min .. max: "
-                         + ", ".join(f"/{SHORT[p]} {min(v):.2f} .. {max(v):.2f}"
+                         + ", ".join(f"{_spread_label(p)[6:]} {min(v):.2f} .. {max(v):.2f}"
                                      for p, v in spreads.items()))
     return "\n".join(lines)
 
 
 def round_ratios(r: dict) -> dict:
     """convrt / each peer of each round's medians (the same round of every runtime ran within
-    a few seconds): how much a ratio moves with the load.  {peer: [ratio per round]}."""
-    a = r.get("convrt", {}).get("round_medians_ms") or []
+    a few seconds): how much a ratio moves with the load.  {peer: [ratio per round]}; convrt
+    bf16 / OpenVINO default under the key "bf16/ov_default"."""
     out = {}
-    for peer in RUNTIMES[1:]:
-        b = r.get(peer, {}).get("round_medians_ms") or []
-        spread = [x / y for x, y in zip(a, b) if y]
-        if spread:
-            out[peer] = spread
+    for num, peers in (("convrt", ("ort", "ov_f32", "ov_default")),
+                       ("convrt_bf16", ("ov_default",))):
+        a = r.get(num, {}).get("round_medians_ms") or []
+        for peer in peers:
+            b = r.get(peer, {}).get("round_medians_ms") or []
+            spread = [x / y for x, y in zip(a, b) if y]
+            if spread:
+                out[peer if num == "convrt" else "bf16/" + peer] = spread
     return out
+
+
+def _spread_label(key: str) -> str:
+    """A ``round_ratios`` key as "convrt/<peer>" or "convrt bf16/<peer>"."""
+    if key.startswith("bf16/"):
+        return f"convrt bf16/{LABELS[key[5:]]}"
+    return f"convrt/{LABELS[key]}"
 
 
 def render_markdown(results: dict) -> str:
     m = results["machine"]
     ran, ratios = columns(results)
-    peers = ", ".join(LABELS[k] for k in ran if k != "convrt")
+    peers = ", ".join(LABELS[k] for k in ran if not k.startswith("convrt"))
     out = [f"# convrt vs {peers or 'nothing'}", "",
            f"Measured {results['date']} on {m.get('cpu')}, {m.get('cores')} cores "
            f"({m.get('mem_gib', '?')} GiB), Python {m.get('python')}, {_versions(results)}; "
@@ -457,14 +479,14 @@ def render_markdown(results: dict) -> str:
            f"{results['peak_gflops']:.1f} GFLOP/s.  Ratios = convrt / the peer (lower is better "
            f"for times and memory)"
            + ("; best f32 = the better of onnxruntime and OpenVINO f32 per metric"
-              if any(n == "convrt/best f32" for _, n, _ in ratios) else "")
+              if any(n == "convrt/best f32" for _, n, *_ in ratios) else "")
            + ".  Start-up = process spawn to first output (imports, load, first run)"
            + ("; the peers keep no kernel cache, so the empty-cache row repeats their one "
               "start-up" if any("convrt_empty_cache" in r for r in results["models"].values())
               else "") + ".  Reproduce: `python benchmarks/run.py`.", ""]
     out += [f"Skipped: {line}." for line in _skipped(results)] + [""] * bool(_skipped(results))
     out += ["| model | metric | " + " | ".join(LABELS[k] for k in ran)
-            + "".join(f" | {n}" for _, n, _ in ratios) + " |",
+            + "".join(f" | {n}" for _, n, *_ in ratios) + " |",
             "|---|---|" + "---:|" * (len(ran) + len(ratios))]
     for name, label, unit, vals, rats in rows_of(results):
         if label.startswith("ERROR"):
@@ -472,7 +494,7 @@ def render_markdown(results: dict) -> str:
             continue
         lab = label + (f" ({unit})" if unit and unit != "%" else "")
         out.append(f"| {name} | {lab} | " + " | ".join(_fmt(vals.get(k), unit) for k in ran)
-                   + "".join(f" | {_rat(rats.get(h))}" for h, _, _ in ratios) + " |")
+                   + "".join(f" | {_rat(rats.get(h))}" for h, *_ in ratios) + " |")
     out += ["", "| model | runtime | max abs error vs onnxruntime | max abs y | "
             "within 1e-4·max abs y |", "|---|---|---:|---:|---|"]
     for name, label, c in check_lines(results):
@@ -484,7 +506,7 @@ def render_markdown(results: dict) -> str:
             "run):", "", "| model | ratio | min | max | per round |", "|---|---|---:|---:|---|"]
     for name, r in results["models"].items():
         for peer, spread in round_ratios(r).items():
-            out.append(f"| {name} | convrt/{LABELS[peer]} | {min(spread):.2f} | "
+            out.append(f"| {name} | {_spread_label(peer)} | {min(spread):.2f} | "
                        f"{max(spread):.2f} | {' '.join(f'{v:.2f}' for v in spread)} |")
     return "\n".join(out) + "\n"
 
@@ -508,8 +530,10 @@ def openvino_status() -> tuple[str | None, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
-    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=list(RUNTIMES),
-                   help="which runtimes to time (all four); onnxruntime is the output oracle, "
+    p.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES),
+                   choices=list(RUNTIMES),
+                   help="which runtimes to time (the first four; convrt_bf16 = convrt with "
+                   "precision='bf16', opt-in); onnxruntime is the output oracle, "
                         "so without it nothing is checked")
     p.add_argument("--repeat", type=int, default=5,
                    help="timed warm runs per runtime per round (5)")

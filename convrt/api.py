@@ -28,6 +28,7 @@ from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
 from .runtime.malloc import loading as malloc_loading
 from .runtime.plan import ArenaPool, Plan, plan_key
+from .runtime.precision import resolve_precision
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
 from .weights import ReleasedWeights
@@ -108,6 +109,15 @@ class SessionOptions:
             floating point with every dimension but the first fixed; the warm-up plan is not
             kept (a first run of another batch size plans anew, reusing the packed weights).
             False: the first run pays the loading (ResNet-18: ~0.3-0.5 s against ~20 ms).
+        precision: "fp32" (default) or "bf16" (opt-in, convrt/runtime/precision.py): float32
+            Conv and Gemm layers run with bf16 weights (converted once, at plan time) and
+            activations rounded to bf16 where they enter the layer; sums, bias, residual and
+            activation stay float32, inputs and outputs keep the model's dtype.  Layers without
+            a bf16 kernel (depthwise, grouped, fewer than 8 input channels, 1x1 handled
+            elsewhere, pools...) and float64 layers compute as in "fp32"; a float16 model
+            computes in float32 (convrt/float16.py), so its convolutions do take bf16.  On a
+            CPU without AVX512_BF16: one warning per process, then float32.  Anything else is
+            an InputError listing the choices (at session creation).
 
     Accepted for onnxruntime code, with no effect in convrt: ``inter_op_num_threads`` and
     ``execution_mode`` (a plan runs its nodes one after another; the parallelism is inside the
@@ -139,6 +149,7 @@ class SessionOptions:
     use_deterministic_compute: bool = False
     config_entries: dict = field(default_factory=dict)
     warm_up: bool = True
+    precision: str = "fp32"
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         self.config_entries[str(key)] = str(value)
@@ -263,6 +274,7 @@ class InferenceSession:
         self.options = sess_options or SessionOptions()
         # first: a bad thread count is reported before minutes of loading and compiling
         self._threads = resolve_threads(self.options.intra_op_num_threads)
+        self._precision = resolve_precision(self.options.precision)
         # onnxruntime's profile starts at session creation: initialization is its first event
         self._profiler = (SessionProfiler(self.options.profile_file_prefix, "<model>")
                           if self.options.enable_profiling else None)
@@ -324,7 +336,7 @@ class InferenceSession:
         try:
             arrays, infos = self._check_feeds(feeds)
             plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
-                        self._packs, self._pool)
+                        self._packs, self._pool, self._precision)
             with np.errstate(all="ignore"):
                 plan.run(arrays)
             plan.release()
@@ -439,7 +451,7 @@ class InferenceSession:
                 plan = self._touch(key)
                 if plan is None:
                     plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
-                                self._packs, self._pool)
+                                self._packs, self._pool, self._precision)
                     self._weights.release(plan.packed_consts)
                     with self._lru:
                         self._plans[key] = plan

@@ -4,6 +4,11 @@ Prints a table of nodes sorted by time (median over the profiled runs, % of the 
 GFLOP/s where the node's MACs are known) and, with ``--profile FILE.json``, writes the last
 profiled run as a Chrome trace (``{"traceEvents": [...]}`` with ``ph: "X"`` complete events,
 microseconds), which chrome://tracing and https://ui.perfetto.dev open.
+
+With ``--precision bf16`` it also reports the accuracy against float32 (``accuracy``): a float32
+session of the same model runs ``--accuracy-inputs`` random inputs (the timed feed first) and
+the bf16 one the same; printed are the max abs error of every output and, for a classifier's
+``(N, classes)`` output, the top-1 agreement.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_support import make_feeds, make_session, nonnegative_int, positive_int, thread_count
+from .cli_support import (add_precision_arg, make_feeds, make_session, nonnegative_int,
+                          positive_int, thread_count)
 from .runtime.trace import chrome_trace, step_spans, write_json
 
 
@@ -33,6 +39,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--profile", metavar="FILE.json", help="write a Chrome-trace JSON")
     b.add_argument("--level", default="all", choices=["disable", "basic", "extended", "all"])
     b.add_argument("--disable", action="append", default=[], metavar="PASS")
+    add_precision_arg(b)
+    b.add_argument("--accuracy-inputs", type=positive_int, default=32, metavar="N",
+                   help="with --precision bf16: random inputs compared with float32 (32)")
     b.set_defaults(fn=cmd_bench)
 
 
@@ -89,7 +98,8 @@ def cmd_bench(args) -> int:
     med = np.median(runs, axis=0)
     flops = step_flops(sess, feeds)
     total_flops = sum(flops.values())
-    print(f"model: {args.model}  batch {args.batch}  threads {sess._threads}")
+    print(f"model: {args.model}  batch {args.batch}  threads {sess._threads}  "
+          f"precision {sess._precision}")
     print(f"load + first run: {first * 1e3:.1f} ms")
     m = float(np.median(totals))
     line = (f"latency over {len(totals)} profiled runs: median {m * 1e3:.2f} ms, "
@@ -104,7 +114,52 @@ def cmd_bench(args) -> int:
     if args.profile:
         write_json(args.profile, chrome_trace(spans, f"convrt {Path(args.model).name}", flops))
         print(f"\nwrote {args.profile} (open in chrome://tracing or ui.perfetto.dev)")
+    if sess._precision == "bf16":
+        print()
+        print(render_accuracy(accuracy(sess, make_session(args, "fp32"), feeds,
+                                       args.accuracy_inputs, args.batch)))
     return 0
+
+
+def accuracy(low, ref, feeds: dict, n_inputs: int, batch: int) -> dict:
+    """``low`` (a bf16 session) against ``ref`` (float32) over ``n_inputs`` inputs: ``feeds``
+    (``batch`` rows) first, then random batches (``make_feeds`` with seeds 1, 2...).  Returns
+    {"inputs": rows compared, "outputs": {name: {"max_abs_err", "max_abs_y", "top1": agreeing
+    rows or None}}}; top-1 is counted for outputs of shape (N, classes > 1)."""
+    names = [o.name for o in ref.get_outputs()]
+    stats = {n: {"max_abs_err": 0.0, "max_abs_y": 0.0, "top1": 0, "rows": 0} for n in names}
+    done, seed = 0, 0
+    while done < n_inputs:
+        f = feeds if seed == 0 else make_feeds(ref, [], batch, seed=seed)
+        seed += 1
+        rows = min(batch, n_inputs - done)
+        for n, y, z in zip(names, ref.run(None, f), low.run(None, f)):
+            y, z = np.asarray(y)[:rows], np.asarray(z)[:rows]
+            s = stats[n]
+            if y.dtype.kind == "f" and y.size:
+                s["max_abs_err"] = max(s["max_abs_err"], float(np.max(np.abs(
+                    y.astype(np.float64) - z.astype(np.float64)))))
+                s["max_abs_y"] = max(s["max_abs_y"], float(np.max(np.abs(y))))
+            if y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind == "f":
+                s["top1"] += int(np.sum(np.argmax(y, 1) == np.argmax(z, 1)))
+                s["rows"] += rows
+        done += rows
+    for s in stats.values():
+        if not s["rows"]:
+            s["top1"] = None
+    return {"inputs": done, "outputs": stats}
+
+
+def render_accuracy(acc: dict) -> str:
+    lines = [f"bf16 against float32 over {acc['inputs']} random inputs:"]
+    for name, s in acc["outputs"].items():
+        line = (f"  {name}: max abs error {s['max_abs_err']:.4g} (max |y| "
+                f"{s['max_abs_y']:.4g})")
+        if s["top1"] is not None:
+            line += (f", top-1 agreement {s['top1']}/{s['rows']} "
+                     f"({100 * s['top1'] / s['rows']:.1f} %)")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def step_flops(sess, feeds) -> dict[str, int]:

@@ -167,7 +167,8 @@ def light_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_support import IMAGE_HELP, add_image_args, positive_int, thread_count
+    from .cli_support import (IMAGE_HELP, add_image_args, add_precision_arg, positive_int,
+                              thread_count)
     from .warmup import add_parser as add_warmup
 
     p, sub = _top_parser()
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=thread_count, default=None,
                    help="intra-op threads, 1 to the CPUs this process may use (default: all)")
     add_image_args(r)
+    add_precision_arg(r)
     _add_opt_args(r)
     r.set_defaults(fn=cmd_run)
 

@@ -48,14 +48,23 @@ def thread_count(text: str) -> int:
     return n
 
 
-def make_session(args):
-    """The InferenceSession that ``args`` (model, level, disable, threads) describe."""
+def make_session(args, precision: str | None = None):
+    """The InferenceSession that ``args`` (model, level, disable, threads, precision) describe;
+    ``precision`` overrides ``args.precision``."""
     from .api import InferenceSession, SessionOptions
 
     opts = SessionOptions(graph_optimization_level=args.level,
                           disabled_optimizers=list(args.disable),
-                          intra_op_num_threads=getattr(args, "threads", None) or 0)
+                          intra_op_num_threads=getattr(args, "threads", None) or 0,
+                          precision=precision or getattr(args, "precision", None) or "fp32")
     return InferenceSession(args.model, opts)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """--precision: SessionOptions.precision (convrt/runtime/precision.py)."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (default) or bf16: bf16 weights and activations into the "
+                   "convolutions and GEMMs, float32 sums (needs AVX512_BF16; float32 otherwise)")
 
 
 IMAGE_HELP = ("FILE is an .npy array or an image (PNG, JPEG...: resized so the shorter side "

@@ -22,7 +22,8 @@ def _results(runtimes, empty_cache=True):
     rt = {"convrt": dict(median_ms=10.0, images_per_s=100.0, cold_s=2.0),
           "ort": dict(median_ms=8.0, images_per_s=125.0, cold_s=0.5),
           "ov_f32": dict(median_ms=5.0, images_per_s=200.0, cold_s=1.0),
-          "ov_default": dict(median_ms=2.5, images_per_s=400.0, cold_s=0.8, precision="bf16")}
+          "ov_default": dict(median_ms=2.5, images_per_s=400.0, cold_s=0.8, precision="bf16"),
+          "convrt_bf16": dict(median_ms=3.0, images_per_s=333.0, cold_s=2.1)}
     model = {k: rt[k] for k in runtimes}
     if empty_cache:
         model["convrt_empty_cache"] = {"cold_s": 40.0}
@@ -35,7 +36,7 @@ def _row(results, label):
 
 
 def test_all_ratio_columns_and_best_f32():
-    res = _results(run.RUNTIMES)
+    res = _results(run.DEFAULT_RUNTIMES)
     _, _, _, vals, rats = _row(res, "latency median")
     assert vals == {"convrt": 10.0, "ort": 8.0, "ov_f32": 5.0, "ov_default": 2.5}
     assert rats == pytest.approx({"/ort": 1.25, "/OV f32": 2.0, "/best32": 2.0, "/OV def": 4.0})
@@ -65,4 +66,22 @@ def test_check_holds_float32_runtimes_only():
     loose = run.check(ref + 1e-2, ref, held=False)
     assert loose["ok"] is None and loose["max_abs_err"] == pytest.approx(1e-2, rel=1e-3)
     assert run.check(ref[:1], ref, held=True)["max_abs_err"] == float("inf")
-    assert run.CHECKED == {"convrt": True, "ov_f32": True, "ov_default": False}
+    assert run.CHECKED == {"convrt": True, "ov_f32": True, "ov_default": False,
+                           "convrt_bf16": False}
+
+
+def test_bf16_runtime_is_divided_by_openvino_default():
+    """convrt_bf16 (opt-in) gets its own column and the ratio convrt bf16 / OV default, issue
+    #20's bf16 bar; the float32 ratios still divide float32 convrt."""
+    res = _results(run.RUNTIMES)
+    _, _, _, vals, rats = _row(res, "latency median")
+    assert vals["convrt_bf16"] == 3.0
+    assert rats["bf/OVdef"] == pytest.approx(3.0 / 2.5) and rats["/OV def"] == pytest.approx(4.0)
+    res["models"]["m"]["convrt"]["round_medians_ms"] = [10.0, 11.0]
+    res["models"]["m"]["convrt_bf16"]["round_medians_ms"] = [3.0, 3.3]
+    res["models"]["m"]["ov_default"]["round_medians_ms"] = [2.5, 3.0]
+    spreads = run.round_ratios(res["models"]["m"])
+    assert spreads["bf16/ov_default"] == pytest.approx([1.2, 1.1])
+    assert "convrt bf16/OpenVINO default" in run.render_markdown(res)
+    assert "cv bf16" in run.render_text(res)
+    assert "bf16" not in str(run.columns(_results(run.DEFAULT_RUNTIMES))[1])

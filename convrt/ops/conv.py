@@ -78,13 +78,14 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     if pool:  # bound for the general path, which pools a full-size output
         scratch += math.prod(unpooled) * X.dtype.itemsize
     kind = ConvMaxPool if pool else Conv2d
+    precision = ctx.precision
 
     def w4_of(w):
         return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
 
     def make(w, b, packs=None):
         return kind(w4_of(w), b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype,
-                    packs=packs)
+                    packs=packs, precision=precision)
 
     const = W.value is not None and (B is None or B.value is not None)
     conv = None

@@ -40,6 +40,10 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
     code = {"none": ACT_NONE, "relu": ACT_RELU}[act]
     dt = A.dtype
     alpha, beta = float(alpha), float(beta)
+    if ctx.precision == "bf16" and not transA:
+        bf = _gemm_bf16(ctx, A, B, C, alpha, beta, transB, act, (m, n, k))
+        if bf is not None:
+            return ctx.result([shape], [A.dtype], bf[0], flops=macs, scratch=bf[1])
 
     def pack(b):
         return np.ascontiguousarray(b.T if transB else b, dtype=dt)
@@ -77,6 +81,48 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
                     code)
 
     return ctx.result([shape], [A.dtype], run, flops=macs)
+
+
+def _gemm_bf16(ctx, A, B, C, alpha, beta, transB, act, mnk):
+    """``(run, scratch)`` of a float32 Gemm by constant weights in bf16, or None where it does
+    not fit: the product runs as ``_matmul_as_conv``'s 1x1 convolution with the bf16 kernel
+    (``kernels/conv/direct_bf16.py``), weights ``alpha*B`` rounded once, ``beta*C`` its float32
+    bias (C constant and one value per output column), the ReLU fused.  At batch 1 (VGG-16's
+    classifier) it streams half the float32 weight bytes."""
+    from ..kernels.conv.select import Conv2d
+
+    rows, ncols, kdim = mnk
+    if A.dtype != np.float32 or B.value is None:
+        return None
+    bias = None
+    if C is not None:
+        if C.value is None or C.value.size not in (1, ncols) or (
+                C.value.ndim == 2 and C.value.shape[0] != 1):
+            return None
+        bias = np.broadcast_to(beta * np.asarray(C.value, np.float32).reshape(-1), (ncols,))
+    w = np.asarray(B.value, np.float32)
+    w = w if transB else w.T
+    if alpha != 1.0:
+        w = w * np.float32(alpha)
+    wt = np.ascontiguousarray(w, np.float32).reshape(ncols, kdim, 1, 1)
+    bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
+    cv = None if C is None else C.value
+    packs = None if ctx.packs is None else (
+        ctx.packs, ("gemm_bf16", id(B.value), id(cv), alpha, beta, transB), (B.value, cv))
+    conv = Conv2d(wt, bias, (1, kdim, 1, rows), activation=act, packs=packs,
+                  precision="bf16")
+    if conv.algo != "direct_bf16":
+        return None
+
+    def run(a, _b, *rest):  # rest = ([c], out)
+        out = rest[-1]
+        image = np.empty((kdim, rows), np.float32)  # per run: concurrent runs share the kernel
+        np.copyto(image, a.T)
+        y = np.empty((ncols, rows), np.float32)
+        conv(image.reshape(1, kdim, 1, rows), y.reshape(1, ncols, 1, rows))
+        np.copyto(out, y.T)
+
+    return run, (kdim + ncols) * rows * 4 + conv.scratch_bytes()
 
 
 @register_op("Gemm", since=(7, 9, 11, 13))

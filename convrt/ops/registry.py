@@ -141,6 +141,22 @@ def packing_into(cache: PackCache | None):
         _PACKS.reset(token)
 
 
+# The precision of the plan being built on this thread ("fp32" or "bf16", SessionOptions'
+# ``precision`` once the session has checked the CPU can run it); the plan sets it around
+# binding, as it does the pack cache.
+_PRECISION: contextvars.ContextVar = contextvars.ContextVar("convrt_precision", default="fp32")
+
+
+@contextlib.contextmanager
+def binding_precision(precision: str):
+    """Bind kernels inside this block with ``precision`` as ``OpContext.precision``."""
+    token = _PRECISION.set(precision)
+    try:
+        yield precision
+    finally:
+        _PRECISION.reset(token)
+
+
 class OpContext:
     """Per-node helpers handed to op functions (names for errors, opset, bind mode)."""
 
@@ -157,6 +173,12 @@ class OpContext:
     def packs(self) -> PackCache | None:
         """The session's pack cache while a plan binds kernels (None: pack privately)."""
         return _PACKS.get()
+
+    @property
+    def precision(self) -> str:
+        """"bf16" while a bf16 plan binds kernels: float32 Conv and Gemm then take bf16
+        kernels where one fits the layer (kernels/bf16.py); else "fp32"."""
+        return _PRECISION.get()
 
     def where(self) -> str:
         return f"{self.source}: node '{self.node_name}' ({self.op_type})"

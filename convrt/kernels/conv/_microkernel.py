@@ -15,6 +15,7 @@ from typing import NamedTuple
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._jit import njit
@@ -36,6 +37,7 @@ class Cpu(NamedTuple):
     LLVM will use them for the intrinsics (they bound the microkernel shapes)."""
     vbits: int
     nregs: int
+    bf16: bool = False  # AVX512_BF16's dot product (direct_bf16.py)
 
 
 def tile_pitch(nt):
@@ -54,8 +56,8 @@ def _register_budget():
 
 
 
-HOST = Cpu(*_register_budget())
-_VBITS, _NREGS = HOST
+HOST = Cpu(*_register_budget(), bool(llvm.get_host_cpu_features().get("avx512bf16")))
+_VBITS, _NREGS = HOST[:2]
 
 
 def _shapes(dtype, cpu=HOST):
@@ -88,6 +90,9 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
     ``trans`` must be a literal: it picks the table of instances (``TRANSPOSED_CASES`` or
     ``PRODUCT_CASES``) that (``nblk``, ``ntile``, ``taps``), run-time ints, are dispatched over;
     arrays C-contiguous; ``xb`` uint64.
+    bf16 (``direct_bf16.py``): with ``xf`` and ``wp`` uint32 (a bf16 pair per word, channels
+    2c and 2c+1) each step is a broadcast pair and ``llvm.x86.avx512bf16.dpbf16ps.512`` per
+    vector (two products into each float32 sum); ``bp`` and ``tile`` stay float32.
     Emits one loop over r carrying ``nblk*ntile`` vectors of 16 sums (``llvm.fmuladd``: NaN and
     Inf propagate as in a plain multiply-add).  The transpose is done in registers, 16x16 at a
     time (4 rounds of two-input shuffles), so that the store into NCHW runs along pixels.
@@ -135,8 +140,15 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
         assert unroll in (0, 1, 2) and (unroll != 1 or n_t <= 8)
         width = n_b * VEC
         aty = signature.args
-        v = VecIR(context, builder, aty[0].dtype)
+        v = VecIR(context, builder, aty[5].dtype)  # the sums' type: the bias's
         c64, vt = v.c64, v.vt
+        bf16 = aty[0].dtype == types.uint32  # bf16 pairs in, float32 sums (see below)
+        if bf16:
+            w32 = ir.VectorType(v.i32, VEC)
+            p16 = ir.VectorType(ir.IntType(16), 2 * VEC)
+            dot = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, p16, p16]),
+                "llvm.x86.avx512bf16.dpbf16ps.512")
         xa, oa, wa, ba, ta = arrays(context, builder, aty, args, (0, 2, 3, 5, 6))
         nr = builder.extract_value(oa.shape, 0)
         blk = context.cast(builder, args[4], aty[4], types.int64)
@@ -147,10 +159,24 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
         undef = ir.Constant(vt, ir.Undefined)
 
         def step(xo, wr, accs):  # one reduction step; accs[t*n_b + b]
+            if bf16:
+                return step_bf16(xo, wr, accs)
             wvs = [v.vload(wr, c64(b * VEC)) for b in range(n_b)]
             pixels = [builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))]))
                       for t in range(n_t)]
             return v.outer_fma(pixels, wvs, accs)
+
+        def step_bf16(xo, wr, accs):  # two channels per step: one uint32 = a bf16 pair
+            wvs = [builder.bitcast(builder.load(builder.bitcast(
+                builder.gep(wr, [c64(b * VEC)]), w32.as_pointer()), align=4), p16)
+                for b in range(n_b)]
+            news = []
+            for t in range(n_t):
+                pair = builder.load(builder.gep(xa.data, [builder.add(xo, c64(t))]))
+                splat = builder.bitcast(v.splat(pair, w32), p16)
+                for b in range(n_b):
+                    news.append(builder.call(dot, [accs[t * n_b + b], splat, wvs[b]]))
+            return news
 
         def body(r, accs):
             xo = builder.add(xb, builder.load(builder.gep(oa.data, [r])))

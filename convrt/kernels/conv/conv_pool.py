@@ -62,9 +62,9 @@ class ConvMaxPool:
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
-                 dtype=np.float32, algo="auto", packs=None):
+                 dtype=np.float32, algo="auto", packs=None, precision="fp32"):
         conv = Conv2d(w, b, in_shape, strides, pads, dilations, group, activation, alpha,
-                      clip_min, clip_max, dtype, algo, packs)
+                      clip_min, clip_max, dtype, algo, packs, precision)
         _, m_all, oh_n, ow_n = conv.out_shape
         assert oh_n >= 2 and ow_n >= 2
         self.conv = conv
@@ -72,7 +72,7 @@ class ConvMaxPool:
         self.out_shape = pooled_shape(conv.out_shape)
         self.dtype = conv.dtype
         # the blocked kernel, reading 2-D rows (not a 1x1 layer's single long row)
-        self.fused = (conv.algo == "direct" and conv._oh == oh_n
+        self.fused = (conv.algo in ("direct", "direct_bf16") and conv._oh == oh_n
                       and conv.act in (NONE, RELU))
         if self.fused:
             nb_ = conv._shape[0]  # the packing; only the tile width changes

@@ -83,7 +83,7 @@ def _blocked_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, n
     total = n_img * nb * oh_n
     wd = nb_ * VEC
     tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
-    tile = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    tile = np.empty(TILE_ELEMS, dtype=bp.dtype)  # the sums' type (wp: bf16 pairs)
     done = 0
     while True:
         u0, u1 = _claim_end(ctr, total, grain, side, done)
@@ -148,8 +148,8 @@ def _pooled_worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, act, prm, nb
     wd = nb_ * VEC
     tp = (nt + VEC - 1) // VEC * VEC  # tile_pitch(nt)
     phw = _U(ogeo[1])
-    t0 = np.empty(TILE_ELEMS, dtype=wp.dtype)
-    t1 = np.empty(TILE_ELEMS, dtype=wp.dtype)
+    t0 = np.empty(TILE_ELEMS, dtype=bp.dtype)
+    t1 = np.empty(TILE_ELEMS, dtype=bp.dtype)
     done = 0
     while True:
         u0, u1 = _claim_end(ctr, total, grain, side, done)

@@ -12,6 +12,8 @@ from ._base import _PACKING, ConvLayer, WeightsNeeded, geometry_key
 from ._microkernel import HOST
 from .depthwise import Depthwise
 from .direct import Direct
+from .direct_bf16 import DirectBF16
+from .. import bf16 as _bf16
 from .dw3x3 import Depthwise3x3
 from .dwcb import DepthwiseBlocked
 from .pixel import Pixel
@@ -27,13 +29,25 @@ ALGORITHMS = (
 )
 # ``algo=`` names for tests and benchmarks that force one; a layer with fewer than 8 output
 # channels per group still takes the general depthwise kernel unless Winograd is forced
-FORCED = {"direct": Direct, "pixel": Pixel, "winograd": WinogradConv, "depthwise": Depthwise}
+FORCED = {"direct": Direct, "pixel": Pixel, "winograd": WinogradConv, "depthwise": Depthwise,
+          "direct_bf16": DirectBF16}
+# Tried first under ``precision="bf16"`` (on a CPU with AVX512_BF16): a layer none of them
+# accepts (depthwise, grouped, first layers with few channels, float64) keeps its float32
+# algorithm.  Winograd is not offered in bf16: its transformed inputs would be rounded after
+# the transform, and the bf16 direct kernel already does twice the float32 one's work per
+# instruction on the deep 3x3 layers Winograd takes in float32.
+BF16_ALGORITHMS = (DirectBF16,)
 
 
-def select(layer: ConvLayer, cpu=HOST, algo: str = "auto"):
+def select(layer: ConvLayer, cpu=HOST, algo: str = "auto", precision: str = "fp32"):
     """The algorithm class for ``layer`` on ``cpu``: the first of ``ALGORITHMS`` that accepts
-    it, or the one ``algo`` forces."""
+    it (of ``BF16_ALGORITHMS`` first under ``precision="bf16"``, unless bf16 is forced off,
+    ``bf16.FORCE_FP32``), or the one ``algo`` forces."""
     if algo == "auto":
+        if precision == "bf16" and not _bf16.FORCE_FP32:
+            for cls in BF16_ALGORITHMS:
+                if cls.accepts(layer, cpu):
+                    return cls
         return next(cls for cls in ALGORITHMS if cls.accepts(layer, cpu))
     if algo != "winograd" and Depthwise.accepts(layer, cpu):
         return Depthwise
@@ -51,7 +65,10 @@ class Conv2d:
         activation: one of ``convrt.activations.NAMES``, applied after the bias and the
             optional residual.  alpha: LeakyRelu slope. clip_min, clip_max: Clip bounds.
         dtype: float32 (the fast path) or float64.
-        algo: "auto" (``select``), or "direct", "pixel", "winograd", "depthwise" to force one.
+        algo: "auto" (``select``), or "direct", "pixel", "winograd", "depthwise",
+            "direct_bf16" to force one.
+        precision: "fp32", or "bf16": bf16 weights and inputs, float32 sums, where
+            ``BF16_ALGORITHMS`` accept the layer (``select``).
         packs: ``(cache, key, keep)``: a session's ``PackCache`` (ops/registry.py), the key of
             the constant weights (their ids) and those arrays; the packed weights are then
             shared by every Conv2d bound to the same weights and geometry (``_base.packed``).
@@ -67,7 +84,7 @@ class Conv2d:
 
     def __init__(self, w, b, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
                  group=1, activation="none", alpha=0.01, clip_min=-np.inf, clip_max=np.inf,
-                 dtype=np.float32, algo="auto", packs=None):
+                 dtype=np.float32, algo="auto", packs=None, precision="fp32"):
         dtype = np.dtype(dtype)
         # released weights (a stand-in with shape, dtype and ``array()``: convrt/ir/released.py)
         stand_in = not isinstance(w, np.ndarray) and callable(getattr(w, "array", None))
@@ -77,7 +94,7 @@ class Conv2d:
                                 alpha, clip_min, clip_max, dtype)
         bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
         assert bias.shape == (layer.m_all,)
-        cls = select(layer, HOST, algo)
+        cls = select(layer, HOST, algo, precision)
         if stand_in and (packs is None or not cls.packs_weights or w.dtype != dtype):
             w, stand_in = np.asarray(w.array(), dtype=dtype), False  # the kernel reads them
         if packs is None:
