@@ -2,7 +2,8 @@
 
     python benchmarks/_worker.py SPEC.json
 
-SPEC: {"kind": "convrt" | "convrt_bf16" | "ort" | "ov_f32" | "ov_default" | "peak", "model": path, "batch": n,
+SPEC: {"kind": "convrt" | "convrt_bf16" | "ort" | "ov_f32" | "ov_default" | "peak",
+       "model": path, "batch": n,
        "threads": 2, "repeat": n, "warmup": n, "seed": 0,
        "t_spawn": parent's time.time() before the spawn,
        "out_npy": where to save the first output, "result": where to write the JSON result,

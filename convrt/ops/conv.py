@@ -128,7 +128,8 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
 
 
 def _scratch_bytes(in4, s, p, itemsize) -> int:
-    """Bytes of Conv2d's zero-bordered input copy (kernels/conv/_layout.py), counted in the budget."""
+    """Bytes of Conv2d's zero-bordered input copy (kernels/conv/_layout.py), counted in the
+    budget."""
     n, c, h, w = in4
     if s[1] == 1 and not any(p):
         return 0

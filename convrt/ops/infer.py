@@ -78,7 +78,8 @@ def _call(ctx: OpContext, opdef: OpDef, node: Node, infos: list[TensorInfo | Non
                       not attr_type_ok(v, types[k]))
     if mistyped:
         raise ctx.fail(f"attribute(s) {mistyped} have the wrong type for the ONNX schema")
-    missing = [k for k, d in opdef.attrs.items() if d is inspect.Parameter.empty and k not in node.attrs]
+    missing = [k for k, d in opdef.attrs.items()
+               if d is inspect.Parameter.empty and k not in node.attrs]
     if missing:
         raise ctx.fail(f"missing required attribute(s) {missing}")
     try:

@@ -3,8 +3,9 @@
 Images are processed in chunks so the im2col buffer stays bounded (about ``CHUNK_BYTES``; few
 chunks, since each kernel call is a parallel region and waking threads is costly on a busy
 machine).  Per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t`` are BLAS
-products, split by columns among the threads (``_threads.matmul_split``), and ``col2im`` scatters ``dcols`` into dX.  For unit-stride 2-D layers of one group
-(most of ResNet's and VGG's), dX is instead the forward convolution of dY with the flipped,
+products, split by columns among the threads (``_threads.matmul_split``), and ``col2im``
+scatters ``dcols`` into dX.  For unit-stride 2-D layers of one group (most of ResNet's and
+VGG's), dX is instead the forward convolution of dY with the flipped,
 transposed weights, run by the inference kernels (``_dx_by_forward_conv``).
 """
 
