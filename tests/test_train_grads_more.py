@@ -165,3 +165,23 @@ def test_backward_matches_finite_differences(op, case):
     graph = convrt.load(CASES[op][case])
     rng = np.random.default_rng(0)
     assert check_against_finite_differences(graph, _feeds(graph, rng, op), rng) > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 1, 2, 2)])
+def test_maxpool_2x2_fast_path_equals_the_generic_kernel(shape):
+    """The 2x2/2 training pool (``max_pool2x2_argmax``) writes the same maxima and argmax as
+    the generic kernel, ties (first wins), -inf and NaN (the first NaN wins) included; odd
+    sizes drop the last row/column as floor mode does."""
+    from convrt.train.kernels import pool as P
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, shape).astype(np.float32)  # many ties
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, 3, replace=False)] = [np.nan, -np.inf, np.nan]
+    oh, ow = shape[2] // 2, shape[3] // 2
+    want, got = (np.empty(shape[:2] + (oh, ow), np.float32) for _ in range(2))
+    warg, garg = (np.empty(want.shape, np.int64) for _ in range(2))
+    P.max_pool2d_argmax(x, want, warg, 2, 2, 2, 2, 1, 1, 0, 0)
+    P.max_pool2x2_argmax(x, got, garg)
+    np.testing.assert_array_equal(garg, warg)
+    np.testing.assert_array_equal(got, want)  # NaN positions equal too

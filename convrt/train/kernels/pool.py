@@ -45,6 +45,39 @@ def max_pool2d_argmax(x, out, arg, kh, kw, sh, sw, dh, dw, pt, pl):
 
 
 @pjit
+def max_pool2x2_argmax(x, out, arg):
+    """``max_pool2d_argmax`` for a 2x2 window at stride 2, no padding, every window inside
+    the input (VGG's pools): the four candidates compared straight, in the generic kernel's
+    order (row by row; the first maximum on ties; the first NaN wins), without its per-tap
+    bounds tests (4-5x faster on small VGG's pools at batch 64)."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for nc in prange(n * c):
+        i, j = nc // c, nc % c
+        src, dst, ag = x[i, j], out[i, j], arg[i, j]
+        for y in range(oh):
+            r0, r1 = src[2 * y], src[2 * y + 1]
+            base = 2 * y * w
+            for xo in range(ow):
+                m = r0[2 * xo]
+                k = base + 2 * xo
+                if m == m:
+                    v = r0[2 * xo + 1]
+                    if v > m or v != v:
+                        m, k = v, base + 2 * xo + 1
+                    if m == m:
+                        v = r1[2 * xo]
+                        if v > m or v != v:
+                            m, k = v, base + w + 2 * xo
+                        if m == m:
+                            v = r1[2 * xo + 1]
+                            if v > m or v != v:
+                                m, k = v, base + w + 2 * xo + 1
+                dst[y, xo] = m
+                ag[y, xo] = k
+
+
+@pjit
 def max_pool2d_backward(gy, arg, gx):
     """gx (zeroed here) gets gy scattered to the recorded argmax positions."""
     n, c, h, w = gx.shape
