@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -275,6 +276,10 @@ def _silence_stdout() -> None:
         pass
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"convrt: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit status.
 
@@ -293,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         sub = parser.subcommands.get(args.command, parser)
         sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    # a warning is one line, as errors are, not Python's file:line plus the source line
+    warnings.formatwarning = _one_line_warning
     try:
         status = args.fn(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush

@@ -129,3 +129,17 @@ def test_usable_cpus_follows_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no affinity API here")
     assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_bf16_fallback_warning_is_one_line():
+    """Where bf16 cannot run (forced here), ``--precision bf16`` warns in one line, as errors
+    are reported, then runs float32."""
+    import os
+
+    r = _cli("run", MODEL, "--precision", "bf16",
+             env={**os.environ, "CONVRT_DISABLE_BF16": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("convrt: warning: precision='bf16'"), \
+        r.stderr
+    assert "running float32" in lines[0] and "top-5" in r.stdout
