@@ -59,11 +59,28 @@ def test_matches_onnxruntime(name, ops):
 
 
 def test_efficientnet_silus_fused():
-    """Every SiLU of EfficientNet-B0 leaves the graph (49: stem, expand, depthwise, SE, head)."""
-    graph = convrt.load(builders.build("efficientnet_b0", image=64).SerializeToString())
+    """Every SiLU of EfficientNet-B0 leaves the graph (49: stem, expand, depthwise, SE, head),
+    no standalone Sigmoid is left (the SE gates' are fused into their convolutions), and the
+    optimized model, written back as ONNX, runs in onnxruntime with the original's outputs."""
+    from convrt.onnx_io.writer import from_graph
+
+    model = builders.build("efficientnet_b0", image=64)
+    graph = convrt.load(model.SerializeToString())
     convrt.optimize(graph)
     ops = collections.Counter(n.op_type for n in graph.nodes)
     assert ops["FusedConvSilu"] + ops["Silu"] == 49, ops
+    assert ops["Sigmoid"] == 0 and ops["FusedConvSigmoid"] == 16, ops
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    ref = run(model)
+    assert np.abs(run(from_graph(graph)) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_yolov8n_matches_onnxruntime_and_silus_fused():
