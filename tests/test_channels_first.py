@@ -23,15 +23,9 @@ from convrt.onnx_io.writer import from_graph
 ort = pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "sample_models"))
 import builders  # noqa: E402
+from oracle import run_ort  # noqa: E402
 
 F32, F64 = TensorProto.FLOAT, TensorProto.DOUBLE
-
-
-def _ort(model, feeds):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def _run(model, feeds, level="all"):
@@ -104,7 +98,7 @@ def test_convnext_block_runs_in_nchw_and_matches_onnxruntime():
     stats = {r.name: r.stats for r in results}
     assert stats["channels_first"] == {"channels-last stretches moved to NCHW": 1}
     assert stats["fuse_conv_bias"]["Mul folded into Conv"] == 1
-    ref = _ort(m, feeds)[0]
+    ref = run_ort(m, feeds)[0]
     got = _run(m, feeds)[0]
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() <= 1e-5 * scale
@@ -113,7 +107,7 @@ def test_convnext_block_runs_in_nchw_and_matches_onnxruntime():
     assert np.abs(got - plain).max() <= 1e-5 * scale
     out = from_graph(g)  # ChannelLayerNorm exported as a function onnxruntime runs
     onnx.checker.check_model(out, full_check=True)
-    assert np.abs(_ort(out, feeds)[0] - ref).max() <= 1e-5 * scale
+    assert np.abs(run_ort(out, feeds)[0] - ref).max() <= 1e-5 * scale
     assert np.abs(_run(out, feeds)[0] - ref).max() <= 1e-5 * scale
 
 
@@ -141,7 +135,7 @@ def test_stretches_that_must_stay(kw, why):
     m, feeds = _block(**kw, hw=(5, 5) if {"bias_shape", "perm_back"} & set(kw) else (5, 7))
     _, ops, _ = _ops(m)
     assert ops["Transpose"] == 2 and "convrt.ChannelLayerNorm" not in ops, (why, ops)
-    ref = _ort(m, feeds)[0]
+    ref = run_ort(m, feeds)[0]
     np.testing.assert_allclose(_run(m, feeds)[0], ref, rtol=1e-4, atol=1e-5)
 
 
@@ -151,7 +145,7 @@ def test_intermediate_read_elsewhere_keeps_the_stretch():
     m.graph.output.append(helper.make_tensor_value_info("r", F32, None))
     _, ops, _ = _ops(m)
     assert ops["Transpose"] == 2 and ops["MatMul"] == 2, ops
-    ref = _ort(m, feeds)
+    ref = run_ort(m, feeds)
     for got, want in zip(_run(m, feeds), ref):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -172,7 +166,7 @@ def test_layer_scale_shared_by_two_convs_is_not_folded_into_either():
     _, ops, _ = _ops(m)
     assert ops["Mul"] == 1, ops
     x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
-    for got, want in zip(_run(m, {"x": x}), _ort(m, {"x": x})):
+    for got, want in zip(_run(m, {"x": x}), run_ort(m, {"x": x})):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -217,9 +211,9 @@ def test_convnext_tiny_has_no_transpose_left_and_matches_onnxruntime():
     assert ops["Transpose"] == 0 and ops["MatMul"] == 0, ops
     assert ops["convrt.ChannelLayerNorm"] == 23 and ops["convrt.FusedConvAdd"] == 18, ops
     x = np.random.default_rng(7).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    ref = _ort(m, {"input": x})[0]
+    ref = run_ort(m, {"input": x})[0]
     scale = np.abs(ref).max()
     assert np.abs(_run(m, {"input": x})[0] - ref).max() <= 1e-4 * scale
     out = from_graph(g)
     onnx.checker.check_model(out)
-    assert np.abs(_ort(out, {"input": x})[0] - ref).max() <= 1e-4 * scale
+    assert np.abs(run_ort(out, {"input": x})[0] - ref).max() <= 1e-4 * scale
