@@ -275,7 +275,6 @@ class Direct(RowInput):
 
         wp, bp = packed("direct", (wd,), pack)
         self._wp, self._bp, self._nb, self._nbg, self._mg = wp, bp, nb, nbg, mg
-        self._group = group
         # 3x3 taps unrolled per channel: constant tap offsets need unit stride and dilation
         # along W (see _tile_sums)
         self._taps = 0 if (layer.kh, layer.kw) != (3, 3) else (
@@ -288,7 +287,7 @@ class Direct(RowInput):
 
     def repack(self, w, bias):
         """New weights of the same shape into this layer's packed arrays (``Conv2d.repack``)."""
-        pack_direct(w, bias, self._wp, self._bp, self._group)
+        pack_direct(w, bias, self._wp, self._bp, self.layer.group)
 
     def run(self, xf, out, res, has_res, shape, oh_n, ow_n, ogeo, pool):
         """The blocked (or, with ``pool``, the pooled) workers over flat ``xf`` into ``out``;

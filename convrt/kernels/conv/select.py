@@ -104,7 +104,6 @@ class Conv2d:
         object.__setattr__(self, "impl", impl)
         object.__setattr__(self, "algo", impl.name)
         object.__setattr__(self, "_own_packing", packs is None)
-        object.__setattr__(self, "_wshape", w.shape)
 
     def repack(self, w, b) -> bool:
         """Put new weights (same shape) into this layer's own packed arrays, in place of binding
@@ -113,10 +112,12 @@ class Conv2d:
         (nothing done) where the algorithm has no in-place repack or the packed arrays are a
         session's shared ones (``packs``)."""
         repack = getattr(self.impl, "repack", None)
-        if not self._own_packing or repack is None or np.shape(w) != self._wshape:
+        layer = self.impl.layer
+        if not self._own_packing or repack is None or \
+                np.shape(w) != (layer.m_all, layer.cg, layer.kh, layer.kw):
             return False
-        dtype = self.impl.dtype
-        bias = np.zeros(self._wshape[0], dtype=dtype) if b is None else np.asarray(b, dtype)
+        dtype = layer.dtype
+        bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype)
         repack(np.asarray(w, dtype=dtype), bias)
         return True
 
