@@ -17,6 +17,7 @@ from ...ops.conv import conv_geometry
 from ...ops.registry import OpContext, TensorInfo
 from .._threads import matmul_split
 from ..kernels import conv as K
+from ..kernels import conv_dw as DW
 from .registry import register_grad
 
 CHUNK_BYTES = 32 << 20
@@ -100,8 +101,18 @@ def conv_grad(ctx, gy):
     rows = c * kk
     per_img = rows * p * x.dtype.itemsize
     step = max(1, min(n, CHUNK_BYTES // max(per_img, 1)))
+    if need_w and group == 1 and x.dtype == np.float32 and n * p >= DW.MIN_ROWS:
+        # long reductions: the register-tiled microkernel instead of BLAS (kernels/conv_dw.py)
+        bufs = ctx.cache.get("dw_bufs")
+        dstep = max(1, min(n, DW.CHUNK_BYTES // per_img))
+        if bufs is None:
+            bufs = ctx.cache["dw_bufs"] = DW.DwBuffers(m, rows, dstep * p, x.dtype)
+        geo = ((kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow))
+        for n0 in range(0, n, dstep):
+            DW.weight_grad_chunk(bufs, x4, dy3, gw[0], n0, min(n, n0 + dstep), geo, n0 == 0)
+        need_w = False
     cols = np.empty((rows, step * p), dtype=x.dtype) if need_w else None
-    dyt = np.empty((m, step * p), dtype=x.dtype)
+    dyt = np.empty((m, step * p), dtype=x.dtype) if (need_w or need_x) else None
     dcols = np.empty((rows, step * p), dtype=x.dtype) if need_x else None
     for n0 in range(0, n, step) if (need_w or need_x) else ():
         n1 = min(n, n0 + step)

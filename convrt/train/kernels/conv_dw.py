@@ -1,0 +1,193 @@
+"""The weight gradient of a 2-D convolution on the inference microkernel, not BLAS.
+
+``dW[m, r] = sum_k dY[m, k] * cols[r, k]`` (``r = (c*kH + a)*kW + b``, ``k`` = image and output
+pixel) is a GEMM with a long reduction.  numpy's OpenBLAS picks its kernels by CPU model, and
+on CPUs it does not know (this Zen 5 machine: "Haswell") it runs AVX2 code at about half of
+what the AVX-512 register tile of ``kernels/conv/_microkernel.py`` reaches here: VGG's 3x3
+weight gradients at batch 64 took 0.45-0.55x the time of the threaded BLAS products
+(``benchmarks/train_step.py``, small VGG-BN: dW 90 -> ~45 ms a step).
+
+Layouts, per chunk of images (``k`` runs over the chunk's images and output pixels, padded to
+whole pieces of ``kc`` with zero rows on both sides, so padding adds nothing and NaN/Inf
+propagate as in the plain sums):
+
+* ``ap[piece, blk, k, j] = dY[n, blk*WD + j, p]``: dY as the microkernel's packed weights,
+  ``WD`` = 32 output channels a block (zeros past M) (``pack_dy``);
+* ``bq[tile, k, t] = x[n, c, oh*sh + a*dh - pt, ow*sw + b*dw - pl]`` for ``r = tile*T + t``:
+  the im2col matrix transposed into panels of ``T`` columns, ``PITCH`` floats a row (one
+  cache line), zero where the window leaves the image (``im2row``);
+* ``dw_products``: per work item (block, tile) and piece, one ``T x WD`` register tile summed
+  over the piece's ``kc`` rows (``kc * 128 B`` of dY and ``kc * 64 B`` of columns: both in L2)
+  and added into dW.  Items are split statically among the threads and each item's sums run
+  in one fixed order, so the result does not depend on the thread count.
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+from ...kernels._jit import FAST, njit, pjit
+from .conv import _span
+from ...kernels.conv._ir import VEC
+from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel_t
+
+_U = np.uint64
+_FM = set(FAST)
+NB_ = 2  # microkernel shape (blocks of 16 channels, pixels): (2, 14), the fastest (SHAPES)
+T = 14
+WD = NB_ * VEC
+PITCH = 16  # tile_pitch(T): a panel row is one 64-byte line
+KC = 1024  # reduction rows per piece
+# Images per chunk: about this many bytes of columns (the panels stay in L3 between im2row and
+# the products: 1.3-1.6x faster than 32 MB chunks on VGG's layers at batch 64).
+CHUNK_BYTES = 8 << 20
+# Below this many reduction rows (images x output pixels) BLAS stays faster: the products' per
+# tile overhead is not paid back (ResNet-18 at 64x64, batch 8: K = 32..2048, 1.2-2.5x slower).
+MIN_ROWS = 4096
+
+
+def piece_rows(k: int) -> int:
+    """Rows per piece for a chunk of ``k`` reduction rows."""
+    return min(KC, k)
+
+
+@pjit
+def pack_dy(dy3, ap, n0, n1):
+    """``ap[piece, blk, kk, j] = dy3[n, blk*WD + j, p]`` with ``piece*kc + kk = (n-n0)*P + p``;
+    zeros past M and past the chunk's last row.  One task per (block, image)."""
+    m_n, p_n = dy3.shape[1], dy3.shape[2]
+    npc, nb, kc = ap.shape[0], ap.shape[1], ap.shape[2]
+    nimg = n1 - n0
+    for t in prange(nb * nimg):
+        blk = t // nimg
+        i = t - blk * nimg
+        k0 = i * p_n
+        for j in range(WD):
+            m = blk * WD + j
+            for p in range(p_n):
+                k = k0 + p
+                pc = k // kc
+                ap[pc, blk, k - pc * kc, j] = dy3[n0 + i, m, p] if m < m_n else 0
+    # the last piece's rows past the chunk
+    k_end = nimg * p_n
+    for t in prange(nb):
+        for k in range(k_end, npc * kc):
+            pc = k // kc
+            for j in range(WD):
+                ap[pc, t, k - pc * kc, j] = 0
+
+
+@pjit
+def im2row(x, bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """``bq[tile, (n-n0)*OH*OW + oh*OW + ow, t]`` = the input under tap ``r = tile*T + t`` of
+    output pixel (oh, ow) of image n, 0 outside the image (and for ``r`` past the last tap);
+    rows past the chunk are zeros.  One task per (tile, image), a tap at a time over the
+    whole image (row by row, with T taps per row, was 2x slower on small maps)."""
+    c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
+    ntile, krows = bq.shape[0], bq.shape[1]
+    bqf = bq.reshape(bq.size)
+    kk = kh * kw
+    r_n = c_n * kk
+    p_n = oh_n * ow_n
+    nimg = n1 - n0
+    pu = _U(PITCH)
+    for task in prange(ntile * nimg):
+        tile = task // nimg
+        i = task - tile * nimg
+        img = x[n0 + i]
+        base = _U((tile * krows + i * p_n) * PITCH)
+        for t in range(T):
+            r = tile * T + t
+            ot = base + _U(t)
+            if r >= r_n:
+                for q in range(_U(p_n)):
+                    bqf[ot + q * pu] = 0
+                continue
+            c = r // kk
+            a = (r - c * kk) // kw
+            b = r - c * kk - a * kw
+            off = b * dw - pl
+            lo, hi = _span(ow_n, w_n, sw, off)
+            ulo, uhi, uow, uoff, usw = _U(lo), _U(hi), _U(ow_n), _U(off), _U(sw)
+            plane = img[c]
+            for oh in range(oh_n):
+                y = oh * sh - pt + a * dh
+                o = ot + _U(oh * ow_n) * pu
+                if y < 0 or y >= h_n:
+                    for ow in range(uow):
+                        bqf[o + ow * pu] = 0
+                    continue
+                src = plane[y]
+                for ow in range(ulo):
+                    bqf[o + ow * pu] = 0
+                for ow in range(ulo, uhi):
+                    bqf[o + ow * pu] = src[ow * usw + uoff]  # ow >= lo: not negative
+                for ow in range(uhi, uow):
+                    bqf[o + ow * pu] = 0
+    for tile in prange(ntile):
+        for k in range(nimg * p_n, krows):
+            for t in range(T):
+                bq[tile, k, t] = 0
+
+
+@njit(fastmath=_FM)
+def _dw_items(bqf, ap, offs, zb, gw, first, i0, i1, ntile, bq_stride, kc):
+    """Items ``i0..i1-1`` (tile-major: each panel piece is read once) over every piece: tile sums added into ``gw``
+    (assigned by the first piece when ``first``)."""
+    m_n, r_n = gw.shape
+    tile = np.empty(TILE_ELEMS, dtype=gw.dtype)
+    nb = ap.shape[1]
+    for pc in range(ap.shape[0]):
+        a = ap[pc]
+        for it in range(i0, i1):
+            tl = it // nb
+            blk = it - tl * nb
+            tile_kernel_t(bqf, _U(tl * bq_stride + pc * kc * PITCH), offs, a, blk, zb, tile,
+                          NB_, T, 0)
+            m0 = blk * WD
+            jv = min(WD, m_n - m0)
+            r0 = tl * T
+            tv = min(T, r_n - r0)
+            for j in range(jv):
+                row = gw[m0 + j]
+                src = tile[j * PITCH:j * PITCH + tv]
+                if first and pc == 0:
+                    for t in range(tv):
+                        row[r0 + t] = src[t]
+                else:
+                    for t in range(tv):
+                        row[r0 + t] += src[t]
+
+
+@pjit(fastmath=_FM)
+def dw_products(bq, ap, offs, zb, gw, first, nthr):
+    """``gw[m, r] (+)= sum_k ap[.., m // WD, k, m % WD] * bq[r // T, k, r % T]``."""
+    ntile = bq.shape[0]
+    items = ap.shape[1] * ntile
+    bqf = bq.reshape(bq.size)
+    stride = bq.shape[1] * bq.shape[2]
+    kc = ap.shape[2]
+    for th in prange(nthr):
+        _dw_items(bqf, ap, offs, zb, gw, first, items * th // nthr, items * (th + 1) // nthr,
+                  ntile, stride, kc)
+
+
+class DwBuffers:
+    """The chunk buffers of one layer's weight gradient (kept in the node's cache: allocated
+    once per input shape, reused every step)."""
+
+    def __init__(self, m, r, rows, dtype):
+        kc = piece_rows(rows)
+        npc = -(-rows // kc)
+        self.ap = np.empty((npc, -(-m // WD), kc, WD), dtype=dtype)
+        self.bq = np.empty((-(-r // T), npc * kc, PITCH), dtype=dtype)
+        self.offs = np.arange(kc, dtype=np.uint64) * np.uint64(PITCH)
+        self.zb = np.zeros((self.ap.shape[1], WD), dtype=dtype)
+
+
+def weight_grad_chunk(bufs, x4, dy3, gw, n0, n1, geo, first):
+    """``gw (M, C*kH*kW) (+)= dY[n0:n1] x cols[n0:n1]^T`` (assigned when ``first``)."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow) = geo
+    pack_dy(dy3, bufs.ap, n0, n1)
+    im2row(x4, bufs.bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    dw_products(bufs.bq, bufs.ap, bufs.offs, bufs.zb, gw, first, numba.get_num_threads())
