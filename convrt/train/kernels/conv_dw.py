@@ -3,9 +3,11 @@
 ``dW[m, r] = sum_k dY[m, k] * cols[r, k]`` (``r = (c*kH + a)*kW + b``, ``k`` = image and output
 pixel) is a GEMM with a long reduction.  numpy's OpenBLAS picks its kernels by CPU model, and
 on CPUs it does not know (this Zen 5 machine: "Haswell") it runs AVX2 code at about half of
-what the AVX-512 register tile of ``kernels/conv/_microkernel.py`` reaches here: VGG's 3x3
-weight gradients at batch 64 took 0.45-0.55x the time of the threaded BLAS products
-(``benchmarks/train_step.py``, small VGG-BN: dW 90 -> ~45 ms a step).
+what the AVX-512 register tile of ``kernels/conv/_microkernel.py`` reaches here (the products
+below: 420-450 GFLOP/s on 2 threads, the threaded BLAS ones ~215).  With its packing, a VGG
+3x3 layer's dW at batch 64 takes 0.55-0.7x the time of im2col + BLAS (small VGG-BN's training
+step: 1.39 -> 1.24x PyTorch's time, benchmarks/RESULTS.md).  Short reductions stay on BLAS
+(``MIN_ROWS``).
 
 Layouts, per chunk of images (``k`` runs over the chunk's images and output pixels, padded to
 whole pieces of ``kc`` with zero rows on both sides, so padding adds nothing and NaN/Inf
