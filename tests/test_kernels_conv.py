@@ -752,3 +752,52 @@ def test_masked_tile_store_equals_scalar_store(act, dtype):
                           has_res, act, prm)
                     outs.append(out)
                 np.testing.assert_array_equal(outs[1], outs[0], err_msg=f"{nt} {jv} {has_res}")
+
+
+def _packed_reference(w, bias, nb, wd, group):
+    """The blocked kernel's packed layout from its definition: block ``g*nbg + bl`` holds output
+    channels ``g*mg + bl*wd + j`` as columns ``j`` of the (C/group*kH*kW, wd) reduction
+    matrix, zeros past a group's last channel."""
+    m = w.shape[0]
+    mg, nbg = m // group, nb // group
+    wp = np.zeros((nb, int(np.prod(w.shape[1:])), wd), np.float32)
+    bp = np.zeros((nb, wd), np.float32)
+    for blk in range(nb):
+        g = blk // nbg
+        c0 = g * mg + (blk - g * nbg) * wd
+        jn = min(wd, g * mg + mg - c0)
+        wp[blk, :, :jn] = np.ascontiguousarray(w[c0:c0 + jn]).reshape(jn, -1).T
+        bp[blk, :jn] = bias[c0:c0 + jn]
+    return wp, bp
+
+
+_PACK_SHAPES = [(64, 64, 3, 32, 1), (70, 5, 3, 32, 1), (64, 3, 7, 32, 1), (96, 16, 3, 16, 2),
+                (40, 40, 1, 32, 4), (33, 7, 5, 16, 1)]
+
+
+@pytest.mark.parametrize("m,c,k,wd,group,layout", [
+    shape + (layout,) for shape in _PACK_SHAPES
+    for layout in ("contiguous", "dx_view", "strided")
+    if layout != "dx_view" or shape[-1] == 1])  # dX's view exists for one group only
+def test_pack_direct_matches_its_definition(m, c, k, wd, group, layout):
+    """Every way weights reach the blocked kernel's packing: contiguous (inference, forward
+    training), training's dX view (transposed, flipped: read from the forward weights) and any
+    other strided view."""
+    from convrt.kernels.conv.direct import pack_direct
+
+    rng = np.random.default_rng(m * c + k)
+    cg = c // group
+    if layout == "contiguous":
+        w = rng.standard_normal((m, cg, k, k)).astype(np.float32)
+    elif layout == "dx_view":
+        w = rng.standard_normal((cg, m, k, k)).astype(np.float32).transpose(1, 0, 2, 3)[
+            :, :, ::-1, ::-1]
+    else:
+        w = rng.standard_normal((m, 2 * cg, k, k)).astype(np.float32)[:, ::2]
+    bias = rng.standard_normal(m).astype(np.float32)
+    nb = group * -(-(m // group) // wd)
+    wp = np.full((nb, cg * k * k, wd), np.nan, np.float32)  # every cell must be written
+    bp = np.full((nb, wd), np.nan, np.float32)
+    pack_direct(w, bias, wp, bp, group)
+    ref_wp, ref_bp = _packed_reference(w, bias, nb, wd, group)
+    assert np.array_equal(wp, ref_wp) and np.array_equal(bp, ref_bp)

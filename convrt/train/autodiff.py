@@ -234,8 +234,11 @@ class Program:
             elif st.alias:
                 outs = st.kernel(*args)
                 outs = outs if isinstance(outs, tuple) else (outs,)
-            else:
-                outs = tuple(np.empty(o.shape, o.dtype) for o in st.out_infos)
+            else:  # buffers kept per node and shapes (grads/registry.kept says why)
+                outs = st.cache.get("outs")
+                if outs is None:
+                    outs = st.cache["outs"] = tuple(np.empty(o.shape, o.dtype)
+                                                    for o in st.out_infos)
                 st.kernel(*args, *outs)
             outs = tuple(outs[:len(node.outputs)])
             for v, a in zip(node.outputs, outs):

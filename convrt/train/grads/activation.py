@@ -6,7 +6,7 @@ import numpy as np
 
 from ...kernels import erf as KE
 from ..kernels import elementwise as K
-from .registry import register_grad
+from .registry import kept, register_grad
 
 
 def _flat(a):
@@ -16,7 +16,7 @@ def _flat(a):
 @register_grad("Relu")
 def relu_grad(ctx, gy):
     y = ctx.outputs[0]
-    gx = np.empty_like(y)
+    gx = kept(ctx.cache, "gx", y.shape, y.dtype)
     K.relu_backward(_flat(y), _flat(gy[0]), gx.reshape(-1))
     return (gx,)
 

@@ -18,7 +18,7 @@ from ...ops.registry import OpContext, TensorInfo
 from .._threads import matmul_split
 from ..kernels import conv as K
 from ..kernels import conv_dw as DW
-from .registry import register_grad
+from .registry import kept, register_grad
 
 CHUNK_BYTES = 32 << 20
 
@@ -63,7 +63,7 @@ def _dx_by_forward_conv(dy, w, x_shape, kernel, pads, cache):
     if conv is None or not conv.repack(wt, None):
         conv = cache["dx_conv"] = Conv2d(wt, None, dy.shape, (1, 1), (
             kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr), dtype=dy.dtype)
-    gx = np.empty(x_shape, dtype=dy.dtype)
+    gx = kept(cache, "gx", x_shape, dy.dtype)
     conv(np.ascontiguousarray(dy), gx)
     return gx
 
@@ -91,13 +91,16 @@ def conv_grad(ctx, gy):
     kk = kh * kw
     w3 = w.reshape(group, mg, cg * kk)
     # written by the first chunk's product (the others add to it); zeros for an empty batch
-    gw = (np.empty if n else np.zeros)((group, mg, cg * kk), dtype=x.dtype) if need_w else None
+    gw = None
+    if need_w:
+        gw = kept(ctx.cache, "gw", (group, mg, cg * kk), x.dtype) if n else \
+            np.zeros((group, mg, cg * kk), dtype=x.dtype)  # an empty batch
     gx = None
     if need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
         gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads, ctx.cache)
         need_x = False
     elif need_x:
-        gx = np.empty(x4.shape, dtype=x.dtype)
+        gx = kept(ctx.cache, "gx", x4.shape, x.dtype)
     rows = c * kk
     per_img = rows * p * x.dtype.itemsize
     step = max(1, min(n, CHUNK_BYTES // max(per_img, 1)))
@@ -111,9 +114,17 @@ def conv_grad(ctx, gy):
         for n0 in range(0, n, dstep):
             DW.weight_grad_chunk(bufs, x4, dy3, gw[0], n0, min(n, n0 + dstep), geo, n0 == 0)
         need_w = False
-    cols = np.empty((rows, step * p), dtype=x.dtype) if need_w else None
-    dyt = np.empty((m, step * p), dtype=x.dtype) if (need_w or need_x) else None
-    dcols = np.empty((rows, step * p), dtype=x.dtype) if need_x else None
+    elif need_w and group == 1 and x.dtype == np.float32 and m >= DW.TR and \
+            n * p >= DW.MIN_ROWS_ROWS:
+        bufs = ctx.cache.get("dw_rows")
+        if bufs is None:
+            bufs = ctx.cache["dw_rows"] = DW.DwRowsBuffers(m, rows, n * p, x.dtype)
+        DW.weight_grad_rows(bufs, x4, dy3, gw[0], ((kh, kw), (sh, sw), (dh, dw), (pt, pl),
+                                                   (oh, ow)))
+        need_w = False
+    cols = kept(ctx.cache, "cols", (rows, step * p), x.dtype) if need_w else None
+    dyt = kept(ctx.cache, "dyt", (m, step * p), x.dtype) if (need_w or need_x) else None
+    dcols = kept(ctx.cache, "dcols", (rows, step * p), x.dtype) if need_x else None
     for n0 in range(0, n, step) if (need_w or need_x) else ():
         n1 = min(n, n0 + step)
         q = (n1 - n0) * p

@@ -31,7 +31,7 @@ from numba import prange
 from ...kernels._jit import FAST, njit, pjit
 from .conv import _span
 from ...kernels.conv._ir import VEC
-from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel_t
+from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel, tile_kernel_t
 
 _U = np.uint64
 _FM = set(FAST)
@@ -80,9 +80,9 @@ def pack_dy(dy3, ap, n0, n1):
 
 
 @pjit
-def im2row(x, bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
-    """``bq[tile, (n-n0)*OH*OW + oh*OW + ow, t]`` = the input under tap ``r = tile*T + t`` of
-    output pixel (oh, ow) of image n, 0 outside the image (and for ``r`` past the last tap);
+def im2row(x, bq, tcols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """``bq[tile, (n-n0)*OH*OW + oh*OW + ow, t]`` = the input under tap ``r = tile*tcols + t``
+    of output pixel (oh, ow) of image n, 0 outside the image (and for ``r`` past the last tap);
     rows past the chunk are zeros.  One task per (tile, image), a tap at a time over the
     whole image (row by row, with T taps per row, was 2x slower on small maps)."""
     c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
@@ -92,14 +92,15 @@ def im2row(x, bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
     r_n = c_n * kk
     p_n = oh_n * ow_n
     nimg = n1 - n0
-    pu = _U(PITCH)
+    pitch = bq.shape[2]
+    pu = _U(pitch)
     for task in prange(ntile * nimg):
         tile = task // nimg
         i = task - tile * nimg
         img = x[n0 + i]
-        base = _U((tile * krows + i * p_n) * PITCH)
-        for t in range(T):
-            r = tile * T + t
+        base = _U((tile * krows + i * p_n) * pitch)
+        for t in range(tcols):
+            r = tile * tcols + t
             ot = base + _U(t)
             if r >= r_n:
                 for q in range(_U(p_n)):
@@ -128,14 +129,14 @@ def im2row(x, bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
                     bqf[o + ow * pu] = 0
     for tile in prange(ntile):
         for k in range(nimg * p_n, krows):
-            for t in range(T):
+            for t in range(tcols):
                 bq[tile, k, t] = 0
 
 
 @njit(fastmath=_FM)
 def _dw_items(bqf, ap, offs, zb, gw, first, i0, i1, ntile, bq_stride, kc):
-    """Items ``i0..i1-1`` (tile-major: each panel piece is read once) over every piece: tile sums added into ``gw``
-    (assigned by the first piece when ``first``)."""
+    """Items ``i0..i1-1`` (tile-major: each panel piece is read once) over every piece: tile
+    sums added into ``gw`` (assigned by the first piece when ``first``)."""
     m_n, r_n = gw.shape
     tile = np.empty(TILE_ELEMS, dtype=gw.dtype)
     nb = ap.shape[1]
@@ -191,5 +192,79 @@ def weight_grad_chunk(bufs, x4, dy3, gw, n0, n1, geo, first):
     """``gw (M, C*kH*kW) (+)= dY[n0:n1] x cols[n0:n1]^T`` (assigned when ``first``)."""
     (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow) = geo
     pack_dy(dy3, bufs.ap, n0, n1)
-    im2row(x4, bufs.bq, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    im2row(x4, bufs.bq, T, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
     dw_products(bufs.bq, bufs.ap, bufs.offs, bufs.zb, gw, first, numba.get_num_threads())
+
+
+# -- short reductions: the tile along dW's rows -------------------------------------------------
+# With few reduction rows (ResNet-18 at 64x64, batch 8: 32..2048) the column variant's per-tile
+# work (two 16x16 transposes, a scalar add of 32x14 sums into dW) outweighs the sums.  Here the
+# register tile is TR output channels x WD columns of dW, stored untransposed: each of its rows
+# is WD contiguous floats of a row of dW, written once (one piece: no accumulation).  The input
+# panels are WD columns wide (``im2row`` with ``tcols = WD``) and feed the vector loads; dY,
+# transposed to (rows, M), feeds the broadcasts.
+TR = 14
+MIN_ROWS_ROWS = 2048
+
+
+@pjit
+def pack_dyt(dy3, dyt):
+    """``dyt[n*P + p, m] = dy3[n, m, p]``: one task per (image, block of 16 channels)."""
+    n_img, m_n, p_n = dy3.shape
+    nmb = (m_n + VEC - 1) // VEC
+    for t in prange(n_img * nmb):
+        n = t // nmb
+        m0 = (t - n * nmb) * VEC
+        m1 = min(m_n, m0 + VEC)
+        src = dy3[n]
+        for p in range(p_n):
+            row = dyt[n * p_n + p]
+            for m in range(m0, m1):
+                row[m] = src[m, p]
+
+
+@njit(fastmath=_FM)
+def _dw_rows_items(dytf, cp, offs, zb, gw, i0, i1, nmt):
+    m_n, r_n = gw.shape
+    tile = np.empty(TILE_ELEMS, dtype=gw.dtype)
+    for it in range(i0, i1):
+        rb = it // nmt
+        mt = it - rb * nmt
+        m0 = min(mt * TR, m_n - TR)  # the last tile shifted back: its overlap written twice
+        tile_kernel(dytf, _U(m0), offs, cp, rb, zb, tile, NB_, TR)
+        r0 = rb * WD
+        rv = min(WD, r_n - r0)
+        for t in range(TR):
+            row = gw[m0 + t]
+            src = tile[t * WD:t * WD + rv]
+            for q in range(rv):
+                row[r0 + q] = src[q]
+
+
+@pjit(fastmath=_FM)
+def dw_rows_products(dyt, cp, offs, zb, gw, nthr):
+    """``gw[m, r] = sum_k dyt[k, m] * cp[r // WD, k, r % WD]`` (M >= TR)."""
+    nmt = (gw.shape[0] + TR - 1) // TR
+    items = cp.shape[0] * nmt
+    dytf = dyt.reshape(dyt.size)
+    for th in prange(nthr):
+        _dw_rows_items(dytf, cp, offs, zb, gw, items * th // nthr, items * (th + 1) // nthr,
+                       nmt)
+
+
+class DwRowsBuffers:
+    """The rows variant's buffers for one layer and input shape (the whole batch at once)."""
+
+    def __init__(self, m, r, rows, dtype):
+        self.dyt = np.empty((rows, m), dtype=dtype)
+        self.cp = np.empty((-(-r // WD), rows, WD), dtype=dtype)
+        self.offs = np.arange(rows, dtype=np.uint64) * np.uint64(m)
+        self.zb = np.zeros((self.cp.shape[0], WD), dtype=dtype)
+
+
+def weight_grad_rows(bufs, x4, dy3, gw, geo):
+    """``gw (M, C*kH*kW) = dY x cols^T`` over the whole batch, M >= TR."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow) = geo
+    pack_dyt(dy3, bufs.dyt)
+    im2row(x4, bufs.cp, WD, 0, x4.shape[0], kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    dw_rows_products(bufs.dyt, bufs.cp, bufs.offs, bufs.zb, gw, numba.get_num_threads())
