@@ -1,6 +1,7 @@
-"""The convolution weight gradient on the inference microkernel (convrt/train/kernels/conv_dw.py)
-against a float64 numpy reference written here from the definition, and in a Trainer against
-the same model computed in float64 (whose weight gradients take the BLAS path)."""
+"""The convolution weight gradient on the inference microkernel (convrt/train/kernels/conv_dw.py,
+both variants) against a float64 numpy reference written here from the definition, and in a
+Trainer against the same model computed in float64 (whose weight gradients take the BLAS
+path)."""
 
 import numba
 import numpy as np
@@ -30,10 +31,17 @@ def reference_dw(x, dy, kernel, strides, dilations, pads):
 
 
 def run_dw(x, dy, kernel, strides, dilations, pads, step):
-    """The kernel's dW over chunks of ``step`` images, (M, C, kH, kW)."""
+    """The kernel's dW over chunks of ``step`` images, (M, C, kH, kW); ``step`` "rows": the
+    variant for short reductions (the whole batch at once)."""
     n, c = x.shape[:2]
     m, oh, ow = dy.shape[1:]
     kh, kw = kernel
+    if step == "rows":
+        bufs = DW.DwRowsBuffers(m, c * kh * kw, n * oh * ow, np.float32)
+        gw = np.full((m, c * kh * kw), np.nan, dtype=np.float32)
+        DW.weight_grad_rows(bufs, x, dy.reshape(n, m, -1), gw,
+                            (kernel, strides, dilations, pads, (oh, ow)))
+        return gw.reshape(m, c, kh, kw)
     bufs = DW.DwBuffers(m, c * kh * kw, step * oh * ow, np.float32)
     gw = np.full((m, c * kh * kw), np.nan, dtype=np.float32)  # every cell must be written
     geo = (kernel, strides, dilations, pads, (oh, ow))
@@ -54,6 +62,10 @@ CASES = [(3, 5, 9, 40, 3, 1, 1, 1, 3), (3, 5, 9, 40, 3, 1, 1, 1, 2),
          (2, 64, 16, 64, 3, 1, 1, 1, 2), (3, 7, 21, 33, 3, 1, 1, 1, 3),
          (4, 17, 11, 70, 3, 2, 1, 1, 3), (2, 8, 10, 16, 1, 1, 1, 0, 2),
          (2, 3, 20, 64, 7, 2, 1, 3, 1), (1, 6, 12, 70, 3, 1, 2, 2, 1)]
+# the rows variant: M >= 14 and not a multiple of 14 (the last tile shifted back), C*kH*kW not
+# a multiple of the 32-column block
+CASES += [case[:-1] + ("rows",) for case in CASES if case[3] >= DW.TR]
+CASES += [(8, 512, 2, 512, 3, 1, 1, 1, "rows"), (2, 7, 6, 14, 3, 2, 1, 1, "rows")]
 
 
 @pytest.mark.parametrize("n,c,h,m,k,s,d,p,step", CASES)
@@ -67,7 +79,8 @@ def test_weight_gradient_matches_definition(n, c, h, m, k, s, d, p, step):
     assert np.abs(got - ref).max() <= 2e-6 * np.abs(ref).max() * np.sqrt(n * o * o)
 
 
-def test_nan_and_inf_reach_exactly_the_taps_that_read_them():
+@pytest.mark.parametrize("step", [2, "rows"])
+def test_nan_and_inf_reach_exactly_the_taps_that_read_them(step):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 4, 6, 6), dtype=np.float32)
     x[1, 2, 0, 0] = np.nan  # a corner: read by taps (1..2, 1..2) only
@@ -75,12 +88,13 @@ def test_nan_and_inf_reach_exactly_the_taps_that_read_them():
     dy = np.abs(rng.standard_normal((2, 8, 6, 6), dtype=np.float32)) + 0.5  # no inf - inf
     geo = ((3, 3), (1, 1), (1, 1), (1, 1))
     ref = reference_dw(x, dy, *geo)
-    got = run_dw(x, dy, *geo, 2)
+    got = run_dw(x, dy, *geo, step)
     assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.isnan(got).any()
     assert np.array_equal(np.isposinf(got), np.isposinf(ref)) and np.isposinf(got).any()
 
 
-def test_result_does_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("step", [2, "rows"])
+def test_result_does_not_depend_on_the_thread_count(step):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 16, 24, 24), dtype=np.float32)
     dy = rng.standard_normal((4, 48, 24, 24), dtype=np.float32)
@@ -88,17 +102,17 @@ def test_result_does_not_depend_on_the_thread_count():
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = run_dw(x, dy, *geo, 2)
+        one = run_dw(x, dy, *geo, step)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = run_dw(x, dy, *geo, 2)
+        two = run_dw(x, dy, *geo, step)
     finally:
         numba.set_num_threads(before)
     assert np.array_equal(one, two)
 
 
-def _conv_net(rng):
+def _conv_net(rng, size):
     """conv 3->40 (3x3, pad 1) -> Relu -> conv 40->36 (3x3, pad 1) -> GlobalAveragePool ->
-    Flatten -> Gemm 36->5: at 4x3x32x32 both convolutions reduce over >= 4096 rows."""
+    Flatten -> Gemm 36->5 on 4x3xSIZExSIZE: both convolutions reduce over 4*SIZE^2 rows."""
     def init(name, *shape):
         return numpy_helper.from_array(
             (rng.standard_normal(shape) * 0.2).astype(np.float32), name)
@@ -109,26 +123,27 @@ def _conv_net(rng):
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1)]
     graph = helper.make_graph(
-        nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 32, 32])],
+        nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])],
         [init("w1", 40, 3, 3, 3), init("b1", 40), init("w2", 36, 40, 3, 3), init("b2", 36),
          init("fc", 5, 36), init("fcb", 5)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_trainer_gradients_on_the_microkernel_match_float64(monkeypatch):
+@pytest.mark.parametrize("size,variant", [(32, "weight_grad_chunk"), (24, "weight_grad_rows")])
+def test_trainer_gradients_on_the_microkernel_match_float64(monkeypatch, size, variant):
+    """32x32: 4096 reduction rows (the column variant); 24x24: 2304 (the rows variant)."""
     from test_torch_families import as_float64
 
     calls = []
-    real = DW.weight_grad_chunk
-    monkeypatch.setattr(conv_grads.DW, "weight_grad_chunk",
-                        lambda *a: calls.append(a[1].shape) or real(*a))
+    real = getattr(DW, variant)
+    monkeypatch.setattr(conv_grads.DW, variant, lambda *a: calls.append(a[1].shape) or real(*a))
     rng = np.random.default_rng(3)
-    model = _conv_net(rng)
-    x = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)
+    model = _conv_net(rng, size)
+    x = rng.standard_normal((4, 3, size, size), dtype=np.float32)
     y = np.array([0, 1, 2, 4])
     g32 = Trainer(model).gradients({"x": x}, y)
-    assert {s[1] for s in calls} == {3, 40}  # both convolutions took the new path
+    assert {s[1] for s in calls} == {3, 40}  # both convolutions took this variant
     g64 = Trainer(as_float64(onnx.ModelProto.FromString(model.SerializeToString()))).gradients(
         {"x": x.astype(np.float64)}, y)
     for name in ("w1", "w2"):
