@@ -1,17 +1,18 @@
 """The weight gradient of a 2-D convolution on the inference microkernel, not BLAS.
 
 ``dW[m, r] = sum_k dY[m, k] * cols[r, k]`` (``r = (c*kH + a)*kW + b``, ``k`` = image and output
-pixel) is a GEMM with a long reduction.  numpy's OpenBLAS picks its kernels by CPU model, and
-on CPUs it does not know (this Zen 5 machine: "Haswell") it runs AVX2 code at about half of
-what the AVX-512 register tile of ``kernels/conv/_microkernel.py`` reaches here (the products
-below: 420-450 GFLOP/s on 2 threads, the threaded BLAS ones ~215).  With its packing, a VGG
-3x3 layer's dW at batch 64 takes 0.55-0.7x the time of im2col + BLAS (small VGG-BN's training
-step: 1.39 -> 1.24x PyTorch's time, benchmarks/RESULTS.md).  Short reductions stay on BLAS
-(``MIN_ROWS``).
+pixel) is a GEMM, usually with a long reduction.  numpy's OpenBLAS picks its kernels by CPU
+model, and on CPUs it does not know (this Zen 5 machine: "Haswell") it runs AVX2 code at about
+half of what the AVX-512 register tile of ``kernels/conv/_microkernel.py`` reaches here (the
+products below: 420-450 GFLOP/s on 2 threads, the threaded BLAS ones ~215).  With its packing,
+a VGG 3x3 layer's dW at batch 64 takes 0.55-0.7x the time of im2col + BLAS (small VGG-BN's
+training step: 1.39 -> 1.24x PyTorch's time, benchmarks/RESULTS.md).  Two variants: the column
+variant below for reductions of ``MIN_ROWS`` rows and more, the rows variant (end of the
+module) for ``MIN_ROWS_ROWS`` up to that; shorter ones stay on BLAS.
 
-Layouts, per chunk of images (``k`` runs over the chunk's images and output pixels, padded to
-whole pieces of ``kc`` with zero rows on both sides, so padding adds nothing and NaN/Inf
-propagate as in the plain sums):
+Column variant: layouts, per chunk of images (``k`` runs over the chunk's images and output
+pixels, padded to whole pieces of ``kc`` with zero rows on both sides, so padding adds nothing
+and NaN/Inf propagate as in the plain sums):
 
 * ``ap[piece, blk, k, j] = dY[n, blk*WD + j, p]``: dY as the microkernel's packed weights,
   ``WD`` = 32 output channels a block (zeros past M) (``pack_dy``);
@@ -204,7 +205,10 @@ def weight_grad_chunk(bufs, x4, dy3, gw, n0, n1, geo, first):
 # panels are WD columns wide (``im2row`` with ``tcols = WD``) and feed the vector loads; dY,
 # transposed to (rows, M), feeds the broadcasts.
 TR = 14
-MIN_ROWS_ROWS = 2048
+# From this many reduction rows the rows variant beats im2col + BLAS; measured per ResNet-18
+# layer at 64x64, batch 8, alternating the two (ms): K=2048 1.20 vs 1.56, K=512 1.12 vs 1.37
+# and 0.58 vs 0.77, K=128 1.45 vs 1.36 and 0.73 vs 0.75, K=32 3.0 vs 1.5.
+MIN_ROWS_ROWS = 512
 
 
 @pjit
