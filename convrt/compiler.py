@@ -22,7 +22,8 @@ def check(graph: Graph) -> None:
     record(graph, env)
 
 
-def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Graph:
+def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+         prepare=None) -> Graph:
     """Load an ONNX model (path, bytes or ModelProto) into a validated IR Graph.
 
     Args:
@@ -30,8 +31,12 @@ def load(src, base_dir=None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Grap
         base_dir: where external data files live (defaults to the model file's directory;
             required for bytes that reference external data).
         memory_budget: bytes of weights the model may declare before loading is refused.
+        prepare: called with the graph before it is validated (the trainer's rewrites of what
+            only training runs, e.g. ``train/bn_mode.py``).
     """
     graph = load_graph(src, base_dir, memory_budget)  # read_model + to_graph, weights read once
+    if prepare is not None:
+        prepare(graph)
     # float16 models compute in float32 behind a float16 interface (convrt/float16.py); this is
     # what makes them runnable at all, so it is part of loading, not an optional pass
     lowered = float16.lower(graph, memory_budget)

@@ -32,6 +32,7 @@ from ..errors import InputError, TrainingError
 from ..onnx_io import from_graph, save_model
 from ..runtime.feeds import check_feeds
 from .autodiff import Program
+from .bn_mode import clear_training_mode
 from .frozen import FrozenPrefix
 from .kernels import optim as kopt
 from .losses import get_loss
@@ -129,7 +130,7 @@ class Trainer:
             raise InputError("scheduler must be a convrt.train scheduler built on the trainer's "
                              "optimizer")
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
-        g = self.graph = load(model, base_dir)
+        g = self.graph = load(model, base_dir, prepare=clear_training_mode)
         self.source = g.source
         self.untied = untie_initializers(g, keep_ties)
         state = []
