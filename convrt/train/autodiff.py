@@ -36,15 +36,18 @@ class NodeCtx:
     """What a training forward and a backward rule see of one node in one run."""
 
     __slots__ = ("node", "attrs", "opset", "inputs", "outputs", "saved", "needs", "training",
-                 "rng", "cache", "label")
+                 "rng", "cache", "scratch", "label")
 
-    def __init__(self, step: "_Step", inputs, training: bool, rng):
+    def __init__(self, step: "_Step", inputs, training: bool, rng, keep: bool = True):
         self.node = step.node
         self.label = step.label
         self.attrs = step.attrs
         self.opset = step.opset
         self.needs = step.needs
         self.cache = step.cache  # per (node, input shapes): resolved geometry and the like
+        # where big arrays are kept between runs (grads/registry.kept): a training step's
+        # tape, not an inference forward (predict/evaluate at batch 512 would keep them all)
+        self.scratch = step.cache if keep else None
         self.inputs = inputs
         self.outputs: tuple = ()
         self.saved: dict = {}
@@ -228,17 +231,18 @@ class Program:
             while args and args[-1] is None:
                 args.pop()
             threads.set_for(args, st.out_size)
-            ctx = NodeCtx(st, args, training and id(node) not in eval_nodes, rng)
+            ctx = NodeCtx(st, args, training and id(node) not in eval_nodes, rng, keep)
             if st.fwd is not None:
                 outs = st.fwd(ctx, *args)
             elif st.alias:
                 outs = st.kernel(*args)
                 outs = outs if isinstance(outs, tuple) else (outs,)
-            else:  # buffers kept per node and shapes (grads/registry.kept says why)
-                outs = st.cache.get("outs")
+            else:  # a step's buffers kept per node and shapes (grads/registry.kept says why)
+                outs = st.cache.get("outs") if keep else None
                 if outs is None:
-                    outs = st.cache["outs"] = tuple(np.empty(o.shape, o.dtype)
-                                                    for o in st.out_infos)
+                    outs = tuple(np.empty(o.shape, o.dtype) for o in st.out_infos)
+                    if keep:
+                        st.cache["outs"] = outs
                 st.kernel(*args, *outs)
             outs = tuple(outs[:len(node.outputs)])
             for v, a in zip(node.outputs, outs):

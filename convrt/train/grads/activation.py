@@ -16,7 +16,7 @@ def _flat(a):
 @register_grad("Relu")
 def relu_grad(ctx, gy):
     y = ctx.outputs[0]
-    gx = kept(ctx.cache, "gx", y.shape, y.dtype)
+    gx = kept(ctx.scratch, "gx", y.shape, y.dtype)
     K.relu_backward(_flat(y), _flat(gy[0]), gx.reshape(-1))
     return (gx,)
 

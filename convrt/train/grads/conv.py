@@ -93,14 +93,14 @@ def conv_grad(ctx, gy):
     # written by the first chunk's product (the others add to it); zeros for an empty batch
     gw = None
     if need_w:
-        gw = kept(ctx.cache, "gw", (group, mg, cg * kk), x.dtype) if n else \
+        gw = kept(ctx.scratch, "gw", (group, mg, cg * kk), x.dtype) if n else \
             np.zeros((group, mg, cg * kk), dtype=x.dtype)  # an empty batch
     gx = None
     if need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
         gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads, ctx.cache)
         need_x = False
     elif need_x:
-        gx = kept(ctx.cache, "gx", x4.shape, x.dtype)
+        gx = kept(ctx.scratch, "gx", x4.shape, x.dtype)
     rows = c * kk
     per_img = rows * p * x.dtype.itemsize
     step = max(1, min(n, CHUNK_BYTES // max(per_img, 1)))
@@ -122,9 +122,9 @@ def conv_grad(ctx, gy):
         DW.weight_grad_rows(bufs, x4, dy3, gw[0], ((kh, kw), (sh, sw), (dh, dw), (pt, pl),
                                                    (oh, ow)))
         need_w = False
-    cols = kept(ctx.cache, "cols", (rows, step * p), x.dtype) if need_w else None
-    dyt = kept(ctx.cache, "dyt", (m, step * p), x.dtype) if (need_w or need_x) else None
-    dcols = kept(ctx.cache, "dcols", (rows, step * p), x.dtype) if need_x else None
+    cols = kept(ctx.scratch, "cols", (rows, step * p), x.dtype) if need_w else None
+    dyt = kept(ctx.scratch, "dyt", (m, step * p), x.dtype) if (need_w or need_x) else None
+    dcols = kept(ctx.scratch, "dcols", (rows, step * p), x.dtype) if need_x else None
     for n0 in range(0, n, step) if (need_w or need_x) else ():
         n1 = min(n, n0 + step)
         q = (n1 - n0) * p

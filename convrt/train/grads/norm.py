@@ -35,7 +35,7 @@ def bn_forward(ctx, x, scale, bias, mean, var):
     if n < 2:
         raise TrainingError(f"node '{ctx.label}' (BatchNormalization): training needs more than "
                             f"one value per channel, got input shape {list(x.shape)}")
-    y = kept(ctx.cache, "y", x.shape, x.dtype)
+    y = kept(ctx.scratch, "y", x.shape, x.dtype)
     bm = np.empty(c, np.float64)
     bv = np.empty(c, np.float64)
     K.bn_forward(_ncs(x), scale, bias, eps, y.reshape(y.shape[0], c, -1), bm, bv)
@@ -62,7 +62,7 @@ def bn_grad(ctx, gy):
                 gy[0].sum(axis=axes), None, None)
     bm, bv = ctx.saved["stats"]
     c = x.shape[1]
-    gx = kept(ctx.cache, "gx", x.shape, x.dtype) if ctx.needs[0] else np.empty((1, 1, 1),
+    gx = kept(ctx.scratch, "gx", x.shape, x.dtype) if ctx.needs[0] else np.empty((1, 1, 1),
                                                                                x.dtype)
     gs = np.empty(c, x.dtype)
     gb = np.empty(c, x.dtype)

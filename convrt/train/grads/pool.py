@@ -29,8 +29,8 @@ def _geometry(ctx, x):
 @register_forward("MaxPool")
 def maxpool_forward(ctx, x):
     (kh, kw), (sh, sw), (dh, dw), p, out_sp = _geometry(ctx, x)
-    y = kept(ctx.cache, "y", x.shape[:2] + tuple(out_sp), x.dtype)
-    arg = kept(ctx.cache, "argmax", y.shape, np.int64)
+    y = kept(ctx.scratch, "y", x.shape[:2] + tuple(out_sp), x.dtype)
+    arg = kept(ctx.scratch, "argmax", y.shape, np.int64)
     if (kh, kw, sh, sw, dh, dw) == (2, 2, 2, 2, 1, 1) and not any(p) and \
             2 * y.shape[2] <= x.shape[2] and 2 * y.shape[3] <= x.shape[3]:
         K.max_pool2x2_argmax(x, y, arg)  # every window inside the input
@@ -48,7 +48,7 @@ def maxpool_forward(ctx, x):
 @register_grad("MaxPool")
 def maxpool_grad(ctx, gy):
     x = ctx.inputs[0]
-    gx = kept(ctx.cache, "gx", x.shape, x.dtype)
+    gx = kept(ctx.scratch, "gx", x.shape, x.dtype)
     K.max_pool2d_backward(np.ascontiguousarray(gy[0]), ctx.saved["argmax"], gx)
     return (gx,)
 

@@ -67,14 +67,17 @@ def registered_grads() -> dict[str, GradRule]:
 
 
 def kept(cache, key, shape, dtype):
-    """An array kept in a node's per-shape ``cache`` (``NodeCtx.cache``): allocated by the
-    first step, reused by every later one, for the outputs, gradients and scratch of the
-    big-tensor rules.  Why not ``np.empty`` per step: whether glibc hands a freed large block
-    back to the kernel depends on what else the process allocated; after one PyTorch training
-    step in the same process each ResNet-18 step here took 13,000 page faults (57 -> 84 ms),
-    and small VGG-BN at batch 64 took 18,000 on its own.  An array returned in such a buffer
-    is overwritten by the next run with the same shapes (``Trainer.gradients`` and
-    ``Trainer.predict`` return copies)."""
+    """An array kept in ``cache`` (a node's per-shape ``NodeCtx.scratch``): allocated by the
+    first training step, reused by every later one, for the outputs, gradients and scratch of
+    the big-tensor rules; a fresh array where ``cache`` is None (an inference forward:
+    ``predict``/``evaluate``, whose arrays are not kept).  Why not ``np.empty`` per step:
+    whether glibc hands a freed large block back to the kernel depends on what else the process
+    allocated; after one PyTorch training step in the same process each ResNet-18 step here
+    took 13,000 page faults (57 -> 84 ms), and small VGG-BN at batch 64 took 18,000 on its own.
+    An array returned in such a buffer is overwritten by the next step with the same shapes
+    (``Trainer.gradients`` returns copies)."""
+    if cache is None:
+        return np.empty(shape, dtype=dtype)
     a = cache.get(key)
     if a is None:
         a = cache[key] = np.empty(shape, dtype=dtype)
