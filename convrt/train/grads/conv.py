@@ -104,24 +104,9 @@ def conv_grad(ctx, gy):
     rows = c * kk
     per_img = rows * p * x.dtype.itemsize
     step = max(1, min(n, CHUNK_BYTES // max(per_img, 1)))
-    if need_w and group == 1 and x.dtype == np.float32 and n * p >= DW.MIN_ROWS:
-        # long reductions: the register-tiled microkernel instead of BLAS (kernels/conv_dw.py)
-        bufs = ctx.cache.get("dw_bufs")
-        dstep = max(1, min(n, DW.CHUNK_BYTES // per_img))
-        if bufs is None:
-            bufs = ctx.cache["dw_bufs"] = DW.DwBuffers(m, rows, dstep * p, x.dtype)
-        geo = ((kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow))
-        for n0 in range(0, n, dstep):
-            DW.weight_grad_chunk(bufs, x4, dy3, gw[0], n0, min(n, n0 + dstep), geo, n0 == 0)
-        need_w = False
-    elif need_w and group == 1 and x.dtype == np.float32 and m >= DW.TR and \
-            n * p >= DW.MIN_ROWS_ROWS:
-        bufs = ctx.cache.get("dw_rows")
-        if bufs is None:
-            bufs = ctx.cache["dw_rows"] = DW.DwRowsBuffers(m, rows, n * p, x.dtype)
-        DW.weight_grad_rows(bufs, x4, dy3, gw[0], ((kh, kw), (sh, sw), (dh, dw), (pt, pl),
-                                                   (oh, ow)))
-        need_w = False
+    if need_w and group == 1 and DW.weight_grad(ctx.cache, x4, dy3, gw[0], (
+            (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow))):
+        need_w = False  # on the microkernel (kernels/conv_dw.py); else im2col + BLAS below
     cols = kept(ctx.scratch, "cols", (rows, step * p), x.dtype) if need_w else None
     dyt = kept(ctx.scratch, "dyt", (m, step * p), x.dtype) if (need_w or need_x) else None
     dcols = kept(ctx.scratch, "dcols", (rows, step * p), x.dtype) if need_x else None

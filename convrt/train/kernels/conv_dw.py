@@ -272,3 +272,28 @@ def weight_grad_rows(bufs, x4, dy3, gw, geo):
     pack_dyt(dy3, bufs.dyt)
     im2row(x4, bufs.cp, WD, 0, x4.shape[0], kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
     dw_rows_products(bufs.dyt, bufs.cp, bufs.offs, bufs.zb, gw, numba.get_num_threads())
+
+
+def weight_grad(cache, x4, dy3, gw, geo) -> bool:
+    """``gw (M, C*kH*kW) = dY x cols^T`` of one group on the microkernel, by the variant the
+    reduction's length picks, with its buffers kept in ``cache`` (the node's, per shapes);
+    False (nothing done) for what stays on im2col + BLAS: short reductions, float64."""
+    n, m, p = dy3.shape
+    rows = x4.shape[1] * geo[0][0] * geo[0][1]
+    if x4.dtype != np.float32:
+        return False
+    if n * p >= MIN_ROWS:
+        step = max(1, min(n, CHUNK_BYTES // (rows * p * x4.dtype.itemsize)))
+        bufs = cache.get("dw_bufs")
+        if bufs is None:
+            bufs = cache["dw_bufs"] = DwBuffers(m, rows, step * p, x4.dtype)
+        for n0 in range(0, n, step):
+            weight_grad_chunk(bufs, x4, dy3, gw, n0, min(n, n0 + step), geo, n0 == 0)
+        return True
+    if n * p >= MIN_ROWS_ROWS and m >= TR:
+        bufs = cache.get("dw_rows")
+        if bufs is None:
+            bufs = cache["dw_rows"] = DwRowsBuffers(m, rows, n * p, x4.dtype)
+        weight_grad_rows(bufs, x4, dy3, gw, geo)
+        return True
+    return False
