@@ -30,9 +30,9 @@ import numpy as np
 from numba import prange
 
 from ...kernels._jit import FAST, njit, pjit
-from .conv import _span
 from ...kernels.conv._ir import VEC
 from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel, tile_kernel_t
+from .conv import _span
 
 _U = np.uint64
 _FM = set(FAST)
@@ -44,14 +44,10 @@ KC = 1024  # reduction rows per piece
 # Images per chunk: about this many bytes of columns (the panels stay in L3 between im2row and
 # the products: 1.3-1.6x faster than 32 MB chunks on VGG's layers at batch 64).
 CHUNK_BYTES = 8 << 20
-# Below this many reduction rows (images x output pixels) BLAS stays faster: the products' per
-# tile overhead is not paid back (ResNet-18 at 64x64, batch 8: K = 32..2048, 1.2-2.5x slower).
+# From this many reduction rows (images x output pixels) the column variant; below, its per
+# tile overhead is not paid back (ResNet-18 at 64x64, batch 8: K = 32..2048, 1.2-2.5x slower
+# than BLAS) and the rows variant (``MIN_ROWS_ROWS``) or BLAS takes over.
 MIN_ROWS = 4096
-
-
-def piece_rows(k: int) -> int:
-    """Rows per piece for a chunk of ``k`` reduction rows."""
-    return min(KC, k)
 
 
 @pjit
@@ -181,7 +177,7 @@ class DwBuffers:
     once per input shape, reused every step)."""
 
     def __init__(self, m, r, rows, dtype):
-        kc = piece_rows(rows)
+        kc = min(KC, rows)
         npc = -(-rows // kc)
         self.ap = np.empty((npc, -(-m // WD), kc, WD), dtype=dtype)
         self.bq = np.empty((-(-r // T), npc * kc, PITCH), dtype=dtype)
