@@ -64,7 +64,7 @@ CASES = [(3, 5, 9, 40, 3, 1, 1, 1, 3), (3, 5, 9, 40, 3, 1, 1, 1, 2),
          (2, 3, 20, 64, 7, 2, 1, 3, 1), (1, 6, 12, 70, 3, 1, 2, 2, 1)]
 # the rows variant: M >= 14 and not a multiple of 14 (the last tile shifted back), C*kH*kW not
 # a multiple of the 32-column block
-CASES += [case[:-1] + ("rows",) for case in CASES if case[3] >= DW.TR]
+CASES += list(dict.fromkeys(case[:-1] + ("rows",) for case in CASES if case[3] >= DW.TR))
 CASES += [(8, 512, 2, 512, 3, 1, 1, 1, "rows"), (2, 7, 6, 14, 3, 2, 1, 1, "rows")]
 
 

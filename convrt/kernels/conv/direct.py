@@ -210,9 +210,7 @@ def _pack_rows(w2, bias, wp, bp, group, nthr):
     for th in prange(nthr):
         buf = np.empty((wd, rows), dtype=wp.dtype)
         for blk in range(nb * th // nthr, nb * (th + 1) // nthr):
-            g = blk // nbg
-            c0 = g * mg + (blk - g * nbg) * wd
-            j_n = min(wd, g * mg + mg - c0)
+            _, c0, j_n = _block(blk, nbg, mg, wd)
             src = w2[c0:c0 + j_n].reshape(j_n * rows)
             bf = buf.reshape(wd * rows)
             for i in range(_U(j_n * rows)):
@@ -234,9 +232,7 @@ def _pack_blocks(w, bias, wp, bp, group, nthr):
     for th in prange(nthr):
         buf = np.empty((wd, rows), dtype=wp.dtype)
         for blk in range(nb * th // nthr, nb * (th + 1) // nthr):
-            g = blk // nbg
-            c0 = g * mg + (blk - g * nbg) * wd
-            j_n = min(wd, g * mg + mg - c0)
+            _, c0, j_n = _block(blk, nbg, mg, wd)
             for c in range(cg):
                 for j in range(j_n):
                     r = c * kh * kw
@@ -260,8 +256,7 @@ def _pack_flipped(u, bias, wp, bp, nthr):
         for c in range(cv * th // nthr, cv * (th + 1) // nthr):
             src = u[c].reshape(mv * kk)
             for blk in range(nb):
-                c0 = blk * wd
-                j_n = min(wd, mv - c0)
+                _, c0, j_n = _block(blk, nb, mv, wd)
                 for t in range(kk):
                     row = wp[blk, c * kk + t]
                     for j in range(j_n):
@@ -269,8 +264,7 @@ def _pack_flipped(u, bias, wp, bp, nthr):
                     for j in range(j_n, wd):
                         row[j] = 0
     for blk in range(nb):
-        c0 = blk * wd
-        j_n = min(wd, mv - c0)
+        _, c0, j_n = _block(blk, nb, mv, wd)
         for j in range(j_n):
             bp[blk, j] = bias[c0 + j]
         for j in range(j_n, wd):
