@@ -202,9 +202,9 @@ def weight_grad_chunk(bufs, x4, dy3, gw, n0, n1, geo, first):
 # transposed to (rows, M), feeds the broadcasts.
 TR = 14
 # From this many reduction rows the rows variant beats im2col + BLAS; measured per ResNet-18
-# layer at 64x64, batch 8, alternating the two (ms): K=2048 1.20 vs 1.56, K=512 1.12 vs 1.37
-# and 0.58 vs 0.77, K=128 1.45 vs 1.36 and 0.73 vs 0.75, K=32 3.0 vs 1.5.
-MIN_ROWS_ROWS = 512
+# layer at 64x64, batch 8, alternating the two (ms): K=2048 0.77-1.30 vs 1.13-1.56; K=512
+# (8x8 maps, whose im2col gathers) 1.19 vs 0.95 and 0.62 vs 0.52; K=128 1.42 vs 0.82.
+MIN_ROWS_ROWS = 1024
 
 
 @pjit
