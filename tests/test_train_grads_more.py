@@ -167,21 +167,73 @@ def test_backward_matches_finite_differences(op, case):
     assert check_against_finite_differences(graph, _feeds(graph, rng, op), rng) > 0
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 1, 2, 2)])
-def test_maxpool_2x2_fast_path_equals_the_generic_kernel(shape):
-    """The 2x2/2 training pool (``max_pool2x2_argmax``) writes the same maxima and argmax as
-    the generic kernel, ties (first wins), -inf and NaN (the first NaN wins) included; odd
-    sizes drop the last row/column as floor mode does."""
+def reference_max_pool_argmax(x, out_hw, kernel, strides, dilations, pads):
+    """MaxPool with argmax from the definition, one window at a time: the first maximum of the
+    cells inside the input (row by row), the first NaN once one is met; -inf and index -1
+    for a window with no cell inside."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = out_hw, kernel, strides, dilations, pads
+    n, c, h, w = x.shape
+    out = np.empty((n, c, oh, ow), x.dtype)
+    arg = np.empty((n, c, oh, ow), np.int64)
+    for i, j, y, xo in np.ndindex(n, c, oh, ow):
+        m, best = -np.inf, -1
+        for a, b in np.ndindex(kh, kw):
+            yy, xx = y * sh - pt + a * dh, xo * sw - pl + b * dw
+            if 0 <= yy < h and 0 <= xx < w and m == m:
+                v = x[i, j, yy, xx]
+                if best < 0 or v > m or v != v:
+                    m, best = v, yy * w + xx
+        out[i, j, y, xo], arg[i, j, y, xo] = m, best
+    return out, arg
+
+
+def _tied_input(rng, shape):
+    """Small integers (many ties), NaN, -inf and inf, one plane of -inf only (the first) and
+    two NaN side by side in the last plane (one window, the first wins)."""
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, 4, replace=False)] = [np.nan, -np.inf, np.nan, np.inf]
+    x[0, 0] = -np.inf
+    x[-1, -1, 0, :2] = np.nan
+    return x
+
+
+# (input shape, kernel, strides, dilations, pads top/left, output size): ResNet's stem pool,
+# dilation, windows past the end (ceil mode), stride 3, windows wider than the input
+POOLS = [((2, 3, 9, 9), (3, 3), (2, 2), (1, 1), (1, 1), (5, 5)),
+         ((1, 2, 7, 9), (2, 2), (2, 2), (1, 2), (0, 0), (4, 4)),
+         ((2, 2, 6, 6), (3, 2), (1, 2), (2, 1), (2, 1), (6, 4)),
+         ((1, 2, 10, 11), (3, 3), (3, 3), (1, 1), (1, 1), (4, 4)),
+         ((1, 1, 2, 3), (5, 5), (1, 1), (1, 1), (2, 2), (2, 3))]
+
+
+@pytest.mark.parametrize("shape,kernel,strides,dilations,pads,out_hw", POOLS)
+def test_maxpool_argmax_kernel_matches_definition(shape, kernel, strides, dilations, pads,
+                                                  out_hw):
+    """The training pool's maxima and argmax: ties (first wins), -inf, inf and NaN (the first
+    NaN wins)."""
     from convrt.train.kernels import pool as P
 
-    rng = np.random.default_rng(3)
-    x = rng.integers(-2, 3, shape).astype(np.float32)  # many ties
-    flat = x.reshape(-1)
-    flat[rng.choice(flat.size, 3, replace=False)] = [np.nan, -np.inf, np.nan]
+    x = _tied_input(np.random.default_rng(3), shape)
+    want, warg = reference_max_pool_argmax(x, out_hw, kernel, strides, dilations, pads)
+    got = np.empty(want.shape, np.float32)
+    garg = np.empty(want.shape, np.int64)
+    P.max_pool2d_argmax(x, got, garg, *kernel, *strides, *dilations, *pads, 2)
+    np.testing.assert_array_equal(garg, warg)
+    np.testing.assert_array_equal(got, want)  # NaN positions equal too
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 1, 2, 2)])
+def test_maxpool_2x2_fast_path_matches_definition(shape):
+    """The 2x2/2 training pool (``max_pool2x2_argmax``); odd sizes drop the last row/column
+    as floor mode does."""
+    from convrt.train.kernels import pool as P
+
+    x = _tied_input(np.random.default_rng(3), shape)
     oh, ow = shape[2] // 2, shape[3] // 2
-    want, got = (np.empty(shape[:2] + (oh, ow), np.float32) for _ in range(2))
-    warg, garg = (np.empty(want.shape, np.int64) for _ in range(2))
-    P.max_pool2d_argmax(x, want, warg, 2, 2, 2, 2, 1, 1, 0, 0)
+    want, warg = reference_max_pool_argmax(x, (oh, ow), (2, 2), (2, 2), (1, 1), (0, 0))
+    got = np.empty(want.shape, np.float32)
+    garg = np.empty(want.shape, np.int64)
     P.max_pool2x2_argmax(x, got, garg)
     np.testing.assert_array_equal(garg, warg)
     np.testing.assert_array_equal(got, want)  # NaN positions equal too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ...ops._shape import ints, window
@@ -35,7 +36,8 @@ def maxpool_forward(ctx, x):
             2 * y.shape[2] <= x.shape[2] and 2 * y.shape[3] <= x.shape[3]:
         K.max_pool2x2_argmax(x, y, arg)  # every window inside the input
     else:
-        K.max_pool2d_argmax(x, y, arg, kh, kw, sh, sw, dh, dw, p[0], p[1])
+        K.max_pool2d_argmax(x, y, arg, kh, kw, sh, sw, dh, dw, p[0], p[1],
+                             min(numba.get_num_threads(), x.shape[0] * x.shape[1]))
     ctx.saved["argmax"] = arg
     if len(ctx.node.outputs) > 1:  # Indices output: flat NCHW index (storage_order 0)
         hw = x.shape[2] * x.shape[3]
