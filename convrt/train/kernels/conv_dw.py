@@ -237,8 +237,8 @@ def _dw_rows_items(dytf, cp, offs, zb, gw, i0, i1, nmt):
         for t in range(TR):
             row = gw[m0 + t]
             src = tile[t * WD:t * WD + rv]
-            for q in range(rv):
-                row[r0 + q] = src[q]
+            for q in range(_U(rv)):  # unsigned: no wrap-around test, one vector copy
+                row[_U(r0) + q] = src[q]
 
 
 @pjit(fastmath=_FM)
