@@ -640,7 +640,7 @@ def test_winograd_fused_bitwise_same_across_thread_counts(monkeypatch):
 POOL_CASES = {  # name: (x shape, M, kernel, strides, pads, group, algo, activation, fused?)
     "vgg": ((2, 8, 12, 12), 32, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "relu", True),
     "odd": ((1, 5, 9, 13), 20, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "relu", True),
-    "narrow": ((3, 4, 7, 3), 16, 3, (1, 1), (1, 1, 1, 1), 1, "auto", "none", True),
+    "narrow": ((3, 4, 7, 3), 16, 3, (1, 1), (1, 1, 1, 1), 1, "direct", "none", True),
     "wide": ((1, 3, 6, 70), 40, 3, (1, 1), (1, 1, 1, 1), 1, "direct", "relu", True),
     "strided": ((1, 6, 17, 19), 24, 3, (2, 2), (1, 0, 1, 2), 1, "direct", "relu", True),
     "grouped": ((2, 16, 10, 10), 32, 3, (1, 1), (1, 1, 1, 1), 2, "auto", "relu", True),

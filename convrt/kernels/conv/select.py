@@ -17,6 +17,7 @@ from .. import bf16 as _bf16
 from .dw3x3 import Depthwise3x3
 from .dwcb import DepthwiseBlocked
 from .pixel import Pixel
+from .small_maps import SmallMaps
 from .winograd import WinogradConv
 
 ALGORITHMS = (
@@ -24,13 +25,14 @@ ALGORITHMS = (
     Depthwise3x3,  # MobileNet's 3x3 depthwise, padding 1, stride 1 or 2: rows from registers
     Depthwise,  # any other layer with fewer than 8 output channels per group
     Pixel,  # 1x1 layers and short reductions (first layers): vectors along pixels
+    SmallMaps,  # output rows of <= 4 pixels over a batch: a tile's pixels run across images
     WinogradConv,  # deep 3x3 stride-1 layers (VGG-16's 56x56..14x14)
     Direct,  # everything else: the blocked kernel
 )
 # ``algo=`` names for tests and benchmarks that force one; a layer with fewer than 8 output
 # channels per group still takes the general depthwise kernel unless Winograd is forced
 FORCED = {"direct": Direct, "pixel": Pixel, "winograd": WinogradConv, "depthwise": Depthwise,
-          "direct_bf16": DirectBF16}
+          "direct_bf16": DirectBF16, "small_maps": SmallMaps}
 # Tried first under ``precision="bf16"`` (on a CPU with AVX512_BF16): a layer none of them
 # accepts (depthwise, grouped, first layers with few channels, float64) keeps its float32
 # algorithm.  Winograd is not offered in bf16: its transformed inputs would be rounded after

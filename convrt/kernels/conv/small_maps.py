@@ -1,0 +1,179 @@
+"""Convolution of small output maps: a register tile's pixels run across images.
+
+The direct kernel (``direct.py``) tiles 32 output channels x up to 14 pixels of one output
+row, so a map a few pixels wide fills a tile with as many: on ResNet-18's last stage at batch 8
+(2x2 maps, 512 channels) each weight it streams in feeds 2-4 multiply-adds, and the layer ran
+at 150 GFLOP/s against 450 on wide maps, re-reading its 9.4 MB of packed weights once per
+image and row.  Here the layer is the GEMM ``Y[m, k] = sum_r W[m, r] * cols[r, k]`` over the
+whole batch's output pixels ``k = n*OH*OW + oh*OW + ow`` (``r = (c*kH + a)*kW + b``):
+
+* the weights are packed exactly as the direct kernel packs them (``direct.pack_direct``,
+  shared with it through the session's pack cache);
+* the input becomes panels of ``T`` = 14 consecutive pixels ``k``, ``PITCH`` floats a row
+  (``bq[tile, r, t]``, zero where the window leaves the image: ``fill_panels``), in this
+  thread's scratch;
+* one work item per (block of 32 channels, panel) runs the direct kernel's register tile over
+  the whole reduction, then stores it into NCHW with the common epilogue (bias, residual,
+  activation), one run per image the panel spans.
+
+Items are block-major and split statically among the threads: each thread streams its blocks'
+weights once, and every output is one fixed sum whatever the thread count or batch size (the
+same value for an image alone or in any batch this algorithm takes).
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+from .._jit import FAST, njit, pjit
+from ._base import ConvAlgorithm, packed
+from ._epilogue import _store_tile
+from ._ir import VEC
+from ._layout import _shared_scratch
+from ._microkernel import HOST, TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
+from .direct import pack_direct
+
+_FM = set(FAST)
+_U = np.uint64
+NB_, T = 2, 14  # the microkernel shape: 2 blocks of 16 channels x 14 pixels
+WD = NB_ * VEC
+PITCH = tile_pitch(T)
+# Output rows up to this many pixels wide take this algorithm when the batch has a panel's
+# worth of pixels.  Measured per ResNet-18 layer at batch 8 against the direct kernel: 2x2
+# maps 0.46 vs 0.73 ms, 4x4 -> 2x2 (stride 2) 0.24 vs 0.43, 4x4 0.40 vs 0.40, 8x8 -> 4x4
+# 0.21 vs 0.27; on 8x8 maps the direct kernel wins (0.32 vs 0.44), and on 7x7 (batch 1 and 4).
+MAX_ROW = 4
+
+
+@njit
+def _taps(h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """Each tap's input row and column per output pixel of a map (row -1: padding)."""
+    kk, p_n = kh * kw, oh_n * ow_n
+    ys = np.empty((kk, p_n), dtype=np.int64)
+    xs = np.empty((kk, p_n), dtype=np.int64)
+    for t in range(kk):
+        for p in range(p_n):
+            y = (p // ow_n) * sh - pt + (t // kw) * dh
+            x = (p % ow_n) * sw - pl + (t % kw) * dw
+            inside = 0 <= y < h_n and 0 <= x < w_n
+            ys[t, p] = y if inside else -1
+            xs[t, p] = x if inside else 0
+    return ys, xs
+
+
+@pjit
+def fill_panels(x, bq, ys, xs, nthr):
+    """``bq[tile, c*kk + tap, t]`` = the input under ``tap`` of channel c at batch pixel
+    ``k = tile*T + t`` (image ``k // P``, map pixel ``k % P``), 0 in the padding and past the
+    last pixel.  Per thread a range of panels; per panel, each (tap, t)'s offset into channel
+    0 is found once, then every channel's rows are gathered through them (contiguous writes)."""
+    n_img, c_n, h_n, w_n = x.shape
+    kk, p_n = ys.shape
+    ntile = bq.shape[0]
+    k_n = n_img * p_n
+    hw = h_n * w_n
+    xf = x.reshape(x.size)
+    for th in prange(nthr):
+        src = np.empty((kk, T), dtype=np.int64)
+        for tl in range(ntile * th // nthr, ntile * (th + 1) // nthr):
+            for t in range(T):
+                k = tl * T + t
+                n = k // p_n
+                p = k - n * p_n
+                for tap in range(kk):
+                    y = ys[tap, p] if k < k_n else -1
+                    src[tap, t] = n * c_n * hw + y * w_n + xs[tap, p] if y >= 0 else -1
+            for c in range(c_n):
+                cb = c * hw
+                for tap in range(kk):
+                    dst, so = bq[tl, c * kk + tap], src[tap]
+                    for t in range(_U(T)):
+                        o = so[t]
+                        v = xf[_U(max(o, 0) + cb)]
+                        dst[t] = v if o >= 0 else 0
+
+
+@njit(fastmath=_FM)
+def _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile, i0, i1):
+    tile = np.empty(TILE_ELEMS, dtype=out.dtype)
+    stride = offs.shape[0] * PITCH
+    for it in range(i0, i1):
+        blk = it // ntile
+        tl = it - blk * ntile
+        tile_kernel_t(bqf, _U(tl * stride), offs, wp, blk, bp, tile, NB_, T, 0)
+        m0 = blk * WD
+        jv = min(WD, m_n - m0)
+        k = tl * T
+        k1 = min(k_n, k + T)
+        while k < k1:  # one run per image the panel spans
+            n = k // p_n
+            p = k - n * p_n
+            cnt = min(p_n - p, k1 - k)
+            _store_tile(tile[k - tl * T:], cnt, PITCH, out, _U((n * m_n + m0) * p_n + p),
+                        _U(p_n), jv, res, has_res, act, prm)
+            k += cnt
+
+
+@pjit(fastmath=_FM)
+def _run(bq, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, nthr):
+    ntile = bq.shape[0]
+    items = wp.shape[0] * ntile
+    bqf = bq.reshape(bq.size)
+    for th in prange(nthr):
+        _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile,
+               items * th // nthr, items * (th + 1) // nthr)
+
+
+class SmallMaps(ConvAlgorithm):
+    """A one-group float32 layer whose output rows are at most ``MAX_ROW`` pixels wide, on a
+    CPU with the 2x14 register tile (AVX-512), batched to at least one panel of pixels.  Its
+    sums are the direct kernel's, term for term in the same order: the outputs are bitwise
+    equal to it (tested), so which of the two a batch size gets does not change a result."""
+
+    name = "small_maps"
+    packs_weights = True  # only through ``packed`` (see ConvAlgorithm)
+
+    @classmethod
+    def accepts(cls, layer, cpu) -> bool:
+        return (layer.group == 1 and layer.dtype == np.float32 and layer.ow_n <= MAX_ROW
+                and layer.n_img * layer.oh_n * layer.ow_n >= T
+                and (NB_, T) in _shapes(layer.dtype, cpu))
+
+    def __init__(self, layer, w, bias):
+        super().__init__(layer, w, bias)
+        rows = layer.cg * layer.kh * layer.kw
+        nb = -(-layer.m_all // WD)
+
+        def pack():
+            wp = np.empty((nb, rows, WD), dtype=layer.dtype)
+            bp = np.empty((nb, WD), dtype=layer.dtype)
+            pack_direct(w, bias, wp, bp, 1)
+            return wp, bp
+
+        # the direct kernel's layout and block width: one packed copy serves both
+        self._wp, self._bp = packed("direct", (WD,), pack)
+        self._offs = np.arange(rows, dtype=np.uint64) * np.uint64(PITCH)
+        self._ys, self._xs = _taps(layer.h_n, layer.w_n, layer.kh, layer.kw, layer.sh,
+                                   layer.sw, layer.dh, layer.dw, layer.pt, layer.pl,
+                                   layer.oh_n, layer.ow_n)
+        self._k_n = layer.n_img * layer.oh_n * layer.ow_n
+        self._panels = (-(-self._k_n // T), rows, PITCH)
+
+    def repack(self, w, bias):
+        """New weights of the same shape into the packed arrays (``Conv2d.repack``)."""
+        pack_direct(w, bias, self._wp, self._bp, 1)
+
+    def scratch_bytes(self) -> int:
+        return int(np.prod(self._panels)) * self.dtype.itemsize
+
+    def __call__(self, x, out, residual=None):
+        layer = self.layer
+        nthr = numba.get_num_threads()
+        bq = _shared_scratch(int(np.prod(self._panels)), self.dtype).reshape(self._panels)
+        fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs, min(nthr, self._panels[0]))
+        has_res = residual is not None
+        res = residual.reshape(-1) if has_res else self._dummy
+        items = self._wp.shape[0] * self._panels[0]
+        _run(bq, self._offs, self._wp, self._bp, out.reshape(-1), res, has_res, self.act,
+             self._prm, layer.m_all, layer.oh_n * layer.ow_n, self._k_n, min(nthr, items))
+        return out

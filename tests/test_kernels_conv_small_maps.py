@@ -1,0 +1,113 @@
+"""The small-map convolution (convrt/kernels/conv/small_maps.py): its pixels run across the
+batch's images.  Against the naive numpy reference (``naive.conv2d_ref``), bitwise against the
+direct kernel whose sums it reorders only between tiles, with NaN/Inf, residual and every
+activation, under both thread counts and from several Python threads at once."""
+
+import numpy as np
+import pytest
+
+from convrt.kernels.conv import Conv2d
+from convrt.kernels.conv import small_maps
+from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
+from naive import activation_ref, conv2d_ref
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+# (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations): ResNet's last stages (2x2
+# and 4x4 maps, the stride-2 entries and 1x1 downsample), M not a multiple of the 32-channel
+# block, pixels not a multiple of the 14-pixel panel (an image split between panels),
+# asymmetric pads, dilation, a 1-pixel map, a 7x7 window over a 4x4 map
+CASES = {
+    "resnet_2x2": (8, 64, 2, 2, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "resnet_s2": (8, 32, 4, 4, 64, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+    "downsample": (8, 32, 4, 4, 64, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1)),
+    "m40_k20": (5, 24, 2, 2, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "4x4_k27_asym": (3, 16, 5, 4, 70, 3, 2, (1, 1), (0, 1, 1, 0), (1, 1)),
+    "dilated": (4, 8, 6, 6, 33, 3, 3, (1, 1), (1, 1, 1, 1), (2, 2)),
+    "1px": (16, 12, 3, 3, 20, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1)),
+    "7x7_on_4x4": (3, 4, 4, 4, 16, 7, 7, (1, 1), (3, 3, 3, 3), (1, 1)),
+}
+ACTS = [dict(activation="none"), dict(activation="relu"),
+        dict(activation="clip", clip_min=-0.5, clip_max=0.5),
+        dict(activation="leaky_relu", alpha=0.1), dict(activation="sigmoid")]
+
+
+def _data(case, seed=0):
+    n, c, h, w, m, kh, kw = case[:7]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c, kh, kw)) / np.sqrt(c * kh * kw)).astype(np.float32)
+    return x, wt, rng.standard_normal(m).astype(np.float32)
+
+
+def _conv(case, wt, b, algo="auto", **act):
+    return Conv2d(wt, b, case[:4], case[7], case[8], case[9], 1, algo=algo, **act)
+
+
+@pytest.mark.parametrize("act", range(len(ACTS)))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_reference_and_the_direct_kernel_bitwise(name, act):
+    case = CASES[name]
+    x, wt, b = _data(case)
+    x[0, 0, 0, 0] = np.nan  # NaN and Inf reach exactly the outputs that read them
+    x[-1, -1, -1, -1] = np.inf
+    conv = _conv(case, wt, b, **ACTS[act])
+    assert conv.algo == "small_maps"
+    out = np.full(conv.out_shape, 7.0, np.float32)  # every output must be written
+    res = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    conv(x, out, res)
+    ref = activation_ref(conv2d_ref(x, wt, b, case[7], case[8], case[9], 1) + res,
+                         **ACTS[act])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+    fin = np.isfinite(ref)
+    assert fin.any()  # the images between the first and the last
+    np.testing.assert_allclose(out[fin], ref[fin], **TOL)
+    direct = _conv(case, wt, b, algo="direct", **ACTS[act])
+    want = np.empty_like(out)
+    direct(x, want, res)
+    np.testing.assert_array_equal(out, want)  # NaN positions too
+
+
+def test_which_layers_take_it():
+    """Rows of at most MAX_ROW pixels with a panel's worth of batch pixels; not a batch of one
+    2x2 map (4 pixels), not wider rows, not groups, not float64."""
+    case = CASES["resnet_2x2"]
+    _, wt, b = _data(case)
+    assert _conv(case, wt, b).algo == "small_maps"
+    assert Conv2d(wt, b, (1,) + case[1:4], pads=(1, 1, 1, 1)).algo != "small_maps"
+    assert Conv2d(wt, b, (8, 64, 8, 8), pads=(1, 1, 1, 1)).algo != "small_maps"
+    assert small_maps.MAX_ROW < 8
+    wt2 = wt[:, :32]
+    assert Conv2d(wt2, b, case[:4], pads=(1, 1, 1, 1), group=2).algo != "small_maps"
+    assert Conv2d(wt.astype(np.float64), b, case[:4], pads=(1, 1, 1, 1),
+                  dtype=np.float64).algo != "small_maps"
+
+
+def test_repack_takes_new_weights():
+    case = CASES["resnet_s2"]
+    x, wt, b = _data(case)
+    conv = _conv(case, wt, b)
+    wt2 = -2 * wt[:, :, ::-1, ::-1]  # a strided view, as training's dX passes
+    assert conv.repack(wt2, b)
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out)
+    np.testing.assert_allclose(out, conv2d_ref(x, wt2, b, case[7], case[8], case[9], 1), **TOL)
+
+
+def test_bitwise_same_across_thread_counts():
+    case = CASES["m40_k20"]
+    x, wt, b = _data(case)
+    outs = outputs_at_thread_counts(_conv(case, wt, b, activation="relu"), x)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+
+
+def test_threads_share_one_conv():
+    """The panels live in each calling thread's scratch."""
+    case = CASES["resnet_s2"]
+    _, wt, b = _data(case)
+    conv = _conv(case, wt, b)
+    xs = [_data(case, seed=s)[0] for s in range(4)]
+    refs = [conv2d_ref(x, wt, b, case[7], case[8], case[9], 1) for x in xs]
+    check_concurrent_calls(conv, xs, refs, 10, TOL)
