@@ -6,7 +6,9 @@ machine).  Per chunk and group, ``dW += dY_t @ cols.T`` and ``dcols = W.T @ dY_t
 products, split by columns among the threads (``_threads.matmul_split``), and ``col2im``
 scatters ``dcols`` into dX.  For unit-stride 2-D layers of one group (most of ResNet's and
 VGG's), dX is instead the forward convolution of dY with the flipped,
-transposed weights, run by the inference kernels (``_dx_by_forward_conv``).
+transposed weights, run by the inference kernels (``_dx_by_forward_conv``); on small maps
+(float32, one group) a product with the weights as they are and a gather
+(``kernels/conv_dx.py``), any stride.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ...ops.registry import OpContext, TensorInfo
 from .._threads import matmul_split
 from ..kernels import conv as K
 from ..kernels import conv_dw as DW
+from ..kernels import conv_dx as DX
 from .registry import kept, register_grad
 
 CHUNK_BYTES = 32 << 20
@@ -96,7 +99,11 @@ def conv_grad(ctx, gy):
         gw = kept(ctx.scratch, "gw", (group, mg, cg * kk), x.dtype) if n else \
             np.zeros((group, mg, cg * kk), dtype=x.dtype)  # an empty batch
     gx = None
-    if need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
+    if need_x and not one_d and DX.applies(x4, dy, w, group):  # small maps: kernels/conv_dx.py
+        gx = kept(ctx.scratch, "gx", x4.shape, x.dtype)
+        DX.input_grad(ctx.cache, dy, w, gx, (kh, kw), (sh, sw), (dh, dw), (pt, pl))
+        need_x = False
+    elif need_x and _as_forward(x, group, (sh, sw), (dh, dw), (kh, kw), pads):
         gx = _dx_by_forward_conv(dy, w, x4.shape, (kh, kw), pads, ctx.cache)
         need_x = False
     elif need_x:
