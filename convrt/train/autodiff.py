@@ -256,9 +256,12 @@ class Program:
             if keep and st.on_path:
                 records.append(ctx)
 
-    def backward(self, tape: Tape, out_grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def backward(self, tape: Tape, out_grads: dict[str, np.ndarray],
+                 on_final=None) -> dict[str, np.ndarray]:
         """Gradients of the ``wrt`` tensors given gradients of some values (usually the loss
-        output's)."""
+        output's).  ``on_final(name, g)``, if given, is called for each ``wrt`` tensor as soon
+        as no later node adds to its gradient (while ``g`` is still in the caches), and after
+        the walk for those no node reached (their zeros)."""
         grads: dict[str, np.ndarray] = {}
         owned: set[str] = set()
 
@@ -273,34 +276,60 @@ class Program:
 
         for name, g in out_grads.items():
             accumulate(name, g)
+        final = self._final_after(tape) if on_final is not None else {}
+        called: set = set()
+
+        def finished(name, g):
+            called.add(name)
+            on_final(name, g)
+
         with ThreadBudget() as threads:
-            self._walk(tape, grads, accumulate, threads)
+            for ctx in reversed(tape.records):
+                self._step_back(ctx, grads, accumulate, threads)
+                for name in final.get(id(ctx), ()):
+                    if name in grads:
+                        finished(name, grads[name])
         out = {}
         for n in self.wrt:
             g = grads.get(n)
             if g is None:
                 a = tape.env[n]
                 g = np.zeros_like(a)
+            if on_final is not None and n not in called:
+                finished(n, g)
             out[n] = g
         return out
 
-    def _walk(self, tape, grads, accumulate, threads):
+    def _final_after(self, tape):
+        """``{id(record): wrt names}``: the record of the walk after which each ``wrt``
+        tensor's gradient takes no more terms (the last one in walk order reading it)."""
+        wrt, last = set(self.wrt), {}
         for ctx in reversed(tape.records):
-            node = ctx.node
-            gy = [grads.get(v.name) for v in node.outputs]
-            if all(g is None for g in gy):
+            for i, v in enumerate(ctx.node.inputs):
+                if v is not None and v.name in wrt and ctx.needs[i]:
+                    last[v.name] = id(ctx)
+        final: dict = {}
+        for name, rid in last.items():
+            final.setdefault(rid, []).append(name)
+        return final
+
+    def _step_back(self, ctx, grads, accumulate, threads):
+        """One record's backward rule, its input gradients added into ``grads``."""
+        node = ctx.node
+        gy = [grads.get(v.name) for v in node.outputs]
+        if all(g is None for g in gy):
+            return
+        rule = grad_rule(node.op_type)
+        threads.set_for(list(ctx.inputs) + list(ctx.outputs))
+        res = rule.fn(ctx, gy)
+        if len(res) != len(node.inputs):
+            raise AssertionError(f"backward rule of {node.op_type} returned {len(res)} "
+                                 f"gradients for {len(node.inputs)} inputs")
+        for i, (v, g) in enumerate(zip(node.inputs, res)):
+            if g is None or not ctx.needs[i]:
                 continue
-            rule = grad_rule(node.op_type)
-            threads.set_for(list(ctx.inputs) + list(ctx.outputs))
-            res = rule.fn(ctx, gy)
-            if len(res) != len(node.inputs):
-                raise AssertionError(f"backward rule of {node.op_type} returned {len(res)} "
-                                     f"gradients for {len(node.inputs)} inputs")
-            for i, (v, g) in enumerate(zip(node.inputs, res)):
-                if g is None or not ctx.needs[i]:
-                    continue
-                x = ctx.inputs[i]
-                g = unbroadcast(np.asarray(g), x.shape)
-                if g.dtype != x.dtype:
-                    g = g.astype(x.dtype)
-                accumulate(v.name, g)
+            x = ctx.inputs[i]
+            g = unbroadcast(np.asarray(g), x.shape)
+            if g.dtype != x.dtype:
+                g = g.astype(x.dtype)
+            accumulate(v.name, g)

@@ -141,6 +141,25 @@ class Optimizer:
         finally:
             self.t -= 1
 
+    def checker(self, params: dict[str, np.ndarray]):
+        """``check`` one parameter at a time: a function ``(name, gradient) -> bits`` (0 when
+        every new value would be finite) for the names of ``params``, to call while each
+        gradient is still in the caches (``Trainer`` calls it from the backward walk)."""
+        groups = {n: g for g, names in self._groups_for(params) for n in names}
+
+        def check_one(name, g):
+            group = groups.get(name)
+            if group is None:
+                return 0
+            p = params[name]
+            self.t += 1
+            try:
+                return self._update(name, p, np.ascontiguousarray(g, dtype=p.dtype).reshape(-1),
+                                    group, False)
+            finally:
+                self.t -= 1
+        return check_one
+
     def _each(self, params, grads, commit: bool) -> dict:
         bits = {}
         for group, names in self._groups_for(params):

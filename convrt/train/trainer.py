@@ -229,7 +229,7 @@ class Trainer:
         d.update(self.state)
         return d
 
-    def _forward_backward(self, feeds, targets):
+    def _forward_backward(self, feeds, targets, on_final=None):
         feeds = self._feeds(feeds)
         for name, a in feeds.items():
             _check_input(name, a, self.source)
@@ -241,7 +241,7 @@ class Trainer:
             raise TrainingError(f"{self.source}: the loss is {loss} at step "
                                 f"{self.step_count + 1}; training stopped (try a smaller "
                                 "learning rate, or check the inputs for NaN/Inf)")
-        grads = self.program.backward(tape, {self.output: dpred})
+        grads = self.program.backward(tape, {self.output: dpred}, on_final)
         return loss, grads, tape
 
     # -- training ---------------------------------------------------------------------------
@@ -267,13 +267,26 @@ class Trainer:
             return self._step(feeds, targets)
 
     def _step(self, feeds, targets) -> float:
-        loss, grads, tape = self._forward_backward(feeds, targets)
+        # a dry run of the update (nothing written) names what it would make non-finite: run
+        # for each parameter as soon as the backward walk has its whole gradient, which is
+        # then still in the caches (the run after the walk read every gradient, weight and
+        # optimizer slot back from memory); clipping changes the gradients after the walk
+        bad, check_one = {}, None
+        if self.clip_grad_norm is None:
+            check_one = self.optimizer.checker(self.params)
+
+        def on_final(name, g):
+            bits = check_one(name, g)
+            if bits:
+                bad[name] = bits
+
+        loss, grads, tape = self._forward_backward(feeds, targets,
+                                                   on_final if check_one else None)
         k = self.step_count + 1
         if self.clip_grad_norm is not None:  # the norm of a non-finite gradient means nothing
             self._require_finite(grads, "the gradient of", k)
             grads = self._clip(grads)
-        # a dry run of the update (nothing written) names what it would make non-finite ...
-        bad = self.optimizer.check(self.params, grads)
+            bad = self.optimizer.check(self.params, grads)
         if bad:
             self._refuse(bad, k)
         # Running statistics fed as inputs or computed by nodes are not state this trainer
