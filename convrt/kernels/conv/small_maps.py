@@ -30,7 +30,7 @@ from ._base import ConvAlgorithm, packed
 from ._epilogue import _store_tile
 from ._ir import VEC
 from ._layout import _shared_scratch
-from ._microkernel import HOST, TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
+from ._microkernel import TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
 from .direct import pack_direct
 
 _FM = set(FAST)
