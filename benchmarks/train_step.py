@@ -2,7 +2,7 @@
 (run by hand; needs torch).
 
     python benchmarks/train_step.py [--cases small_vgg_bn_b64 resnet18_64_b8 ...]
-                                    [--repeat 7] [--threads 2]
+                                    [--repeat 7] [--threads 2] [--block 1]
 
 Cases (issue #23's three):
 
@@ -19,6 +19,10 @@ Cross-entropy, SGD with momentum 0.9; BN in training mode on both sides where it
 PyTorch runs the same weights through ``train_torch_ref.TorchTwin`` (torch's functional
 conv/BN/pool ops) on ``--threads`` threads; convrt uses numba's threads.  Steps alternate
 between the two so background load hits both alike; medians are printed with their ratio.
+With ``--block K`` they alternate in blocks of K timed steps, each after one untimed step:
+single steps make every step begin with the other framework's data in the caches, which
+measured 4-5 ms a step slower for convrt's ResNet-18 (it streams its weights several times a
+step) and 0-1.5 ms for PyTorch's, where a user trains with one of them at a time.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ CASES = {
 }
 
 
-def run_case(name: str, repeat: int) -> tuple[float, float, float]:
+def run_case(name: str, repeat: int, block: int = 1) -> tuple[float, float, float]:
     build, shape, classes, trainable = CASES[name]
     model = build()
     rng = np.random.default_rng(0)
@@ -87,13 +91,14 @@ def run_case(name: str, repeat: int) -> tuple[float, float, float]:
 
     torch_step()
     ours, theirs = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        tr.step(x, y)
-        ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        torch_step()
-        theirs.append(time.perf_counter() - t)
+    for _ in range(-(-repeat // block)):
+        for step, times in (((lambda: tr.step(x, y)), ours), (torch_step, theirs)):
+            if block > 1:
+                step()  # a block's first step starts with the other side's data in the caches
+            for _ in range(block):
+                t = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t)
     return float(np.median(ours)), float(np.median(theirs)), first
 
 
@@ -102,16 +107,20 @@ def main():
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block", type=int, default=1,
+                    help="steps of one side in a row (the first of each block not timed): 1 "
+                         "alternates single steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
 
-    print(f"{args.threads} threads, {args.repeat} alternating steps each, torch "
-          f"{torch.__version__}")
+    how = "alternating steps" if args.block == 1 else f"steps in alternating blocks of " \
+        f"{args.block} (+1 untimed)"
+    print(f"{args.threads} threads, {args.repeat} {how} each, torch {torch.__version__}")
     print(f"{'case':22s} {'convrt ms':>10s} {'PyTorch ms':>11s} {'ratio':>6s}  first step")
     for name in args.cases:
-        mc, mt, first = run_case(name, args.repeat)
+        mc, mt, first = run_case(name, args.repeat, args.block)
         print(f"{name:22s} {mc * 1e3:10.1f} {mt * 1e3:11.1f} {mc / mt:6.2f}  {first:.1f} s",
               flush=True)
 
