@@ -135,11 +135,9 @@ class Optimizer:
         parameters whose gradient, new value or new optimizer slot would be NaN/Inf (the bits of
         ``kernels/optim.py``).  The trainer calls it before ``step`` so that a diverging step
         keeps every tensor as it was without copying any."""
-        self.t += 1
-        try:
-            return {n: b for n, b in self._each(params, grads, False).items() if b}
-        finally:
-            self.t -= 1
+        check_one = self.checker(params)
+        bits = {n: check_one(n, g) for n, g in grads.items() if n in params}
+        return {n: b for n, b in bits.items() if b}
 
     def checker(self, params: dict[str, np.ndarray]):
         """``check`` one parameter at a time: a function ``(name, gradient) -> bits`` (0 when
@@ -149,10 +147,10 @@ class Optimizer:
 
         def check_one(name, g):
             group = groups.get(name)
-            if group is None:
+            if group is None or g is None:
                 return 0
             p = params[name]
-            self.t += 1
+            self.t += 1  # the step being checked
             try:
                 return self._update(name, p, np.ascontiguousarray(g, dtype=p.dtype).reshape(-1),
                                     group, False)
