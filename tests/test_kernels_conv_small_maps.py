@@ -84,6 +84,17 @@ def test_which_layers_take_it():
                   dtype=np.float64).algo != "small_maps"
 
 
+def test_forcing_it_on_a_layer_it_does_not_take_is_refused():
+    """``algo="small_maps"`` on a layer outside its conditions: a ValueError, not a kernel
+    run on shapes it assumes away."""
+    case = CASES["resnet_2x2"]
+    _, wt, b = _data(case)
+    for shape, kw in (((8, 64, 8, 8), {}), ((1, 64, 2, 2), {}),
+                      (case[:4], dict(dtype=np.float64))):
+        with pytest.raises(ValueError, match="small_maps"):
+            Conv2d(wt, b, shape, pads=(1, 1, 1, 1), algo="small_maps", **kw)
+
+
 def test_repack_takes_new_weights():
     case = CASES["resnet_s2"]
     x, wt, b = _data(case)

@@ -30,7 +30,7 @@ from ._base import ConvAlgorithm, packed
 from ._epilogue import _store_tile
 from ._ir import VEC
 from ._layout import _shared_scratch
-from ._microkernel import TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
+from ._microkernel import HOST, TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
 from .direct import pack_direct
 
 _FM = set(FAST)
@@ -141,6 +141,9 @@ class SmallMaps(ConvAlgorithm):
 
     def __init__(self, layer, w, bias):
         super().__init__(layer, w, bias)
+        if not self.accepts(layer, HOST):  # forced (``algo=``): the kernels assume all of it
+            raise ValueError("algo='small_maps' needs one group, float32, output rows of at "
+                             f"most {MAX_ROW} pixels, {T}+ pixels in the batch and AVX-512")
         rows = layer.cg * layer.kh * layer.kw
         nb = -(-layer.m_all // WD)
 
