@@ -106,6 +106,24 @@ def _pad_plane(x, xs, u, n_planes, h_n, w_n, q_n, sw, pt, pl, cstride):
                     xs[d + i] = x[s0 + i * _U(sw)]
 
 
+@njit
+def tap_sources(h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
+    """(rows, cols): each tap's input row and column per output pixel of a map, ``[tap,
+    oh*OW + ow]`` (row -1 where the tap falls in the padding): the gathers of small maps read
+    through it (``small_maps.fill_panels``, training's im2col)."""
+    kk, p_n = kh * kw, oh_n * ow_n
+    ys = np.empty((kk, p_n), dtype=np.int64)
+    xs = np.empty((kk, p_n), dtype=np.int64)
+    for t in range(kk):
+        for p in range(p_n):
+            y = (p // ow_n) * sh - pt + (t // kw) * dh
+            x = (p % ow_n) * sw - pl + (t % kw) * dw
+            inside = 0 <= y < h_n and 0 <= x < w_n
+            ys[t, p] = y if inside else -1
+            xs[t, p] = x if inside else 0
+    return ys, xs
+
+
 _SCRATCH = threading.local()
 
 

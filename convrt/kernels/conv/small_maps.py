@@ -29,7 +29,7 @@ from .._jit import FAST, njit, pjit
 from ._base import ConvAlgorithm, packed
 from ._epilogue import _store_tile
 from ._ir import VEC
-from ._layout import _shared_scratch
+from ._layout import _shared_scratch, tap_sources
 from ._microkernel import HOST, TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
 from .direct import pack_direct
 
@@ -43,22 +43,6 @@ PITCH = tile_pitch(T)
 # maps 0.46 vs 0.73 ms, 4x4 -> 2x2 (stride 2) 0.24 vs 0.43, 4x4 0.40 vs 0.40, 8x8 -> 4x4
 # 0.21 vs 0.27; on 8x8 maps the direct kernel wins (0.32 vs 0.44), and on 7x7 (batch 1 and 4).
 MAX_ROW = 4
-
-
-@njit
-def _taps(h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
-    """Each tap's input row and column per output pixel of a map (row -1: padding)."""
-    kk, p_n = kh * kw, oh_n * ow_n
-    ys = np.empty((kk, p_n), dtype=np.int64)
-    xs = np.empty((kk, p_n), dtype=np.int64)
-    for t in range(kk):
-        for p in range(p_n):
-            y = (p // ow_n) * sh - pt + (t // kw) * dh
-            x = (p % ow_n) * sw - pl + (t % kw) * dw
-            inside = 0 <= y < h_n and 0 <= x < w_n
-            ys[t, p] = y if inside else -1
-            xs[t, p] = x if inside else 0
-    return ys, xs
 
 
 @pjit
@@ -156,7 +140,7 @@ class SmallMaps(ConvAlgorithm):
         # the direct kernel's layout and block width: one packed copy serves both
         self._wp, self._bp = packed("direct", (WD,), pack)
         self._offs = np.arange(rows, dtype=np.uint64) * np.uint64(PITCH)
-        self._ys, self._xs = _taps(layer.h_n, layer.w_n, layer.kh, layer.kw, layer.sh,
+        self._ys, self._xs = tap_sources(layer.h_n, layer.w_n, layer.kh, layer.kw, layer.sh,
                                    layer.sw, layer.dh, layer.dw, layer.pt, layer.pl,
                                    layer.oh_n, layer.ow_n)
         self._k_n = layer.n_img * layer.oh_n * layer.ow_n

@@ -10,6 +10,7 @@ import numpy as np
 from numba import prange
 
 from ...kernels._jit import njit, pjit
+from ...kernels.conv._layout import tap_sources
 
 _U = np.uint64
 
@@ -49,17 +50,7 @@ def _im2col_gather(x, cols, n0, n1, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
     c_n, h_n, w_n = x.shape[1], x.shape[2], x.shape[3]
     kk = kh * kw
     p_n = oh_n * ow_n
-    ys = np.empty((kk, p_n), dtype=np.int64)
-    xs = np.empty((kk, p_n), dtype=np.int64)
-    for a in range(kh):
-        for b in range(kw):
-            for oh in range(oh_n):
-                for ow in range(ow_n):
-                    y = oh * sh - pt + a * dh
-                    xx = ow * sw - pl + b * dw
-                    inside = 0 <= y < h_n and 0 <= xx < w_n
-                    ys[a * kw + b, oh * ow_n + ow] = y if inside else -1
-                    xs[a * kw + b, oh * ow_n + ow] = xx if inside else 0
+    ys, xs = tap_sources(h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n)
     nimg = n1 - n0
     for t in prange(c_n * nimg):
         c = t // nimg
