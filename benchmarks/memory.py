@@ -58,6 +58,7 @@ def worker(runtime: str, path: str, batches: list[int], threads: int) -> dict:
         opts = convrt.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = convrt.InferenceSession(path, opts)
+        sess.wait_compiled()  # an empty numba cache: measure the compiled plans, not the first tier
     else:
         import onnxruntime as ort
         opts = ort.SessionOptions()

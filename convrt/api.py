@@ -12,6 +12,7 @@ against the graph's declared inputs, picks the plan, and executes it.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -22,16 +23,17 @@ import numpy as np
 from .compiler import load, optimize
 from .errors import ConvrtError, InputError, UnsupportedOpError
 from .fetch import FetchCache, ValueInfo, list_values
-from .ir import Graph, copy_graph
+from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
 from .runtime.feeds import check_feeds
 from .runtime.malloc import loading as malloc_loading
+from .runtime import tiers
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.precision import resolve_precision
 from .runtime.threads import resolve_threads
 from .runtime.trace import SessionProfiler
-from .weights import ReleasedWeights
+from .weights import ReleasedWeights, reloader
 
 MAX_PLANS = 8
 PROVIDER = "ConvrtCPUExecutionProvider"  # what get_providers() names (see there)
@@ -118,6 +120,13 @@ class SessionOptions:
             computes in float32 (convrt/float16.py), so its convolutions do take bf16.  On a
             CPU without AVX512_BF16: one warning per process, then float32.  Anything else is
             an InputError listing the choices (at session creation).
+        tiered_start: True (default; ``CONVRT_TIERED_START=0`` in the environment makes it
+            False): where the warm-up finds kernels missing from numba's on-disk cache, the
+            session answers with numpy kernels for Conv, Gemm, MatMul and the pools while
+            numba compiles its own in a background thread, then switches
+            (convrt/runtime/tiers.py; ``first_tier`` and ``wait_compiled()`` on the session).
+            False: the warm-up compiles before the session is returned (20-40 s for a CNN on
+            an empty cache).  Needs ``warm_up``.
 
     Accepted for onnxruntime code, with no effect in convrt: ``inter_op_num_threads`` and
     ``execution_mode`` (a plan runs its nodes one after another; the parallelism is inside the
@@ -150,6 +159,8 @@ class SessionOptions:
     config_entries: dict = field(default_factory=dict)
     warm_up: bool = True
     precision: str = "fp32"
+    tiered_start: bool = field(default_factory=lambda: os.environ.get(
+        "CONVRT_TIERED_START", "1") != "0")
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         self.config_entries[str(key)] = str(value)
@@ -226,40 +237,6 @@ def _node_arg(v) -> NodeArg:
     return NodeArg(v.name, shape, _TYPE_NAMES.get(v.dtype, f"tensor({v.dtype})"))
 
 
-def _reloader(src, base_dir, budget, graph: Graph):
-    """The unoptimized graph again, when called (for fetches and released weights).
-
-    A path is loaded again, checked first to be the file the session loaded (same size and
-    modification time): a changed file would give values of another model.  For bytes and a
-    ModelProto, a structural copy of the loaded ``graph`` is kept instead (``copy_graph``: its
-    weight arrays are the loaded ones, shared with the optimized graph wherever the passes kept
-    them).  Why not hold the caller's object: a session would then hold a bytes model twice,
-    the bytes beside the arrays read from them, for as long as it lives (VGG-16: 528 MB more).
-    """
-    if not isinstance(src, (str, os.PathLike)):
-        original = copy_graph(graph)
-        return lambda: original
-    if isinstance(src, (str, os.PathLike)):
-        try:
-            st = os.stat(src)
-            stamp = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = None
-
-        def again() -> Graph:
-            try:
-                st = os.stat(src)
-                now = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                now = None
-            if now != stamp:
-                raise InputError(f"{os.fspath(src)}: the model file changed or went away since "
-                                 "the session was created; create a new session to fetch "
-                                 "intermediate values")
-            return load(src, base_dir, budget)
-        return again
-
-
 class InferenceSession:
     """Load, optimize and run an ONNX model.
 
@@ -288,7 +265,7 @@ class InferenceSession:
             self.unoptimized_node_count = len(self.graph.nodes)
             # the unoptimized graph, loaded again on the first fetch of a value the passes
             # fuse away, and to derive a released weight again (convrt/weights.py)
-            reload = _reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget,
+            reload = reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget,
                                self.graph)
             self._fetch = FetchCache(reload, level, disabled, self.options.memory_budget,
                                      self._threads)
@@ -308,6 +285,7 @@ class InferenceSession:
         self._by_value: frozenset = frozenset()  # inputs whose values key the plans
         self._lock = threading.Lock()
         self._lru = threading.Lock()  # guards the order of _plans (quick: taken on every run)
+        self._tier: tiers.FirstTier | None = None  # numba compiling (runtime/tiers.py)
         if self.options.optimized_model_filepath:
             self._write_optimized(self.options.optimized_model_filepath)
         if self.options.warm_up:
@@ -335,14 +313,44 @@ class InferenceSession:
             feeds[name] = np.zeros([d if isinstance(d, int) else 1 for d in v.shape], v.dtype)
         try:
             arrays, infos = self._check_feeds(feeds)
-            plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
-                        self._packs, self._pool, self._precision)
+            build = functools.partial(self._new_plan, infos)
             with np.errstate(all="ignore"):
-                plan.run(arrays)
-            plan.release()
-            self._weights.release(plan.packed_consts)
+                if not self.options.tiered_start:
+                    plan = build()
+                    plan.run(arrays)
+                elif (plan := tiers.build_cached(build, arrays)) is None:  # numba must compile:
+                    self._tier = tiers.FirstTier(  # numpy kernels meanwhile (runtime/tiers.py)
+                        self.graph.source, self._lock, functools.partial(
+                            self._new_plan, first_tier=True), build, arrays, infos,
+                        plan_key(infos), self._threads, self._warmed)
+                    return
+            self._warmed(plan)
         except ConvrtError:
             pass
+
+    def _new_plan(self, infos: dict, first_tier: bool = False) -> Plan:
+        return Plan(self.graph, infos, self.options.memory_budget, self._threads, self._packs,
+                    self._pool, self._precision, first_tier)
+
+    def _warmed(self, plan: Plan | None) -> None:
+        """The warm-up's plan ran (None: a background compile failed, and the next run plans
+        again and reports the error): its unpacked weights can go."""
+        if plan is not None:
+            plan.release()
+            self._weights.release(plan.packed_consts)
+
+    @property
+    def first_tier(self) -> bool:
+        """True while runs use numpy kernels because numba is still compiling the session's
+        own in the background (``SessionOptions.tiered_start``); False once they are in use."""
+        tier = self._tier
+        return tier is not None and tier.active
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Block until the session runs on its compiled kernels (a background compile, if any,
+        finished); False if ``timeout`` seconds passed first.  Time runs after this."""
+        tier = self._tier
+        return True if tier is None else tier.job.wait(timeout)
 
     def __reduce__(self):
         """Pickle as the optimized model's ONNX bytes and the options; unpickling re-loads.
@@ -445,13 +453,16 @@ class InferenceSession:
         the least recently used dropped first).  All plans share the session's packed weights
         and activation arenas, so a plan holds only what depends on its shapes."""
         key = plan_key(infos)
+        tier = self._tier
+        plan = None if tier is None else tier.plan_for(key, infos)  # while numba compiles
+        if plan is not None:
+            return plan
         plan = self._touch(key)
         if plan is None:
             with self._lock:  # one build at a time; runs of built plans go on meanwhile
                 plan = self._touch(key)
                 if plan is None:
-                    plan = Plan(self.graph, infos, self.options.memory_budget, self._threads,
-                                self._packs, self._pool, self._precision)
+                    plan = self._new_plan(infos)
                     self._weights.release(plan.packed_consts)
                     with self._lru:
                         self._plans[key] = plan
@@ -553,7 +564,8 @@ class InferenceSession:
 
     @property
     def original_graph(self) -> Graph:
-        """The unoptimized graph (loaded again on first use, see ``_reloader``); do not mutate."""
+        """The unoptimized graph (loaded again on first use, ``weights.reloader``); do not
+        mutate."""
         return self._fetch.graph
 
     def _run_fetch(self, names, arrays, infos, run_options, profile) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ longer exist in the optimized graph.  Passes never fuse across a graph output, s
 exactly those values (and fuses everything else as usual).  That compile happens once per fetch
 set; the last ``MAX_FETCH_SETS`` are kept.  The plain ``run(None, ...)`` path never comes here.
 
-The unoptimized graph comes from the session (api.py ``_reloader``): a model given as a path is
+The unoptimized graph comes from the session (weights.py ``reloader``): a model given as a path is
 loaded again on the first fetch; for bytes or a ModelProto it is a structural copy made before
 optimization (:func:`copy_graph`): new Value/Node objects, but the weight arrays are shared with
 the optimized graph (passes never write into an initializer's array; they add new ones), so the

@@ -75,12 +75,13 @@ def run_models(paths: list[str], batch: int = 1) -> list[tuple[str, float]]:
     """Run each model once on random data (compiling what its plan needs); (path, seconds)."""
     import numpy as np
 
-    from .api import InferenceSession
+    from .api import InferenceSession, SessionOptions
 
     times = []
     for path in paths:
         t = time.perf_counter()
-        sess = InferenceSession(path)
+        # compiling is the point here: no first tier (convrt/runtime/tiers.py)
+        sess = InferenceSession(path, SessionOptions(tiered_start=False))
         rng = np.random.default_rng(0)
         feeds = {}
         for arg in sess.get_inputs():

@@ -7,3 +7,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 if str(SAMPLES) not in sys.path:
     sys.path.insert(0, str(SAMPLES))
+
+# Sessions in the tests run their compiled kernels: without this, a test on an empty numba
+# cache would check the first tier's numpy kernels instead (convrt/runtime/tiers.py), and the
+# compiled ones only when its background compile won the race.  tests/test_tiers.py turns the
+# tiered start on where it is the subject.
+import os  # noqa: E402
+
+os.environ["CONVRT_TIERED_START"] = "0"

@@ -318,7 +318,7 @@ def test_packed_weights_are_freed_and_outputs_are_bitwise_unchanged(kind, make, 
     assert sorted(released) == sorted(refs)
     assert all(v.has_const for v in sess.graph.initializers.values())  # still constants
     # a path's weights can be read again from the file; for bytes or a ModelProto the session
-    # keeps the loaded graph for that (api.py _reloader): what the passes derived is freed,
+    # keeps the loaded graph for that (weights.py reloader): what the passes derived is freed,
     # what they kept stays there, held once
     for n, r in refs.items():
         assert (r() is None) == (kind == "path" or n not in kept), n

@@ -41,12 +41,16 @@ import shutil
 import site
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 
 import numba
 from numba.core.caching import FunctionCache
 from numba.core.dispatcher import Dispatcher
+
+from ..errors import ConvrtError
 
 numba.config.SLP_VECTORIZE = True  # before the first compile; see module docstring
 
@@ -56,6 +60,7 @@ _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # convrt/
 # inlines from other files (an edited epilogue kept running its old code) or the constants it
 # froze (activation codes), and pip leaves the old cache files behind on an upgrade.
 _COMPILED_SOURCES = ("kernels", os.path.join("train", "kernels"), "activations.py")
+_NOT_COMPILED = (os.path.join("kernels", "first_tier.py"),)  # numpy only: not in the digest
 STALE_SECONDS = 3600
 
 
@@ -67,6 +72,8 @@ def _source_digest() -> str:
         paths = [top] if top.endswith(".py") else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs if f.endswith(".py"))
         for path in paths:
+            if os.path.relpath(path, _PKG) in _NOT_COMPILED:
+                continue
             h.update(os.path.relpath(path, _PKG).encode())
             with open(path, "rb") as f:
                 h.update(f.read())
@@ -194,6 +201,30 @@ def _choose_threading_layer() -> None:
 _choose_threading_layer()
 
 
+class CompileNeeded(ConvrtError):
+    """Raised inside :func:`compile_fence` where a kernel is not in the on-disk cache: the
+    caller asked to learn that instead of paying the compile (runtime/tiers.py).  A
+    ConvrtError so that ``Plan.run`` passes it through as it is."""
+
+
+_FENCE = threading.local()
+
+
+@contextmanager
+def compile_fence():
+    """Within this block (this thread only), a convrt kernel that would compile raises
+    :class:`CompileNeeded` instead: loading from memory or from the disk cache goes on.
+
+    Why: a session learns whether its plan's kernels are all cached by running it once, at no
+    compile cost when they are not (numba asks the cache before compiling, ``load_overload``)."""
+    old = getattr(_FENCE, "on", False)
+    _FENCE.on = True
+    try:
+        yield
+    finally:
+        _FENCE.on = old
+
+
 class _SafeCache(FunctionCache):
     """numba's on-disk cache, made safe against bad files: a truncated, garbled or foreign
     cache file (a crash mid-write on a filesystem without atomic rename, a copied directory,
@@ -206,6 +237,12 @@ class _SafeCache(FunctionCache):
     leaves the kernel uncached: the run goes on either way."""
 
     def load_overload(self, sig, target_context):
+        cres = self._load(sig, target_context)
+        if cres is None and getattr(_FENCE, "on", False):
+            raise CompileNeeded(f"{self._py_func.__module__}.{self._py_func.__qualname__}")
+        return cres
+
+    def _load(self, sig, target_context):
         try:
             cres = super().load_overload(sig, target_context)
         except Exception:  # noqa: BLE001  (any unreadable file: compile instead)

@@ -3,6 +3,7 @@
 import math
 import threading
 
+from ..kernels import first_tier
 from ..kernels.conv import Conv2d
 from ..kernels.conv.conv_pool import ConvMaxPool
 from ._shape import FLOAT_TYPES, ints, known, window
@@ -74,6 +75,9 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     # A stride past the padded extent gives one output on that axis, as the extent itself does;
     # clamping keeps the kernel's offset arithmetic far from int64 overflow.
     s = tuple(min(v, max(1, n + p[i] + p[i + 2])) for i, (v, n) in enumerate(zip(s, in4[2:])))
+    if ctx.first_tier:
+        return _bind_first_tier(ctx, B is not None, residual, pool, in4, out4, s, p, d, g,
+                                activation, alpha, clip, shape, X.dtype, macs)
     scratch = _scratch_bytes(in4, s, p, X.dtype.itemsize)
     if pool:  # bound for the general path, which pools a full-size output
         scratch += math.prod(unpooled) * X.dtype.itemsize
@@ -125,6 +129,21 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
     if conv is not None and conv.packs_weights:  # W (input 1) is never read at run time
         layout["packed"] = (1,)
     return ctx.result([shape], [X.dtype], run, flops=macs, scratch=scratch, **layout)
+
+
+def _bind_first_tier(ctx, has_b, residual, pool, in4, out4, s, p, d, g, activation, alpha, clip,
+                     shape, dtype, macs):
+    """The first tier's numpy convolution (kernels/first_tier.py, runtime/tiers.py): nothing
+    to compile or pack, W read at run time, plain NCHW in and out (no zero-bordered
+    handoffs)."""
+    def run(x, w, *rest):  # rest = ([b], [z], out), as ``bind_conv``'s run
+        b = rest[0] if has_b else None
+        z = rest[-2].reshape(out4) if residual else None
+        w4 = w.reshape(w.shape[0], w.shape[1], 1, -1) if w.ndim == 3 else w
+        first_tier.conv2d(x.reshape(in4), w4, b, z, rest[-1].reshape(out4), s, p, d, g,
+                          activation, alpha, clip, pool)
+
+    return ctx.result([shape], [dtype], run, flops=macs)
 
 
 def _scratch_bytes(in4, s, p, itemsize) -> int:

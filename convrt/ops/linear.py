@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..kernels import first_tier
 from ..kernels.gemm import ACT_NONE, ACT_RELU, gemm_nt, gemm_packed
 from ._shape import FLOAT_TYPES, NUMERIC, broadcast, known
 from .registry import register_op
@@ -40,6 +41,12 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
     code = {"none": ACT_NONE, "relu": ACT_RELU}[act]
     dt = A.dtype
     alpha, beta = float(alpha), float(beta)
+    if ctx.first_tier:  # numpy (kernels/first_tier.py): nothing to compile or pack
+        def run_first(a, b, *rest):  # rest = ([c], out)
+            first_tier.gemm(a, b, rest[0] if C is not None else None, rest[-1], alpha, beta,
+                            transA, transB, act)
+
+        return ctx.result([shape], [A.dtype], run_first, flops=macs)
     if ctx.precision == "bf16" and not transA:
         bf = _gemm_bf16(ctx, A, B, C, alpha, beta, transB, act, (m, n, k))
         if bf is not None:
@@ -180,6 +187,9 @@ def MatMul(ctx, A, B):
     macs = int(np.prod(shape)) * a_shape[-1] if all(known(v) for v in shape + a_shape) else 0
     if not ctx.binding:
         return ctx.result([shape], [A.dtype], flops=macs)
+    if ctx.first_tier:  # numpy's own product (runtime/tiers.py): nothing to compile
+        return ctx.result([shape], [A.dtype], lambda a, b, out: np.matmul(a, b, out=out),
+                          flops=macs)
     if B.value is not None and B.rank == 2 and A.dtype in FLOAT_TYPES and \
             int(np.prod(A.shape[:-1])) >= MATMUL_CONV_MIN and B.shape[1] >= MATMUL_CONV_MIN:
         run, scratch = _matmul_as_conv(ctx, A.dtype, int(np.prod(A.shape[:-1])), B.value)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ..kernels import first_tier
 from ..kernels import pool as K
 from . import pool_nd
 from ._shape import FLOAT16_UP, FLOAT_TYPES, ints, window
@@ -40,6 +41,12 @@ def MaxPool(ctx, X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_sh
     if len(k) != 2 or X.dtype not in FLOAT_TYPES or ctx.n_outputs > 1:
         return pool_nd.bind_max(ctx, X, k, s, d, p, shape, int(storage_order), ctx.n_outputs)
 
+    if ctx.first_tier:  # numpy (kernels/first_tier.py): nothing to compile
+        def run_first(x, out, indices=None):
+            first_tier.max_pool2d(x, out, k, s, d, p)
+
+        return ctx.result([shape], [X.dtype], run_first)
+
     def run(x, out, indices=None):
         K.max_pool2d(x, out, k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1])
 
@@ -66,12 +73,15 @@ def AveragePool(ctx, X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, 
 
     return ctx.result([shape], [X.dtype], run)
 
-def _global(ctx, X, kernel):
+def _global(ctx, X, kernel, op):
     ctx.check(X.dtype in FLOAT_TYPES, f"dtype {X.dtype} is not supported")
     ctx.check(X.rank is not None and X.rank >= 3, f"input rank {X.rank} must be >= 3")
     ctx.check(all(not isinstance(v, int) or v >= 1 for v in X.shape[2:]),
               f"input spatial dims {list(X.shape[2:])} are empty")  # the kernels read x[..., 0]
     shape = tuple(X.shape[:2]) + (1,) * (X.rank - 2)
+
+    if ctx.first_tier:  # numpy (kernels/first_tier.py): nothing to compile
+        return ctx.result([shape], [X.dtype], lambda x, out: first_tier.global_pool(x, out, op))
 
     def run(x, out):
         n, c = x.shape[:2]
@@ -82,9 +92,9 @@ def _global(ctx, X, kernel):
 
 @register_op("GlobalAveragePool", since=(1, 22))
 def GlobalAveragePool(ctx, X):
-    return _global(ctx, X, K.global_avg_pool)
+    return _global(ctx, X, K.global_avg_pool, "avg")
 
 @register_op("GlobalMaxPool", since=(1, 22))
 def GlobalMaxPool(ctx, X):
-    return _global(ctx, X, K.global_max_pool)
+    return _global(ctx, X, K.global_max_pool, "max")
 

@@ -157,6 +157,22 @@ def binding_precision(precision: str):
         _PRECISION.reset(token)
 
 
+# Whether the plan being built on this thread is a first-tier one (runtime/tiers.py): the ops
+# that would compile the most (Conv, Gemm, MaxPool, the global pools) then bind numpy kernels
+# (kernels/first_tier.py), which compile nothing, instead of numba's.
+_FIRST_TIER: contextvars.ContextVar = contextvars.ContextVar("convrt_first_tier", default=False)
+
+
+@contextlib.contextmanager
+def binding_first_tier(first: bool):
+    """Bind kernels inside this block as a first-tier plan (``OpContext.first_tier``)."""
+    token = _FIRST_TIER.set(bool(first))
+    try:
+        yield first
+    finally:
+        _FIRST_TIER.reset(token)
+
+
 class OpContext:
     """Per-node helpers handed to op functions (names for errors, opset, bind mode)."""
 
@@ -179,6 +195,12 @@ class OpContext:
         """"bf16" while a bf16 plan binds kernels: float32 Conv and Gemm then take bf16
         kernels where one fits the layer (kernels/bf16.py); else "fp32"."""
         return _PRECISION.get()
+
+    @property
+    def first_tier(self) -> bool:
+        """True while a first-tier plan binds kernels: an op with a numpy kernel in
+        kernels/first_tier.py binds that one (no numba compile; correct, not fast)."""
+        return _FIRST_TIER.get()
 
     def where(self) -> str:
         return f"{self.source}: node '{self.node_name}' ({self.op_type})"

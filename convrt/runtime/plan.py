@@ -30,7 +30,8 @@ from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
 from ..kernels._alloc import mapped_empty
 from ..ops.infer import NodeInfo, infer, one_line
-from ..ops.registry import PackCache, TensorInfo, binding_precision, packing_into
+from ..ops.registry import (PackCache, TensorInfo, binding_first_tier, binding_precision,
+                            packing_into)
 
 ALIGN = 64
 # Steps with less work than this run on the calling thread alone: waking the pool for a few
@@ -260,16 +261,19 @@ class Plan:
     ``packs`` (a session's PackCache) shares packed weights with the session's other plans,
     ``pool`` (its ArenaPool) the activation memory; without them the plan has its own.
     ``precision`` "bf16" binds bf16 kernels for the float32 Conv and Gemm layers they fit
-    (the session checks the CPU first and passes "fp32" where it cannot).
+    (the session checks the CPU first and passes "fp32" where it cannot).  ``first_tier``
+    binds numpy kernels where ops have them (runtime/tiers.py): nothing to compile, not fast.
     """
 
     def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None,
                  threads: int = 1, packs: PackCache | None = None,
-                 pool: ArenaPool | None = None, precision: str = "fp32"):
+                 pool: ArenaPool | None = None, precision: str = "fp32",
+                 first_tier: bool = False):
         self.source = graph.source
+        self.first_tier = first_tier
         self._serial = next(_SERIALS)
         self._pool = ArenaPool() if pool is None else pool
-        with packing_into(packs), binding_precision(precision):
+        with packing_into(packs), binding_precision(precision), binding_first_tier(first_tier):
             env, infos = infer(graph, feeds, binding=True)
         slot: dict[str, int] = {}
         self.template: list = []  # per slot: constant array, or None (filled per run/arena)
