@@ -13,7 +13,9 @@ files; a kernel two workers both need is compiled by both (whichever finishes fi
 jobs can only help when the models use different kernels (VGG's direct convolution,
 MobileNet's depthwise ones), never for one model, and only with idle cores: on the shared 2-core
 reference machine (load average 2.6-3.6 from other work) small VGG + MobileNetV2 took 47.5 s with
---jobs 1 and 59.9 s with --jobs 2, so the default is 1 and ``convrt run`` compiles in-process.
+--jobs 1 and 59.9 s with --jobs 2, so the default is 1.  Its sessions compile before they answer
+(``tiered_start=False``): without a warmup a session answers on numpy kernels until its own
+compile is done (convrt/runtime/tiers.py).
 """
 
 from __future__ import annotations

@@ -98,7 +98,10 @@ class FirstTier:
         self.job = Background(source, work, done)
 
     def plan_for(self, key, infos: dict):
-        """The first-tier plan for ``key`` (made on first use), or None once compiled."""
+        """The first-tier plan for ``key`` (made on first use), or None once compiled (then
+        without the lock: runs of built plans never wait for a plan being built)."""
+        if not self.active:
+            return None
         with self._lock:
             if not self.active:
                 return None
