@@ -26,9 +26,9 @@ from .fetch import FetchCache, ValueInfo, list_values
 from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
+from .runtime import tiers
 from .runtime.feeds import check_feeds
 from .runtime.malloc import loading as malloc_loading
-from .runtime import tiers
 from .runtime.plan import ArenaPool, Plan, plan_key
 from .runtime.precision import resolve_precision
 from .runtime.threads import resolve_threads
@@ -266,7 +266,7 @@ class InferenceSession:
             # the unoptimized graph, loaded again on the first fetch of a value the passes
             # fuse away, and to derive a released weight again (convrt/weights.py)
             reload = reloader(path_or_bytes, base_dir, min(budget, limit) if limit else budget,
-                               self.graph)
+                              self.graph)
             self._fetch = FetchCache(reload, level, disabled, self.options.memory_budget,
                                      self._threads)
             self.pass_report = optimize(self.graph, level, disabled)

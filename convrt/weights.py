@@ -127,22 +127,20 @@ def reloader(src, base_dir, budget, graph: Graph):
     if not isinstance(src, (str, os.PathLike)):
         original = copy_graph(graph)
         return lambda: original
-    if isinstance(src, (str, os.PathLike)):
+
+    def stamp():
         try:
             st = os.stat(src)
-            stamp = (st.st_size, st.st_mtime_ns)
+            return st.st_size, st.st_mtime_ns
         except OSError:
-            stamp = None
+            return None
 
-        def again() -> Graph:
-            try:
-                st = os.stat(src)
-                now = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                now = None
-            if now != stamp:
-                raise InputError(f"{os.fspath(src)}: the model file changed or went away since "
-                                 "the session was created; create a new session to fetch "
-                                 "intermediate values")
-            return load(src, base_dir, budget)
-        return again
+    loaded = stamp()
+
+    def again() -> Graph:
+        if stamp() != loaded:
+            raise InputError(f"{os.fspath(src)}: the model file changed or went away since the "
+                             "session was created; create a new session to fetch intermediate "
+                             "values")
+        return load(src, base_dir, budget)
+    return again
