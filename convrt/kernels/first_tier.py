@@ -6,7 +6,7 @@ that finds its kernels uncached plans the model with these (``OpContext.first_ti
 answers with them while the compiled plan builds in a background thread (runtime/tiers.py).
 They compile nothing and import no numba; they are written for clarity, not speed: a
 convolution is one matrix product per image over a strided window view (im2col, one image at
-a time to bound the copy), so it runs on numpy's BLAS.  The results agree with the compiled
+a time to bound the temporaries), so it runs on numpy's BLAS.  The results agree with the compiled
 tier to float32 rounding, not bitwise (the sums run in another order); both are tested against
 the same oracles (tests/test_first_tier.py).
 """
@@ -44,9 +44,11 @@ def conv2d(x, w, b, z, y, s, p, d, group, activation="none", alpha=0.01,
     """``y = act(conv(x, w) + b + z)`` (2-D, NCHW), max-pooled 2x2/2 with ``pool``.
 
     ``p`` is (top, left, bottom, right); ``z`` the residual (None: none); ``y`` the output,
-    written in place; ``activation``, ``alpha`` and ``clip`` as ``activations.reference``."""
-    n, m = y.shape[:2]
-    out_hw = (2 * y.shape[2], 2 * y.shape[3]) if pool else y.shape[2:]
+    written in place; ``activation``, ``alpha`` and ``clip`` as ``activations.reference``.
+    One image at a time, start to end: the temporaries (its im2col copy and its output before
+    pooling) are one image's, whatever the batch."""
+    m = y.shape[1]
+    out_hw = y.shape[2:]
     if pool:  # the conv's own output size: a floor-mode 2x2 pool may drop a last row/column
         out_hw = tuple(_conv_out(x.shape[2 + i], w.shape[2 + i], s[i], d[i], p[i], p[i + 2])
                        for i in range(2))
@@ -54,26 +56,24 @@ def conv2d(x, w, b, z, y, s, p, d, group, activation="none", alpha=0.01,
     x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
     cg, mg = w.shape[1], m // group
     kk = w.shape[2] * w.shape[3]
-    out = np.empty((n, m) + tuple(out_hw), dt)
-    for i in range(n):  # one image at a time: its im2col copy is the memory used
+    wg = w.reshape(group, mg, cg, w.shape[2], w.shape[3])
+    for i in range(y.shape[0]):
         win = _windows(x[i:i + 1], w.shape[2:], s, d, p, out_hw, 0)[0]  # (C, OH, OW, kH, kW)
         if group == 1:
             cols = win.transpose(1, 2, 0, 3, 4).reshape(out_hw[0] * out_hw[1], cg * kk)
-            out[i] = (cols @ w.reshape(m, cg * kk).T).T.reshape(m, *out_hw)
+            out = (cols @ w.reshape(m, cg * kk).T).T.reshape(m, *out_hw)
         else:
-            wg = w.reshape(group, mg, cg, w.shape[2], w.shape[3])
             xg = win.reshape(group, cg, *win.shape[1:])
-            out[i] = np.einsum("gcpqij,gmcij->gmpq", xg, wg, optimize=True).reshape(
-                m, *out_hw)
-    if b is not None:
-        out += b.astype(dt, copy=False).reshape(1, m, 1, 1)
-    if z is not None:
-        out += z.astype(dt, copy=False)
-    out = activate(out, activation, alpha, clip[0], clip[1])
-    if pool:
-        ph, pw = y.shape[2:]
-        out = out[:, :, :2 * ph, :2 * pw].reshape(n, m, ph, 2, pw, 2).max(axis=(3, 5))
-    y[...] = out
+            out = np.einsum("gcpqij,gmcij->gmpq", xg, wg, optimize=True).reshape(m, *out_hw)
+        if b is not None:
+            out += b.astype(dt, copy=False).reshape(m, 1, 1)
+        if z is not None:
+            out += z[i].astype(dt, copy=False)
+        out = activate(out, activation, alpha, clip[0], clip[1])
+        if pool:
+            ph, pw = y.shape[2:]
+            out = out[:, :2 * ph, :2 * pw].reshape(m, ph, 2, pw, 2).max(axis=(2, 4))
+        y[i] = out
 
 
 def _conv_out(size, k, s, d, before, after):
