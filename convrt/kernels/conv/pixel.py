@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ...activations import IN_REGISTERS, TANH
+from ...activations import IN_REGISTERS, SIGMOID, SILU, TANH
 from .._jit import FAST, njit, pjit
 from ._base import packed
 from ._epilogue import _store_tile, _zero_border
@@ -43,6 +43,7 @@ _U = np.uint64
 SHAPES = {(12, 2): 1.0, (8, 3): 1.0, (6, 4): 0.97, (16, 1): 0.85, (8, 2): 0.9, (8, 1): 0.7,
           (4, 2): 0.6, (4, 1): 0.45}
 TILE_ELEMS = 24 * VEC  # largest MR * NV * 16
+EXP_CODES = (SIGMOID, SILU)  # stored through a loop (``_store_looped``), the rest unrolled
 # Work order.  When one image's input fits in L2 (2 MiB per core here), a worker walks one
 # block of MR output channels along all the pixel tiles: it writes MR long contiguous runs and
 # re-reads the input from L2 once per block.  Otherwise it keeps one input tile in L1 and walks
@@ -142,8 +143,8 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
             builder.cbranch(has_res, with_res, plain)
             for bb, add_res in ((with_res, True), (plain, False)):
                 builder.position_at_end(bb)
-                _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s,
-                              add_res)
+                store = _store_looped if code in EXP_CODES else _store_direct
+                store(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, add_res, ta)
                 builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -151,7 +152,8 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
     return sig, codegen
 
 
-def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res):
+def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res,
+                  _tile=None):
     """The direct stores of ``_px_sums``: row m of the tile at ``ob + m*ohw``."""
     c64 = v.c64
     for m in range(n_m):
@@ -162,6 +164,31 @@ def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
             if with_res:
                 val = builder.fadd(val, v.vload(ra.data, at))
             v.vstore(v.activate(val, code, prm_s), outa.data, at)
+
+
+def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res,
+                  ta):
+    """``_store_direct`` for the activations built on exp (``EXP_CODES``): the sums go to the
+    tile (``ta``) and one loop over its vectors stores them, so the exp polynomial is emitted
+    once per shape instead of once per vector.  Unrolled, sigmoid and silu were most of the
+    kernel's code: ResNet-18's ``run`` compiled in 16 s with them, 7.4 s without (the tile's
+    stores and loads stay in L1; the results are the same, in the same order)."""
+    c64 = v.c64
+    for i, fin in enumerate(finals):
+        v.vstore(fin, ta.data, c64(i * VEC))
+    nvu = c64(n_v)
+
+    def body(i, _):
+        m = builder.udiv(i, nvu)
+        at = builder.add(builder.add(ob, builder.mul(ohw, m)),
+                         builder.mul(builder.sub(i, builder.mul(m, nvu)), c64(VEC)))
+        val = v.vload(ta.data, builder.mul(i, c64(VEC)))
+        if with_res:
+            val = builder.fadd(val, v.vload(ra.data, at))
+        v.vstore(v.activate(val, code, prm_s), outa.data, at)
+        return []
+
+    v.accumulate(c64(n_m * n_v), [], body, "px.exp")
 
 
 @njit
