@@ -13,6 +13,7 @@ the bf16 one the same; printed are the max abs error of every output and, for a 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def cmd_bench(args) -> int:
     sess = make_session(args)
     feeds = make_feeds(sess, [], args.batch)
     sess.run(None, feeds)
-    sess.wait_compiled()  # time the compiled kernels, not the first tier's (runtime/tiers.py)
+    if sess.first_tier:  # time the compiled kernels, not the first tier's (runtime/tiers.py)
+        print("convrt: waiting for numba to compile the kernels before timing them (tens of "
+              "seconds, once: they are cached on disk)", file=sys.stderr, flush=True)
+        sess.wait_compiled()
     first = time.perf_counter() - t0
     labels, ops, runs, totals, spans = profile_runs(sess, feeds, args.repeat, args.warmup)
     med = np.median(runs, axis=0)

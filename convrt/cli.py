@@ -59,10 +59,12 @@ def cmd_run(args) -> int:
     print(f"load + first run: {first * 1e3:.1f} ms" + (
         " (numpy kernels: numba's cache was empty)" if first_tier else ""), flush=True)
     if first_tier and args.repeat:
+        print("convrt: waiting for numba to compile the kernels before timing them (tens of "
+              "seconds, once: they are cached on disk)", file=sys.stderr, flush=True)
         t = time.perf_counter()
         sess.wait_compiled()
         print(f"numba kernels compiled in the background: ready {time.perf_counter() - t:.1f} s"
-              " later (cached on disk for later processes)", flush=True)
+              " later", flush=True)
     times = []
     for _ in range(args.repeat):
         t = time.perf_counter()

@@ -169,6 +169,16 @@ def _at_exit() -> None:
         pass
 
 
+def _before_fork() -> None:
+    with _ACTIVE_LOCK:
+        pending = [b for b in _ACTIVE if not b.done]
+    if pending:
+        print("convrt: fork() waits for a kernel compile in progress (a child must not inherit "
+              "numba's compiler lock held by a thread it does not have)", file=sys.stderr,
+              flush=True)
+        wait_all()
+
+
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=wait_all)
+    os.register_at_fork(before=_before_fork)
