@@ -11,7 +11,8 @@ background, then switches to its compiled kernels.
   ``wait_compiled`` with a timeout.
 * The real thing, in fresh processes with an empty ``NUMBA_CACHE_DIR``: the compile fence
   learns of a miss without compiling, the session starts on the first tier and switches, the
-  next process finds the cache warm and starts compiled; a fork waits for the compile.
+  next process finds the cache warm and starts compiled; a fork waits for the compile;
+  garbled or truncated cache files send the session to the first tier and a recompile.
 """
 
 from __future__ import annotations
@@ -209,3 +210,24 @@ print("RAN", float(out.sum()))
     first, second = (r.stdout.splitlines() for r in runs)
     assert first == ["MISS convrt.kernels.gemm.gemm_nt 0", "RAN 24.0"], first
     assert second == ["LOADED 24.0", "RAN 24.0"], second
+
+
+def test_corrupt_cache_files_mean_the_first_tier_then_a_recompile(tmp_path):
+    """Issue #16's bad input with the tiered start on: garbled and truncated cache files are
+    cache misses (never loaded machine code), so the session starts on the first tier, matches
+    onnxruntime, recompiles in the background, and the process after it starts compiled."""
+    from test_cold_start import _cache_files, _gemm
+
+    model, cache = _gemm(tmp_path), tmp_path / "numba"
+    lines, _ = _run_tiered(model, cache, "nofork")
+    assert lines[0] == "FIRST_TIER True", lines
+    files = _cache_files(cache)
+    assert files
+    for i, path in enumerate(files):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if i % 2 else
+                         np.random.default_rng(i).bytes(len(data)))
+    lines, _ = _run_tiered(model, cache, "nofork")
+    assert lines[0] == "FIRST_TIER True" and "SWITCHED True False" in lines, lines
+    lines, _ = _run_tiered(model, cache, "nofork")
+    assert lines[0] == "FIRST_TIER False", lines
