@@ -133,6 +133,31 @@ def test_session_switches_to_compiled_kernels(held_first_tier):
             assert float(np.abs(got - ref).max()) <= FORWARD_TOL * scale, n
 
 
+def test_a_failed_background_compile_leaves_the_session_planning_as_usual(monkeypatch):
+    """Whatever the background compile raises, the session leaves the first tier and plans
+    its compiled kernels on the next run (which then reports any error itself)."""
+    real = tiers.Background
+
+    class Failing(real):
+        def __init__(self, name, work, done):
+            def fail():
+                raise RuntimeError("compile failed")
+
+            super().__init__(name, fail, done)
+
+    monkeypatch.setattr(tiers, "build_cached", lambda build, feeds: None)
+    monkeypatch.setattr(tiers, "Background", Failing)
+    monkeypatch.setenv("CONVRT_TIERED_START", "1")
+    model, arrays, _ = load_fixture(DATA / "resnet18.npz")
+    sess = convrt.InferenceSession(model.SerializeToString())
+    assert sess.wait_compiled(timeout=TIMEOUT) and not sess.first_tier
+    assert isinstance(sess._tier.job.error, RuntimeError)
+    got = sess.run(None, {"input": arrays["x"]})[0]
+    ref = arrays["y0"]
+    assert float(np.abs(got - ref).max()) <= FORWARD_TOL * float(np.abs(ref).max())
+    assert len(sess._plans) == 1
+
+
 # Creates a session on the model in argv[1] and prints, in order: whether it started on the
 # first tier, its first output's error against onnxruntime, whether it switched, the compiled
 # output's error; then forks (the fork waits for any compile in progress) and the child runs.

@@ -35,7 +35,9 @@ import atexit
 import os
 import sys
 import threading
-import time
+
+import numba
+import numpy as np
 
 from ..kernels._jit import CompileNeeded, compile_fence
 
@@ -73,15 +75,13 @@ class FirstTier:
                  threads: int, finish):
         self._lock, self._make = lock, make
         first = make(infos)
-        first.run(feeds)  # its few numba kernels compile now, before the background holds
-        self.plans = {key: first}  # numba's compiler lock
+        # its few numba kernels compile now, before the background holds numba's compiler lock
+        first.run(feeds)
+        self.plans = {key: first}
         self.active = True
         built = []
 
         def work():
-            import numba
-            import numpy as np
-
             numba.set_num_threads(threads)
             built.append(build())
             with np.errstate(all="ignore"):
@@ -91,9 +91,10 @@ class FirstTier:
             with self._lock:
                 self.active = False
                 plans, self.plans = self.plans, {}
-            for p in plans.values():
+            ok = built and error is None
+            for p in list(plans.values()) + ([] if ok else built):
                 p.release()
-            finish(built[0] if built and error is None else None)
+            finish(built[0] if ok else None)
 
         self.job = Background(source, work, done)
 
@@ -116,7 +117,6 @@ class Background:
 
     def __init__(self, name: str, work, done):
         self.error: BaseException | None = None
-        self.started = time.perf_counter()
         self._ready = threading.Event()
         with _ACTIVE_LOCK:
             _ACTIVE.add(self)
@@ -156,10 +156,13 @@ def wait_all() -> None:
         b.wait()
 
 
-def _at_exit() -> None:
+def _pending() -> bool:
     with _ACTIVE_LOCK:
-        pending = [b for b in _ACTIVE if not b.done]
-    if not pending:
+        return any(not b.done for b in _ACTIVE)
+
+
+def _at_exit() -> None:
+    if not _pending():
         return
     print("convrt: finishing the kernel compile for numba's on-disk cache before exiting "
           "(later processes then start warm; Ctrl-C skips it)", file=sys.stderr, flush=True)
@@ -170,9 +173,7 @@ def _at_exit() -> None:
 
 
 def _before_fork() -> None:
-    with _ACTIVE_LOCK:
-        pending = [b for b in _ACTIVE if not b.done]
-    if pending:
+    if _pending():
         print("convrt: fork() waits for a kernel compile in progress (a child must not inherit "
               "numba's compiler lock held by a thread it does not have)", file=sys.stderr,
               flush=True)
