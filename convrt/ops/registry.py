@@ -132,13 +132,18 @@ _PACKS: contextvars.ContextVar = contextvars.ContextVar("convrt_packs", default=
 
 
 @contextlib.contextmanager
+def _binding(var: contextvars.ContextVar, value):
+    """``var`` set to ``value`` inside this block (this thread or task only)."""
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
 def packing_into(cache: PackCache | None):
     """Bind kernels inside this block with ``cache`` as ``OpContext.packs``."""
-    token = _PACKS.set(cache)
-    try:
-        yield cache
-    finally:
-        _PACKS.reset(token)
+    return _binding(_PACKS, cache)
 
 
 # The precision of the plan being built on this thread ("fp32" or "bf16", SessionOptions'
@@ -147,14 +152,9 @@ def packing_into(cache: PackCache | None):
 _PRECISION: contextvars.ContextVar = contextvars.ContextVar("convrt_precision", default="fp32")
 
 
-@contextlib.contextmanager
 def binding_precision(precision: str):
     """Bind kernels inside this block with ``precision`` as ``OpContext.precision``."""
-    token = _PRECISION.set(precision)
-    try:
-        yield precision
-    finally:
-        _PRECISION.reset(token)
+    return _binding(_PRECISION, precision)
 
 
 # Whether the plan being built on this thread is a first-tier one (runtime/tiers.py): the ops
@@ -163,14 +163,9 @@ def binding_precision(precision: str):
 _FIRST_TIER: contextvars.ContextVar = contextvars.ContextVar("convrt_first_tier", default=False)
 
 
-@contextlib.contextmanager
 def binding_first_tier(first: bool):
     """Bind kernels inside this block as a first-tier plan (``OpContext.first_tier``)."""
-    token = _FIRST_TIER.set(bool(first))
-    try:
-        yield first
-    finally:
-        _FIRST_TIER.reset(token)
+    return _binding(_FIRST_TIER, bool(first))
 
 
 class OpContext:
