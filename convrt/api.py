@@ -123,8 +123,8 @@ class SessionOptions:
             an InputError listing the choices (at session creation).
         tiered_start: True (default; ``CONVRT_TIERED_START=0`` in the environment makes it
             False): where the warm-up finds kernels missing from numba's on-disk cache, the
-            session answers with numpy kernels for Conv, Gemm, MatMul and the pools while
-            numba compiles its own in a background thread, then switches
+            session answers with numpy kernels for Conv, Gemm, MatMul, the pools and Softmax
+            while numba compiles its own in a background thread, then switches
             (convrt/runtime/tiers.py; ``first_tier`` and ``wait_compiled()`` on the session).
             False: the warm-up compiles before the session is returned (20-40 s for a CNN on
             an empty cache).  Needs ``warm_up``.

@@ -34,7 +34,8 @@ import convrt
 from convrt.runtime import tiers
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_TIER_OPS = {"Conv", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "Gemm", "MatMul"}
+FIRST_TIER_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                  "Gemm", "MatMul", "Softmax", "LogSoftmax"}
 TIMEOUT = 600
 
 

@@ -87,6 +87,29 @@ def max_pool2d(x, y, k, s, d, p):
     y[...] = win.max(axis=(4, 5))
 
 
+def avg_pool2d(x, y, k, s, d, p, count_include_pad):
+    """``y`` = the mean over each window of ``x`` (NCHW; ``p`` top, left, bottom, right),
+    divided by the window's cells inside the padded input (``count_include_pad``) or inside the
+    input itself: ONNX's two rules, as ``kernels.pool.avg_divisor`` counts them."""
+    dt = _acc(y.dtype)
+    sums = _windows(x.astype(dt, copy=False), k, s, d, p, y.shape[2:], 0).sum(axis=(4, 5))
+    h, w = x.shape[2:]
+    if count_include_pad:  # ones over the padded input, its windows from its corner
+        ones, at = np.ones((1, 1, h + p[0] + p[2], w + p[1] + p[3]), dt), (0, 0, 0, 0)
+    else:  # ones over the input, padded with zeros as x is
+        ones, at = np.ones((1, 1, h, w), dt), p
+    y[...] = sums / _windows(ones, k, s, d, at, y.shape[2:], 0).sum(axis=(4, 5))
+
+
+def softmax(x, y, log):
+    """Softmax (``log``: LogSoftmax) of ``x`` (outer, n, inner) over its axis 1, into ``y``."""
+    dt = _acc(y.dtype)
+    z = x.astype(dt) - x.max(axis=1, keepdims=True).astype(dt)
+    e = np.exp(z)
+    total = e.sum(axis=1, keepdims=True)
+    y[...] = z - np.log(total) if log else e / total
+
+
 def global_pool(x, y, op):
     """Global average (``op`` "avg") or max pool of ``x`` (N, C, ...) into ``y`` (N, C, 1...)."""
     n, c = x.shape[:2]

@@ -158,7 +158,7 @@ def binding_precision(precision: str):
 
 
 # Whether the plan being built on this thread is a first-tier one (runtime/tiers.py): the ops
-# that would compile the most (Conv, Gemm, MaxPool, the global pools) then bind numpy kernels
+# that would compile the most (Conv, Gemm, MatMul, the pools, Softmax) then bind numpy kernels
 # (kernels/first_tier.py), which compile nothing, instead of numba's.
 _FIRST_TIER: contextvars.ContextVar = contextvars.ContextVar("convrt_first_tier", default=False)
 

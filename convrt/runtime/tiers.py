@@ -15,10 +15,10 @@ How (``InferenceSession``, with ``SessionOptions.warm_up`` and ``tiered_start`` 
    ``CompileNeeded`` before compiling anything (:func:`build_cached`).  A warm cache ends here,
    as before: the session is warm and compiled.
 2. On a miss the session plans the model again as a first-tier plan (``Plan(first_tier=True)``:
-   Conv, Gemm, MatMul and the pools bind kernels/first_tier.py) and runs it once on zeros, so
-   the few small numba kernels that plan still uses compile now, before the background thread
-   holds numba's compiler lock.  Then a :class:`Background` thread plans the model with the
-   compiled kernels and runs it on zeros, which compiles them into the cache.
+   Conv, Gemm, MatMul, the pools and Softmax bind kernels/first_tier.py) and runs it once on
+   zeros, so the few small numba kernels that plan still uses compile now, before the
+   background thread holds numba's compiler lock.  Then a :class:`Background` thread plans the
+   model with the compiled kernels and runs it on zeros, which compiles them into the cache.
 3. Until that thread is done, runs use first-tier plans (one per input shape set); then the
    session drops them and plans as usual.  ``InferenceSession.wait_compiled()`` waits for it.
 
