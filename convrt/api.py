@@ -24,6 +24,7 @@ import numpy as np
 from .compiler import load, optimize
 from .errors import ConvrtError, InputError, UnsupportedOpError
 from .fetch import FetchCache, ValueInfo, list_values
+from .kernels._jit import cache_lookups
 from .ir import Graph
 from .onnx_io import DEFAULT_MEMORY_BUDGET
 from .ops.registry import PackCache, TensorInfo
@@ -312,6 +313,7 @@ class InferenceSession:
                     isinstance(d, int) for d in v.shape[1:]):
                 return
             feeds[name] = np.zeros([d if isinstance(d, int) else 1 for d in v.shape], v.dtype)
+        lookups = cache_lookups()
         try:
             arrays, infos = self._check_feeds(feeds)
             build = functools.partial(self._new_plan, infos)
@@ -329,8 +331,10 @@ class InferenceSession:
         except ConvrtError:
             pass
         # numba's loader leaves ~100k objects behind; the interpreter's next full collection of
-        # them (40-70 ms) otherwise lands in the first run (ResNet-18: 78 ms instead of 14)
-        gc.collect()
+        # them (40-70 ms) otherwise lands in the first run (ResNet-18: 78 ms instead of 14).
+        # Only then: a full collection of a big process costs more than it saves.
+        if cache_lookups() != lookups:
+            gc.collect()
 
     def _new_plan(self, infos: dict, first_tier: bool = False) -> Plan:
         return Plan(self.graph, infos, self.options.memory_budget, self._threads, self._packs,

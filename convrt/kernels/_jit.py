@@ -208,6 +208,14 @@ class CompileNeeded(ConvrtError):
 
 
 _FENCE = threading.local()
+_lookups = 0  # disk-cache lookups so far (each one a load or a compile): see cache_lookups
+
+
+def cache_lookups() -> int:
+    """How many times a convrt kernel was looked up in the on-disk cache in this process (once
+    per kernel and signature: then loaded, or compiled).  A change tells the session that numba
+    loaded or compiled something, and left its garbage behind (api._warm_up)."""
+    return _lookups
 
 
 @contextmanager
@@ -237,6 +245,8 @@ class _SafeCache(FunctionCache):
     leaves the kernel uncached: the run goes on either way."""
 
     def load_overload(self, sig, target_context):
+        global _lookups
+        _lookups += 1
         cres = self._load(sig, target_context)
         if cres is None and getattr(_FENCE, "on", False):
             raise CompileNeeded(f"{self._py_func.__module__}.{self._py_func.__qualname__}")
