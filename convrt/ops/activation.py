@@ -111,21 +111,33 @@ def _softmax_op(ctx, X, ax, log, legacy):
     r = X.rank
     a = axis(ctx, ax, r)
 
-    local = threading.local()  # softmax32's scratch, per calling thread (plans run in parallel)
-    first = ctx.first_tier  # numpy (kernels/first_tier.py): nothing to compile
-
-    def run(x, out):
+    def rows(x, out):
+        """x and out as (outer, n, inner), softmax over n; None when empty."""
         s = x.shape
         if legacy:  # opset < 13: rows are the flattened dims from `axis` on
             outer, n, inner = math.prod(s[:a]), math.prod(s[a:]), 1
         else:
             outer, n, inner = math.prod(s[:a]), s[a], math.prod(s[a + 1:])
         if not (outer and n and inner):
+            return None
+        return x.reshape(outer, n, inner), out.reshape(outer, n, inner)
+
+    if ctx.first_tier:  # numpy (kernels/first_tier.py): nothing to compile
+        def run_first(x, out):
+            views = rows(x, out)
+            if views is not None:
+                first_tier.softmax(*views, log)
+
+        return ctx.result([X.shape], [X.dtype], run_first)
+
+    local = threading.local()  # softmax32's scratch, per calling thread (plans run in parallel)
+
+    def run(x, out):
+        views = rows(x, out)
+        if views is None:
             return
-        x3, o3 = x.reshape(outer, n, inner), out.reshape(outer, n, inner)
-        if first:
-            first_tier.softmax(x3, o3, log)
-            return
+        x3, o3 = views
+        outer, inner = x3.shape[0], x3.shape[2]
         if x.dtype != np.float32:
             _softmax(x3, o3, log)
             return
