@@ -129,3 +129,96 @@ def test_float32_update_compiled_after_a_float64_one_stays_float32(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=here, capture_output=True, text=True,
                          timeout=600, env=env)
     assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-2000:]
+
+
+# -- SGD's magnitude bounds (convrt/train/optim.py) ------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_magnitude_is_the_largest_absolute_value_and_inf_for_nan(dtype):
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 17, 70001, 9 * kopt.BLOCK + 5):  # serial and per-block (parallel) paths
+        a = (rng.standard_normal(n) * 100).astype(dtype)
+        want = float(np.abs(a).max()) if n else 0.0
+        assert kopt.magnitude(a) == want
+        if n:
+            a[n // 2] = -np.finfo(dtype).max
+            assert kopt.magnitude(a) == float(np.finfo(dtype).max)
+            for bad in (np.inf, -np.inf, np.nan, -np.nan):
+                b = a.copy()
+                b[n - 1] = bad
+                assert kopt.magnitude(b) == math.inf
+    assert kopt.magnitude(np.array([-0.0, 0.0], dtype)) == 0.0
+
+
+def test_sgd_apply_reports_the_gradient_magnitude():
+    p, g = _arrays(np.float32)
+    gbits, mask = kopt.bits_of(g)
+    gmax = kopt.sgd_apply(p, g, p, np.float32(0.1), np.float32(0), np.float32(0),
+                          np.float32(1), False, True, False, gbits, mask)
+    assert kopt.magnitude_of_bits(gmax.max(), np.float32) == float(np.abs(g).max())
+
+
+def _count_dry_runs(monkeypatch):
+    calls = []
+    real = kopt.sgd_check
+    monkeypatch.setattr(kopt, "sgd_check", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, weight_decay=1e-2),
+                                dict(momentum=0.9, nesterov=True), dict(momentum=0.5,
+                                                                        dampening=0.5)])
+def test_sgd_bounds_skip_the_dry_run_and_stay_above_the_values(kw, monkeypatch):
+    """After the first check measures them, the bounds carry from update to update: no dry run
+    reads the weights, and each bound is at least the largest magnitude it stands for."""
+    calls = _count_dry_runs(monkeypatch)
+    p = _arrays(np.float32)[0]
+    opt = SGD(lr=0.1, **kw)
+    for step in range(6):
+        g = _arrays(np.float32, seed=step + 1)[1] * np.float32(10 ** (step % 3))
+        assert opt.check({"w": p}, {"w": g}) == {}
+        opt.step({"w": p}, {"w": g})
+        _, p_max, buf_max = opt._bounds["w"]
+        assert p_max >= np.abs(p).max()
+        if "momentum" in kw:
+            assert buf_max >= np.abs(opt.state["w"]["momentum_buffer"]).max()
+    assert calls == []
+    opt.forget()  # a parameter written from outside: measured again, exactly
+    p[7] = 1e3
+    assert opt.check({"w": p}, {"w": g}) == {} and opt._bounds["w"][1] == 1e3
+
+
+def test_sgd_bounds_never_pass_what_the_dry_run_refuses(monkeypatch):
+    """Soundness: around the overflow threshold (weights, momentum buffers, gradients and
+    learning rates up to the float32 limit), a check that the bounds answer is one the exact
+    dry run also passes; every other check is the dry run itself."""
+    rng = np.random.default_rng(11)
+    calls = _count_dry_runs(monkeypatch)
+    big = float(np.finfo(np.float32).max)
+    answered = 0
+    for trial in range(300):
+        scale_p, scale_g = (10.0 ** rng.uniform(-3, 38.5) for _ in range(2))
+        lr = float(10.0 ** rng.uniform(-4, 3))
+        opt = SGD(lr=lr, momentum=float(rng.choice([0.0, 0.9])),
+                  weight_decay=float(rng.choice([0.0, 1e-2])), nesterov=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = np.clip(rng.standard_normal(257) * scale_p, -big, big).astype(np.float32)
+            g = np.clip(rng.standard_normal(257) * scale_g, -big, big).astype(np.float32)
+        p0 = p.copy()
+        if opt.check({"w": p}, {"w": g}):
+            continue
+        opt.step({"w": p}, {"w": g})  # a first step: momentum state and bounds to carry
+        with np.errstate(over="ignore"):
+            g2 = (g * np.float32(rng.uniform(0.5, 2))).astype(np.float32)
+        before = len(calls)
+        got = opt.check({"w": p}, {"w": g2})
+        answered += len(calls) == before
+        st = opt.state.get("w")
+        group = opt.param_groups[0]
+        dt = np.float32
+        buf = st["momentum_buffer"] if st else p
+        exact = kopt.dry_run(kopt.sgd_check, kopt.sgd_kinds, (
+            p, g2, buf, dt(group["lr"]), dt(group["weight_decay"]), dt(group["momentum"]),
+            dt(1 - group["dampening"]), False, st is None))
+        assert got.get("w", 0) == exact, (trial, lr, scale_p, scale_g)
+        assert np.isfinite(p0).all()
+    assert 50 < answered < 300  # both paths taken

@@ -18,7 +18,12 @@ State is per parameter name; ``state_dict``/``load_state_dict`` round-trip it an
 checkpoints.  Updates are in place, in the parameter's dtype, one fused pass per parameter
 (``kernels/optim.py``); :meth:`Optimizer.check` runs the same formulas without writing and
 reports what would become non-finite, so the trainer keeps a diverging step from changing
-anything without copying a single array.
+anything without copying a single array.  SGD mostly answers that without reading the weights:
+it carries upper bounds on each parameter's and momentum buffer's largest magnitude from step to
+step (each update returns its gradient's largest magnitude) and runs the exact dry run only when
+the bounds allow a value near overflow; a ResNet-18 step thereby reads 90 MB less.  The bounds
+describe the arrays as the optimizer last wrote them: ``load_state_dict`` and ``restore`` drop
+them, and so must code that writes a parameter in place between steps (:meth:`SGD.forget`).
 
 Arguments are checked at construction as ``torch.optim`` does (a negative or non-finite learning
 rate, momentum, weight decay or eps, betas outside [0, 1)): a wrong one is a one-line
@@ -223,6 +228,8 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
+        # name -> (the parameter's data address, bound on max |p|, bound on max |buf|)
+        self._bounds: dict[str, tuple] = {}
 
     def _validate(self, h, where):
         out = {"lr": _check(where, "learning rate", h["lr"]),
@@ -246,14 +253,80 @@ class SGD(Optimizer):
             buf = st["momentum_buffer"]
         elif momentum and commit:
             buf = np.empty_like(p)
-        args = (p.reshape(-1), g, buf.reshape(-1), dt(group["lr"]), dt(group["weight_decay"]),
-                dt(momentum), dt(1 - group["dampening"]), bool(group["nesterov"]), first)
+        hyper = (dt(group["lr"]), dt(group["weight_decay"]), dt(momentum),
+                 dt(1 - group["dampening"]), bool(group["nesterov"]), first)
+        args = (p.reshape(-1), g, buf.reshape(-1)) + hyper
         if not commit:
+            slot = buf if momentum and not first else None
+            if self._fits(name, p, slot, kopt.magnitude(g), hyper):
+                return 0
             return kopt.dry_run(kopt.sgd_check, kopt.sgd_kinds, args)
-        kopt.sgd_apply(*args, bool(momentum))
+        gbits, mask = kopt.bits_of(g)
+        gmax = kopt.sgd_apply(*args, bool(momentum), gbits, mask)
+        known = self._bounds.pop(name, None)
+        if known is not None and known[0] == p.ctypes.data and gmax.size:
+            top, w, nb = _sgd_bounds(known[1], known[2],
+                                     kopt.magnitude_of_bits(gmax.max(), p.dtype), hyper)
+            if _below_overflow(top, p.dtype):  # then no value overflowed, and these bound them
+                self._bounds[name] = (p.ctypes.data, w, nb)
         if momentum and first:
             self.state[name] = {"momentum_buffer": buf}
         return 0
+
+    def _fits(self, name, p, buf, g_max, hyper) -> bool:
+        """Whether every value of this update is finite, from bounds alone: ``max |g|``
+        (``g_max``) and bounds on ``max |p|`` and ``max |buf|`` (measured here when unknown or
+        too loose, then carried through each update by :meth:`_update`).  True only when no
+        intermediate of ``_sgd_value`` can come near overflow, so a step whose values might
+        not be finite always takes the exact dry run."""
+        if p.dtype not in _BOUNDED or not math.isfinite(g_max):
+            return False
+        known = self._bounds.get(name)
+        if known is not None and known[0] == p.ctypes.data and \
+                _below_overflow(_sgd_bounds(known[1], known[2], g_max, hyper)[0], p.dtype):
+            return True
+        # unknown, or grown too loose: the exact magnitudes (one read of each array)
+        known = self._bounds[name] = (p.ctypes.data, kopt.magnitude(p),
+                                      0.0 if buf is None else kopt.magnitude(buf))
+        return _below_overflow(_sgd_bounds(known[1], known[2], g_max, hyper)[0], p.dtype)
+
+    def forget(self) -> None:
+        """Drop the magnitude bounds (measured again at the next check): they describe the
+        arrays as this optimizer last wrote them, so new state, a restored snapshot or a
+        parameter written in place from outside makes them unknown."""
+        self._bounds.clear()
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self.forget()
+
+    def restore(self, snap) -> None:
+        super().restore(snap)
+        self.forget()
+
+
+_BOUNDED = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def _sgd_bounds(p_max, buf_max, g_max, hyper):
+    """(largest intermediate, new ``max |p|``, new ``max |buf|``) of ``_sgd_value`` over
+    elements with ``|p| <= p_max``, ``|buf| <= buf_max``, ``|g| <= g_max``, in float64 (each
+    float operation rounds by at most half an ulp, far inside :func:`_below_overflow`'s
+    margin).  The hyperparameters are the dtype-rounded values the kernel uses; a non-finite
+    one (a huge lr rounded to float32 inf) makes the result inf."""
+    lr, wd, m, damp1, nesterov, first = (float(v) for v in hyper)
+    d = g_max + wd * p_max
+    nb, s = 0.0, d
+    if m != 0:
+        nb = d if first else buf_max * m + damp1 * d
+        s = d + m * nb if nesterov else nb
+    w = p_max + lr * s
+    terms = (lr, wd, m, damp1, wd * p_max, d, buf_max * m, damp1 * d, nb, m * nb, s, lr * s, w)
+    return (max(terms) if all(map(math.isfinite, terms)) else math.inf), w, nb
+
+
+def _below_overflow(x: float, dtype) -> bool:
+    return x <= float(np.finfo(dtype).max) / 4
 
 
 class Adam(Optimizer):

@@ -12,6 +12,11 @@ any copy:
 * ``*_apply`` computes the same values and writes them in place;
 * ``*_kinds`` (only after a failed check) tells NaN from Inf per category, serially.
 
+SGD's check can usually skip even that read (``optim.SGD`` keeps bounds on ``max |p|`` and
+``max |buf|``): ``sgd_apply`` also returns the gradient's largest magnitude per block, read from
+its bits (``abs_bits_max``: an integer max, which vectorises without fast-math flags and puts
+NaN and Inf above every finite value), and the bounds follow from it in float64.
+
 The new values come from one function per optimizer (``_sgd_value``, ``_adam_value``), compiled
 without fast-math flags: every product and sum rounds as numpy's separate operations do, so the
 values checked are the values written, equal to the former numpy code bit for bit.  Indices are
@@ -72,14 +77,67 @@ def sgd_check(p, g, buf, lr, wd, momentum, damp1, nesterov, first):
 
 
 @pjit
-def sgd_apply(p, g, buf, lr, wd, momentum, damp1, nesterov, first, has_buf):
+def sgd_apply(p, g, buf, lr, wd, momentum, damp1, nesterov, first, has_buf, gbits, mask):
+    """The update, in place; per block, the largest ``gbits & mask`` (``gbits`` is ``g``'s
+    unsigned view, ``mask`` clears the sign: the block's largest |g| as bits)."""
     n = p.size
+    gmax = np.zeros(_blocks(n), dtype=gbits.dtype)
     for blk in prange(_blocks(n)):
+        m = gbits.dtype.type(0)
         for i in range(_U(blk * BLOCK), _U(min(n, blk * BLOCK + BLOCK))):
             w, nb = _sgd_value(p[i], g[i], buf[i], lr, wd, momentum, damp1, nesterov, first)
             if has_buf:
                 buf[i] = nb
             p[i] = w
+            m = max(m, gbits[i] & mask)
+        gmax[blk] = m
+    return gmax
+
+
+@njit
+def abs_bits_max(bits, mask):
+    """The largest ``bits & mask``."""
+    m = bits.dtype.type(0)
+    for i in range(_U(bits.size)):
+        m = max(m, bits[i] & mask)
+    return m
+
+
+@pjit
+def abs_bits_max_blocks(bits, mask):
+    """``abs_bits_max`` per block, in parallel (a large gradient is read back from memory)."""
+    n = bits.size
+    out = np.zeros(_blocks(n), dtype=bits.dtype)
+    for blk in prange(_blocks(n)):
+        m = bits.dtype.type(0)
+        for i in range(_U(blk * BLOCK), _U(min(n, blk * BLOCK + BLOCK))):
+            m = max(m, bits[i] & mask)
+        out[blk] = m
+    return out
+
+
+_UINT = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32,
+         np.dtype(np.float64): np.uint64}
+
+
+def bits_of(a: np.ndarray):
+    """(unsigned view of C-contiguous ``a``, flat; the mask that clears the sign bit)."""
+    ut = _UINT[a.dtype]
+    return a.reshape(-1).view(ut), ut(np.iinfo(ut).max >> 1)
+
+
+def magnitude_of_bits(bits, dtype) -> float:
+    """The float whose magnitude ``bits`` holds (``abs_bits_max``'s result), inf for NaN/Inf."""
+    v = np.array(bits, dtype=_UINT[np.dtype(dtype)]).view(dtype)[()]
+    return float(v) if np.isfinite(v) else math.inf
+
+
+def magnitude(a: np.ndarray) -> float:
+    """``max |a|`` as a float, inf if ``a`` holds a NaN or an Inf, 0 for an empty array."""
+    bits, mask = bits_of(np.ascontiguousarray(a))
+    if bits.size >= 8 * BLOCK:
+        return magnitude_of_bits(abs_bits_max_blocks(bits, mask).max(), a.dtype)
+    return magnitude_of_bits(abs_bits_max(bits, mask), a.dtype)
 
 
 @njit
