@@ -8,10 +8,8 @@ its body uses only simple attributes, else as its serialized bytes, written back
 
 from __future__ import annotations
 
-import onnx
-from onnx import AttributeProto, helper
-
 from ..ir import Function, FunctionNode
+from .proto import AttributeProto, FunctionProto, NodeProto
 
 _SIMPLE = {AttributeProto.FLOAT: lambda a: float(a.f), AttributeProto.INT: lambda a: int(a.i),
            AttributeProto.STRING: lambda a: a.s.decode("utf-8", errors="replace"),
@@ -21,7 +19,7 @@ _SIMPLE = {AttributeProto.FLOAT: lambda a: float(a.f), AttributeProto.INT: lambd
                                               for s in a.strings]}
 
 
-def _plain(f: onnx.FunctionProto) -> Function | None:
+def _plain(f: FunctionProto) -> Function | None:
     """``f`` as plain data, or None when it uses anything the plain form does not describe."""
     if len(f.attribute_proto) or f.overload or len(f.value_info) or len(f.metadata_props) or \
             any(o.domain not in ("", "ai.onnx") for o in f.opset_import):
@@ -47,7 +45,7 @@ def _plain(f: onnx.FunctionProto) -> Function | None:
                     f.doc_string)
 
 
-def function_from_proto(f: onnx.FunctionProto, source: str = "<model>") -> Function:
+def function_from_proto(f: FunctionProto, source: str = "<model>") -> Function:
     """The IR form of a model-local function read from a file (never raises for odd bodies)."""
     try:
         plain = _plain(f)
@@ -59,7 +57,8 @@ def function_from_proto(f: onnx.FunctionProto, source: str = "<model>") -> Funct
                     tuple(f.attribute), f.doc_string, serialized=f.SerializeToString())
 
 
-def _node_proto(n: FunctionNode) -> onnx.NodeProto:
+def _node_proto(n: FunctionNode) -> NodeProto:
+    from onnx import helper  # writing only: onnx's import is slow (proto.py)
     node = helper.make_node(n.op_type, list(n.inputs), list(n.outputs), domain=n.domain or None,
                             **n.attrs)
     for name, (ref, typ) in n.attr_refs.items():
@@ -69,10 +68,11 @@ def _node_proto(n: FunctionNode) -> onnx.NodeProto:
     return node
 
 
-def function_to_proto(fn: Function) -> onnx.FunctionProto:
+def function_to_proto(fn: Function) -> FunctionProto:
     """The FunctionProto of ``fn`` (its original bytes when it was kept serialized)."""
+    from onnx import helper  # writing only: onnx's import is slow (proto.py)
     if fn.serialized:
-        f = onnx.FunctionProto()
+        f = FunctionProto()
         f.ParseFromString(fn.serialized)
         return f
     opsets = [helper.make_opsetid(d, int(v)) for d, v in fn.opsets.items()]

@@ -21,16 +21,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx.defs
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto
 
 from .. import _protowire as wire
 from ..errors import ModelLoadError, UnsupportedOpError
 from ..ir import Graph, Node, Value
+from . import schemas
 from .functions import function_from_proto
 from .origin import FileOrigin, file_stamp
+from .proto import AttributeProto, ModelProto
 from .tensors import DEFAULT_MEMORY_BUDGET, np_dtype, payload_bytes, tensor_to_array
 
 MIN_OPSET = 7
@@ -38,7 +37,7 @@ MIN_OPSET = 7
 # -- reading ----------------------------------------------------------------------------------
 def read_model(src, base_dir: str | os.PathLike | None = None):
     """Parse ``src`` (path, bytes or ModelProto) -> (ModelProto, source label, base dir)."""
-    if isinstance(src, onnx.ModelProto):
+    if isinstance(src, ModelProto):
         return src, "<ModelProto>", base_dir
     if isinstance(src, (bytes, bytearray, memoryview)):
         data, source = bytes(src), "<bytes>"
@@ -68,7 +67,7 @@ def read_model(src, base_dir: str | os.PathLike | None = None):
     else:
         raise ModelLoadError(f"cannot load a model from {type(src).__name__}; pass a path, "
                              "bytes or onnx.ModelProto")
-    model = onnx.ModelProto()
+    model = ModelProto()
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -140,7 +139,7 @@ def _read_reduced(src, base_dir):
             base_dir = path.resolve().parent if base_dir is None else base_dir
             reader = wire.FileReader(fd, fst.st_size)
         data, spans = wire.strip_model(reader)
-        model = onnx.ModelProto()
+        model = ModelProto()
         model.ParseFromString(data)
         if not model.HasField("graph") or len(model.graph.initializer) != len(spans) or \
                 (len(model.graph.node) == 0 and len(model.graph.output) == 0):
@@ -244,8 +243,9 @@ def _upgrade(model, source: str):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelLoadError(f"{source}: model imports no default-domain opset")
-    newest = onnx.defs.onnx_opset_version()
+    newest = schemas.newest_opset()
     if opset > newest:  # ops may have changed in versions this onnx cannot describe
+        import onnx
         raise UnsupportedOpError(f"{source}: opset {opset} is newer than {newest}, the newest "
                                  f"the installed onnx {onnx.__version__} knows")
     if opset >= MIN_OPSET:
@@ -277,7 +277,7 @@ def _inline_foreign_functions(model, source: str):
         raise ModelLoadError(f"{source}: cannot inline model-local functions ({e})") from None
 
 
-def to_graph(model: onnx.ModelProto, source: str = "<model>", base_dir=None,
+def to_graph(model: ModelProto, source: str = "<model>", base_dir=None,
              budget: int = DEFAULT_MEMORY_BUDGET, *, _weights=None) -> Graph:
     """Translate a ModelProto into an (unsorted, uninferred) IR Graph.
 

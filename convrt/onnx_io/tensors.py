@@ -15,11 +15,10 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, numpy_helper
 
 from .. import _protowire as wire
 from ..errors import ModelLoadError, UnsupportedOpError
+from .proto import TensorProto
 
 DEFAULT_MEMORY_BUDGET = 8 << 30  # bytes of initializers/buffers a model may declare
 
@@ -30,29 +29,7 @@ _DTYPES = {
     TensorProto.UINT16: np.uint16, TensorProto.UINT32: np.uint32,
     TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_,
 }
-for _name in ("BFLOAT16", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
-              "FLOAT8E8M0", "FLOAT4E2M1", "UINT4", "INT4", "UINT2", "INT2"):
-    # ml_dtypes types (as onnx maps them): values Cast converts to and from
-    try:
-        _DTYPES[getattr(TensorProto, _name)] = onnx.helper.tensor_dtype_to_np_dtype(
-            getattr(TensorProto, _name))
-    except Exception:  # an older onnx without that type
-        pass
 _ONNX_TYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
-
-
-def np_dtype(elem_type: int, what: str, source: str) -> np.dtype:
-    dt = _DTYPES.get(elem_type)
-    if dt is None:
-        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() \
-            else str(elem_type)
-        raise UnsupportedOpError(f"{source}: {what} has unsupported element type {name}")
-    return np.dtype(dt)
-
-
-def onnx_type(dtype) -> int:
-    return _ONNX_TYPE[np.dtype(dtype)]
-
 
 # -- element types as Cast's ``to`` names them ------------------------------------------------
 ELEM_STRING = TensorProto.STRING
@@ -63,9 +40,49 @@ EXOTIC_ELEM_TYPES = frozenset(getattr(TensorProto, n) for n in (
     "UINT4", "INT4", "UINT2", "INT2", "FLOAT8E8M0") if hasattr(TensorProto, n))
 
 
+_exotic_added = False
+
+
+def _exotic() -> None:
+    """Add the ml_dtypes types (as onnx maps them) to the tables, on first need: that needs
+    onnx's helper, whose import costs half a second (``proto.py``)."""
+    global _exotic_added
+    if _exotic_added:
+        return
+    _exotic_added = True
+    import onnx.helper
+    for t in EXOTIC_ELEM_TYPES:
+        try:
+            dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t))
+        except Exception:  # an older onnx without that type
+            continue
+        _DTYPES[t] = dt
+        _ONNX_TYPE[dt] = t
+
+
+def np_dtype(elem_type: int, what: str, source: str) -> np.dtype:
+    dt = _DTYPES.get(elem_type)
+    if dt is None and elem_type in EXOTIC_ELEM_TYPES:
+        _exotic()
+        dt = _DTYPES.get(elem_type)
+    if dt is None:
+        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() \
+            else str(elem_type)
+        raise UnsupportedOpError(f"{source}: {what} has unsupported element type {name}")
+    return np.dtype(dt)
+
+
+def onnx_type(dtype) -> int:
+    dtype = np.dtype(dtype)
+    if dtype not in _ONNX_TYPE and dtype.kind == "V":
+        _exotic()
+    return _ONNX_TYPE[dtype]
+
+
 def elem_type_dtype(elem_type: int) -> np.dtype:
     """The numpy (or ml_dtypes) dtype of ONNX element type ``elem_type``; raises when onnx maps
     it to none."""
+    import onnx.helper
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(elem_type)))
 
 
@@ -179,6 +196,7 @@ def tensor_to_array(t: TensorProto, source: str, base_dir=None,
         if _data is not None:
             t.raw_data = payload_bytes(_data, what, source)
         try:  # ml_dtypes (float8, int4...): sub-byte packing is onnx's to decode
+            from onnx import numpy_helper
             arr = numpy_helper.to_array(t)
         except Exception as e:
             raise ModelLoadError(f"{source}: {what} cannot be decoded ({e})") from None

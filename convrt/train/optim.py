@@ -279,7 +279,7 @@ class SGD(Optimizer):
         too loose, then carried through each update by :meth:`_update`).  True only when no
         intermediate of ``_sgd_value`` can come near overflow, so a step whose values might
         not be finite always takes the exact dry run."""
-        if p.dtype not in _BOUNDED or not math.isfinite(g_max):
+        if p.dtype not in _LIMIT or not math.isfinite(g_max):
             return False
         known = self._bounds.get(name)
         if known is not None and known[0] == p.ctypes.data and \
@@ -305,7 +305,8 @@ class SGD(Optimizer):
         self.forget()
 
 
-_BOUNDED = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+# a quarter of each float type's largest value: the margin below overflow that the bounds need
+_LIMIT = {np.dtype(t): float(np.finfo(t).max) / 4 for t in (np.float16, np.float32, np.float64)}
 
 
 def _sgd_bounds(p_max, buf_max, g_max, hyper):
@@ -326,7 +327,7 @@ def _sgd_bounds(p_max, buf_max, g_max, hyper):
 
 
 def _below_overflow(x: float, dtype) -> bool:
-    return x <= float(np.finfo(dtype).max) / 4
+    return x <= _LIMIT[dtype]
 
 
 class Adam(Optimizer):

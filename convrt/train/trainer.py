@@ -29,7 +29,7 @@ import numpy as np
 
 from ..compiler import load
 from ..errors import InputError, TrainingError
-from ..onnx_io import from_graph, save_model
+from .. import onnx_io
 from ..runtime.feeds import check_feeds
 from .autodiff import Program
 from .bn_mode import clear_training_mode
@@ -495,12 +495,12 @@ class Trainer:
         for name, arr in list(self.params.items()) + list(self.state.items()):
             v = g.initializers[name]
             v.const = np.array(arr, dtype=v.dtype, copy=True)
-        return from_graph(g)
+        return onnx_io.from_graph(g)
 
     def export(self, path) -> None:
         model = self.to_model()
         try:
-            save_model(model, path)
+            onnx_io.save_model(model, path)
         except OSError as e:
             raise TrainingError(f"cannot write {path}: {e.strerror}") from None
 
