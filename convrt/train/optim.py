@@ -181,6 +181,10 @@ class Optimizer:
         with ``commit``; returns the report bits.  Slots take the parameter's shape."""
         raise NotImplementedError
 
+    def forget(self) -> None:
+        """Forget what this optimizer knows about the parameters' values (SGD's magnitude
+        bounds); call it after writing a parameter in place between steps."""
+
     def snapshot(self):
         """A copy of the step count and state, for :meth:`restore` (undoing one step)."""
         return self.t, {n: {k: v.copy() for k, v in s.items()} for n, s in self.state.items()}

@@ -93,6 +93,9 @@ class Trainer:
             their results equal the node-by-node forward up to the fused kernels' rounding.
 
     Attributes:
+        params: name -> trainable array, updated in place by each step.  Code that writes into
+            one between steps calls ``optimizer.forget()`` afterwards: SGD's check that a step
+            stays finite works from bounds on the magnitudes it last wrote (:mod:`.optim`).
         untied: initializers created by untying aliases (new name -> the tensor it copied);
             see :mod:`convrt.train.untie`.  They train, update and export as separate tensors.
         bn_eval: names of the BatchNormalization nodes that run in eval mode while training.
