@@ -125,3 +125,16 @@ def test_an_unwritable_answers_file_changes_nothing(tmp_path, monkeypatch, store
     assert schemas._schema("Conv", "", 13) == _truth("Conv", 13)
     schemas._save()  # cannot write there: silently kept in memory only
     assert schemas._dirty and not (tmp_path / "missing-dir").exists()
+
+
+def test_answers_written_by_two_processes_add_up(store):
+    """Each process writes what it learned into what the file holds by then, so a process that
+    read the file before another one wrote it does not take the other's answers away."""
+    schemas._schema("Conv", "", 13)  # process A asks...
+    b_started_with = schemas._read(str(store))  # ...while process B has read the empty file
+    schemas._save()
+    schemas._store, schemas._dirty = b_started_with, False  # now B
+    schemas._schema("Relu", "", 13)
+    schemas._save()
+    saved = json.loads(store.read_text())["schemas"]
+    assert saved["|Conv|13"] == _truth("Conv", 13) and saved["|Relu|13"] == _truth("Relu", 13)

@@ -62,20 +62,25 @@ def _valid(entry) -> bool:
                                            for k, v in entry[1].items()))
 
 
+def _read(path) -> dict:
+    """The answers in ``path``: only well-formed entries; nothing when it is unreadable."""
+    store = {"newest": None, "schemas": {}}
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if type(saved.get("newest")) is int:
+            store["newest"] = saved["newest"]
+        store["schemas"] = {k: v for k, v in saved["schemas"].items()
+                            if isinstance(k, str) and _valid(v)}
+    except Exception:  # none yet, unreadable or damaged: onnx answers
+        pass
+    return store
+
+
 def _answers() -> dict:
     global _store
     if _store is None:
-        store = {"newest": None, "schemas": {}}
-        try:
-            with open(_path(), encoding="utf-8") as f:
-                saved = json.load(f)
-            if type(saved.get("newest")) is int:
-                store["newest"] = saved["newest"]
-            store["schemas"] = {k: v for k, v in saved["schemas"].items()
-                                if isinstance(k, str) and _valid(v)}
-        except Exception:  # none yet, unreadable or damaged: onnx answers
-            pass
-        _store = store
+        _store = _read(_path())
     return _store
 
 
@@ -96,10 +101,15 @@ def _save() -> None:
         return
     try:
         path = _path()
+        # what other processes wrote meanwhile stays: the file only ever gains answers
+        merged = _read(path)
+        merged["schemas"].update(_store["schemas"])
+        merged["newest"] = _store["newest"] if _store["newest"] is not None else \
+            merged["newest"]
         fd, tmp = tempfile.mkstemp(prefix=".onnx-schemas-", dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(_store, f)
+                json.dump(merged, f)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
