@@ -122,3 +122,38 @@ def test_threads_share_one_conv():
     xs = [_data(case, seed=s)[0] for s in range(4)]
     refs = [conv2d_ref(x, wt, b, case[7], case[8], case[9], 1) for x in xs]
     check_concurrent_calls(conv, xs, refs, 10, TOL)
+
+
+def test_bitwise_equal_to_direct_whatever_another_process_cached_first(tmp_path):
+    """With an empty cache, one process runs the element-wise sigmoid and SiLU (caching their
+    kernels), then another compiles both conv kernels with those activations: while the scalar
+    helpers were cached on their own, the two compiled against the cached helper disagreed by up
+    to 2 ulp (kernels/elementwise.py says why they are not)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    first = ("import numpy as np\n"
+             "from convrt.kernels import elementwise as K\n"
+             "x = np.linspace(-9, 9, 4096, dtype=np.float32)\n"
+             "K._sigmoid32(x, np.empty_like(x)); K._silu32(x, np.empty_like(x))\n")
+    second = ("import numpy as np\n"
+              "import test_kernels_conv_small_maps as t\n"
+              "case = t.CASES['resnet_2x2']\n"
+              "x, wt, b = t._data(case)\n"
+              "for act in ('sigmoid', 'silu'):\n"
+              "    outs = []\n"
+              "    for algo in ('small_maps', 'direct'):\n"
+              "        conv = t._conv(case, wt, b, algo=algo, activation=act)\n"
+              "        outs.append(np.empty(conv.out_shape, np.float32))\n"
+              "        conv(x, outs[-1], None)\n"
+              "    np.testing.assert_array_equal(outs[0], outs[1])\n"
+              "print('ok')\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    here = Path(__file__).resolve().parent
+    for code in (first, second):
+        out = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, text=True,
+                             capture_output=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"]

@@ -51,7 +51,13 @@ _T1, _T0 = _F(1.33314422036e-1), _F(-3.33332819422e-1)
 _T_SMALL = _F(0.625)
 
 
-@njit
+# The scalar helpers below are not cached on their own (``cache=False``): a kernel compiled
+# while a helper came from the disk cache got other code (up to 2 ulp apart) than one compiled
+# with the helper fresh, so two kernels meant to agree bit for bit (small_maps and direct,
+# pixel's two store paths) disagreed whenever another process had cached the helper first.
+# Uncached, each caller compiles them in-process, the same way every time; a cached caller
+# carries their code inside its own.
+@njit(cache=False)
 def exp32(x):
     """exp of float32 ``x``, within 2 ulp of numpy's (tests), NaN/inf/denormals as numpy."""
     xc = _X_HI if x > _X_HI else x  # ordered: NaN stays NaN here and below
@@ -67,7 +73,8 @@ def exp32(x):
     return (p * s1) * s2
 
 
-@njit(error_model="numpy")  # IEEE division: numba's default checks for 0 and blocks vectors
+# error_model="numpy": IEEE division (numba's default checks for 0 and blocks vectors)
+@njit(error_model="numpy", cache=False)
 def sigmoid32(x):
     """1 / (1 + exp(-x)) without overflow: e = exp(-|x|) <= 1, and e / (1 + e) for x < 0, so
     the tiny results of large negative x keep their precision; NaN -> NaN."""
@@ -75,13 +82,13 @@ def sigmoid32(x):
     return (_ONE if x >= _ZERO else e) / (_ONE + e)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", cache=False)
 def silu32(x):
     """x * sigmoid(x) (SiLU / Swish), as ONNX's Mul(x, Sigmoid(x)) computes it."""
     return x * sigmoid32(x)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", cache=False)
 def tanh32(x):
     """Cephes tanhf on |x|: an odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above (which
     reaches exactly 1 past ~9 and at inf), the sign put back with copysign (-0 -> -0, NaN ->
