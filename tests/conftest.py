@@ -21,6 +21,7 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): two workers, or one on a single usable core.  Not one
     per core: each worker's kernels use every core already (convrt/runtime/threads.py), and
     the gain is compiling on an empty numba cache, single-threaded work, two at a time (the
-    suite on the 2-core reference machine: 11.0 -> 6.4 min)."""
-    return min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))
+    suite on the 2-core reference machine: 11.0 -> 6.4-7.5 min)."""
+    from convrt.runtime.threads import usable_cpus  # affinity mask and cgroup quota
+
+    return min(2, usable_cpus())
