@@ -191,6 +191,7 @@ class Optimizer:
 
     def restore(self, snap) -> None:
         self.t, self.state = snap[0], snap[1]
+        self.forget()
 
     # -- checkpoints -------------------------------------------------------------------------
     def hyper(self) -> dict:
@@ -223,6 +224,7 @@ class Optimizer:
             {k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
         self.t = int(d["t"])
         self.state = {n: {k: np.array(v) for k, v in s.items()} for n, s in d["state"].items()}
+        self.forget()
 
 
 class SGD(Optimizer):
@@ -299,14 +301,6 @@ class SGD(Optimizer):
         arrays as this optimizer last wrote them, so new state, a restored snapshot or a
         parameter written in place from outside makes them unknown."""
         self._bounds.clear()
-
-    def load_state_dict(self, d: dict) -> None:
-        super().load_state_dict(d)
-        self.forget()
-
-    def restore(self, snap) -> None:
-        super().restore(snap)
-        self.forget()
 
 
 # a quarter of each float type's largest value: the margin below overflow that the bounds need

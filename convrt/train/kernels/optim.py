@@ -109,10 +109,7 @@ def abs_bits_max_blocks(bits, mask):
     n = bits.size
     out = np.zeros(_blocks(n), dtype=bits.dtype)
     for blk in prange(_blocks(n)):
-        m = bits.dtype.type(0)
-        for i in range(_U(blk * BLOCK), _U(min(n, blk * BLOCK + BLOCK))):
-            m = max(m, bits[i] & mask)
-        out[blk] = m
+        out[blk] = abs_bits_max(bits[blk * BLOCK:min(n, blk * BLOCK + BLOCK)], mask)
     return out
 
 
