@@ -32,12 +32,16 @@ def reference_dw(x, dy, kernel, strides, dilations, pads):
 
 def run_dw(x, dy, kernel, strides, dilations, pads, step):
     """The kernel's dW over chunks of ``step`` images, (M, C, kH, kW); ``step`` "rows": the
-    variant for short reductions (the whole batch at once)."""
+    variant for short reductions (the whole batch at once), "gather": the same with its panels
+    gathered (small maps)."""
     n, c = x.shape[:2]
     m, oh, ow = dy.shape[1:]
     kh, kw = kernel
-    if step == "rows":
+    if step in ("rows", "gather"):
         bufs = DW.DwRowsBuffers(m, c * kh * kw, n * oh * ow, np.float32)
+        if step == "gather":
+            bufs.tab = DW.gather_table(c, x.shape[2], x.shape[3], kh, kw, *strides, *dilations,
+                                       *pads, oh, ow, bufs.cp.shape[0] * DW.WD)
         gw = np.full((m, c * kh * kw), np.nan, dtype=np.float32)
         DW.weight_grad_rows(bufs, x, dy.reshape(n, m, -1), gw,
                             (kernel, strides, dilations, pads, (oh, ow)))
@@ -66,6 +70,12 @@ CASES = [(3, 5, 9, 40, 3, 1, 1, 1, 3), (3, 5, 9, 40, 3, 1, 1, 1, 2),
 # a multiple of the 32-column block
 CASES += list(dict.fromkeys(case[:-1] + ("rows",) for case in CASES if case[3] >= DW.TR))
 CASES += [(8, 512, 2, 512, 3, 1, 1, 1, "rows"), (2, 7, 6, 14, 3, 2, 1, 1, "rows")]
+# the gathered rows variant (maps of up to 64 output pixels): ResNet-18's last stages at 64x64
+# (batch 8: 2x2 maps, a strided 4x4 -> 2x2, a 1x1 stride-2 downsample), a dilated one
+CASES += list(dict.fromkeys(case[:-1] + ("gather",) for case in CASES
+                            if case[3] >= DW.TR and out_size(*case[2:3], *case[4:8]) ** 2 <= 64))
+CASES += [(8, 256, 4, 512, 3, 2, 1, 1, "gather"), (8, 256, 4, 512, 1, 2, 1, 0, "gather"),
+          (3, 9, 7, 20, 3, 1, 2, 2, "gather")]
 
 
 @pytest.mark.parametrize("n,c,h,m,k,s,d,p,step", CASES)
@@ -79,7 +89,7 @@ def test_weight_gradient_matches_definition(n, c, h, m, k, s, d, p, step):
     assert np.abs(got - ref).max() <= 2e-6 * np.abs(ref).max() * np.sqrt(n * o * o)
 
 
-@pytest.mark.parametrize("step", [2, "rows"])
+@pytest.mark.parametrize("step", [2, "rows", "gather"])
 def test_nan_and_inf_reach_exactly_the_taps_that_read_them(step):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 4, 6, 6), dtype=np.float32)
@@ -93,7 +103,7 @@ def test_nan_and_inf_reach_exactly_the_taps_that_read_them(step):
     assert np.array_equal(np.isposinf(got), np.isposinf(ref)) and np.isposinf(got).any()
 
 
-@pytest.mark.parametrize("step", [2, "rows"])
+@pytest.mark.parametrize("step", [2, "rows", "gather"])
 def test_result_does_not_depend_on_the_thread_count(step):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 16, 24, 24), dtype=np.float32)
@@ -130,14 +140,24 @@ def _conv_net(rng, size):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("size,variant", [(32, "weight_grad_chunk"), (24, "weight_grad_rows")])
-def test_trainer_gradients_on_the_microkernel_match_float64(monkeypatch, size, variant):
-    """32x32: 4096 reduction rows (the column variant); 24x24: 2304 (the rows variant)."""
+@pytest.mark.parametrize("size,variant,gathered", [(32, "weight_grad_chunk", False),
+                                                   (24, "weight_grad_rows", False),
+                                                   (6, "weight_grad_rows", True)])
+def test_trainer_gradients_on_the_microkernel_match_float64(monkeypatch, size, variant,
+                                                            gathered):
+    """32x32: 4096 reduction rows (the column variant); 24x24: 2304 (the rows variant); 6x6:
+    144 (the rows variant, its panels gathered: maps of up to 64 pixels)."""
     from test_torch_families import as_float64
 
     calls = []
     real = getattr(DW, variant)
-    monkeypatch.setattr(conv_grads.DW, variant, lambda *a: calls.append(a[1].shape) or real(*a))
+
+    def spy(*a):
+        assert (getattr(a[0], "tab", None) is not None) == gathered
+        calls.append(a[1].shape)
+        return real(*a)
+
+    monkeypatch.setattr(conv_grads.DW, variant, spy)
     rng = np.random.default_rng(3)
     model = _conv_net(rng, size)
     x = rng.standard_normal((4, 3, size, size), dtype=np.float32)

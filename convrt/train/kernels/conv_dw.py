@@ -32,7 +32,8 @@ from numba import prange
 from ...kernels._jit import FAST, njit, pjit
 from ...kernels.conv._ir import VEC
 from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel, tile_kernel_t
-from .conv import _span
+from ...kernels.conv._layout import tap_sources
+from .conv import GATHER_PIXELS, _span
 
 _U = np.uint64
 _FM = set(FAST)
@@ -260,20 +261,80 @@ class DwRowsBuffers:
         self.cp = np.empty((-(-r // WD), rows, WD), dtype=dtype)
         self.offs = np.arange(rows, dtype=np.uint64) * np.uint64(m)
         self.zb = np.zeros((self.cp.shape[0], WD), dtype=dtype)
+        self.tab = None  # the gathered variant's offsets (``gather_table``), on small maps
 
 
 def weight_grad_rows(bufs, x4, dy3, gw, geo):
     """``gw (M, C*kH*kW) = dY x cols^T`` over the whole batch, M >= TR."""
     (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow) = geo
     pack_dyt(dy3, bufs.dyt)
-    im2row(x4, bufs.cp, WD, 0, x4.shape[0], kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    if bufs.tab is not None:
+        im2row_gather(np.ascontiguousarray(x4), bufs.cp, bufs.tab)
+    else:
+        im2row(x4, bufs.cp, WD, 0, x4.shape[0], kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
     dw_rows_products(bufs.dyt, bufs.cp, bufs.offs, bufs.zb, gw, numba.get_num_threads())
+
+
+# -- small maps: the rows variant's panels gathered ---------------------------------------------
+# On output maps of up to GATHER_PIXELS pixels (ResNet-18's last three stages at 64x64) im2row's
+# row copies are a few elements long and its bounds logic takes the time: 0.31-0.57 ms a layer
+# at batch 8, against 0.08-0.24 ms for the products.  So these layers went to im2col + BLAS,
+# whose products are slower (BLAS zeroes dW in a pass of its own before summing into it):
+# measured cold, per layer at batch 8, 0.85 vs 0.48 ms (K = 512), 0.86 vs 0.42 (K = 128), 1.21
+# vs 0.78 (K = 32).  Here each tap's source offset in an image is tabled once per layer and
+# shape (``gather_table``, kept with the buffers) and every (tile, image) task gathers through
+# it, as training's im2col does on such maps.
+MIN_ROWS_GATHER = 32
+
+
+@njit
+def gather_table(c_n, h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n, r_pad):
+    """``tab[p, r]``: the offset in an image (``c*H*W + y*W + x``) that tap ``r = c*kH*kW +
+    tap`` of output pixel ``p`` reads; -1 in the padding and for ``r`` past the last tap."""
+    ys, xs = tap_sources(h_n, w_n, kh, kw, sh, sw, dh, dw, pt, pl, oh_n, ow_n)
+    kk = kh * kw
+    tab = np.full((oh_n * ow_n, r_pad), -1, dtype=np.int32)
+    for r in range(c_n * kk):
+        c = r // kk
+        tap = r - c * kk
+        for p in range(oh_n * ow_n):
+            if ys[tap, p] >= 0:
+                tab[p, r] = (c * h_n + ys[tap, p]) * w_n + xs[tap, p]
+    return tab
+
+
+@pjit
+def im2row_gather(x, cp, tab):
+    """``cp[tile, n*P + p, t]`` = image n's element ``tab[p, tile*WD + t]`` (0 where -1), for
+    the whole batch; ``x`` C-contiguous.  One task per (tile, image)."""
+    nimg = x.shape[0]
+    ntile, tc = cp.shape[0], cp.shape[2]
+    p_n = tab.shape[0]
+    img = x.size // max(nimg, 1)
+    xf = x.reshape(x.size)
+    for task in prange(ntile * nimg):
+        tile = task // nimg
+        i = task - tile * nimg
+        base = i * img
+        r0 = tile * tc
+        for p in range(p_n):
+            row = cp[tile, i * p_n + p]
+            src = tab[p, r0:r0 + tc]
+            for t in range(tc):
+                o = src[t]
+                row[t] = xf[_U(base + o)] if o >= 0 else 0
+
+
+def _gathered(x4, p) -> bool:
+    """Whether the rows variant gathers its panels: small maps, and offsets that fit int32."""
+    return p <= GATHER_PIXELS and x4[0].size < 2 ** 31
 
 
 def weight_grad(cache, x4, dy3, gw, geo) -> bool:
     """``gw (M, C*kH*kW) = dY x cols^T`` of one group on the microkernel, by the variant the
-    reduction's length picks, with its buffers kept in ``cache`` (the node's, per shapes);
-    False (nothing done) for what stays on im2col + BLAS: short reductions, float64."""
+    reduction's length and the map's size pick, with its buffers kept in ``cache`` (the
+    node's, per shapes); False (nothing done) for what stays on im2col + BLAS: short
+    reductions on larger maps, float64."""
     n, m, p = dy3.shape
     rows = x4.shape[1] * geo[0][0] * geo[0][1]
     if x4.dtype != np.float32:
@@ -286,10 +347,15 @@ def weight_grad(cache, x4, dy3, gw, geo) -> bool:
         for n0 in range(0, n, step):
             weight_grad_chunk(bufs, x4, dy3, gw, n0, min(n, n0 + step), geo, n0 == 0)
         return True
-    if n * p >= MIN_ROWS_ROWS and m >= TR:
+    gathered = _gathered(x4, p)
+    if m >= TR and n * p >= (MIN_ROWS_GATHER if gathered else MIN_ROWS_ROWS):
         bufs = cache.get("dw_rows")
         if bufs is None:
             bufs = cache["dw_rows"] = DwRowsBuffers(m, rows, n * p, x4.dtype)
+            if gathered:
+                (kh, kw), (sh, sw), (dh, dw), (pt, pl), (oh, ow) = geo
+                bufs.tab = gather_table(x4.shape[1], x4.shape[2], x4.shape[3], kh, kw, sh, sw,
+                                        dh, dw, pt, pl, oh, ow, bufs.cp.shape[0] * WD)
         weight_grad_rows(bufs, x4, dy3, gw, geo)
         return True
     return False
