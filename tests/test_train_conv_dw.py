@@ -70,10 +70,11 @@ CASES = [(3, 5, 9, 40, 3, 1, 1, 1, 3), (3, 5, 9, 40, 3, 1, 1, 1, 2),
 # a multiple of the 32-column block
 CASES += list(dict.fromkeys(case[:-1] + ("rows",) for case in CASES if case[3] >= DW.TR))
 CASES += [(8, 512, 2, 512, 3, 1, 1, 1, "rows"), (2, 7, 6, 14, 3, 2, 1, 1, "rows")]
-# the gathered rows variant (maps of up to 64 output pixels): ResNet-18's last stages at 64x64
-# (batch 8: 2x2 maps, a strided 4x4 -> 2x2, a 1x1 stride-2 downsample), a dilated one
-CASES += list(dict.fromkeys(case[:-1] + ("gather",) for case in CASES
-                            if case[3] >= DW.TR and out_size(*case[2:3], *case[4:8]) ** 2 <= 64))
+# the gathered rows variant (small output maps): ResNet-18's last stages at 64x64 (batch 8: 2x2
+# maps, a strided 4x4 -> 2x2, a 1x1 stride-2 downsample), a dilated one
+CASES += list(dict.fromkeys(
+    case[:-1] + ("gather",) for case in CASES
+    if case[3] >= DW.TR and out_size(*case[2:3], *case[4:8]) ** 2 <= DW.GATHER_PIXELS_ROWS))
 CASES += [(8, 256, 4, 512, 3, 2, 1, 1, "gather"), (8, 256, 4, 512, 1, 2, 1, 0, "gather"),
           (3, 9, 7, 20, 3, 1, 2, 2, "gather")]
 
@@ -146,7 +147,7 @@ def _conv_net(rng, size):
 def test_trainer_gradients_on_the_microkernel_match_float64(monkeypatch, size, variant,
                                                             gathered):
     """32x32: 4096 reduction rows (the column variant); 24x24: 2304 (the rows variant); 6x6:
-    144 (the rows variant, its panels gathered: maps of up to 64 pixels)."""
+    144 (the rows variant, its panels gathered: small maps)."""
     from test_torch_families import as_float64
 
     calls = []

@@ -33,7 +33,7 @@ from ...kernels._jit import FAST, njit, pjit
 from ...kernels.conv._ir import VEC
 from ...kernels.conv._microkernel import TILE_ELEMS, tile_kernel, tile_kernel_t
 from ...kernels.conv._layout import tap_sources
-from .conv import GATHER_PIXELS, _span
+from .conv import _span
 
 _U = np.uint64
 _FM = set(FAST)
@@ -276,15 +276,19 @@ def weight_grad_rows(bufs, x4, dy3, gw, geo):
 
 
 # -- small maps: the rows variant's panels gathered ---------------------------------------------
-# On output maps of up to GATHER_PIXELS pixels (ResNet-18's last three stages at 64x64) im2row's
-# row copies are a few elements long and its bounds logic takes the time: 0.31-0.57 ms a layer
-# at batch 8, against 0.08-0.24 ms for the products.  So these layers went to im2col + BLAS,
-# whose products are slower (BLAS zeroes dW in a pass of its own before summing into it):
-# measured cold, per layer at batch 8, 0.85 vs 0.48 ms (K = 512), 0.86 vs 0.42 (K = 128), 1.21
-# vs 0.78 (K = 32).  Here each tap's source offset in an image is tabled once per layer and
-# shape (``gather_table``, kept with the buffers) and every (tile, image) task gathers through
-# it, as training's im2col does on such maps.
+# On small output maps im2row's row copies are a few elements long and its bounds logic takes
+# the time: 0.31-0.57 ms a layer on ResNet-18's last three stages at 64x64, batch 8, against
+# 0.08-0.24 ms for the products.  So those layers went to im2col + BLAS, whose products are
+# slower (BLAS zeroes dW in a pass of its own before summing into it): measured cold, per layer,
+# 0.85 vs 0.48 ms (K = 512), 0.86 vs 0.42 (K = 128), 1.21 vs 0.78 (K = 32).  Here each tap's
+# source offset in an image is tabled once per layer and shape (``gather_table``, kept with the
+# buffers) and every (tile, image) task gathers through it, as training's im2col does on such
+# maps.  Measured cold, whole weight gradient against im2col + BLAS: 8x8 maps K = 64 0.29 vs
+# 0.36 ms, 4x4 K = 16 0.48 vs 0.52, 2x2 K = 8 1.40 vs 1.17 (so from 32 rows); gathered panels
+# against im2row: 16x16 maps 0.40 vs 0.48 ms, 8x8 0.20 vs 0.38 (32x32: 0.42 vs 0.53, but the
+# table grows with the map and the ungathered variant is already ahead of BLAS there).
 MIN_ROWS_GATHER = 32
+GATHER_PIXELS_ROWS = 256
 
 
 @njit
@@ -327,7 +331,7 @@ def im2row_gather(x, cp, tab):
 
 def _gathered(x4, p) -> bool:
     """Whether the rows variant gathers its panels: small maps, and offsets that fit int32."""
-    return p <= GATHER_PIXELS and x4[0].size < 2 ** 31
+    return p <= GATHER_PIXELS_ROWS and x4[0].size < 2 ** 31
 
 
 def weight_grad(cache, x4, dy3, gw, geo) -> bool:
