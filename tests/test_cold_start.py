@@ -302,3 +302,32 @@ def test_warm_up_skips_inputs_it_cannot_guess_and_defers_errors_to_the_first_run
         sess.run(None, {"x": np.zeros((1, 3, 64, 64), np.float32)})
     assert "\n" not in str(e.value) and "limit" in str(e.value)
 
+
+
+def _compiled_variants() -> int:
+    """Compiled (or cache-loaded) overloads of every numba kernel convrt has imported."""
+    from numba.core.dispatcher import Dispatcher
+
+    return sum(len(f.signatures) for name, mod in list(sys.modules.items())
+               if name.startswith("convrt.") and mod is not None
+               for f in vars(mod).values() if isinstance(f, Dispatcher))
+
+
+def test_a_read_only_feed_runs_the_kernels_a_writable_one_compiled():
+    """numba types read-only arrays apart: a read-only input (np.load(mmap_mode="r"),
+    np.frombuffer, a broadcast view) once made the first run compile or load a second variant of
+    every kernel it reached.  The session copies such a feed instead."""
+    import convrt
+
+    sess = convrt.InferenceSession(str(ROOT / "sample_models" / "small_vgg.onnx"),
+                                   convrt.SessionOptions(tiered_start=False))  # compiled kernels
+    arg = sess.get_inputs()[0]
+    x = np.random.default_rng(2).standard_normal((2,) + tuple(arg.shape[1:])).astype(np.float32)
+    want = sess.run(None, {arg.name: x})[0]
+    before = _compiled_variants()
+    ro = x.copy()
+    ro.setflags(write=False)
+    bc = np.broadcast_to(x[:1], x.shape)  # read-only, and only its first image is x's
+    np.testing.assert_array_equal(sess.run(None, {arg.name: ro})[0], want)
+    np.testing.assert_array_equal(sess.run(None, {arg.name: bc})[0][0], want[0])
+    assert _compiled_variants() == before

@@ -141,6 +141,56 @@ def test_gemm_runtime_b():
     check_op("Gemm", {"a": randn(2, 4), "b": randn(4, 3)}, {})
 
 
+@pytest.mark.parametrize("tb", [0, 1])
+@pytest.mark.parametrize("c_shape", [(7,), (1, 7), (3, 7), (3, 1), (1, 1), ()])
+def test_gemm_fed_c(tb, c_shape):
+    """C fed at run time (the kernels take it as a flat array and strides each run)."""
+    check_op("Gemm", {"a": randn(3, 5), "b": randn(*((7, 5) if tb else (5, 7))),
+                      "c": randn(*c_shape)}, {"transB": tb, "beta": 0.5}, const=("b",))
+
+
+def test_gemm_kernels_compile_once_for_every_bias_shape_and_batch():
+    """Gemm's C reaches the kernels as (flat array, strides): a bias broadcast over batch 1 and
+    over batch 4, a full C, no C and read-only feeds all share one compiled variant (the
+    broadcast views they replace typed 'C' at one row, 'A' at more, and read-only apart)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import convrt
+    from convrt.kernels import gemm
+
+    def session(tb, c):
+        inits = [numpy_helper.from_array(randn(*((7, 5) if tb else (5, 7))), "b")]
+        if c is not None:
+            inits.append(numpy_helper.from_array(c, "c"))
+        node = helper.make_node("Gemm", ["a", "b"] + (["c"] if c is not None else []), ["y"],
+                                transB=tb)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+            "a", TensorProto.FLOAT, ["n", 5])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, ["n", 7])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        onnx.checker.check_model(model)
+        return convrt.InferenceSession(model.SerializeToString())
+
+    def variants():
+        return len(gemm.gemm_nt.signatures) + len(gemm.gemm_packed.signatures)
+
+    def run_all(tb):
+        for c in (randn(7), None, randn(1, 7)):
+            s = session(tb, c)
+            for n in (1, 4):
+                a = randn(n, 5)
+                a.setflags(write=False)
+                s.run(None, {"a": a})
+
+    for tb in (0, 1):
+        session(tb, randn(7)).run(None, {"a": randn(2, 5)})
+    before = variants()
+    run_all(0)
+    run_all(1)
+    assert variants() == before
+
+
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 5)),
                                    ((3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2))])
 @pytest.mark.parametrize("const_b", [True, False])

@@ -14,8 +14,9 @@ from ._jit import DOT_FAST, pjit
 
 
 @pjit
-def gemm_packed(a, bkm, c, out, alpha, beta, chunk, act):
-    """a (N, K), bkm (K, M), c (N, M) or (0, 0) when absent, out (N, M)."""
+def gemm_packed(a, bkm, c, crs, ccs, out, alpha, beta, chunk, act):
+    """a (N, K), bkm (K, M), out (N, M); C[i, j] = ``c[i*crs + j*ccs]`` (``bias_operand``), c
+    empty when absent."""
     n, k = a.shape
     m = bkm.shape[1]
     nchunks = (m + chunk - 1) // chunk
@@ -37,10 +38,29 @@ def gemm_packed(a, bkm, c, out, alpha, beta, chunk, act):
             for j in range(j0, j1):
                 v = alpha * out[i, j]
                 if has_c:
-                    v += beta * c[i, j]
+                    v += beta * c[i * crs + j * ccs]
                 if act == ACT_RELU and v < 0:
                     v = 0
                 out[i, j] = v
+
+
+def bias_operand(c, dtype):
+    """``(flat, row stride, column stride)``: Gemm's C (any shape that broadcasts to the
+    output's (N, M)) as the kernels read it, ``C[i, j] = flat[i*rs + j*cs]``, with a stride of 0
+    along a broadcast axis.  One argument type for every C shape and batch size: the
+    ``np.broadcast_to`` view this replaces is read-only and typed 'C' at one row but 'A' at
+    more, so numba compiled each kernel again per case (about 2 s each).  ``None`` (no C): an
+    empty array."""
+    if c is None:
+        return _NO_C[np.dtype(dtype)], 0, 0
+    c2 = np.asarray(c).reshape((1,) * (2 - np.ndim(c)) + np.shape(c))
+    if not (c2.flags.c_contiguous and c2.flags.writeable and c2.dtype == dtype):
+        c2 = np.array(c2, dtype=dtype, order="C")
+    return c2.reshape(-1), (c2.shape[1] if c2.shape[0] > 1 else 0), int(c2.shape[1] > 1)
+
+
+_NO_C = {np.dtype(np.float32): np.zeros(0, np.float32),
+         np.dtype(np.float64): np.zeros(0, np.float64)}
 
 
 JB = 4  # rows of B per task (one register tile: 4 running dot products share each a[k])
@@ -48,9 +68,9 @@ KC = 2048  # K elements per pass: 4 B rows + one a row of a pass stay in L1
 
 
 @pjit(fastmath=DOT_FAST)
-def gemm_nt(a, bmk, c, out, alpha, beta, act):
-    """out = act(alpha * a @ bmk.T + beta * c); a (N, K), bmk (M, K) row-major (ONNX Gemm's
-    transB=1 weights as stored: no packed copy), c (N, M) or (0, 0) when absent, out (N, M).
+def gemm_nt(a, bmk, c, crs, ccs, out, alpha, beta, act):
+    """out = act(alpha * a @ bmk.T + beta * C); a (N, K), bmk (M, K) row-major (ONNX Gemm's
+    transB=1 weights as stored: no packed copy), out (N, M), C as in ``gemm_packed``.
 
     Each task owns JB rows of B and streams them once from memory (contiguous 4*K floats) while
     every row of ``a`` is applied to them in K passes of KC (L1-resident): memory-bound GEMV at
@@ -104,7 +124,7 @@ def gemm_nt(a, bmk, c, out, alpha, beta, act):
             for j in range(j0, min(m, j0 + JB)):
                 v = alpha * acc[i, j - j0]
                 if has_c:
-                    v += beta * c[i, j]
+                    v += beta * c[i * crs + j * ccs]
                 if act == ACT_RELU and v < 0:
                     v = 0
                 out[i, j] = v

@@ -3,13 +3,9 @@
 import numpy as np
 
 from ..kernels import first_tier
-from ..kernels.gemm import ACT_NONE, ACT_RELU, gemm_nt, gemm_packed
+from ..kernels.gemm import ACT_NONE, ACT_RELU, bias_operand, gemm_nt, gemm_packed
 from ._shape import FLOAT_TYPES, NUMERIC, broadcast, known
 from .registry import register_op
-
-_EMPTY = {np.dtype(np.float32): np.zeros((0, 0), np.float32),
-          np.dtype(np.float64): np.zeros((0, 0), np.float64)}
-
 
 def _chunk(n: int, m: int) -> int:
     """Columns per task: the chunk of every output row stays in L1; two tasks at least."""
@@ -56,6 +52,8 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
         return np.ascontiguousarray(b.T if transB else b, dtype=dt)
 
     has_c = C is not None
+    # a constant C (a bias) in the kernels' form once; a fed one per run
+    const_c = bias_operand(C.value, dt) if has_c and C.value is not None else None
     if transB:
         # (M, K) weights as stored: the dot-product kernel streams them with no packed copy
         # (also when B is fed at run time, as a trained layer's weights are: no per-run
@@ -66,8 +64,8 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
             out = rest[-1]
             if transA:
                 a = np.ascontiguousarray(a.T)
-            c = np.broadcast_to(rest[0], out.shape) if has_c else _EMPTY[dt]
-            gemm_nt(a, bmk if bmk is not None else np.ascontiguousarray(b, dtype=dt), c, out,
+            c = const_c or bias_operand(rest[0] if has_c else None, dt)
+            gemm_nt(a, bmk if bmk is not None else np.ascontiguousarray(b, dtype=dt), *c, out,
                     alpha, beta, code)
 
         return ctx.result([shape], [A.dtype], run_nt, flops=macs)
@@ -83,8 +81,8 @@ def bind_gemm(ctx, A, B, C, alpha=1.0, beta=1.0, transA=0, transB=0, act="none")
         out = rest[-1]
         if transA:
             a = np.ascontiguousarray(a.T)
-        c = np.broadcast_to(rest[0], out.shape) if has_c else _EMPTY[dt]
-        gemm_packed(a, packed if packed is not None else pack(b), c, out, alpha, beta, chunk,
+        c = const_c or bias_operand(rest[0] if has_c else None, dt)
+        gemm_packed(a, packed if packed is not None else pack(b), *c, out, alpha, beta, chunk,
                     code)
 
     return ctx.result([shape], [A.dtype], run, flops=macs)
@@ -199,11 +197,11 @@ def MatMul(ctx, A, B):
         kdim, ncols = packed.shape
         rows = int(np.prod(A.shape[:-1]))
         chunk = _chunk(rows, ncols)
-        empty = _EMPTY[A.dtype]
+        no_c = bias_operand(None, A.dtype)
 
         def run_packed(a, b, out):
-            gemm_packed(a.reshape(rows, kdim), packed, empty, out.reshape(rows, ncols), 1.0, 0.0,
-                        chunk, ACT_NONE)
+            gemm_packed(a.reshape(rows, kdim), packed, *no_c, out.reshape(rows, ncols), 1.0,
+                        0.0, chunk, ACT_NONE)
 
         return ctx.result([shape], [A.dtype], run_packed, flops=macs)
     return ctx.result([shape], [A.dtype], lambda a, b, out: np.matmul(a, b, out=out), flops=macs)

@@ -128,17 +128,17 @@ def _layer_norm_rows(ctx, X, Scale, B, norm, eps):
     rows = int(np.prod(X.shape)) // width if width else 0
     dt = X.dtype
 
+    def expand(a):  # a writable copy: numba types read-only arrays (broadcast views) apart
+        return np.array(np.broadcast_to(a, norm), dt).reshape(-1)
+
     def full(t):
-        return None if t is None or t.value is None else np.ascontiguousarray(
-            np.broadcast_to(t.value.astype(dt), norm).reshape(-1))
+        return None if t is None or t.value is None else expand(t.value)
 
     s_c, b_c = full(Scale), full(B) if B is not None else np.zeros(width, dt)
 
     def run(x, s, *rest):  # rest = ([b], out)
-        sv = s_c if s_c is not None else np.ascontiguousarray(
-            np.broadcast_to(s, norm).reshape(-1))
-        bv = b_c if b_c is not None else np.ascontiguousarray(
-            np.broadcast_to(rest[0], norm).reshape(-1))
+        sv = s_c if s_c is not None else expand(s)
+        bv = b_c if b_c is not None else expand(rest[0])
         if rows and width:
             _layer_norm(x.reshape(rows, width), sv, bv, eps, rest[-1].reshape(rows, width))
 

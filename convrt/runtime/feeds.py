@@ -17,7 +17,11 @@ def check_feeds(feeds, inputs: dict, required, source: str,
 
     Names, dtypes (numbers are cast to a float input's dtype when ``cast_numbers``), ranks, fixed
     dims and the consistency of symbolic dims are checked; every name in ``required`` must be
-    fed.  Returns C-contiguous arrays.  Raises InputError naming the input at fault.
+    fed.  Returns C-contiguous, writable arrays: a read-only feed (``np.load(mmap_mode="r")``,
+    ``np.frombuffer``, ``np.broadcast_to``) is copied, because numba types read-only arrays
+    apart and would compile (or load) a second variant of every kernel the input reaches, a
+    second or more of the first run, for a copy of the smallest tensor of the model.  Raises
+    InputError naming the input at fault.
     """
     if not isinstance(feeds, dict):
         raise InputError(f"feeds must be a dict of name -> array, got {type(feeds).__name__}")
@@ -46,7 +50,8 @@ def check_feeds(feeds, inputs: dict, required, source: str,
                 if isinstance(want, str) and dims.setdefault(want, got) != got:
                     raise InputError(f"input '{name}': dim {i} ('{want}') is {got} "
                                      f"but {dims[want]} elsewhere")
-        arrays[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+        arrays[name] = arr if arr.flags.c_contiguous and arr.flags.writeable else \
+            np.array(arr, order="C")
     missing = [n for n in required if n not in arrays]
     if missing:
         raise InputError(f"{source}: missing input(s) {missing}")
