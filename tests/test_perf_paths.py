@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from convrt.kernels.gemm import JB, KC, gemm_nt, gemm_packed
+from convrt.kernels.gemm import JB, KC, bias_operand, gemm_nt, gemm_packed
 from convrt.kernels.pool import max_pool2d
 from convrt.runtime import InferenceSession, SessionOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-EMPTY = np.zeros((0, 0), np.float32)
+NO_C = bias_operand(None, np.float32)
 
 
 @pytest.mark.parametrize("n,k,m", [(1, 7, 5), (1, KC + 3, 2 * JB + 1), (3, 2 * KC, JB),
@@ -38,7 +38,7 @@ def test_gemm_nt_matches_numpy(n, k, m, act):
     b = rng.standard_normal((m, k)).astype(np.float32)
     c = rng.standard_normal((n, m)).astype(np.float32)
     out = np.full((n, m), np.nan, np.float32)
-    gemm_nt(a, b, c, out, 0.5, 2.0, act)
+    gemm_nt(a, b, *bias_operand(c, np.float32), out, 0.5, 2.0, act)
     ref = 0.5 * (a.astype(np.float64) @ b.T.astype(np.float64)) + 2.0 * c
     if act:
         ref = np.maximum(ref, 0)
@@ -51,10 +51,10 @@ def test_gemm_nt_propagates_nan_and_inf():
     a[1, KC + 1] = np.inf
     b = np.ones((JB + 1, KC + 5), np.float32)
     out = np.zeros((2, JB + 1), np.float32)
-    gemm_nt(a, b, EMPTY, out, 1.0, 0.0, 0)
+    gemm_nt(a, b, *NO_C, out, 1.0, 0.0, 0)
     assert np.isnan(out[0]).all()
     assert np.isposinf(out[1]).all()
-    gemm_nt(a, b, EMPTY, out, 1.0, 0.0, 1)  # relu keeps NaN (np.maximum semantics)
+    gemm_nt(a, b, *NO_C, out, 1.0, 0.0, 1)  # relu keeps NaN (np.maximum semantics)
     assert np.isnan(out[0]).all()
 
 
@@ -63,7 +63,7 @@ def test_gemm_packed_still_matches():
     a = rng.standard_normal((4, 33)).astype(np.float32)
     bkm = rng.standard_normal((33, 21)).astype(np.float32)
     out = np.empty((4, 21), np.float32)
-    gemm_packed(a, bkm, EMPTY, out, 1.0, 0.0, 16, 0)
+    gemm_packed(a, bkm, *NO_C, out, 1.0, 0.0, 16, 0)
     np.testing.assert_allclose(out, a @ bkm, rtol=1e-5, atol=1e-5)
 
 

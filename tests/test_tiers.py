@@ -216,16 +216,16 @@ def test_compile_fence_reports_a_miss_without_compiling(tmp_path):
     code = """
 import numpy as np
 from convrt.kernels._jit import CompileNeeded, compile_fence
-from convrt.kernels.gemm import gemm_nt
+from convrt.kernels.gemm import bias_operand, gemm_nt
 a = np.ones((2, 3), np.float32); b = np.ones((4, 3), np.float32)
-out = np.zeros((2, 4), np.float32); c = np.zeros((2, 4), np.float32)
+out = np.zeros((2, 4), np.float32); c = bias_operand(np.zeros((2, 4), np.float32), np.float32)
 try:
     with compile_fence():
-        gemm_nt(a, b, c, out, 1.0, 0.0, 0)
+        gemm_nt(a, b, *c, out, 1.0, 0.0, 0)
     print("LOADED", float(out.sum()))
 except CompileNeeded as e:
     print("MISS", e, len(gemm_nt.overloads))
-gemm_nt(a, b, c, out, 1.0, 0.0, 0)
+gemm_nt(a, b, *c, out, 1.0, 0.0, 0)
 print("RAN", float(out.sum()))
 """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(ROOT))
