@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -152,6 +153,9 @@ def test_ray_matches_local_and_uses_assigned_cpus(ray_cluster, x, ref):
 
     class Probe(convrt.ray.Predictor):  # defined here: Ray ships it to the actors by value
         def __call__(self, batch):
+            # a pause per batch, so the pool's second actor is up before the first has taken
+            # every batch (on a loaded 2-core machine one actor once took all seven)
+            time.sleep(0.3)
             out = super().__call__(batch)
             out["threads"] = np.full(len(out["row"]), numba.get_num_threads())
             out["session_threads"] = np.full(len(out["row"]), self.threads)
