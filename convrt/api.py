@@ -332,8 +332,10 @@ class InferenceSession:
             pass
         # numba's loader leaves ~100k objects behind; the interpreter's next full collection of
         # them (40-70 ms) otherwise lands in the first run (ResNet-18: 78 ms instead of 14).
-        # Only then: a full collection of a big process costs more than it saves.
-        if cache_lookups() != lookups:
+        # Only then: a full collection of a big process costs more than it saves.  Not where the
+        # caller turned the collector off (the CLI does while it loads, then freezes what
+        # loading made): no automatic collection can land in the first run then.
+        if cache_lookups() != lookups and gc.isenabled():
             gc.collect()
 
     def _new_plan(self, infos: dict, first_tier: bool = False) -> Plan:

@@ -7,6 +7,7 @@ without importing each other.
 from __future__ import annotations
 
 import argparse
+import gc
 
 import numpy as np
 
@@ -57,7 +58,16 @@ def make_session(args, precision: str | None = None):
                           disabled_optimizers=list(args.disable),
                           intra_op_num_threads=getattr(args, "threads", None) or 0,
                           precision=precision or getattr(args, "precision", None) or "fp32")
-    return InferenceSession(args.model, opts)
+    # A command runs once per process: the ~100k objects numba's loader leaves are alive (a
+    # full collection after loading finds a handful of garbage ones, in 40-70 ms; api._warm_up
+    # runs it for library users).  Here they are loaded with the collector off and frozen
+    # (gc.freeze: later collections skip them), which costs nothing.
+    gc.disable()
+    try:
+        return InferenceSession(args.model, opts)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:

@@ -331,3 +331,43 @@ def test_a_read_only_feed_runs_the_kernels_a_writable_one_compiled():
     np.testing.assert_array_equal(sess.run(None, {arg.name: ro})[0], want)
     np.testing.assert_array_equal(sess.run(None, {arg.name: bc})[0][0], want[0])
     assert _compiled_variants() == before
+
+
+def test_warm_up_collects_garbage_only_with_the_collector_on(monkeypatch):
+    """After numba loaded kernels, the warm-up runs a full collection so that the interpreter's
+    next automatic one does not land in the first run; with the collector turned off (the
+    CLI, while it loads) there is no automatic one to move, and none runs."""
+    import gc
+
+    import convrt
+    from convrt import api
+
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(api, "cache_lookups", lambda: next(ticks))  # as if kernels were loaded
+    calls = []
+    monkeypatch.setattr(api.gc, "collect", lambda *a: calls.append(a) or 0)
+    model = str(ROOT / "sample_models" / "small_vgg.onnx")
+    convrt.InferenceSession(model)
+    assert len(calls) == 1
+    gc.disable()
+    try:
+        convrt.InferenceSession(model)
+    finally:
+        gc.enable()
+    assert len(calls) == 1
+
+
+def test_cli_session_loads_with_the_collector_off_then_freezes_and_turns_it_back_on(monkeypatch):
+    import argparse
+    import gc
+
+    from convrt import cli_support
+
+    seen = []
+    monkeypatch.setattr(cli_support.gc, "freeze", lambda: seen.append(gc.isenabled()))
+    args = argparse.Namespace(model=str(ROOT / "sample_models" / "small_vgg.onnx"), level="all",
+                              disable=[], threads=None, precision=None)
+    sess = cli_support.make_session(args)
+    assert seen == [False] and gc.isenabled()
+    arg = sess.get_inputs()[0]
+    assert sess.run(None, {arg.name: np.zeros([1] + list(arg.shape[1:]), np.float32)})
