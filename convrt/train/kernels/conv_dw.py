@@ -289,6 +289,7 @@ def weight_grad_rows(bufs, x4, dy3, gw, geo):
 # table grows with the map and the ungathered variant is already ahead of BLAS there).
 MIN_ROWS_GATHER = 32
 GATHER_PIXELS_ROWS = 256
+GATHER_TABLE_MAX = 1 << 21  # entries (8 MB of int32): a layer of 2048+ channels at 16x16 copies
 
 
 @njit
@@ -329,9 +330,10 @@ def im2row_gather(x, cp, tab):
                 row[t] = xf[_U(base + o)] if o >= 0 else 0
 
 
-def _gathered(x4, p) -> bool:
-    """Whether the rows variant gathers its panels: small maps, and offsets that fit int32."""
-    return p <= GATHER_PIXELS_ROWS and x4[0].size < 2 ** 31
+def _gathered(x4, p, rows) -> bool:
+    """Whether the rows variant gathers its panels: small maps, a table of bounded size, and
+    offsets that fit int32."""
+    return p <= GATHER_PIXELS_ROWS and p * rows <= GATHER_TABLE_MAX and x4[0].size < 2 ** 31
 
 
 def weight_grad(cache, x4, dy3, gw, geo) -> bool:
@@ -351,7 +353,7 @@ def weight_grad(cache, x4, dy3, gw, geo) -> bool:
         for n0 in range(0, n, step):
             weight_grad_chunk(bufs, x4, dy3, gw, n0, min(n, n0 + step), geo, n0 == 0)
         return True
-    gathered = _gathered(x4, p)
+    gathered = _gathered(x4, p, rows)
     if m >= TR and n * p >= (MIN_ROWS_GATHER if gathered else MIN_ROWS_ROWS):
         bufs = cache.get("dw_rows")
         if bufs is None:
