@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -153,9 +152,6 @@ def test_ray_matches_local_and_uses_assigned_cpus(ray_cluster, x, ref):
 
     class Probe(convrt.ray.Predictor):  # defined here: Ray ships it to the actors by value
         def __call__(self, batch):
-            # a pause per batch, so the pool's second actor is up before the first has taken
-            # every batch (on a loaded 2-core machine one actor once took all seven)
-            time.sleep(0.3)
             out = super().__call__(batch)
             out["threads"] = np.full(len(out["row"]), numba.get_num_threads())
             out["session_threads"] = np.full(len(out["row"]), self.threads)
@@ -166,7 +162,14 @@ def test_ray_matches_local_and_uses_assigned_cpus(ray_cluster, x, ref):
     ds = _ray_rows(ray, x).map_batches(
         Probe, fn_constructor_kwargs={"model": os.path.abspath(MODEL)}, batch_size=16,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
-    rows = ds.take_all()
+    # both actors up before the first batch is handed out: on a loaded 2-core machine the
+    # second one was still starting when the first had taken all seven batches
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 300
+    try:
+        rows = ds.take_all()
+    finally:
+        ctx.wait_for_min_actors_s = before
     y = np.empty_like(ref)
     for r in rows:
         y[r["row"]] = r["output"]
