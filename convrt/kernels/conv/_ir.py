@@ -133,8 +133,9 @@ class VecIR:
         return ir.Constant(self.vt, [float(value)] * VEC)
 
     def _exp32(self, x):
-        """``elementwise.exp32`` of a float32 vector, op for op (same constants, same order,
-        no contraction: bit-identical to the scalar function the row epilogues vectorise)."""
+        """``elementwise.exp32`` of a float32 vector, op for op (same constants, same order, the
+        polynomial in ``llvm.fma`` as the scalar form calls it, nothing else contracted):
+        bit-identical to the scalar function the row epilogues vectorise."""
         b, c = self.builder, self.const
         xc = b.select(b.fcmp_ordered(">", x, c(_ew._X_HI)), c(_ew._X_HI), x)  # NaN stays NaN
         xc = b.select(b.fcmp_ordered("<", xc, c(_ew._X_LO)), c(_ew._X_LO), xc)
@@ -142,10 +143,11 @@ class VecIR:
         nf = b.fsub(b.fadd(b.fmul(xc, c(_ew._LOG2E)), rnd), rnd)
         nf = b.select(b.fcmp_ordered(">", nf, c(-160.0)), nf, c(-160.0))  # NaN -> finite n
         r = b.fsub(b.fsub(xc, b.fmul(nf, c(_ew._LN2_HI))), b.fmul(nf, c(_ew._LN2_LO)))
+        fma = self.intrinsic("llvm.fma", self.vt, [self.vt] * 3)
         p = c(_ew._E5)
         for k in (_ew._E4, _ew._E3, _ew._E2, _ew._E1, _ew._E0):
-            p = b.fadd(b.fmul(p, r), c(k))
-        p = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+            p = b.call(fma, [p, r, c(k)])
+        p = b.fadd(b.call(fma, [p, b.fmul(r, r), r]), c(1.0))
         it = ir.VectorType(self.i32, VEC)
         n = b.fptosi(nf, it)
         n1 = b.ashr(n, ir.Constant(it, [1] * VEC))
