@@ -5,14 +5,14 @@ NaN through like ``np.clip``.
 
 Vector math.  numba's ``math.exp``/``math.tanh`` are scalar libm calls inside a loop (PyPI's
 llvmlite has no SVML), so a float32 sigmoid ran at 0.26 G elements/s on one thread.  ``exp32``,
-``sigmoid32``, ``tanh32`` and ``silu32`` below are branch-free range reduction + polynomial
-(Cephes' expf/tanhf coefficients) in float32 arithmetic (exp's polynomial in fused
-multiply-adds), which LLVM's loop vectorizer turns into 16-lane AVX-512 code; 2**n is built from its bits (``_f32_from_bits``).  Every special value
-is handled by ordered selects rather than by luck: exp(NaN) = NaN, exp(+inf) = inf, exp(-inf) = 0,
-results in the denormal range are rounded once (2**n applied as two normal factors).  The tests
-(tests/test_elementwise_vec.py) compare with numpy over every float32 exponent, +-0, +-inf, NaN
-and denormals.  float64 keeps the libm loops: its callers are rare and numpy's exactness matters
-more there.
+``sigmoid32``, ``tanh32`` and ``silu32`` below are branch-free range reduction + polynomial (Cephes'
+expf/tanhf coefficients) in float32 arithmetic (exp's polynomial in fused multiply-adds), which
+LLVM's loop vectorizer turns into 16-lane AVX-512 code; 2**n is built from its bits
+(``_f32_from_bits``).  Every special value is handled by ordered selects rather than by luck:
+exp(NaN) = NaN, exp(+inf) = inf, exp(-inf) = 0, results in the denormal range are rounded once (2**n
+applied as two normal factors).  The tests (tests/test_elementwise_vec.py) compare with numpy over
+every float32 exponent, +-0, +-inf, NaN and denormals.  float64 keeps the libm loops: its callers
+are rare and numpy's exactness matters more there.
 
 The flat kernels split the array into ``CHUNK``-element pieces in a ``prange`` (each piece a
 vectorized inner loop over a slice, whose index starts at 0 so numba drops its wrap-around
