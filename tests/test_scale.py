@@ -6,6 +6,7 @@ One cluster of each kind per module (start-up costs seconds); no mocks.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import shutil
@@ -159,14 +160,15 @@ def test_ray_matches_local_and_uses_assigned_cpus(ray_cluster, x, ref):
             return out
 
     ray = ray_cluster
-    ds = _ray_rows(ray, x).map_batches(
-        Probe, fn_constructor_kwargs={"model": os.path.abspath(MODEL)}, batch_size=16,
-        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
     # both actors up before the first batch is handed out: on a loaded 2-core machine the
-    # second one was still starting when the first had taken all seven batches
+    # second one was still starting when the first had taken all seven batches.  Set before
+    # the dataset is built: a dataset keeps a copy of the context it was made under.
     ctx = ray.data.DataContext.get_current()
     before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 300
     try:
+        ds = _ray_rows(ray, x).map_batches(
+            Probe, fn_constructor_kwargs={"model": os.path.abspath(MODEL)}, batch_size=16,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
         rows = ds.take_all()
     finally:
         ctx.wait_for_min_actors_s = before
@@ -193,6 +195,10 @@ def test_ray_bad_batch_names_its_rows(ray_cluster, x):
     err = convrt.ray.convrt_error(ei.value)
     assert isinstance(err, convrt.InputError)
     assert str(err).startswith("batch (rows 64-79): ") and "float64" in str(err)
+    # the failed run's two actors live until its executor is collected (the traceback holds
+    # it), and hold both of the cluster's CPUs: the next test's actor waited ~17 s for them
+    del ei, err, ds
+    gc.collect()
 
 
 def test_ray_model_missing_on_worker(ray_cluster, tmp_path):
