@@ -338,6 +338,38 @@ def test_a_read_only_feed_runs_the_kernels_a_writable_one_compiled():
     assert _compiled_variants() == before
 
 
+@pytest.mark.parametrize("algo", ["direct", "pixel", "winograd", "depthwise", "small_maps"])
+def test_read_only_weights_pack_with_the_kernels_writable_ones_compiled(algo):
+    """Weights memory-mapped read-only (external data, ``np.load(mmap_mode="r")``) once made
+    the direct kernel's weight packing compile a second variant (numba types read-only
+    arrays apart).  Every algorithm packs them with what writable weights compiled, and
+    packs the same bits."""
+    from convrt.kernels.conv.select import Conv2d
+
+    rng = np.random.default_rng(4)
+    group = 8 if algo == "depthwise" else 1
+    w = rng.standard_normal((8, 8 // group, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    shape = (4, 8, 2, 2) if algo == "small_maps" else (1, 8, 12, 16)
+    x = rng.standard_normal(shape).astype(np.float32)
+
+    def run(w, b):
+        conv = Conv2d(w, b, shape, pads=(1, 1, 1, 1), group=group, algo=algo)
+        out = np.empty(conv.y_shape, np.float32)
+        conv(x, out)
+        return conv, out
+
+    conv, want = run(w, b)
+    assert conv.algo == algo
+    before = _compiled_variants()
+    ro_w, ro_b = w.copy(), b.copy()
+    ro_w.setflags(write=False)
+    ro_b.setflags(write=False)
+    _, got = run(ro_w, ro_b)
+    assert _compiled_variants() == before
+    np.testing.assert_array_equal(got, want)
+
+
 def test_warm_up_collects_garbage_only_with_the_collector_on(monkeypatch):
     """After numba loaded kernels, the warm-up runs a full collection so that the interpreter's
     next automatic one does not land in the first run; with the collector turned off (the

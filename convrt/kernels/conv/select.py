@@ -56,6 +56,14 @@ def select(layer: ConvLayer, cpu=HOST, algo: str = "auto", precision: str = "fp3
     return FORCED[algo]
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy where it is read-only (memory-mapped external data, a caller's
+    ``np.load(mmap_mode="r")``): numba types read-only arrays apart, so packing such weights
+    compiled a second variant of each algorithm's packing kernels (seconds on an empty
+    cache).  The packed copy is what the kernels read; the original is not kept."""
+    return a if a.flags.writeable else a.copy()
+
+
 class Conv2d:
     """A 2-D convolution bound once: validated shapes, an algorithm chosen, weights packed.
 
@@ -91,10 +99,11 @@ class Conv2d:
         # released weights (a stand-in with shape, dtype and ``array()``: convrt/ir/released.py)
         stand_in = not isinstance(w, np.ndarray) and callable(getattr(w, "array", None))
         if not stand_in:
-            w = np.asarray(w, dtype=dtype)
+            w = _writable(np.asarray(w, dtype=dtype))
         layer = ConvLayer.build(w.shape, in_shape, strides, pads, dilations, group, activation,
                                 alpha, clip_min, clip_max, dtype)
-        bias = np.zeros(layer.m_all, dtype=dtype) if b is None else np.asarray(b, dtype=dtype)
+        bias = np.zeros(layer.m_all, dtype=dtype) if b is None else \
+            _writable(np.asarray(b, dtype=dtype))
         assert bias.shape == (layer.m_all,)
         cls = select(layer, HOST, algo, precision)
         if stand_in and (packs is None or not cls.packs_weights or w.dtype != dtype):
