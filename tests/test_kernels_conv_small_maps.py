@@ -12,6 +12,11 @@ from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = dict(rtol=1e-4, atol=1e-5)
+# the algorithm exists on CPUs with AVX-512 only; elsewhere test_refused_without_avx512 checks
+# that no layer takes it and forcing it is refused (the layers run on the direct kernel, which
+# its own tests cover)
+needs_it = pytest.mark.skipif(not small_maps.supported(),
+                              reason="this CPU has no AVX-512: small_maps is not offered")
 
 # (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations): ResNet's last stages (2x2
 # and 4x4 maps, the stride-2 entries and 1x1 downsample), M not a multiple of the 32-channel
@@ -44,6 +49,7 @@ def _conv(case, wt, b, algo="auto", **act):
     return Conv2d(wt, b, case[:4], case[7], case[8], case[9], 1, algo=algo, **act)
 
 
+@needs_it
 @pytest.mark.parametrize("act", range(len(ACTS)))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_reference_and_the_direct_kernel_bitwise(name, act):
@@ -69,6 +75,7 @@ def test_matches_reference_and_the_direct_kernel_bitwise(name, act):
     np.testing.assert_array_equal(out, want)  # NaN positions too
 
 
+@needs_it
 def test_which_layers_take_it():
     """Rows of at most MAX_ROW pixels with a panel's worth of batch pixels; not a batch of one
     2x2 map (4 pixels), not wider rows, not groups, not float64."""
@@ -84,6 +91,22 @@ def test_which_layers_take_it():
                   dtype=np.float64).algo != "small_maps"
 
 
+@pytest.mark.skipif(small_maps.supported(), reason="this CPU has AVX-512: the tests above run")
+def test_refused_without_avx512():
+    """On a CPU without AVX-512 no layer takes it, forcing it is a ValueError, and the layers it
+    would take match the reference on the algorithm they get."""
+    for name, case in CASES.items():
+        x, wt, b = _data(case)
+        conv = _conv(case, wt, b)
+        assert conv.algo != "small_maps", name
+        out = np.empty(conv.out_shape, np.float32)
+        conv(x, out)
+        np.testing.assert_allclose(
+            out, conv2d_ref(x, wt, b, case[7], case[8], case[9], 1), **TOL)
+        with pytest.raises(ValueError, match="AVX-512"):
+            _conv(case, wt, b, algo="small_maps")
+
+
 def test_forcing_it_on_a_layer_it_does_not_take_is_refused():
     """``algo="small_maps"`` on a layer outside its conditions: a ValueError, not a kernel
     run on shapes it assumes away."""
@@ -95,6 +118,7 @@ def test_forcing_it_on_a_layer_it_does_not_take_is_refused():
             Conv2d(wt, b, shape, pads=(1, 1, 1, 1), algo="small_maps", **kw)
 
 
+@needs_it
 def test_repack_takes_new_weights():
     case = CASES["resnet_s2"]
     x, wt, b = _data(case)
@@ -106,6 +130,7 @@ def test_repack_takes_new_weights():
     np.testing.assert_allclose(out, conv2d_ref(x, wt2, b, case[7], case[8], case[9], 1), **TOL)
 
 
+@needs_it
 def test_bitwise_same_across_thread_counts():
     case = CASES["m40_k20"]
     x, wt, b = _data(case)
@@ -114,6 +139,7 @@ def test_bitwise_same_across_thread_counts():
         np.testing.assert_array_equal(outs[0], out)
 
 
+@needs_it
 def test_threads_share_one_conv():
     """The panels live in each calling thread's scratch."""
     case = CASES["resnet_s2"]
@@ -124,6 +150,7 @@ def test_threads_share_one_conv():
     check_concurrent_calls(conv, xs, refs, 10, TOL)
 
 
+@needs_it
 def test_bitwise_equal_to_direct_whatever_another_process_cached_first(tmp_path):
     """With an empty cache, one process runs the element-wise sigmoid and SiLU (caching their
     kernels), then another compiles both conv kernels with those activations: while the scalar

@@ -45,6 +45,13 @@ PITCH = tile_pitch(T)
 MAX_ROW = 4
 
 
+def supported(cpu=HOST) -> bool:
+    """Whether ``cpu`` has the microkernel shape this algorithm is built on (2 x 16 channels by
+    14 pixels: AVX-512's 32 vector registers); without it ``accepts`` is False for every layer
+    and forcing ``algo="small_maps"`` is a ValueError."""
+    return (NB_, T) in _shapes(np.dtype(np.float32), cpu)
+
+
 @pjit
 def fill_panels(x, bq, ys, xs, nthr):
     """``bq[tile, c*kk + tap, t]`` = the input under ``tap`` of channel c at batch pixel
@@ -121,7 +128,7 @@ class SmallMaps(ConvAlgorithm):
     def accepts(cls, layer, cpu) -> bool:
         return (layer.group == 1 and layer.dtype == np.float32 and layer.ow_n <= MAX_ROW
                 and layer.n_img * layer.oh_n * layer.ow_n >= T
-                and (NB_, T) in _shapes(layer.dtype, cpu))
+                and supported(cpu))
 
     def __init__(self, layer, w, bias):
         super().__init__(layer, w, bias)
