@@ -323,8 +323,7 @@ class InferenceSession:
                     plan.run(arrays)
                 elif (plan := tiers.build_cached(build, arrays)) is None:  # numba must compile:
                     self._tier = tiers.FirstTier(  # numpy kernels meanwhile (runtime/tiers.py)
-                        self.graph.source, self._lock, functools.partial(
-                            self._new_plan, first_tier=True), build, arrays, infos,
+                        self.graph.source, self._lock, self._first_tier_plan, build, arrays, infos,
                         plan_key(infos), self._threads, self._warmed)
                     return
             self._warmed(plan)
@@ -339,8 +338,18 @@ class InferenceSession:
             gc.collect()
 
     def _new_plan(self, infos: dict, first_tier: bool = False) -> Plan:
+        # a compiled plan releases each weight once its kernel packed it (convrt/weights.py):
+        # the originals and the packed copies of a whole model are never resident together
         return Plan(self.graph, infos, self.options.memory_budget, self._threads, self._packs,
-                    self._pool, self._precision, first_tier)
+                    self._pool, self._precision, first_tier,
+                    None if first_tier else self._weights.release)
+
+    def _first_tier_plan(self, infos: dict) -> Plan:
+        """A first-tier plan (runtime/tiers.py): its numpy kernels read the weights unpacked,
+        so the released ones come back, all in one reload at most (``restored``); the plan
+        holds them while it lives."""
+        with self._weights.restored():
+            return self._new_plan(infos, first_tier=True)
 
     def _warmed(self, plan: Plan | None) -> None:
         """The warm-up's plan ran (None: a background compile failed, and the next run plans

@@ -2,10 +2,15 @@
 
 Why: a convolution kernel packs its weights into its own layout once per session (the pack
 cache, ops/registry.py) and never reads the original again.  Keeping the original resident as
-well held every packed layer's weights twice (VGG-16: 59 MB, ResNet-18: 44 MB).  After each plan
-is built, the session releases the constants that only such kernels read
-(``Plan.packed_consts``): ``Value.release`` drops the array, and planning another batch size
-sees a stand-in (convrt/ir/released.py) and finds the packed copies in the cache.
+well held every packed layer's weights twice (VGG-16: 59 MB, ResNet-18: 44 MB).  While a plan
+is built, each weight that one node alone reads is released as soon as that node's kernel has
+packed it (``ops/infer.py``), so the originals and the packed copies of a whole model are never
+resident together (ResNet-18's load peaked 43 MiB over its steady state when they were released
+only after the whole plan); after the plan, the session releases the rest of the constants that
+only such kernels read (``Plan.packed_consts``).  ``Value.release`` drops the array, and
+planning another batch size sees a stand-in (convrt/ir/released.py) and finds the packed copies
+in the cache.  A first-tier plan (runtime/tiers.py) reads the weights unpacked: it is built
+inside ``restored()``.
 
 Reading ``Value.const`` of a released weight restores it, bit for bit, so every reader keeps
 working (another packing, ``optimized_model_filepath``, pickling, ``convrt optimize``):

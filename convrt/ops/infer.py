@@ -113,13 +113,17 @@ def _evaluate(res: OpResult, infos: list[TensorInfo | None], n_out: int) -> list
 
 
 def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
-          binding: bool = False) -> tuple[dict[str, TensorInfo], list[NodeInfo]]:
+          binding: bool = False, release=None) -> tuple[dict[str, TensorInfo], list[NodeInfo]]:
     """Walk ``graph.nodes`` (already topologically sorted) inferring every value.
 
     Args:
         feeds: info per runtime input (and per overridden initializer); defaults to the
             declared graph inputs.
         binding: plan mode: concrete shapes required, kernels bound.
+        release: plan mode: ``release(names)`` frees constants a kernel just packed and no
+            other node reads (the session's ``ReleasedWeights.release``), so that a model's
+            original and packed weights are not all resident at once while a plan is built;
+            the env then holds a stand-in (``Released``) for each.
 
     Returns:
         (info per value name, NodeInfo per node in order).
@@ -140,6 +144,7 @@ def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
             env[v.name] = TensorInfo(v.shape, v.dtype)
     out: list[NodeInfo] = []
     folded_bytes = 0
+    sole = _sole_readers(graph, env) if release is not None else {}
     for node in graph.nodes:
         label = node_label(node)
         infos: list[TensorInfo | None] = []
@@ -181,7 +186,38 @@ def infer(graph: Graph, feeds: dict[str, TensorInfo] | None = None,
             if v.name:
                 env[v.name] = o
         out.append(NodeInfo(node, opdef, res, folded))
+        if sole and not folded:
+            _release_packed(graph, node, res, env, sole, release)
     return env, out
+
+
+def _sole_readers(graph: Graph, env: dict[str, TensorInfo]) -> dict[str, int]:
+    """{constant name: id of the one node reading it}, for the resident constants read by a
+    single node (once) and not graph outputs: those a packing kernel may release at once."""
+    reads: dict[str, list[int]] = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v is not None and v.name in graph.initializers:
+                reads.setdefault(v.name, []).append(id(node))
+    outputs = {v.name for v in graph.outputs}
+    return {n: r[0] for n, r in reads.items() if len(r) == 1 and n not in outputs
+            and isinstance(env[n].value, np.ndarray)}
+
+
+def _release_packed(graph, node, res: OpResult, env, sole, release) -> None:
+    """Release the constants ``node``'s kernel packed (``extra["packed"]``: input indices)
+    that only it reads; their env entries become stand-ins (no reference to the data)."""
+    names = [node.inputs[k].name for k in res.extra.get("packed", ())
+             if k < len(node.inputs) and node.inputs[k] is not None
+             and sole.get(node.inputs[k].name) == id(node)]
+    if not names:
+        return
+    release(names)
+    for name in names:
+        v = graph.initializers[name]
+        if v.released:
+            info = env[name]
+            env[name] = TensorInfo(info.shape, info.dtype, Released(v), info.key)
 
 
 def record(graph: Graph, env: dict[str, TensorInfo]) -> None:

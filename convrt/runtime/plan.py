@@ -263,18 +263,20 @@ class Plan:
     ``precision`` "bf16" binds bf16 kernels for the float32 Conv and Gemm layers they fit
     (the session checks the CPU first and passes "fp32" where it cannot).  ``first_tier``
     binds numpy kernels where ops have them (runtime/tiers.py): nothing to compile, not fast.
+    ``release(names)`` (the session's ``ReleasedWeights.release``) frees each weight as soon as
+    the one kernel reading it has packed it (``ops/infer.py``), not after the whole plan.
     """
 
     def __init__(self, graph: Graph, feeds: dict[str, TensorInfo], budget: int | None = None,
                  threads: int = 1, packs: PackCache | None = None,
                  pool: ArenaPool | None = None, precision: str = "fp32",
-                 first_tier: bool = False):
+                 first_tier: bool = False, release=None):
         self.source = graph.source
         self.first_tier = first_tier
         self._serial = next(_SERIALS)
         self._pool = ArenaPool() if pool is None else pool
         with packing_into(packs), binding_precision(precision), binding_first_tier(first_tier):
-            env, infos = infer(graph, feeds, binding=True)
+            env, infos = infer(graph, feeds, binding=True, release=release)
         slot: dict[str, int] = {}
         self.template: list = []  # per slot: constant array, or None (filled per run/arena)
 
