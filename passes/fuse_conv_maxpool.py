@@ -1,25 +1,30 @@
-"""fuse_conv_maxpool: a fused Conv + Relu followed by a 2x2/2 MaxPool -> one fused node.
+"""fuse_conv_maxpool: a fused Conv + Relu followed by a MaxPool -> one fused node.
 
 Before::
 
     x -> convrt.FusedConvRelu(W, B) -> y -> MaxPool<kernel 2x2, strides 2x2> -> z     (VGG)
+    x -> convrt.FusedConvRelu(W, B) -> y -> MaxPool<3x3, strides 2, pads 1> -> z  (ResNet stem)
 
 After::
 
-    x -> convrt.FusedConvReluMaxPool(W, B) -> z
+    x -> convrt.FusedConvReluMaxPool(W, B, pool_kernel_shape, pool_strides, pool_pads) -> z
 
 Conditions:
     * ``y`` is read by the MaxPool only and is not a graph output; the MaxPool is in the
       default domain, its Indices output (if any) is unused;
-    * the pool is exactly 2x2 with stride 2: no padding (pads zero or absent, auto_pad NOTSET
-      or VALID), dilations 1, ceil_mode 0;
-    * ``y`` is 4-D float32/float64 with spatial dims known and at least 2.
+    * the pool is 2-D, explicit (auto_pad NOTSET or VALID), dilations 1, ceil_mode 0, storage
+      order irrelevant (no Indices), each pad smaller than its kernel;
+    * ``y`` is 4-D float32/float64 with spatial dims known and holding a window;
+    * a model-local definition of the fused op already in the graph (an older convrt's, read
+      from a file) takes the window as attributes, or the pool is 2x2/2 without pads.
 
 Formula:
-    z = maxpool2x2(relu(conv(x, W) + B)): the kernel (``convrt/kernels/conv_pool.py``) pools
-    each pair of output rows while they are in cache, so the unpooled output is never written
-    (small VGG at batch 64: 29 MB less written and read back).  Equal to the unfused ops bit for
-    bit; the ONNX definition is Conv -> Relu -> MaxPool.
+    z = maxpool(relu(conv(x, W) + B)).  For 2x2/2 without pads the kernel
+    (``convrt/kernels/conv/conv_pool.py``) pools each pair of output rows while they are in
+    cache, so the unpooled output is never written (small VGG at batch 64: 29 MB less written
+    and read back); other windows convolve one image into a scratch and pool it, so the
+    unpooled output of the batch is never held (ResNet-18's stem at batch 8: 24.5 MiB).
+    Equal to the unfused ops bit for bit; the ONNX definition is Conv -> Relu -> MaxPool.
 """
 
 from __future__ import annotations
@@ -36,14 +41,34 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FUSED = {conv: pooled for pooled, conv in POOLED.items()}  # FusedConvRelu -> ...MaxPool
 
 
-def _is_plain_2x2_pool(pool: Node) -> bool:
+def _pool_window(pool: Node) -> dict | None:
+    """The fused node's pool attributes for ``pool``, or None where it does not fuse."""
     a = pool.attrs
-    return (list(a.get("kernel_shape", [])) == POOL_ATTRS["kernel_shape"]
-            and list(a.get("strides", [1, 1])) == POOL_ATTRS["strides"]
-            and not any(a.get("pads", [0, 0, 0, 0]))
-            and list(a.get("dilations", [1, 1])) == [1, 1]
-            and int(a.get("ceil_mode", 0)) == 0
-            and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", b"NOTSET", b"VALID"))
+    k = [int(v) for v in a.get("kernel_shape", [])]
+    s = [int(v) for v in a.get("strides", [1] * len(k))]
+    p = [int(v) for v in a.get("pads", [0] * 2 * len(k))]
+    if (len(k) != 2 or len(s) != 2 or len(p) != 4 or min(k + s) < 1
+            or any(not 0 <= v < k[i % 2] for i, v in enumerate(p))
+            or [int(v) for v in a.get("dilations", [1, 1])] != [1, 1]
+            or int(a.get("ceil_mode", 0)) != 0
+            or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID")):
+        return None
+    return {"pool_kernel_shape": k, "pool_strides": s, "pool_pads": p}
+
+
+def _fits(shape, window: dict) -> bool:
+    """``shape`` (the conv's output) is 4-D, spatially known, and holds one padded window."""
+    if shape is None or len(shape) != 4 or not all(isinstance(v, int) for v in shape[2:]):
+        return False
+    k, p = window["pool_kernel_shape"], window["pool_pads"]
+    return all(shape[2 + i] + p[i] + p[i + 2] >= k[i] for i in range(2))
+
+
+def _defined_for(graph: Graph, op: str, window: dict) -> bool:
+    """The graph's definition of ``op`` (if any) describes this window."""
+    f = graph.functions.get(("convrt", op))
+    plain = all(window[name] == default for name, (_, _, default) in POOL_ATTRS.items())
+    return f is None or plain or "pool_kernel_shape" in f.attributes
 
 
 class FuseConvMaxPoolPass(Pass):
@@ -59,13 +84,14 @@ class FuseConvMaxPoolPass(Pass):
             conv = next((c for c in (producer_is(y, op, "convrt") for op in _FUSED) if c),
                         None)
             if conv is None or only_consumer(graph, y) is not pool or \
-                    not extra_outputs_unused(graph, pool) or not _is_plain_2x2_pool(pool):
+                    not extra_outputs_unused(graph, pool):
                 continue
-            if y.dtype not in _DTYPES or y.shape is None or len(y.shape) != 4 or \
-                    not all(isinstance(v, int) and v >= 2 for v in y.shape[2:]):
-                continue
+            window = _pool_window(pool)
             op = _FUSED[conv.op_type]
-            new = Node(op, list(conv.inputs), [pool.outputs[0]], dict(conv.attrs),
+            if window is None or y.dtype not in _DTYPES or not _fits(y.shape, window) or \
+                    not _defined_for(graph, op, window):
+                continue
+            new = Node(op, list(conv.inputs), [pool.outputs[0]], {**conv.attrs, **window},
                        name=conv.name, domain="convrt")
             replace_chain(graph, [conv, pool], new)
             ensure_function(graph, op)
@@ -74,5 +100,5 @@ class FuseConvMaxPoolPass(Pass):
 
     def describe(self, stats):
         n = stats.get("Conv+Relu+MaxPool fused", 0)
-        return f"{self.name}: {n} Conv+Relu+MaxPool 2x2 fused" if n else \
+        return f"{self.name}: {n} Conv+Relu+MaxPool fused" if n else \
             f"{self.name}: no change"

@@ -1,6 +1,7 @@
 """Conv2d against the naive numpy reference and onnx's ReferenceEvaluator."""
 
 
+import math
 import numba
 import numpy as np
 import pytest
@@ -680,6 +681,63 @@ def test_conv_maxpool_equals_conv_then_pool(name, dtype):
     for out in outputs_at_thread_counts(f, x, dtype):
         np.testing.assert_array_equal(out, ref)
     assert np.isnan(ref).any() and not np.isnan(ref).all()
+
+
+# other windows (the general path, one image at a time): (x shape, M, conv kernel, conv
+# strides, conv pads, pool kernel, pool strides, pool pads, algo)
+WINDOW_CASES = {
+    "resnet_stem": ((3, 3, 30, 30), 16, 7, (2, 2), (3, 3, 3, 3), (3, 3), (2, 2), (1, 1, 1, 1),
+                    "auto"),
+    "asymmetric": ((2, 5, 11, 9), 20, 3, (1, 1), (1, 1, 1, 1), (3, 2), (2, 1), (0, 1, 2, 0),
+                   "direct"),
+    "overlap_s1": ((2, 4, 7, 7), 12, 3, (1, 1), (0, 0, 0, 0), (2, 2), (1, 1), (0, 0, 0, 0),
+                   "winograd"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_CASES))
+def test_conv_maxpool_window_matches_onnx(name):
+    """Windows other than 2x2/2 (ResNet's stem: 3x3/2, pads 1): ONNX's reference Conv ->
+    Relu -> MaxPool; and bit for bit the unfused kernels on the whole batch, NaN included
+    (the reference's MaxPool lets a NaN lose, convrt's pools keep it, as ``max_pool2d``)."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx import TensorProto, helper, numpy_helper
+    from convrt.kernels.conv.conv_pool import ConvMaxPool
+    from convrt.kernels.pool import max_pool2d
+
+    shape, m, k, cs, cp, pk, ps, pp, algo = WINDOW_CASES[name]
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((m, shape[1], k, k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    onnx_pads = [pp[0], pp[1], pp[2], pp[3]]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=list(cp), strides=list(cs)),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=list(pk), strides=list(ps),
+                          pads=onnx_pads)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(wt, "w"), numpy_helper.from_array(b, "b")])
+    ref = ReferenceEvaluator(helper.make_model(g)).run(None, {"x": x})[0]
+    f = ConvMaxPool(wt, b, shape, cs, cp, activation="relu", algo=algo,
+                    pool=(*pk, *ps, *pp))
+    assert not f.fused and f.out_shape == ref.shape
+    assert f._per_image  # one image's scratch, not the batch's
+    assert f.scratch_bytes() - f.conv.scratch_bytes() == math.prod(f.conv.out_shape) * 4
+    assert f.conv.out_shape[0] == 1
+    out = np.full(f.out_shape, -1.0, np.float32)
+    f(x, out)
+    np.testing.assert_allclose(out, ref, **TOL[np.float32])
+    x.reshape(-1)[rng.choice(x.size, 2, replace=False)] = np.nan
+    conv = Conv2d(wt, b, shape, cs, cp, activation="relu", algo=algo)
+    y = np.empty(conv.out_shape, np.float32)
+    conv(x, y)
+    unfused = np.full(f.out_shape, -1.0, np.float32)
+    max_pool2d(y, unfused, *pk, *ps, 1, 1, pp[0], pp[1])
+    for out in outputs_at_thread_counts(f, x, np.float32):
+        np.testing.assert_array_equal(out, unfused)
+    assert np.isnan(unfused).any() and not np.isnan(unfused).all()
 
 
 def test_conv_maxpool_matches_onnx():

@@ -424,10 +424,43 @@ def test_fuse_conv_maxpool():
     assert ops(g) == {"FusedConvRelu": 1, "MaxPool": 1}
 
 
+@pytest.mark.parametrize("attrs, out, window", [
+    ("kernel_shape = [3,3], strides = [2,2], pads = [1,1,1,1]", "5,4",
+     ([3, 3], [2, 2], [1, 1, 1, 1])),  # ResNet's stem
+    ("kernel_shape = [3,3], strides = [2,2]", "4,3", ([3, 3], [2, 2], [0, 0, 0, 0])),
+    ("kernel_shape = [2,2]", "8,7", ([2, 2], [1, 1], [0, 0, 0, 0])),
+    ("kernel_shape = [2,2], strides = [2,2], pads = [1,0,1,1]", "5,4",
+     ([2, 2], [2, 2], [1, 0, 1, 1])),
+])
+def test_fuse_conv_maxpool_other_windows(attrs, out, window):
+    """Any explicit floor-mode window fuses, its attributes on the fused node (the exported
+    body's MaxPool refers to them: check_numerics runs the export in onnxruntime)."""
+    m = make(POOL % (out, attrs), {"W": w(6, 4, 3, 3), "B": w(6)})
+    g, _ = optimize(m)
+    assert ops(g) == {"FusedConvReluMaxPool": 1}, attrs
+    a = g.nodes[0].attrs
+    assert (a["pool_kernel_shape"], a["pool_strides"], a["pool_pads"]) == window
+    check_numerics(m, g, {"x": RNG.standard_normal((3, 4, 9, 8)).astype(np.float32)})
+
+
+def test_fuse_conv_maxpool_keeps_an_older_definition():
+    """A graph that already defines the fused op without the window attributes (an optimized
+    model an older convrt wrote) fuses only the 2x2/2 pools its definition describes."""
+    from convrt.ir import Function, FunctionNode
+
+    m = make(POOL % ("4,3", "kernel_shape = [3,3], strides = [2,2]"),
+             {"W": w(6, 4, 3, 3), "B": w(6)})
+    g = compiler.load(m.SerializeToString())
+    old = Function("convrt", "FusedConvReluMaxPool", ("X", "W", "B"), ("Y",), (
+        FunctionNode("Conv", ("X", "W", "B"), ("c",)), FunctionNode("Relu", ("c",), ("r",)),
+        FunctionNode("MaxPool", ("r",), ("Y",), {"kernel_shape": [2, 2], "strides": [2, 2]})),
+        {"": 13})
+    g.functions[("convrt", "FusedConvReluMaxPool")] = old
+    passes.optimize(g)
+    assert ops(g) == {"FusedConvRelu": 1, "MaxPool": 1}
+
+
 @pytest.mark.parametrize("attrs, out", [
-    ("kernel_shape = [3,3], strides = [2,2]", "4,3"),
-    ("kernel_shape = [2,2]", "8,7"),
-    ("kernel_shape = [2,2], strides = [2,2], pads = [1,1,1,1]", "5,5"),
     ("kernel_shape = [2,2], strides = [2,2], ceil_mode = 1", "5,4"),
     ("kernel_shape = [2,2], strides = [2,2], dilations = [2,2]", "4,3"),
     ("kernel_shape = [2,2], strides = [2,2], auto_pad = \"SAME_UPPER\"", "5,4"),
@@ -475,6 +508,14 @@ def test_fused_conv_maxpool_too_small_is_a_clear_error():
                                                  onnx.helper.make_opsetid("convrt", 1)],
                                functions=[function_proto("FusedConvReluMaxPool", 13)])
     with pytest.raises(ConvrtError, match="cp.*smaller than the 2x2 pool window"):
+        convrt.InferenceSession(m.SerializeToString())
+    # a window whose padding is as large as its kernel: one line naming the node
+    node.attribute.extend([onnx.helper.make_attribute("pool_kernel_shape", [2, 2]),
+                           onnx.helper.make_attribute("pool_pads", [0, 2, 0, 0])])
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 4
+    m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 4
+    m.graph.node[0].CopyFrom(node)
+    with pytest.raises(ConvrtError, match="cp.*pool_pads .* smaller than pool_kernel_shape"):
         convrt.InferenceSession(m.SerializeToString())
 
 

@@ -40,8 +40,9 @@ def _windows(x, k, s, d, p, out_hw, fill):
 
 
 def conv2d(x, w, b, z, y, s, p, d, group, activation="none", alpha=0.01,
-           clip=(-np.inf, np.inf), pool=False):
-    """``y = act(conv(x, w) + b + z)`` (2-D, NCHW), max-pooled 2x2/2 with ``pool``.
+           clip=(-np.inf, np.inf), pool=None):
+    """``y = act(conv(x, w) + b + z)`` (2-D, NCHW), max-pooled with ``pool`` (kernel, strides,
+    pads top, left, bottom, right: ``kernels/conv/conv_pool.POOL_2X2``).
 
     ``p`` is (top, left, bottom, right); ``z`` the residual (None: none); ``y`` the output,
     written in place; ``activation``, ``alpha`` and ``clip`` as ``activations.reference``.
@@ -49,7 +50,7 @@ def conv2d(x, w, b, z, y, s, p, d, group, activation="none", alpha=0.01,
     pooling) are one image's, whatever the batch."""
     m = y.shape[1]
     out_hw = y.shape[2:]
-    if pool:  # the conv's own output size: a floor-mode 2x2 pool may drop a last row/column
+    if pool:  # the conv's own output size, not the pooled one
         out_hw = tuple(_conv_out(x.shape[2 + i], w.shape[2 + i], s[i], d[i], p[i], p[i + 2])
                        for i in range(2))
     dt = _acc(y.dtype)
@@ -71,8 +72,8 @@ def conv2d(x, w, b, z, y, s, p, d, group, activation="none", alpha=0.01,
             out += z[i].astype(dt, copy=False)
         out = activate(out, activation, alpha, clip[0], clip[1])
         if pool:
-            ph, pw = y.shape[2:]
-            out = out[:, :2 * ph, :2 * pw].reshape(m, ph, 2, pw, 2).max(axis=(2, 4))
+            max_pool2d(out[None], y[i:i + 1], pool[:2], pool[2:4], (1, 1), pool[4:])
+            continue
         y[i] = out
 
 

@@ -5,7 +5,7 @@ import threading
 
 from ..kernels import first_tier
 from ..kernels.conv import Conv2d
-from ..kernels.conv.conv_pool import ConvMaxPool
+from ..kernels.conv.conv_pool import POOL_2X2, ConvMaxPool, pooled_shape
 from ._shape import FLOAT_TYPES, ints, known, window
 from .registry import register_op
 
@@ -55,16 +55,18 @@ def conv_geometry(ctx, X, W, B, auto_pad, dilations, group, kernel_shape, pads, 
 
 
 def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha=0.01,
-              clip=(-math.inf, math.inf), residual=False, pool=False):
+              clip=(-math.inf, math.inf), residual=False, pool=None):
     """The kernel for a (possibly fused) Conv: 1-D is lifted to 2-D with unit height.  With
-    ``pool`` (2-D only) the result is max-pooled 2x2/2 (``kernels/conv/conv_pool.py``)."""
+    ``pool`` (2-D only; kernel, strides, pads as ``conv_pool.POOL_2X2``) the result is
+    max-pooled (``kernels/conv/conv_pool.py``)."""
     if len(k) == 3:
         from .conv3d import bind_conv3d
         return bind_conv3d(ctx, X, W, B, k, s, d, p, g, shape, macs, activation, alpha, clip,
                            residual)
     unpooled = shape
-    if pool:  # the op checked: 2-D, output at least 2x2 where known
-        shape = shape[:2] + tuple(v // 2 if known(v) else None for v in shape[2:])
+    if pool:  # the op checked: 2-D, each pad under its kernel, a window fits where known
+        shape = pooled_shape(shape, pool) if all(known(v) for v in shape[2:]) else \
+            shape[:2] + (None, None)
     if not ctx.binding:
         return ctx.result([shape], [X.dtype], flops=macs)
     one_d = len(k) == 1
@@ -79,17 +81,19 @@ def bind_conv(ctx, X, W, B, k, s, d, p, g, shape, macs, activation="none", alpha
         return _bind_first_tier(ctx, B is not None, residual, pool, in4, out4, s, p, d, g,
                                 activation, alpha, clip, shape, X.dtype, macs)
     scratch = _scratch_bytes(in4, s, p, X.dtype.itemsize)
-    if pool:  # bound for the general path, which pools a full-size output
-        scratch += math.prod(unpooled) * X.dtype.itemsize
+    if pool:  # bound for the general path, which pools a full-size output (or one image's)
+        scratch += math.prod(unpooled[1 if tuple(pool) != POOL_2X2 else 0:]) * X.dtype.itemsize
     kind = ConvMaxPool if pool else Conv2d
     precision = ctx.precision
 
     def w4_of(w):
         return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if one_d else w
 
+    extra = {"pool": tuple(pool)} if pool else {}
+
     def make(w, b, packs=None):
         return kind(w4_of(w), b, in4, s, p, d, g, activation, alpha, clip[0], clip[1], X.dtype,
-                    packs=packs, precision=precision)
+                    packs=packs, precision=precision, **extra)
 
     const = W.value is not None and (B is None or B.value is not None)
     conv = None

@@ -31,7 +31,9 @@ GeluTanh               X                        0.5 X (1 + Tanh(sqrt(2/pi) (X + 
                                                 as Mul/Add/Tanh, PyTorch's tanh GELU export
 FusedConvAddRelu       X, W, B, Z               Conv -> Add(Z) -> Relu   (ResNet block tail)
 FusedConvAdd           X, W, B, Z               Conv -> Add(Z)           (MobileNetV2 residual)
-FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool 2x2/2   (VGG)
+FusedConvReluMaxPool   X, W, B                  Conv -> Relu -> MaxPool(pool_kernel_shape,
+                                                pool_strides, pool_pads); absent: 2x2/2, no
+                                                pads (VGG); ResNet's stem: 3x3/2, pads 1
 FusedGemmRelu          A, B, C                  Gemm -> Relu
 ChannelAffine          X, scale, shift          Mul -> Add   (scale/shift shaped [C,1,..])
 ChannelLayerNorm       X, Scale, B              Transpose(0,2,3,1) -> LayerNormalization(axis -1,
@@ -75,17 +77,35 @@ CONV_VARIANTS = {
 }
 # activation op (ONNX) -> fused conv op type (the table: convrt/activations.py)
 CONV_ACTIVATIONS = {op: "FusedConv" + op for op in ONNX_OPS}
-# fused conv op -> the conv op it pools (kernel 2x2, stride 2, no padding, floor mode)
+# fused conv op -> the conv op it pools (floor mode, no dilation; the window's attributes)
 POOLED = {"FusedConvReluMaxPool": "FusedConvRelu"}
-POOL_ATTRS = {"kernel_shape": [2, 2], "strides": [2, 2]}
+# the fused op's attribute -> (MaxPool's attribute, type, value where the node has none)
+POOL_ATTRS = {"pool_kernel_shape": ("kernel_shape", "INTS", [2, 2]),
+              "pool_strides": ("strides", "INTS", [2, 2]),
+              "pool_pads": ("pads", "INTS", [0, 0, 0, 0])}
 FUSED_OPS = tuple(CONV_VARIANTS) + tuple(POOLED) + ("FusedGemmRelu", "ChannelAffine", "Silu",
                                                      "Gelu", "GeluTanh", "ChannelLayerNorm")
 # activations only the 2-D kernels' epilogues apply (ops/conv3d.py has its own table)
 EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
 
+def _pool_window(ctx, kernel, strides, pads) -> tuple:
+    """The fused pool's window as ``conv_pool.POOL_2X2`` orders it, checked."""
+    k = [2, 2] if kernel is None else [int(v) for v in kernel]
+    s = [2, 2] if strides is None else [int(v) for v in strides]
+    p = [0, 0, 0, 0] if pads is None else [int(v) for v in pads]
+    ctx.check(len(k) == 2 and len(s) == 2 and len(p) == 4,
+              f"pool_kernel_shape {k}, pool_strides {s} and pool_pads {p} must have 2, 2 and "
+              f"4 entries")
+    ctx.check(all(v >= 1 for v in k + s), f"pool_kernel_shape {k} and pool_strides {s} must be "
+              f"positive")
+    ctx.check(all(0 <= v < k[i % 2] for i, v in enumerate(p)),
+              f"pool_pads {p} must be non-negative and smaller than pool_kernel_shape {k}")
+    return (*k, *s, *p)
+
+
 def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=None,
-          pool=False, **conv):
+          pool=None, **conv):
     geo = conv_geometry(ctx, X, W, B, conv["auto_pad"], conv["dilations"], conv["group"],
                         conv["kernel_shape"], conv["pads"], conv["strides"])
     if activation in EPILOGUE_2D_ONLY:
@@ -93,9 +113,10 @@ def _conv(ctx, X, W, B, activation, alpha=0.01, clip=(-math.inf, math.inf), Z=No
                   f"{W.rank}")
     if pool:
         out = geo[5][2:]
-        ctx.check(len(out) == 2, f"a 2x2 max pool needs a 2-D convolution, got {len(out)}-D")
-        ctx.check(all(not isinstance(v, int) or v >= 2 for v in out),
-                  f"conv output {list(out)} is smaller than the 2x2 pool window")
+        ctx.check(len(out) == 2, f"a fused max pool needs a 2-D convolution, got {len(out)}-D")
+        ctx.check(all(not isinstance(v, int) or v + pool[4 + i] + pool[6 + i] >= pool[i]
+                      for i, v in enumerate(out)),
+                  f"conv output {list(out)} is smaller than the {pool[0]}x{pool[1]} pool window")
     if Z is not None:
         shape = geo[5]
         ctx.check(Z.dtype == X.dtype, f"Z dtype {Z.dtype} differs from X dtype {X.dtype}")
@@ -194,8 +215,10 @@ def FusedConvAdd(ctx, X, W, B, Z, *, auto_pad="NOTSET", dilations=None, group=1,
 
 @register_op("FusedConvReluMaxPool", since=1, domain=CONVRT_DOMAIN)
 def FusedConvReluMaxPool(ctx, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1,
-                         kernel_shape=None, pads=None, strides=None):
-    return _conv(ctx, X, W, B, "relu", pool=True, auto_pad=auto_pad, dilations=dilations,
+                         kernel_shape=None, pads=None, strides=None, pool_kernel_shape=None,
+                         pool_strides=None, pool_pads=None):
+    pool = _pool_window(ctx, pool_kernel_shape, pool_strides, pool_pads)
+    return _conv(ctx, X, W, B, "relu", pool=pool, auto_pad=auto_pad, dilations=dilations,
                  group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
 
 
@@ -243,9 +266,11 @@ def function_def(op_type: str, opset: int) -> Function:
         last = nodes[-1]
         nodes[-1] = FunctionNode(last.op_type, last.inputs, ("unpooled",) + last.outputs[1:],
                                  last.attrs, last.attr_refs, last.domain)
-        nodes.append(_node("MaxPool", ["unpooled"], ["Y"], **POOL_ATTRS))
+        # the window comes from the calling node, which the pass gives all three attributes
+        nodes.append(FunctionNode("MaxPool", ("unpooled",), ("Y",), {}, {
+            onnx_name: (name, typ) for name, (onnx_name, typ, _) in POOL_ATTRS.items()}))
         return Function(CONVRT_DOMAIN, op_type, f.inputs, ("Y",), tuple(nodes),
-                        {"": int(opset)}, f.attributes, doc)
+                        {"": int(opset)}, tuple(f.attributes) + tuple(POOL_ATTRS), doc)
     if op_type in CONV_VARIANTS:
         act, extra = CONV_VARIANTS[op_type]
         inputs = ["X", "W", "B", *extra]
