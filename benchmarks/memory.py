@@ -70,7 +70,9 @@ def worker(runtime: str, path: str, batches: list[int], threads: int) -> dict:
     rec = {"load": _status("VmRSS"), "runs": []}
     rng = np.random.default_rng(0)
     for b in batches:
-        x = rng.standard_normal([b] + shape[1:]).astype(np.float32)
+        # drawn as float32: a float64 draw and its copy were a transient of their own (13.8 MiB
+        # at ResNet-18's batch 8) that the peak counted, more or less by chance per runtime
+        x = rng.standard_normal([b] + shape[1:], dtype=np.float32)
         sess.run(None, {name: x})
         del x
         rec["runs"].append((b, _status("VmRSS")))
