@@ -13,6 +13,7 @@ emits the dispatch over that table itself, so there is no hand-written ladder of
 from typing import NamedTuple
 
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -28,6 +29,12 @@ from ._ir import VEC, VecIR, arrays
 SHAPES = {(2, 14): 1.0, (2, 8): 0.93, (2, 7): 0.92, (2, 4): 0.8, (2, 2): 0.6, (2, 1): 0.4,
           (1, 28): 0.88, (1, 16): 0.87, (1, 14): 0.86, (1, 8): 0.8, (1, 7): 0.78, (1, 4): 0.62,
           (1, 2): 0.45, (1, 1): 0.3}
+# The same for CPUs with 16 vector registers of 256 bits (AVX2: a vector of 16 sums takes two),
+# measured on ResNet-18's 3x3 layers (batch 1, two threads, taps unrolled; ms for 64x56x56,
+# 128x28x28, 256x14x14, 512x7x7): (1, 5) 1.78 / 1.66 / 1.68 / 2.38, (1, 4) 1.89 / 1.70 / 2.14 /
+# 2.36, (1, 6) 2.17 / 2.06 / 2.35 / 2.78 (12 sums and the reused pixels spill), (2, 2) 2.37 /
+# 2.57 / 2.97 / 2.89.  Without the unrolled taps (1, 4) took 2.48 / 1.83 / 2.28 / 2.46.
+SHAPES_256 = {(1, 5): 0.7, (1, 4): 0.62, (2, 2): 0.5, (1, 2): 0.45, (2, 1): 0.4, (1, 1): 0.3}
 PF_DIST = 4
 TILE_ELEMS = 32 * 2 * VEC  # size of the per-row tile buffer (max 16*B * tile_pitch(T))
 
@@ -60,10 +67,15 @@ HOST = Cpu(*_register_budget(), bool(llvm.get_host_cpu_features().get("avx512bf1
 _VBITS, _NREGS = HOST[:2]
 
 
+def _table(cpu=HOST) -> dict:
+    """The shapes measured for ``cpu``'s vector registers (``SHAPES`` or ``SHAPES_256``)."""
+    return SHAPES if cpu.vbits >= 512 else SHAPES_256
+
+
 def _shapes(dtype, cpu=HOST):
     """Microkernel shapes whose T*B vectors of sums fit the registers (with weights, broadcast)."""
     nvec = max(1, VEC * 8 * dtype.itemsize // cpu.vbits)  # registers per vector of 16 sums
-    return {(b, t): e for (b, t), e in SHAPES.items()
+    return {(b, t): e for (b, t), e in _table(cpu).items()
             if (t * b + b) * nvec + 1 <= cpu.nregs or (b, t) == (1, 1)}
 
 
@@ -71,14 +83,31 @@ def _shapes(dtype, cpu=HOST):
 # tried in order (the first match runs; anything else runs (1, 1) per step).  Each instance
 # costs ~0.6 s of compile on an empty cache, so the unrolled 3x3 loop (form 1 or 2, see
 # ``_tile_sums``) exists only for the shapes 3x3 layers use most, and Winograd's products, run
-# over long runs of tiles, get a few shapes rather than all fourteen.
+# over long runs of tiles, get a few shapes rather than all fourteen.  Only the host's shapes
+# that fit the registers in the kernel's dtype are compiled (``_cases``): no layer is given
+# another (``_choose_shape``), so the rest would be compile time and machine code for nothing
+# (float64 fits fewer; an AVX2 CPU has its own table).
 _UNROLLED = {(2, 14): ((1, 2), (2, 2)), (2, 8): ((1, 1),), (2, 7): ((1, 1), (2, 2))}
+_UNROLLED_256 = {(1, 5): ((1, 1), (2, 2)), (1, 4): ((1, 1), (2, 2))}
+# The training kernels (convrt/train/kernels/conv_dw.py, conv_dx.py) lay their panels out for
+# this one shape, on every CPU: it is compiled wherever a table lacks it (it spills on AVX2).
+TRAINING = (2, 14)
 TRANSPOSED_CASES = tuple(
-    case for (b, t) in SHAPES if (b, t) != (1, 1)
-    for case in [(b, t, (tp,), form) for tp, form in _UNROLLED.get((b, t), ())]
-    + [(b, t, None, 0)])
-PRODUCT_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1))
-PRODUCT_CASES = tuple((b, t, None, 0) for b, t in PRODUCT_SHAPES)
+    case for (b, t) in _table() if (b, t) != (1, 1)
+    for case in [(b, t, (tp,), form) for tp, form in (
+        _UNROLLED if _table() is SHAPES else _UNROLLED_256).get((b, t), ())]
+    + [(b, t, None, 0)]) + (() if TRAINING in _table() else (TRAINING + (None, 0),))
+PRODUCT_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1)) if _table() is SHAPES else (
+    (1, 5), (1, 4), (2, 1))
+PRODUCT_CASES = tuple((b, t, None, 0) for b, t in PRODUCT_SHAPES + (
+    () if TRAINING in PRODUCT_SHAPES else (TRAINING,)))
+
+
+def _cases(table, dtype):
+    """The instances of ``table`` whose shape fits the registers in ``dtype``, and the training
+    kernels' shape (``TRAINING``)."""
+    fits = _shapes(dtype)
+    return tuple(case for case in table if case[:2] in fits or case[:2] == TRAINING)
 
 
 @intrinsic
@@ -88,7 +117,9 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
     ``tile_pitch(ntile)`` pixels per channel: ``tile[k*P + t]`` (lanes t >= ntile hold garbage).
 
     ``trans`` must be a literal: it picks the table of instances (``TRANSPOSED_CASES`` or
-    ``PRODUCT_CASES``) that (``nblk``, ``ntile``, ``taps``), run-time ints, are dispatched over;
+    ``PRODUCT_CASES``) that (``nblk``, ``ntile``, ``taps``), run-time ints, are dispatched over
+    (a shape outside it computes a (1, 1) tile only: callers pass ``_choose_shape``'s shapes or
+    ``TRAINING``);
     arrays C-contiguous; ``xb`` uint64.
     bf16 (``direct_bf16.py``): with ``xf`` and ``wp`` uint32 (a bf16 pair per word, channels
     2c and 2c+1) each step is a broadcast pair and ``llvm.x86.avx512bf16.dpbf16ps.512`` per
@@ -109,7 +140,8 @@ def _tile_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, t
             and all(isinstance(a, types.Integer) for a in (nblk, ntile, taps))):
         return None
     do_t = trans.literal_value
-    cases = TRANSPOSED_CASES if do_t else PRODUCT_CASES
+    # the sums' dtype (the bias's: bf16 pairs sum into float32)
+    cases = _cases(TRANSPOSED_CASES if do_t else PRODUCT_CASES, np.dtype(bp.dtype.name))
     sig = types.void(xf, xb, offs, wp, blk, bp, tile, nblk, ntile, trans, taps)
 
     def codegen(context, builder, signature, args):

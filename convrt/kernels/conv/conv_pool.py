@@ -99,7 +99,7 @@ class ConvMaxPool:
                       and conv._oh == oh_n and conv.act in (NONE, RELU))
         if self.fused:
             nb_ = conv._shape[0]  # the packing; only the tile width changes
-            even = {s for s in _microkernel.SHAPES if s[0] == nb_ and s[1] % 2 == 0}
+            even = {s for s in _microkernel._shapes(self.dtype) if s[0] == nb_ and s[1] % 2 == 0}
             self._shape = _microkernel._choose_shape(conv._mg, 2 * self.out_shape[3], self.dtype,
                                                      even)
             assert self._shape[0] == nb_ and self._shape[1] % 2 == 0
