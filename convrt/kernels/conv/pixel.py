@@ -42,6 +42,10 @@ _U = np.uint64
 # pixel vectors and one broadcast must fit the 32 AVX-512 registers.
 SHAPES = {(12, 2): 1.0, (8, 3): 1.0, (6, 4): 0.97, (16, 1): 0.85, (8, 2): 0.9, (8, 1): 0.7,
           (4, 2): 0.6, (4, 1): 0.45}
+# CPUs with 16 vector registers of 256 bits (AVX2), where a vector of 16 pixels takes two:
+# only NV = 1 fits, and 6 channels (12 registers of sums) beat 4 (8).
+SHAPES_256 = {(6, 1): 0.6, (4, 1): 0.45}
+_WIDE = HOST.vbits >= 512  # which table the dispatch below compiles (a constant to numba)
 TILE_ELEMS = 24 * VEC  # largest MR * NV * 16
 EXP_CODES = (SIGMOID, SILU)  # stored through a loop (``_store_looped``), the rest unrolled
 # Work order.  When one image's input fits in L2 (2 MiB per core here), a worker walks one
@@ -58,7 +62,8 @@ PIX_MAJOR_BYTES = 2 << 20
 def _shapes(dtype, cpu=HOST):
     """Shapes whose registers fit this CPU (AVX2 hosts get the narrow ones)."""
     nvec = max(1, VEC * 8 * dtype.itemsize // cpu.vbits)
-    return {(m, v): e for (m, v), e in SHAPES.items()
+    table = SHAPES if cpu.vbits >= 512 else SHAPES_256
+    return {(m, v): e for (m, v), e in table.items()
             if (m * v + v) * nvec + 1 <= cpu.nregs or (m, v) == (4, 1)}
 
 
@@ -197,8 +202,16 @@ def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
 @njit
 def _px_kernel(xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, res, has_res, act, prm,
                direct):
-    """``_px_sums`` for a runtime shape (mr, nv), one of ``SHAPES``."""
-    if mr == 12 and nv == 2:
+    """``_px_sums`` for a runtime shape (mr, nv), one of the host's table (``_WIDE``: the
+    other table's branches are pruned before they compile)."""
+    if not _WIDE:
+        if mr == 6 and nv == 1:
+            _px_sums(xf, xb, offs, wp, blk, bp, tile, 6, 1, out, ob, ohw, res, has_res, act,
+                     prm, direct)
+        else:
+            _px_sums(xf, xb, offs, wp, blk, bp, tile, 4, 1, out, ob, ohw, res, has_res, act,
+                     prm, direct)
+    elif mr == 12 and nv == 2:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 12, 2, out, ob, ohw, res, has_res, act, prm,
                  direct)
     elif mr == 8 and nv == 3:
