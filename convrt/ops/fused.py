@@ -91,9 +91,9 @@ EPILOGUE_2D_ONLY = ("silu", "hard_sigmoid", "hard_swish")
 
 def _pool_window(ctx, kernel, strides, pads) -> tuple:
     """The fused pool's window as ``conv_pool.POOL_2X2`` orders it, checked."""
-    k = [2, 2] if kernel is None else [int(v) for v in kernel]
-    s = [2, 2] if strides is None else [int(v) for v in strides]
-    p = [0, 0, 0, 0] if pads is None else [int(v) for v in pads]
+    defaults = (default for _, _, default in POOL_ATTRS.values())  # 2x2/2, no pads
+    k, s, p = ([int(v) for v in (default if given is None else given)]
+               for given, default in zip((kernel, strides, pads), defaults))
     ctx.check(len(k) == 2 and len(s) == 2 and len(p) == 4,
               f"pool_kernel_shape {k}, pool_strides {s} and pool_pads {p} must have 2, 2 and "
               f"4 entries")

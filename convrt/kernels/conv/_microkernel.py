@@ -92,13 +92,13 @@ _UNROLLED_256 = {(1, 5): ((1, 1), (2, 2)), (1, 4): ((1, 1), (2, 2))}
 # The training kernels (convrt/train/kernels/conv_dw.py, conv_dx.py) lay their panels out for
 # this one shape, on every CPU: it is compiled wherever a table lacks it (it spills on AVX2).
 TRAINING = (2, 14)
+_WIDE = _table() is SHAPES  # this CPU's tables: AVX-512's, or AVX2's
 TRANSPOSED_CASES = tuple(
     case for (b, t) in _table() if (b, t) != (1, 1)
     for case in [(b, t, (tp,), form) for tp, form in (
-        _UNROLLED if _table() is SHAPES else _UNROLLED_256).get((b, t), ())]
+        _UNROLLED if _WIDE else _UNROLLED_256).get((b, t), ())]
     + [(b, t, None, 0)]) + (() if TRAINING in _table() else (TRAINING + (None, 0),))
-PRODUCT_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1)) if _table() is SHAPES else (
-    (1, 5), (1, 4), (2, 1))
+PRODUCT_SHAPES = ((2, 14), (2, 8), (2, 7), (2, 4), (2, 1)) if _WIDE else ((1, 5), (1, 4), (2, 1))
 PRODUCT_CASES = tuple((b, t, None, 0) for b, t in PRODUCT_SHAPES + (
     () if TRAINING in PRODUCT_SHAPES else (TRAINING,)))
 
