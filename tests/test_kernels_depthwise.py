@@ -251,6 +251,47 @@ def test_dw3x3_nan_inf(name, act):
     np.testing.assert_allclose(out[fin], ref[fin], **TOL[np.float32])
 
 
+def _plane_both_forms():
+    """A caller of ``_dw3_plane`` for stride 1 and silu that picks the neighbour form at run time
+    (``SHIFTS``: the library compiles only the host's form; this compiles both, once)."""
+    from numba import njit
+
+    from convrt.kernels.conv.dw3x3 import _dw3_plane
+
+    @njit(cache=False)
+    def plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, shifts):
+        if shifts:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 1, 6)
+        else:
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 0, 1, 6)
+    return plane
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("name", ["w1", "w7", "w16", "w33", "w17_h18"])
+def test_dw3x3_both_neighbour_forms(name, residual):
+    """Stride 1 takes a row's neighbours by lane shifts on AVX-512 and by three loads on AVX2
+    (``dw3x3.SHIFTS``): both forms, whatever this CPU's, against the reference, plain and
+    masked paths alike (rows shorter than, equal to and longer than a vector)."""
+    case, x, wt, b = _dw3(name, np.float32, seed=3)
+    x *= 4
+    conv = _conv(case, wt, b, np.float32, activation="silu")
+    dw = conv._dw
+    n, c, h, w = x.shape
+    ref = _ref(case, x, wt, b)
+    res = np.random.default_rng(9).standard_normal(ref.shape).astype(np.float32)
+    if residual:
+        ref = ref + res
+    ref = activation_ref(ref, activation="silu")
+    plane = _plane_both_forms()
+    for shifts in (0, 1):
+        out = np.full(ref.shape, np.nan, np.float32)
+        for u in range(n * c):
+            plane(x.reshape(-1), u * h * w, h, w, h, w, out.reshape(-1), u * h * w,
+                  res.reshape(-1), residual, dw._wb, (u % c) * 10, dw._prm, shifts)
+        np.testing.assert_allclose(out, ref, **TOL[np.float32])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_dw3x3_parallel_bitwise_same_across_thread_counts(stride, monkeypatch):
     from convrt.kernels.conv import dw3x3, dwcb

@@ -9,19 +9,26 @@ the output rows straight from the input, in 16-lane vectors along each row:
 * the zero padding is never materialised: lanes that fall outside the row, and whole rows that
   fall outside the plane, are masked off (``llvm.masked.load`` reads nothing for a masked lane
   and yields 0 there, which is what the padding holds);
-* stride 1 loads each input row once per vector of outputs, one vector ahead: the left and
-  right neighbours are that vector shifted by one lane with the last lane of the previous one
-  and the first of the next (two shuffles instead of two more unaligned loads: 3 loads per
-  output vector, not 9);
+* stride 1 on AVX-512 (``SHIFTS``) loads each input row once per vector of outputs, one vector
+  ahead: the left and right neighbours are that vector shifted by one lane with the last lane of
+  the previous one and the first of the next (two shuffles instead of two more unaligned loads:
+  3 loads per output vector, not 9).  With AVX2 a 16-lane vector is two registers and a one-lane
+  shift across them costs four shuffles, so there the neighbours are three unaligned loads per
+  input row (a 144-channel 56x56 layer: 0.74 -> 0.34 ms with the plain stores below);
 * stride 2 loads 32 consecutive inputs and splits them into even and odd columns with two
   shuffles; the left neighbours are the odd columns shifted by one lane, carried over from the
   previous vector;
 * bias, residual and activation (any of ``activations.IN_REGISTERS``: all but tanh) are applied
-  in registers and the row is written with one masked store per vector: no scratch, no second pass.
+  in registers and the row is written one vector at a time: no scratch, no second pass;
+* loads and stores are masked only where a vector reaches past a row's ends or the plane's
+  first or last row needs a missing neighbour row; every other vector takes plain ones (AVX2
+  has no cheap masked store: masked everywhere, a 56x56 layer spent more time storing than
+  multiplying).
 
 One call of ``_dw3_plane`` does a whole plane, so the weights and the activation's constants are
-loaded once per plane.  Planes (image, channel) are claimed dynamically by the workers, as in the other conv kernels;
-each plane is computed by the same instructions whichever thread runs it (bitwise reproducible).
+loaded once per plane.  Planes (image, channel) are claimed dynamically by the workers, as in
+the other conv kernels; each plane is computed by the same instructions whichever thread runs it
+(bitwise reproducible).
 Every comparison in the activations lets NaN through, as numpy's maximum/clip do.
 """
 
@@ -35,26 +42,29 @@ from ...activations import (CLIP, HARD_SIGMOID, IN_REGISTERS, LEAKY, NONE, RELU,
 from .._jit import njit, pjit
 from ._base import ConvAlgorithm
 from ._ir import VEC, VecIR, arrays
+from ._microkernel import HOST
 from ._schedule import SERIAL_MACS, _claim_end, _side, work_split
+
+SHIFTS = int(HOST.vbits >= 512)  # stride 1's neighbours: lane shifts (AVX-512) or loads (AVX2)
 
 
 @intrinsic
 def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
-               stride, act):
+               shifts, stride, act):
     """One plane: ``out[oo + y*ow + j] = act(b + res[...] + sum_{i,k} w[i,k] *
     x[xo + (y*s - 1 + i)*w_n + j*s - 1 + k])`` for y < oh_n, j < ow_n, x read as 0 outside the
-    ``h_n x w_n`` plane (the padding); the residual only if ``has_res`` (else its load is fully
-    masked: it reads nothing).
+    ``h_n x w_n`` plane (the padding); the residual only if ``has_res`` (else it is never read).
 
     ``wb[wo:wo+9]`` are the taps, ``wb[wo+9]`` the bias; ``prm`` = (alpha, clip_min, clip_max)
     (hard_sigmoid / hard_swish: alpha, beta in the first two).
-    ``stride`` (1 or 2) and ``act`` must be literals; offsets int64, ``w_n`` < 2**31.
+    ``shifts`` (0/1: stride 1's neighbours by lane shifts, see the module's docstring), ``stride``
+    (1 or 2) and ``act`` must be literals; offsets int64, ``w_n`` < 2**31.
     """
-    if not all(isinstance(v, types.IntegerLiteral) for v in (stride, act)):
+    if not all(isinstance(v, types.IntegerLiteral) for v in (shifts, stride, act)):
         return None
-    s_l, a_l = stride.literal_value, act.literal_value
-    sig = types.void(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stride,
-                     act)
+    s_l, a_l, sh_l = stride.literal_value, act.literal_value, shifts.literal_value
+    sig = types.void(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, shifts,
+                     stride, act)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
@@ -73,7 +83,6 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
 
         xa, oa, ra, wa, pa = arrays(context, builder, aty, args, (0, 6, 8, 10, 12))
         xo, h_n, w_n, oh_n, ow_n, oo, wo = (arg(i) for i in (1, 2, 3, 4, 5, 7, 11))
-        hr = splat(arg(9, types.boolean), mt)
         wts = [splat(builder.load(builder.gep(wa.data, [builder.add(wo, c64(k))])))
                for k in range(10)]
         alpha, lo, hi = (splat(builder.load(builder.gep(pa.data, [c64(k)]))) for k in range(3))
@@ -85,6 +94,36 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         def load(base, off, mask):  # masked vector load of x[base + off + lane]
             ptr = builder.bitcast(builder.gep(xa.data, [builder.add(base, off)]), vpt)
             return builder.call(mload, [ptr, align, mask, zero])
+
+        def plain(data, at):  # unmasked vector load of data[at + lane]
+            return builder.load(builder.bitcast(builder.gep(data, [at]), vpt), align=4)
+
+        def either(cond, fast, slow, name):
+            """``fast()`` where ``cond`` holds, else ``slow()`` (each returns a list of
+            vectors), joined by phis: plain loads and stores where every lane is inside the
+            row, masked ones only at the row's ends and the plane's first and last rows
+            (AVX2 has no cheap masked stores: a 3x3 layer on 56x56 spent more time in them
+            than in its multiply-adds)."""
+            fbb = builder.append_basic_block(name + ".fast")
+            sbb = builder.append_basic_block(name + ".slow")
+            jbb = builder.append_basic_block(name + ".join")
+            builder.cbranch(cond, fbb, sbb)
+            builder.position_at_end(fbb)
+            fv = fast()
+            fend = builder.block
+            builder.branch(jbb)
+            builder.position_at_end(sbb)
+            sv = slow()
+            send = builder.block
+            builder.branch(jbb)
+            builder.position_at_end(jbb)
+            outs = []
+            for a, b_ in zip(fv, sv):
+                ph = builder.phi(a.type)
+                ph.add_incoming(a, fend)
+                ph.add_incoming(b_, send)
+                outs.append(ph)
+            return outs
 
         entry = builder.block
         yloop = builder.append_basic_block("dw3.rows")
@@ -107,9 +146,12 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             present.append(splat(ok, mt))
             safe = builder.select(ok, ri, c64(0))
             bases.append(builder.add(xo, builder.mul(safe, w_n)))
+        inner = builder.and_(builder.icmp_signed(">=", r, c64(0)),  # all three rows exist
+                             builder.icmp_signed("<", builder.add(r, c64(2)), h_n))
         orow = builder.add(oo, builder.mul(y, ow_n))
+        shifts = s_l == 1 and sh_l
         firsts = []
-        if s_l == 1:  # each row's first vector; later ones are loaded one step ahead
+        if shifts:  # each row's first vector; later ones are loaded one step ahead
             cm0 = builder.icmp_signed("<", iota, w_s)
             firsts = [load(bases[i], c64(0), builder.and_(cm0, present[i])) for i in range(3)]
         row_end = builder.block
@@ -119,66 +161,125 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         k = builder.phi(i64)
         k.add_incoming(c64(0), row_end)
         prev, cur = [], []
-        if s_l == 2:  # previous vector's odd columns, per input row (0 = the left padding)
-            for _ in range(3):
+        if s_l == 2 or shifts:  # per input row: the previous vector's odd columns (stride 2)
+            for i in range(3):  # or the previous vector (0 = the left padding) and this one
                 p = builder.phi(vt)
                 p.add_incoming(zero, row_end)
                 prev.append(p)
-        else:  # per input row: the previous vector (0 = the left padding) and this one
-            for i in range(3):
-                p = builder.phi(vt)
-                p.add_incoming(zero, row_end)
-                prev.append(p)
-                c = builder.phi(vt)
-                c.add_incoming(firsts[i], row_end)
-                cur.append(c)
+                if shifts:
+                    c = builder.phi(vt)
+                    c.add_incoming(firsts[i], row_end)
+                    cur.append(c)
         x0 = builder.mul(k, c64(VEC))
         ox = builder.add(splat(builder.trunc(x0, i32), it), iota)
         omask = builder.icmp_signed("<", ox, ow_s)
-        acc = wts[9]
-        odds = []
         nexts = []
-        if s_l == 1:  # the next vector's columns (one load per row and step; the left and
+        if shifts:  # the next vector's columns (one load per row and step; the left and
             # right neighbours are this vector shifted by a lane from the previous / next one)
             nm = builder.icmp_signed("<", builder.add(ox, ir.Constant(it, [VEC] * VEC)), w_s)
-        else:
-            x2 = builder.mul(x0, c64(2))
-            ia = builder.add(splat(builder.trunc(x2, i32), it), iota)
-            am = builder.icmp_signed("<", ia, w_s)
-            bm = builder.icmp_signed("<", builder.add(ia, ir.Constant(it, [VEC] * VEC)), w_s)
-        for i in range(3):
-            if s_l == 1:
+            taps, odds = [], []
+            for i in range(3):
                 nxt = load(bases[i], builder.add(x0, c64(VEC)), builder.and_(nm, present[i]))
                 mid = cur[i]
                 left = builder.shuffle_vector(prev[i], mid, ir.Constant(
                     it, list(range(VEC - 1, 2 * VEC - 1))))
                 right = builder.shuffle_vector(mid, nxt, ir.Constant(it, list(range(1, VEC + 1))))
+                taps += [left, mid, right]
+                odds.append(mid)  # the next step's previous vector
                 nexts.append(nxt)
-            else:
-                va = load(bases[i], x2, builder.and_(am, present[i]))
-                vb = load(bases[i], builder.add(x2, c64(VEC)), builder.and_(bm, present[i]))
+        elif s_l == 1:
+            # per input row the three neighbours x[j-1], x[j], x[j+1] as three loads (on AVX2
+            # a one-lane shift of a 16-lane vector across two registers costs more shuffles
+            # than the loads it saves)
+            fast = builder.and_(inner, builder.and_(
+                builder.icmp_signed(">=", x0, c64(1)),
+                builder.icmp_signed("<=", builder.add(x0, c64(VEC + 1)), w_n)))
+
+            def rows(masked):
+                vals = []
+                for i in range(3):
+                    for d in (-1, 0, 1):
+                        at = builder.add(x0, c64(d))
+                        if masked:
+                            cols = builder.add(ox, ir.Constant(it, [d] * VEC))
+                            m = builder.and_(builder.and_(
+                                builder.icmp_signed(">=", cols, ir.Constant(it, [0] * VEC)),
+                                builder.icmp_signed("<", cols, w_s)), present[i])
+                            vals.append(load(bases[i], at, m))
+                        else:
+                            vals.append(plain(xa.data, builder.add(bases[i], at)))
+                return vals
+
+            taps = either(fast, lambda: rows(False), lambda: rows(True), "dw3.ld")
+            odds = []
+        else:
+            x2 = builder.mul(x0, c64(2))
+            ia = builder.add(splat(builder.trunc(x2, i32), it), iota)
+            am = builder.icmp_signed("<", ia, w_s)
+            bm = builder.icmp_signed("<", builder.add(ia, ir.Constant(it, [VEC] * VEC)), w_s)
+            fast = builder.and_(inner, builder.icmp_signed(
+                "<=", builder.add(x2, c64(2 * VEC)), w_n))
+
+            def pairs(masked):
+                vals = []
+                for i in range(3):
+                    for off, m in ((x2, am), (builder.add(x2, c64(VEC)), bm)):
+                        vals.append(load(bases[i], off, builder.and_(m, present[i])) if masked
+                                    else plain(xa.data, builder.add(bases[i], off)))
+                return vals
+
+            loaded = either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
+            taps, odds = [], []
+            for i in range(3):
+                va, vb = loaded[2 * i], loaded[2 * i + 1]
                 mid = builder.shuffle_vector(va, vb, ir.Constant(it, list(range(0, 2 * VEC, 2))))
                 right = builder.shuffle_vector(va, vb,
                                                ir.Constant(it, list(range(1, 2 * VEC, 2))))
                 left = builder.shuffle_vector(prev[i], right,
                                               ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
+                taps += [left, mid, right]
                 odds.append(right)
-            acc = builder.call(fma, [wts[3 * i], left, acc])
-            acc = builder.call(fma, [wts[3 * i + 1], mid, acc])
-            acc = builder.call(fma, [wts[3 * i + 2], right, acc])
+        acc = wts[9]
+        for t in range(9):
+            acc = builder.call(fma, [wts[t], taps[t], acc])
         opos = builder.add(orow, x0)
-        rptr = builder.bitcast(builder.gep(ra.data, [opos]), vpt)
-        acc = builder.fadd(acc, builder.call(mload, [rptr, align, builder.and_(omask, hr), zero]))
-        acc = v.activate(acc, a_l, (alpha, lo, hi, zero))
+        whole = builder.icmp_signed("<=", builder.add(x0, c64(VEC)), ow_n)
+        hr_s = arg(9, types.boolean)
+        rbb = builder.append_basic_block("dw3.res")
+        abb = builder.append_basic_block("dw3.act")
+        before = builder.block
+        builder.cbranch(hr_s, rbb, abb)
+        builder.position_at_end(rbb)
+        rv = either(whole, lambda: [plain(ra.data, opos)],
+                    lambda: [builder.call(mload, [builder.bitcast(builder.gep(ra.data, [opos]),
+                                                                  vpt), align, omask, zero])],
+                    "dw3.rl")[0]
+        with_res = builder.fadd(acc, rv)
+        rend = builder.block
+        builder.branch(abb)
+        builder.position_at_end(abb)
+        accp = builder.phi(vt)
+        accp.add_incoming(acc, before)
+        accp.add_incoming(with_res, rend)
+        acc = v.activate(accp, a_l, (alpha, lo, hi, zero))
         optr = builder.bitcast(builder.gep(oa.data, [opos]), vpt)
+        sbb = builder.append_basic_block("dw3.st.whole")
+        mbb = builder.append_basic_block("dw3.st.masked")
+        nbb = builder.append_basic_block("dw3.st.done")
+        builder.cbranch(whole, sbb, mbb)
+        builder.position_at_end(sbb)
+        builder.store(acc, optr, align=4)
+        builder.branch(nbb)
+        builder.position_at_end(mbb)
         builder.call(mstore, [acc, optr, align, omask])
+        builder.branch(nbb)
+        builder.position_at_end(nbb)
         kn = builder.add(k, c64(1))
         kend = builder.block
         k.add_incoming(kn, kend)
         for p, o in zip(prev, odds):
             p.add_incoming(o, kend)
-        for p, c, nx in zip(prev if s_l == 1 else (), cur, nexts):
-            p.add_incoming(c, kend)
+        for c, nx in zip(cur, nexts):
             c.add_incoming(nx, kend)
         builder.cbranch(builder.icmp_signed("<", kn, nch), kloop, ynext)
 
@@ -197,38 +298,54 @@ def _plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, stri
     """``_dw3_plane`` for a runtime (stride, act), act one of ``IN_REGISTERS``."""
     if stride == 1:
         if act == NONE:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 0)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 0)
         elif act == RELU:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 1)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 1)
         elif act == LEAKY:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 2)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 2)
         elif act == CLIP:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 3)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 3)
         elif act == SIGMOID:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 4)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 4)
         elif act == SILU:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 6)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 6)
         elif act == HARD_SIGMOID:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 7)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 7)
         else:  # HARD_SWISH (supports() admits no tanh)
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 1, 8)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 1, 8)
     else:
         if act == NONE:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 0)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 0)
         elif act == RELU:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 1)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 1)
         elif act == LEAKY:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 2)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 2)
         elif act == CLIP:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 3)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 3)
         elif act == SIGMOID:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 4)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 4)
         elif act == SILU:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 6)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 6)
         elif act == HARD_SIGMOID:
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 7)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 7)
         else:  # HARD_SWISH (supports() admits no tanh)
-            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm, 2, 8)
+            _dw3_plane(x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb, wo, prm,
+                       SHIFTS, 2, 8)
 
 
 @njit
