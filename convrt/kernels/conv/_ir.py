@@ -108,6 +108,34 @@ class VecIR:
             finals.append(fin)
         return finals
 
+    def either(self, cond, fast, slow, name):
+        """``fast()`` where i1 ``cond`` holds, else ``slow()`` (each emits code and returns a
+        list of values, alike in type), joined by phis.  The conv kernels use it to take plain
+        loads and stores where a whole vector is in bounds and masked ones only at the edges:
+        AVX2 has no cheap masked store, so masking every vector cost more than the arithmetic
+        on small rows."""
+        b = self.builder
+        fbb = b.append_basic_block(name + ".fast")
+        sbb = b.append_basic_block(name + ".slow")
+        jbb = b.append_basic_block(name + ".join")
+        b.cbranch(cond, fbb, sbb)
+        b.position_at_end(fbb)
+        fv = fast()
+        fend = b.block
+        b.branch(jbb)
+        b.position_at_end(sbb)
+        sv = slow()
+        send = b.block
+        b.branch(jbb)
+        b.position_at_end(jbb)
+        outs = []
+        for a, c in zip(fv, sv):
+            ph = b.phi(a.type)
+            ph.add_incoming(a, fend)
+            ph.add_incoming(c, send)
+            outs.append(ph)
+        return outs
+
     def transpose16(self, rows):
         """The 16x16 transpose of ``rows`` (16 vectors) in registers: ``out[k][r] = rows[r][k]``.
         Four rounds of shuffles, each swapping bit ``bit`` of the row and lane indices (an undef

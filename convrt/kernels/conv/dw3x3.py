@@ -98,33 +98,6 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         def plain(data, at):  # unmasked vector load of data[at + lane]
             return builder.load(builder.bitcast(builder.gep(data, [at]), vpt), align=4)
 
-        def either(cond, fast, slow, name):
-            """``fast()`` where ``cond`` holds, else ``slow()`` (each returns a list of
-            vectors), joined by phis: plain loads and stores where every lane is inside the
-            row, masked ones only at the row's ends and the plane's first and last rows
-            (AVX2 has no cheap masked stores: a 3x3 layer on 56x56 spent more time in them
-            than in its multiply-adds)."""
-            fbb = builder.append_basic_block(name + ".fast")
-            sbb = builder.append_basic_block(name + ".slow")
-            jbb = builder.append_basic_block(name + ".join")
-            builder.cbranch(cond, fbb, sbb)
-            builder.position_at_end(fbb)
-            fv = fast()
-            fend = builder.block
-            builder.branch(jbb)
-            builder.position_at_end(sbb)
-            sv = slow()
-            send = builder.block
-            builder.branch(jbb)
-            builder.position_at_end(jbb)
-            outs = []
-            for a, b_ in zip(fv, sv):
-                ph = builder.phi(a.type)
-                ph.add_incoming(a, fend)
-                ph.add_incoming(b_, send)
-                outs.append(ph)
-            return outs
-
         entry = builder.block
         yloop = builder.append_basic_block("dw3.rows")
         kloop = builder.append_basic_block("dw3.vecs")
@@ -210,7 +183,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                             vals.append(plain(xa.data, builder.add(bases[i], at)))
                 return vals
 
-            taps = either(fast, lambda: rows(False), lambda: rows(True), "dw3.ld")
+            taps = v.either(fast, lambda: rows(False), lambda: rows(True), "dw3.ld")
             odds = []
         else:
             x2 = builder.mul(x0, c64(2))
@@ -228,7 +201,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                                     else plain(xa.data, builder.add(bases[i], off)))
                 return vals
 
-            loaded = either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
+            loaded = v.either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
             taps, odds = [], []
             for i in range(3):
                 va, vb = loaded[2 * i], loaded[2 * i + 1]
@@ -250,7 +223,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         before = builder.block
         builder.cbranch(hr_s, rbb, abb)
         builder.position_at_end(rbb)
-        rv = either(whole, lambda: [plain(ra.data, opos)],
+        rv = v.either(whole, lambda: [plain(ra.data, opos)],
                     lambda: [builder.call(mload, [builder.bitcast(builder.gep(ra.data, [opos]),
                                                                   vpt), align, omask, zero])],
                     "dw3.rl")[0]

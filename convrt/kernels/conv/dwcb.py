@@ -36,9 +36,12 @@ from ...activations import IN_REGISTERS
 from .._jit import njit, pjit
 from ._base import ConvAlgorithm, aligned_zeros, packed
 from ._ir import VEC, VecIR, arrays
+from ._microkernel import HOST
 from ._schedule import SERIAL_MACS
 
-PIX = 14  # output pixels per run of _cb_taps (float32): 14 sums + a weight in registers
+# output pixels per run of _cb_taps (float32): the sums, a weight and a loaded tap in
+# registers; a 16-lane vector is one register with AVX-512, two with AVX2
+PIX = 14 if HOST.vbits >= 512 else 6
 
 
 def _masked(v):
@@ -78,12 +81,17 @@ def _cb_in(typingctx, x, x0, hw, nl, xs, xoff):
         def body(i, accs):
             p0 = builder.mul(i, c64(VEC))
             lanes = _lanes_below(v, iota, builder.sub(hw, p0))
-            rows = []
-            for c in range(VEC):
-                on = v.splat(builder.icmp_signed("<", c64(c), nl), lanes.type)
-                at = builder.add(x0, builder.add(builder.mul(c64(c), hw), p0))
-                rows.append(builder.call(mload, [v.vptr(xa.data, at), align,
-                                                 builder.and_(lanes, on), zero]))
+            ats = [builder.add(x0, builder.add(builder.mul(c64(c), hw), p0)) for c in range(VEC)]
+
+            def masked():
+                return [builder.call(mload, [v.vptr(xa.data, at), align, builder.and_(
+                    lanes, v.splat(builder.icmp_signed("<", c64(c), nl), lanes.type)), zero])
+                    for c, at in enumerate(ats)]
+
+            whole = builder.and_(builder.icmp_signed(">=", builder.sub(hw, p0), c64(VEC)),
+                                 builder.icmp_signed(">=", nl, c64(VEC)))
+            rows = v.either(whole, lambda: [v.vload(xa.data, at) for at in ats], masked,
+                            "cbin.ld")
             for k, row in enumerate(v.transpose16(rows)):
                 dst = builder.load(builder.gep(oa.data, [builder.add(p0, c64(k))]))
                 v.vstore(row, sa.data, dst)
@@ -191,15 +199,33 @@ def _cb_out(typingctx, ot, ohw, nl, out, o0, res, has_res, act, prm):
                     lanes = _lanes_below(v, iota, builder.sub(ohw, p0))
                     rows = [v.vload(ta.data, builder.mul(builder.add(p0, c64(k)), c64(VEC)))
                             for k in range(VEC)]
-                    for c, val in enumerate(v.transpose16(rows)):
-                        on = v.splat(builder.icmp_signed("<", c64(c), nl), lanes.type)
-                        mask = builder.and_(lanes, on)
-                        at = builder.add(o0, builder.add(builder.mul(c64(c), ohw), p0))
-                        if add_res:
-                            val = builder.fadd(val, builder.call(
-                                mload, [v.vptr(ra.data, at), align, mask, zero]))
-                        builder.call(mstore, [v.activate(val, code, prm_s),
-                                              v.vptr(oa.data, at), align, mask])
+                    ats = [builder.add(o0, builder.add(builder.mul(c64(c), ohw), p0))
+                           for c in range(VEC)]
+                    masks = [builder.and_(lanes, v.splat(builder.icmp_signed("<", c64(c), nl),
+                                                         lanes.type)) for c in range(VEC)]
+                    # plain loads and stores for a whole 16 x 16 block, masked ones at the
+                    # map's end and in a last partial block of channels
+                    whole = builder.and_(
+                        builder.icmp_signed(">=", builder.sub(ohw, p0), c64(VEC)),
+                        builder.icmp_signed(">=", nl, c64(VEC)))
+                    vals = v.transpose16(rows)
+                    if add_res:
+                        rv = v.either(whole, lambda: [v.vload(ra.data, at) for at in ats],
+                                      lambda: [builder.call(mload, [v.vptr(ra.data, at), align,
+                                                                    m, zero])
+                                               for at, m in zip(ats, masks)], "cbo.res")
+                        vals = [builder.fadd(val, r) for val, r in zip(vals, rv)]
+                    vals = [v.activate(val, code, prm_s) for val in vals]
+
+                    def stores(masked):
+                        for val, at, m in zip(vals, ats, masks):
+                            if masked:
+                                builder.call(mstore, [val, v.vptr(oa.data, at), align, m])
+                            else:
+                                v.vstore(val, oa.data, at)
+                        return []
+
+                    v.either(whole, lambda: stores(False), lambda: stores(True), "cbo.st")
                     return accs
 
                 v.accumulate(nblk, [], body, "cbo%d%s" % (code, "r" if add_res else ""))
