@@ -160,50 +160,54 @@ def avg_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad
                                              count_include_pad)
 
 
+LANES = 16  # partial sums per channel in global_avg_pool: four float64 vectors with AVX2
+
+
 @njit
-def _mean_rows8(x, i, j0, out):
-    """out[i, j0:j0+8] = the means of rows j0..j0+7 of x[i]: eight independent sums (each in
-    the plain k order, so bit for bit the one-row loop's result), which keeps eight adds in
-    flight instead of one latency-bound chain."""
-    s = x.shape[2]
-    r0, r1, r2, r3 = x[i, j0], x[i, j0 + 1], x[i, j0 + 2], x[i, j0 + 3]
-    r4, r5, r6, r7 = x[i, j0 + 4], x[i, j0 + 5], x[i, j0 + 6], x[i, j0 + 7]
+def _mean(r):
+    """The mean of the float row ``r`` in float64: ``LANES`` partial sums (lane l adds the
+    elements at l, l + 16, l + 32, ... in that order), combined pairwise in a fixed tree.  The
+    sixteen adds of one step are independent, so LLVM's SLP vectorizer turns them into vector
+    converts and adds (a strict left-to-right sum stays scalar without ``reassoc``, and then one
+    add chain per channel was the latency bound: EfficientNet-B0's 16 pools took 1.6 ms against
+    onnxruntime's 0.4).  The order is fixed, so the result does not depend on the thread count
+    or the channel's place."""
+    s = r.size
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    for k in range(s):
-        a0 += r0[k]
-        a1 += r1[k]
-        a2 += r2[k]
-        a3 += r3[k]
-        a4 += r4[k]
-        a5 += r5[k]
-        a6 += r6[k]
-        a7 += r7[k]
-    out[i, j0] = a0 / s
-    out[i, j0 + 1] = a1 / s
-    out[i, j0 + 2] = a2 / s
-    out[i, j0 + 3] = a3 / s
-    out[i, j0 + 4] = a4 / s
-    out[i, j0 + 5] = a5 / s
-    out[i, j0 + 6] = a6 / s
-    out[i, j0 + 7] = a7 / s
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
+    for q in range(s // LANES):
+        k = q * LANES
+        a0 += r[k]
+        a1 += r[k + 1]
+        a2 += r[k + 2]
+        a3 += r[k + 3]
+        a4 += r[k + 4]
+        a5 += r[k + 5]
+        a6 += r[k + 6]
+        a7 += r[k + 7]
+        b0 += r[k + 8]
+        b1 += r[k + 9]
+        b2 += r[k + 10]
+        b3 += r[k + 11]
+        b4 += r[k + 12]
+        b5 += r[k + 13]
+        b6 += r[k + 14]
+        b7 += r[k + 15]
+    t = 0.0
+    for k in range(s // LANES * LANES, s):
+        t += r[k]
+    a = ((a0 + b0) + (a1 + b1)) + ((a2 + b2) + (a3 + b3))
+    b = ((a4 + b4) + (a5 + b5)) + ((a6 + b6) + (a7 + b7))
+    return ((a + b) + t) / s
 
 
 @pjit
 def global_avg_pool(x, out):
-    """(N, C, S) -> (N, C): the mean over S (float64 sums), eight channels per task."""
+    """(N, C, S) -> (N, C): the mean over S (float64 sums, ``_mean``), one task per channel."""
     n, c, s = x.shape
-    nb = (c + 7) // 8
-    for t in prange(n * nb):
-        i, jb = t // nb, t % nb
-        j0 = jb * 8
-        if j0 + 8 <= c:
-            _mean_rows8(x, i, j0, out)
-        else:
-            for j in range(j0, c):
-                acc = 0.0
-                for k in range(s):
-                    acc += x[i, j, k]
-                out[i, j] = acc / s
+    for t in prange(n * c):
+        i, j = t // c, t % c
+        out[i, j] = _mean(x[i, j])
 
 
 @pjit
