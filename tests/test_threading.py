@@ -409,3 +409,35 @@ def test_without_tbb_falls_back_to_passive_openmp_with_a_warning(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     count, mentions_fork, policy, layer, expect = r.stdout.split()[-5:]
     assert (count, mentions_fork, policy, layer) == ("1", "True", "PASSIVE", expect), r.stdout
+
+
+def test_a_depthwise_step_with_many_outputs_is_parallel():
+    """MobileNetV3's 3x3 depthwise layer on 72x56x56 does under ``SERIAL_MACS`` multiply-adds
+    but writes ``SERIAL_ELEMS``+ outputs: the plan runs it on every thread and the kernel takes
+    its parallel driver (its time follows its outputs: 0.24 ms on one thread); a small
+    depthwise layer stays serial."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from convrt.kernels.conv import dw3x3
+    from convrt.kernels.conv._schedule import SERIAL_ELEMS, SERIAL_MACS
+
+    assert 72 * 56 * 56 * 9 < SERIAL_MACS and 72 * 56 * 56 >= SERIAL_ELEMS
+    steps = {}
+    for c, hw in ((72, 56), (16, 28)):
+        w = np.ones((c, 1, 3, 3), np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], group=c, pads=[1] * 4, name="dw")],
+            "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])],
+            [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        sess = convrt.InferenceSession(model.SerializeToString())
+        sess.run(None, {"x": np.ones((1, c, hw, hw), np.float32)})
+        plan = next(iter(sess._plans.values()))
+        steps[c] = [s for s in plan.steps if s.op_type.endswith("Conv")]
+        assert len(steps[c]) == 1
+    assert not steps[72][0].serial and steps[16][0].serial
+    from convrt.kernels.conv import Conv2d
+    w = np.ones((72, 1, 3, 3), np.float32)
+    assert Conv2d(w, None, (1, 72, 56, 56), (1, 1), (1, 1, 1, 1), (1, 1), 72)._dw._kernel \
+        is dw3x3._run_par

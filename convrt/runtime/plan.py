@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
 from ..kernels._alloc import mapped_empty
+from ..kernels.conv._schedule import SERIAL_ELEMS, serial as small_work
 from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import (PackCache, TensorInfo, binding_first_tier, binding_precision,
                             packing_into)
@@ -37,8 +38,8 @@ ALIGN = 64
 # Steps with less work than this run on the calling thread alone: waking the pool for a few
 # microseconds of work costs more than it saves, and far more when another process holds the
 # other cores (a parallel region waits for its slowest thread's next time slice).
-SERIAL_MACS = 1 << 21  # multiply-accumulates (Conv, Gemm...)
-SERIAL_ELEMS = 1 << 17  # output elements, for ops that report no MACs
+# (``kernels.conv._schedule.serial``: both the multiply-adds and the output elements small;
+# elements alone for ops that report no multiply-adds)
 # ... unless the step streams this many bytes of constant inputs (weights): a batch-1 FC layer
 # is a memory-bound GEMV with few MACs per byte, and two cores stream it faster than one.
 PARALLEL_CONST_BYTES = 1 << 20
@@ -54,7 +55,7 @@ class Step:
     label: str
     op_type: str
     run: object
-    serial: bool = False  # run single-threaded (little work; see SERIAL_MACS)
+    serial: bool = False  # run single-threaded (little work; see small_work)
 
 
 def _n_inputs(node) -> int:
@@ -351,7 +352,7 @@ class Plan:
                           for v in node.inputs[:_n_inputs(node)]
                           if v is not None and v.name and env.get(v.name) is not None)
         serial = res.alias or (const_bytes < PARALLEL_CONST_BYTES and (
-            macs < SERIAL_MACS if macs else elems < SERIAL_ELEMS))
+            small_work(macs, elems) if macs else elems < SERIAL_ELEMS))
         self.steps.append(Step(label, node.op_type,
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias,
                                           self._none_slot),

@@ -122,6 +122,15 @@ def _side(t, nthr, grain):
     return np.int64(-1)
 
 
-# Below this many multiply-adds a layer runs on the calling thread (runtime/plan.py makes the
-# same call for whole steps: its SERIAL_MACS).
+# Below this many multiply-adds and output elements a layer runs on the calling thread
+# (``serial``; runtime/plan.py makes the same call for whole steps).
 SERIAL_MACS = 1 << 21
+SERIAL_ELEMS = 1 << 17
+
+
+def serial(macs, elems):
+    """Whether ``macs`` multiply-adds writing ``elems`` outputs are too little work to wake the
+    thread pool for.  Both must be small: a depthwise layer does 9-25 multiply-adds per output
+    and is bound by its loads and stores, so its time follows the outputs (MobileNetV3's 3x3
+    layer on 72x56x56, 2.0 M multiply-adds, took 0.24 ms on one thread)."""
+    return macs < SERIAL_MACS and elems < SERIAL_ELEMS

@@ -22,8 +22,8 @@ same order however many threads run: results are bitwise reproducible.
 Index arithmetic inside the kernels is ``uint64`` (no slicing in the hot loops: a numba slice
 costs tens of nanoseconds, and numba adds a negative-index wrap-around to every signed compound
 index, which blocks vectorisation); the row loops have no 64-bit divisions.  Layers under
-``SERIAL_MACS`` run a non-parallel twin of the kernel (a parallel launch alone costs a few
-microseconds).  A 7x7 output map takes the channel-blocked variant below.
+``_schedule.serial``'s size run a non-parallel twin of the kernel (a parallel launch alone costs
+a few microseconds).  A 7x7 output map takes the channel-blocked variant below.
 """
 
 import threading
@@ -36,7 +36,7 @@ from ...activations import CLIP, LEAKY, NONE, RELU
 from .._jit import FAST, njit, pjit
 from ._epilogue import act_inplace, act_other
 from ._base import ConvAlgorithm
-from ._schedule import SERIAL_MACS
+from ._schedule import serial
 
 _FM = set(FAST)  # numba wants a set
 _U = np.uint64
@@ -410,7 +410,7 @@ class Depthwise(ConvAlgorithm):
             self._offs = np.array(offs, dtype=np.uint64)
         self._nblk = nblk
         macs = n_img * m_all * oh_n * ow_n * taps
-        self._kernel = _run_seq if macs < SERIAL_MACS else _run_par
+        self._kernel = _run_seq if serial(macs, macs // taps) else _run_par
         if (cg == 1 and m_all == group and kh == kw == 3 and oh_n * ow_n <= CB_MAX_PIXELS
                 and m_all >= LANES and self._geo is not None):
             self._channel_blocked(w, bias, n_img, m_all, h_n, w_n, oh_n, ow_n, sh, sw, dh, dw,
@@ -436,7 +436,7 @@ class Depthwise(ConvAlgorithm):
                               q_n, act, xs_len], dtype=np.int64)
         self._nblk = nblk
         self._row = xs_len + oh_n * ow_n * LANES
-        self._kernel = _cb_run_seq if macs < SERIAL_MACS else _cb_run_par
+        self._kernel = _cb_run_seq if serial(macs, macs // 9) else _cb_run_par
 
     def scratch_bytes(self) -> int:
         """Bytes of one calling thread's scratch."""

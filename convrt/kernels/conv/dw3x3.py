@@ -43,7 +43,7 @@ from .._jit import njit, pjit
 from ._base import ConvAlgorithm
 from ._ir import VEC, VecIR, arrays
 from ._microkernel import HOST
-from ._schedule import SERIAL_MACS, _claim_end, _side, work_split
+from ._schedule import _claim_end, _side, serial, work_split
 
 SHIFTS = int(HOST.vbits >= 512)  # stride 1's neighbours: lane shifts (AVX-512) or loads (AVX2)
 
@@ -98,6 +98,13 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
         def plain(data, at):  # unmasked vector load of data[at + lane]
             return builder.load(builder.bitcast(builder.gep(data, [at]), vpt), align=4)
 
+        def sums(taps):  # bias + the nine taps in order, as a one-element list (for either:
+            # the paths join on the sum, not on nine vectors that AVX2 would have to spill)
+            acc = wts[9]
+            for t in range(9):
+                acc = builder.call(fma, [wts[t], taps[t], acc])
+            return [acc]
+
         entry = builder.block
         yloop = builder.append_basic_block("dw3.rows")
         kloop = builder.append_basic_block("dw3.vecs")
@@ -144,6 +151,14 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                     c.add_incoming(firsts[i], row_end)
                     cur.append(c)
         x0 = builder.mul(k, c64(VEC))
+        wide = ir.Constant(i1, 0)
+        if s_l == 1 and not shifts:  # a row of 17+ inputs with both neighbour rows: its last
+            # vector is shifted left to end at the row's end (it recomputes a few outputs, the
+            # same way), so every load and store of the row is a plain one
+            wide = builder.and_(inner, builder.icmp_signed(">=", w_n, c64(VEC + 1)))
+            x0 = builder.select(wide, builder.select(
+                builder.icmp_signed("<", x0, builder.sub(ow_n, c64(VEC))), x0,
+                builder.sub(ow_n, c64(VEC))), x0)
         ox = builder.add(splat(builder.trunc(x0, i32), it), iota)
         omask = builder.icmp_signed("<", ox, ow_s)
         nexts = []
@@ -164,9 +179,28 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             # per input row the three neighbours x[j-1], x[j], x[j+1] as three loads (on AVX2
             # a one-lane shift of a 16-lane vector across two registers costs more shuffles
             # than the loads it saves)
-            fast = builder.and_(inner, builder.and_(
-                builder.icmp_signed(">=", x0, c64(1)),
-                builder.icmp_signed("<=", builder.add(x0, c64(VEC + 1)), w_n)))
+            inside = builder.and_(builder.icmp_signed(">=", x0, c64(1)),
+                                  builder.icmp_signed("<=", builder.add(x0, c64(VEC + 1)), w_n))
+            zero_left = ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1)))  # (0, x[0..14])
+            zero_right = ir.Constant(it, list(range(1, VEC + 1)))  # (x[1..15], 0)
+
+            def edge(first):  # the row's first or (shifted) last vector: the padding by a shift
+                vals = []
+                for i in range(3):
+                    mid = plain(xa.data, builder.add(bases[i], x0))
+                    if first:
+                        left = builder.shuffle_vector(zero, mid, zero_left)
+                        right = plain(xa.data, builder.add(bases[i], builder.add(x0, c64(1))))
+                    else:
+                        left = plain(xa.data, builder.add(bases[i], builder.sub(x0, c64(1))))
+                        right = builder.shuffle_vector(mid, zero, zero_right)
+                    vals += [left, mid, right]
+                return sums(vals)
+
+            def plain_rows():
+                return v.either(inside, lambda: rows(False), lambda: v.either(
+                    builder.icmp_signed("==", x0, c64(0)), lambda: edge(True),
+                    lambda: edge(False), "dw3.edge"), "dw3.in")
 
             def rows(masked):
                 vals = []
@@ -181,9 +215,9 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                             vals.append(load(bases[i], at, m))
                         else:
                             vals.append(plain(xa.data, builder.add(bases[i], at)))
-                return vals
+                return sums(vals)
 
-            taps = v.either(fast, lambda: rows(False), lambda: rows(True), "dw3.ld")
+            acc = v.either(wide, plain_rows, lambda: rows(True), "dw3.ld")[0]
             odds = []
         else:
             x2 = builder.mul(x0, c64(2))
@@ -193,28 +227,26 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             fast = builder.and_(inner, builder.icmp_signed(
                 "<=", builder.add(x2, c64(2 * VEC)), w_n))
 
-            def pairs(masked):
-                vals = []
+            def pairs(masked):  # the sum and the three rows' odd columns (carried)
+                taps, odds = [], []
                 for i in range(3):
-                    for off, m in ((x2, am), (builder.add(x2, c64(VEC)), bm)):
-                        vals.append(load(bases[i], off, builder.and_(m, present[i])) if masked
-                                    else plain(xa.data, builder.add(bases[i], off)))
-                return vals
+                    va, vb = ((load(bases[i], off, builder.and_(m, present[i])) if masked
+                               else plain(xa.data, builder.add(bases[i], off)))
+                              for off, m in ((x2, am), (builder.add(x2, c64(VEC)), bm)))
+                    mid = builder.shuffle_vector(va, vb,
+                                                 ir.Constant(it, list(range(0, 2 * VEC, 2))))
+                    right = builder.shuffle_vector(va, vb,
+                                                   ir.Constant(it, list(range(1, 2 * VEC, 2))))
+                    left = builder.shuffle_vector(
+                        prev[i], right, ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
+                    taps += [left, mid, right]
+                    odds.append(right)
+                return sums(taps) + odds
 
-            loaded = v.either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
-            taps, odds = [], []
-            for i in range(3):
-                va, vb = loaded[2 * i], loaded[2 * i + 1]
-                mid = builder.shuffle_vector(va, vb, ir.Constant(it, list(range(0, 2 * VEC, 2))))
-                right = builder.shuffle_vector(va, vb,
-                                               ir.Constant(it, list(range(1, 2 * VEC, 2))))
-                left = builder.shuffle_vector(prev[i], right,
-                                              ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
-                taps += [left, mid, right]
-                odds.append(right)
-        acc = wts[9]
-        for t in range(9):
-            acc = builder.call(fma, [wts[t], taps[t], acc])
+            joined = v.either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
+            acc, odds = joined[0], joined[1:]
+        if shifts:
+            acc = sums(taps)[0]
         opos = builder.add(orow, x0)
         whole = builder.icmp_signed("<=", builder.add(x0, c64(VEC)), ow_n)
         hr_s = arg(9, types.boolean)
@@ -384,14 +416,14 @@ class Depthwise3x3(ConvAlgorithm):
         dtype, act, stride = layer.dtype, layer.act, layer.sh
         n_img, c_n, h_n, w_n = layer.in_shape
         oh_n, ow_n = layer.oh_n, layer.ow_n
-        serial = n_img * layer.m_all * oh_n * ow_n * 9 < SERIAL_MACS
+        outs = n_img * layer.m_all * oh_n * ow_n
         self._wb = np.empty((c_n, 10), dtype=dtype)
         self._wb[:, :9] = w.reshape(c_n, 9)
         self._wb[:, 9] = bias
         self._wb = self._wb.reshape(-1)
         self._geo = np.array([n_img, c_n, h_n, w_n, oh_n, ow_n, stride, act], dtype=np.int64)
         self._planes = n_img * c_n
-        self._kernel = _run_seq if serial else _run_par
+        self._kernel = _run_seq if serial(outs * 9, outs) else _run_par
 
     def __call__(self, x, out, residual=None):
         nthr, grain = work_split(self._planes)

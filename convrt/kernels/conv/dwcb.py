@@ -37,7 +37,7 @@ from .._jit import njit, pjit
 from ._base import ConvAlgorithm, aligned_zeros, packed
 from ._ir import VEC, VecIR, arrays
 from ._microkernel import HOST
-from ._schedule import SERIAL_MACS
+from ._schedule import serial
 
 # output pixels per run of _cb_taps (float32): the sums, a weight and a loaded tap in
 # registers; a 16-lane vector is one register with AVX-512, two with AVX2
@@ -328,7 +328,7 @@ class DepthwiseBlocked(ConvAlgorithm):
         self._geo = np.array([c_n, nchb, h_n * w_n, oh_n, ow_n, sh * wp * VEC, sw * VEC, taps],
                              dtype=np.int64)
         macs = n_img * c_n * oh_n * ow_n * taps
-        self._kernel = _run_seq if macs < SERIAL_MACS else _run_par
+        self._kernel = _run_seq if serial(macs, macs // taps) else _run_par
         if self._kernel is _run_seq:
             self._nblk = 1
         self._tls = threading.local()
