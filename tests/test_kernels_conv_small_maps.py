@@ -12,11 +12,13 @@ from kernel_threads import check_concurrent_calls, outputs_at_thread_counts
 from naive import activation_ref, conv2d_ref
 
 TOL = dict(rtol=1e-4, atol=1e-5)
-# the algorithm exists on CPUs with AVX-512 only; elsewhere test_refused_without_avx512 checks
-# that no layer takes it and forcing it is refused (the layers run on the direct kernel, which
-# its own tests cover)
+# the algorithm exists on CPUs with AVX2 (1x5 tiles) or AVX-512 (2x14); on others no layer
+# takes it (test_refused_on_a_cpu_without_its_tile)
 needs_it = pytest.mark.skipif(not small_maps.supported(),
-                              reason="this CPU has no AVX-512: small_maps is not offered")
+                              reason="this CPU has neither AVX2 nor AVX-512: no small_maps")
+# AVX2 also gives it batch-1 rows of up to 7 pixels and deep 1x1 layers up to 14
+needs_avx2_rules = pytest.mark.skipif(small_maps.MAX_ROW < 7,
+                                      reason="the AVX2 rules (this CPU has AVX-512)")
 
 # (N, C, H, W, M, kH, kW, strides, pads (t, l, b, r), dilations): ResNet's last stages (2x2
 # and 4x4 maps, the stride-2 entries and 1x1 downsample), M not a multiple of the 32-channel
@@ -49,11 +51,42 @@ def _conv(case, wt, b, algo="auto", **act):
     return Conv2d(wt, b, case[:4], case[7], case[8], case[9], 1, algo=algo, **act)
 
 
+# (as CASES) layers of batch 1 that take it on AVX2: ResNet-50's last stage (3x3 and deep 1x1
+# on 7x7, its stride-2 downsample to 14x14)
+CASES_AVX2 = {
+    "3x3_7x7_b1": (1, 24, 7, 7, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "deep_1x1_7x7": (1, 512, 7, 7, 520, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    "deep_1x1_s2_14": (1, 512, 28, 28, 512, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1)),
+}
+
+
 @needs_it
 @pytest.mark.parametrize("act", range(len(ACTS)))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_reference_and_the_direct_kernel_bitwise(name, act):
-    case = CASES[name]
+    _check_against_reference_and_direct(CASES[name], act)
+
+
+@needs_avx2_rules
+@pytest.mark.parametrize("act", [0, 1, 4])
+@pytest.mark.parametrize("name", sorted(CASES_AVX2))
+def test_avx2_batch1_layers_match_reference_and_direct_bitwise(name, act):
+    _check_against_reference_and_direct(CASES_AVX2[name], act)
+
+
+@needs_avx2_rules
+def test_avx2_rules():
+    """On AVX2: 7x7 rows at batch 1; 1x1 layers up to 14-pixel rows only when both channel
+    counts are DEEP_1X1+ (EfficientNet's 192->1152 on 7x7 stays on the direct kernel)."""
+    for case in CASES_AVX2.values():
+        assert _conv(case, *_data(case)[1:]).algo == "small_maps"
+    shallow = (1, 192, 7, 7, 1152, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1))
+    assert _conv(shallow, *_data(shallow)[1:]).algo == "direct"
+    wide = (1, 24, 8, 8, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))
+    assert _conv(wide, *_data(wide)[1:]).algo != "small_maps"
+
+
+def _check_against_reference_and_direct(case, act):
     x, wt, b = _data(case)
     x[0, 0, 0, 0] = np.nan  # NaN and Inf reach exactly the outputs that read them
     x[-1, -1, -1, -1] = np.inf
@@ -91,20 +124,19 @@ def test_which_layers_take_it():
                   dtype=np.float64).algo != "small_maps"
 
 
-@pytest.mark.skipif(small_maps.supported(), reason="this CPU has AVX-512: the tests above run")
-def test_refused_without_avx512():
-    """On a CPU without AVX-512 no layer takes it, forcing it is a ValueError, and the layers it
-    would take match the reference on the algorithm they get."""
-    for name, case in CASES.items():
-        x, wt, b = _data(case)
-        conv = _conv(case, wt, b)
-        assert conv.algo != "small_maps", name
-        out = np.empty(conv.out_shape, np.float32)
-        conv(x, out)
-        np.testing.assert_allclose(
-            out, conv2d_ref(x, wt, b, case[7], case[8], case[9], 1), **TOL)
-        with pytest.raises(ValueError, match="AVX-512"):
-            _conv(case, wt, b, algo="small_maps")
+def test_refused_on_a_cpu_without_its_tile():
+    """A CPU with neither AVX2 nor AVX-512 (16 registers of 128 bits) has no register tile for
+    it: ``supported`` is False and no layer is accepted there."""
+    from convrt.kernels.conv._base import ConvLayer
+    from convrt.kernels.conv._microkernel import Cpu
+
+    sse = Cpu(128, 16, False)
+    assert not small_maps.supported(sse)
+    for case in CASES.values():
+        n, c, h, w, m, kh, kw = case[:7]
+        layer = ConvLayer.build((m, c, kh, kw), (n, c, h, w), case[7], case[8], case[9], 1,
+                                "none", 0.01, -np.inf, np.inf, np.float32)
+        assert not small_maps.SmallMaps.accepts(layer, sse)
 
 
 def test_forcing_it_on_a_layer_it_does_not_take_is_refused():

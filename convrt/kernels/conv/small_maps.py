@@ -9,46 +9,67 @@ whole batch's output pixels ``k = n*OH*OW + oh*OW + ow`` (``r = (c*kH + a)*kW + 
 
 * the weights are packed exactly as the direct kernel packs them (``direct.pack_direct``,
   shared with it through the session's pack cache);
-* the input becomes panels of ``T`` = 14 consecutive pixels ``k``, ``PITCH`` floats a row
+* the input becomes panels of ``T`` = 14 consecutive pixels ``k``, ``BQ_PITCH`` floats a row
   (``bq[tile, r, t]``, zero where the window leaves the image: ``fill_panels``), in this
   thread's scratch;
 * one work item per (block of 32 channels, panel) runs the direct kernel's register tile over
   the whole reduction, then stores it into NCHW with the common epilogue (bias, residual,
   activation), one run per image the panel spans.
 
-Items are block-major and split statically among the threads: each thread streams its blocks'
-weights once, and every output is one fixed sum whatever the thread count or batch size (the
-same value for an image alone or in any batch this algorithm takes).
+Items are block-major and claimed from both ends (``_schedule``): each thread streams its
+blocks' weights once, and every output is one fixed sum whatever the thread count or batch size
+(the same value for an image alone or in any batch this algorithm takes).
+
+On AVX2 the tile is 1 block x 5 pixels and a panel row is 5 floats, and the algorithm also takes
+batch-1 layers with 7x7 maps, and deep 1x1 layers up to 14x14 (``MAX_ROW``): there it is the
+direct kernel's input order that costs, not the batch.
 """
 
 import numba
 import numpy as np
 from numba import prange
 
+from ...activations import TANH
 from .._jit import FAST, njit, pjit
 from ._base import ConvAlgorithm, packed
-from ._epilogue import _store_tile
+from ._epilogue import _store_tile, _store_tile_m
 from ._ir import VEC
 from ._layout import _shared_scratch, tap_sources
 from ._microkernel import HOST, TILE_ELEMS, _shapes, tile_kernel_t, tile_pitch
+from ._schedule import _claim_end, _side, work_split
 from .direct import pack_direct
 
 _FM = set(FAST)
 _U = np.uint64
-NB_, T = 2, 14  # the microkernel shape: 2 blocks of 16 channels x 14 pixels
+# the microkernel shape: 2 blocks of 16 channels x 14 pixels with AVX-512's 32 registers, one
+# block x 5 pixels with AVX2's 16 (the direct kernel's best shapes there)
+NB_, T = (2, 14) if HOST.vbits >= 512 else (1, 5)
 WD = NB_ * VEC
-PITCH = tile_pitch(T)
-# Output rows up to this many pixels wide take this algorithm when the batch has a panel's
-# worth of pixels.  Measured per ResNet-18 layer at batch 8 against the direct kernel: 2x2
-# maps 0.46 vs 0.73 ms, 4x4 -> 2x2 (stride 2) 0.24 vs 0.43, 4x4 0.40 vs 0.40, 8x8 -> 4x4
+PITCH = tile_pitch(T)  # the register tile's rows, as the epilogue reads them
+# a panel's rows: T floats (on AVX2 a step then reads 20 bytes, four steps a cache line, where
+# a 7x7 map's NCHW rows put every step on a line of its own) or the tile's pitch (AVX-512)
+BQ_PITCH = PITCH if HOST.vbits >= 512 else T
+# Output rows up to SMALL_ROW pixels wide take this algorithm when the batch has a panel's
+# worth of pixels.  AVX-512, measured per ResNet-18 layer at batch 8 against the direct kernel:
+# 2x2 maps 0.46 vs 0.73 ms, 4x4 -> 2x2 (stride 2) 0.24 vs 0.43, 4x4 0.40 vs 0.40, 8x8 -> 4x4
 # 0.21 vs 0.27; on 8x8 maps the direct kernel wins (0.32 vs 0.44), and on 7x7 (batch 1 and 4).
-MAX_ROW = 4
+# On AVX2 (1x5 tiles, 20-byte panel rows) rows up to MAX_ROW take it too, and 1x1 layers up to
+# MAX_ROW_1X1 with DEEP_1X1+ channels in and out (the pixel kernel leaves them to the direct
+# one).  Batch 1, same process alternating: 1x1 on 7x7 maps 0.67-0.84x the direct kernel's
+# time (2048->512 1.20 -> 0.88 ms), 1x1 on 14x14 0.87-0.96x, 3x3 on 7x7 0.92x; 3x3 on 14x14
+# and 28x28 1.14-1.16x (left to direct).  There the direct kernel's 5-pixel tile reads one
+# cache line per step of the reduction from NCHW rows 196 bytes apart; a panel's step reads 20
+# contiguous bytes.  In whole models the 1x1 layers gained only when both channel counts are
+# DEEP_1X1+ (ResNet-50's last stage: 2048->512 1.45-1.70 -> 0.92 ms); EfficientNet-B0's
+# 672->192 and 192->1152 ran slower.
+SMALL_ROW = 4  # any layer, any CPU
+MAX_ROW, MAX_ROW_1X1, DEEP_1X1 = (4, 4, 0) if HOST.vbits >= 512 else (7, 14, 512)
 
 
 def supported(cpu=HOST) -> bool:
     """Whether ``cpu`` has the microkernel shape this algorithm is built on (2 x 16 channels by
-    14 pixels: AVX-512's 32 vector registers); without it ``accepts`` is False for every layer
-    and forcing ``algo="small_maps"`` is a ValueError."""
+    14 pixels with AVX-512's 32 vector registers, 1 x 5 with AVX2's 16); without it ``accepts``
+    is False for every layer and forcing ``algo="small_maps"`` is a ValueError."""
     return (NB_, T) in _shapes(np.dtype(np.float32), cpu)
 
 
@@ -87,7 +108,7 @@ def fill_panels(x, bq, ys, xs, nthr):
 @njit(fastmath=_FM)
 def _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile, i0, i1):
     tile = np.empty(TILE_ELEMS, dtype=out.dtype)
-    stride = offs.shape[0] * PITCH
+    stride = offs.shape[0] * BQ_PITCH
     for it in range(i0, i1):
         blk = it // ntile
         tl = it - blk * ntile
@@ -100,19 +121,33 @@ def _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile,
             n = k // p_n
             p = k - n * p_n
             cnt = min(p_n - p, k1 - k)
-            _store_tile(tile[k - tl * T:], cnt, PITCH, out, _U((n * m_n + m0) * p_n + p),
-                        _U(p_n), jv, res, has_res, act, prm)
+            if PITCH == 16 and act != TANH:  # activations.IN_REGISTERS, as direct's worker
+                _store_tile_m(tile[k - tl * T:], cnt, out, _U((n * m_n + m0) * p_n + p),
+                              _U(p_n), jv, res, has_res, act, prm)
+            else:
+                _store_tile(tile[k - tl * T:], cnt, PITCH, out,
+                            _U((n * m_n + m0) * p_n + p), _U(p_n), jv, res, has_res, act, prm)
             k += cnt
 
 
 @pjit(fastmath=_FM)
-def _run(bq, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, nthr):
+def _run(bq, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, nthr, grain):
+    """Items (block, panel), block-major, claimed as ``_schedule`` describes: with two threads
+    one takes blocks from the front and the other from the back, so each streams its blocks'
+    weights once, and a thread another process delays leaves its part to the other."""
     ntile = bq.shape[0]
     items = wp.shape[0] * ntile
     bqf = bq.reshape(bq.size)
+    ctr = np.zeros(1, dtype=np.int64)
     for th in prange(nthr):
-        _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile,
-               items * th // nthr, items * (th + 1) // nthr)
+        side = _side(th, nthr, grain)
+        done = 0
+        while True:
+            u0, u1 = _claim_end(ctr, items, abs(grain), side, done)
+            if u1 <= u0:
+                break
+            done += u1 - u0
+            _items(bqf, offs, wp, bp, out, res, has_res, act, prm, m_n, p_n, k_n, ntile, u0, u1)
 
 
 class SmallMaps(ConvAlgorithm):
@@ -126,7 +161,13 @@ class SmallMaps(ConvAlgorithm):
 
     @classmethod
     def accepts(cls, layer, cpu) -> bool:
-        return (layer.group == 1 and layer.dtype == np.float32 and layer.ow_n <= MAX_ROW
+        if layer.ow_n <= SMALL_ROW:
+            fits = True
+        elif layer.kh == layer.kw == 1:
+            fits = layer.ow_n <= MAX_ROW_1X1 and min(layer.cg, layer.m_all) >= DEEP_1X1
+        else:
+            fits = layer.ow_n <= MAX_ROW
+        return (layer.group == 1 and layer.dtype == np.float32 and fits
                 and layer.n_img * layer.oh_n * layer.ow_n >= T
                 and supported(cpu))
 
@@ -134,7 +175,9 @@ class SmallMaps(ConvAlgorithm):
         super().__init__(layer, w, bias)
         if not self.accepts(layer, HOST):  # forced (``algo=``): the kernels assume all of it
             raise ValueError("algo='small_maps' needs one group, float32, output rows of at "
-                             f"most {MAX_ROW} pixels, {T}+ pixels in the batch and AVX-512")
+                             f"most {MAX_ROW} pixels ({MAX_ROW_1X1} for 1x1 layers with "
+                             f"{DEEP_1X1}+ channels in and out), {T}+ pixels in "
+                             "the batch and AVX2 or AVX-512")
         rows = layer.cg * layer.kh * layer.kw
         nb = -(-layer.m_all // WD)
 
@@ -146,12 +189,12 @@ class SmallMaps(ConvAlgorithm):
 
         # the direct kernel's layout and block width: one packed copy serves both
         self._wp, self._bp = packed("direct", (WD,), pack)
-        self._offs = np.arange(rows, dtype=np.uint64) * np.uint64(PITCH)
+        self._offs = np.arange(rows, dtype=np.uint64) * np.uint64(BQ_PITCH)
         self._ys, self._xs = tap_sources(layer.h_n, layer.w_n, layer.kh, layer.kw, layer.sh,
                                    layer.sw, layer.dh, layer.dw, layer.pt, layer.pl,
                                    layer.oh_n, layer.ow_n)
         self._k_n = layer.n_img * layer.oh_n * layer.ow_n
-        self._panels = (-(-self._k_n // T), rows, PITCH)
+        self._panels = (-(-self._k_n // T), rows, BQ_PITCH)
 
     def repack(self, w, bias):
         """New weights of the same shape into the packed arrays (``Conv2d.repack``)."""
@@ -167,7 +210,7 @@ class SmallMaps(ConvAlgorithm):
         fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs, min(nthr, self._panels[0]))
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
-        items = self._wp.shape[0] * self._panels[0]
+        nthr, grain = work_split(self._wp.shape[0] * self._panels[0])
         _run(bq, self._offs, self._wp, self._bp, out.reshape(-1), res, has_res, self.act,
-             self._prm, layer.m_all, layer.oh_n * layer.ow_n, self._k_n, min(nthr, items))
+             self._prm, layer.m_all, layer.oh_n * layer.ow_n, self._k_n, nthr, grain)
         return out
