@@ -160,18 +160,21 @@ class VecIR:
         """``value`` in every lane of a float vector (a constant; float32 rounds it once)."""
         return ir.Constant(self.vt, [float(value)] * VEC)
 
-    def _exp32(self, x):
-        """``elementwise.exp32`` of a float32 vector, op for op (same constants, same order, the
-        polynomial in ``llvm.fma`` as the scalar form calls it, nothing else contracted):
-        bit-identical to the scalar function the row epilogues vectorise."""
+    def _exp32(self, x, upper=True):
+        """``elementwise.exp32`` of a float32 vector (``elementwise._exp_below`` without the
+        upper clamp), op for op (same constants, same order, ``llvm.rint`` and ``llvm.fma`` as
+        the scalar form calls them, nothing else contracted): bit-identical to the scalar
+        function the row epilogues vectorise."""
         b, c = self.builder, self.const
-        xc = b.select(b.fcmp_ordered(">", x, c(_ew._X_HI)), c(_ew._X_HI), x)  # NaN stays NaN
-        xc = b.select(b.fcmp_ordered("<", xc, c(_ew._X_LO)), c(_ew._X_LO), xc)
-        rnd = c(_ew._ROUND)
-        nf = b.fsub(b.fadd(b.fmul(xc, c(_ew._LOG2E)), rnd), rnd)
+        if upper:
+            x = b.select(b.fcmp_ordered(">", x, c(_ew._X_HI)), c(_ew._X_HI), x)  # NaN stays
+        xc = b.select(b.fcmp_ordered("<", x, c(_ew._X_LO)), c(_ew._X_LO), x)
+        rint = self.intrinsic("llvm.rint", self.vt, [self.vt])
+        nf = b.call(rint, [b.fmul(xc, c(_ew._LOG2E))])
         nf = b.select(b.fcmp_ordered(">", nf, c(-160.0)), nf, c(-160.0))  # NaN -> finite n
-        r = b.fsub(b.fsub(xc, b.fmul(nf, c(_ew._LN2_HI))), b.fmul(nf, c(_ew._LN2_LO)))
         fma = self.intrinsic("llvm.fma", self.vt, [self.vt] * 3)
+        neg = b.fneg(nf)
+        r = b.call(fma, [neg, c(_ew._LN2_LO), b.call(fma, [neg, c(_ew._LN2_HI), xc])])
         p = c(_ew._E5)
         for k in (_ew._E4, _ew._E3, _ew._E2, _ew._E1, _ew._E0):
             p = b.call(fma, [p, r, c(k)])
@@ -190,10 +193,10 @@ class VecIR:
         ``(1 if x >= 0 else e) / (1 + e)``; NaN -> NaN."""
         b = self.builder
         zero, one = ir.Constant(self.vt, None), self.const(1.0)
+        fabs = self.intrinsic("llvm.fabs", self.vt, [self.vt])
         if isinstance(self.ft, ir.FloatType):
-            e = self._exp32(b.select(b.fcmp_ordered(">", x, zero), b.fneg(x), x))
+            e = self._exp32(b.fneg(b.call(fabs, [x])), upper=False)
         else:
-            fabs = self.intrinsic("llvm.fabs", self.vt, [self.vt])
             e = b.call(self.intrinsic("llvm.exp", self.vt, [self.vt]),
                        [b.fneg(b.call(fabs, [x]))])
         return b.fdiv(b.select(b.fcmp_ordered(">=", x, zero), one, e), b.fadd(one, e))
