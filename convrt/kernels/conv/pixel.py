@@ -252,6 +252,31 @@ def run(xf, offs, wp, bp, out, res, has_res, prm, geo, nthr, grain):
                 _side(t, nthr, grain))
 
 
+@njit
+def _next_item(mb, ti, y, n, nmb, ntl, oh_n, pix_major):
+    """The item after (block ``mb``, tile ``ti`` of row ``y``, image ``n``) in ``_worker``'s
+    order, as ``_schedule._item`` of the next index gives it."""
+    if pix_major:
+        mb += 1
+        if mb < nmb:
+            return mb, ti, y, n
+        mb = 0
+    ti += 1
+    if ti == ntl:
+        ti = 0
+        y += 1
+        if y == oh_n:
+            y = 0
+            if pix_major:
+                n += 1
+            else:
+                mb += 1
+                if mb == nmb:
+                    mb = 0
+                    n += 1
+    return mb, ti, y, n
+
+
 @njit(fastmath=_FM)
 def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
     """One worker of ``run``: claims items until none is left."""
@@ -270,12 +295,15 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
         if u1 <= u0:
             break
         done += u1 - u0
-        for u in range(u0, u1):
-            # pixel-major: consecutive items are one pixel tile, every channel block; else one
-            # channel block along the image's pixel tiles
-            mb, q, n = _item(u, nmb, rt, pix_major)
-            y = q // ntl
-            p0 = min((q - y * ntl) * px, ow_n - px)
+        # pixel-major: consecutive items are one pixel tile, every channel block; else one
+        # channel block along the image's pixel tiles.  The first item's coordinates are
+        # divided out once, the rest counted on: three 64-bit divisions an item weighed on the
+        # short reductions (1x1 16->96 on 112x112 0.93x, 32->16 0.90x without them)
+        mb, q, n = _item(u0, nmb, rt, pix_major)
+        y = q // ntl
+        ti = q - y * ntl
+        for _u in range(u0, u1):
+            p0 = min(ti * px, ow_n - px)
             m0 = mb * mr
             jv = min(mr, m_all - m0)
             ob = _U(n * ons + m0 * geo[13] + y * ors + ooff + p0)
@@ -288,6 +316,7 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
                 _store_tile(tile, px, px, out, ob, ohw, jv, res, has_res, act, prm)
             if geo[18] and p0 == 0:  # a bordered output: the row's zeros, once per row
                 _zero_border(out, ons, geo[13], ors, geo[16], geo[17], n, m0, jv, y, oh_n, ow_n)
+            mb, ti, y, n = _next_item(mb, ti, y, n, nmb, ntl, oh_n, pix_major)
 
 
 def pack_weights(w, bias, mr, dtype):
