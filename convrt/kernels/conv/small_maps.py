@@ -9,11 +9,11 @@ whole batch's output pixels ``k = n*OH*OW + oh*OW + ow`` (``r = (c*kH + a)*kW + 
 
 * the weights are packed exactly as the direct kernel packs them (``direct.pack_direct``,
   shared with it through the session's pack cache);
-* the input becomes panels of ``T`` = 14 consecutive pixels ``k``, ``BQ_PITCH`` floats a row
-  (``bq[tile, r, t]``, zero where the window leaves the image: ``fill_panels``), in this
-  thread's scratch;
-* one work item per (block of 32 channels, panel) runs the direct kernel's register tile over
-  the whole reduction, then stores it into NCHW with the common epilogue (bias, residual,
+* the input becomes panels of ``T`` consecutive pixels ``k`` (14 with AVX-512), ``BQ_PITCH``
+  floats a row (``bq[tile, r, t]``, zero where the window leaves the image: ``fill_panels``),
+  in this thread's scratch;
+* one work item per (block of ``WD`` channels, panel) runs the direct kernel's register tile
+  over the whole reduction, then stores it into NCHW with the common epilogue (bias, residual,
   activation), one run per image the panel spans.
 
 Items are block-major and claimed from both ends (``_schedule``): each thread streams its
