@@ -96,7 +96,7 @@ def _exp_below(x):
     (``n * _LN2_HI`` is exact, so the first rounds once either way; the second is one rounding
     instead of two), and the polynomial is Horner in fused multiply-adds: half the dependent
     steps of mul + add.  The chain's latency is what an activation in a conv epilogue waits on
-    (SiLU, 1.2 M outputs, was 23 % faster this way on AVX2)."""
+    (a flat float32 SiLU loop ran 23 % faster this way on AVX2)."""
     xc = _X_LO if x < _X_LO else x
     nf = _rint32(xc * _LOG2E)
     nf = nf if nf > _F(-160.0) else _F(-160.0)  # NaN -> a finite n (the int cast needs one)

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import ConvrtError, InputError, ShapeError
 from ..ir import Graph
 from ..kernels._alloc import mapped_empty
-from ..kernels.conv._schedule import SERIAL_ELEMS, serial as small_work
+from ..kernels.conv._schedule import serial as small_work
 from ..ops.infer import NodeInfo, infer, one_line
 from ..ops.registry import (PackCache, TensorInfo, binding_first_tier, binding_precision,
                             packing_into)
@@ -39,7 +39,7 @@ ALIGN = 64
 # microseconds of work costs more than it saves, and far more when another process holds the
 # other cores (a parallel region waits for its slowest thread's next time slice).
 # (``kernels.conv._schedule.serial``: both the multiply-adds and the output elements small;
-# elements alone for ops that report no multiply-adds)
+# an op that reports no multiply-adds is judged by its elements)
 # ... unless the step streams this many bytes of constant inputs (weights): a batch-1 FC layer
 # is a memory-bound GEMV with few MACs per byte, and two cores stream it faster than one.
 PARALLEL_CONST_BYTES = 1 << 20
@@ -351,8 +351,8 @@ class Plan:
         const_bytes = sum(getattr(env[v.name].value, "nbytes", 0)
                           for v in node.inputs[:_n_inputs(node)]
                           if v is not None and v.name and env.get(v.name) is not None)
-        serial = res.alias or (const_bytes < PARALLEL_CONST_BYTES and (
-            small_work(macs, elems) if macs else elems < SERIAL_ELEMS))
+        serial = res.alias or (const_bytes < PARALLEL_CONST_BYTES
+                               and small_work(macs, elems))
         self.steps.append(Step(label, node.op_type,
                                _make_step(res.kernel, ins, outs, len(node.outputs), res.alias,
                                           self._none_slot),

@@ -161,10 +161,10 @@ class VecIR:
         return ir.Constant(self.vt, [float(value)] * VEC)
 
     def _exp32(self, x, upper=True):
-        """``elementwise.exp32`` of a float32 vector (``elementwise._exp_below`` without the
-        upper clamp), op for op (same constants, same order, ``llvm.rint`` and ``llvm.fma`` as
-        the scalar form calls them, nothing else contracted): bit-identical to the scalar
-        function the row epilogues vectorise."""
+        """``elementwise.exp32`` of a float32 vector (``elementwise._exp_below`` with ``upper``
+        false: no clamp from above), op for op (same constants, same order, ``llvm.rint`` and
+        ``llvm.fma`` as the scalar form calls them, nothing else contracted): bit-identical to
+        the scalar function the row epilogues vectorise."""
         b, c = self.builder, self.const
         if upper:
             x = b.select(b.fcmp_ordered(">", x, c(_ew._X_HI)), c(_ew._X_HI), x)  # NaN stays

@@ -95,9 +95,6 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             ptr = builder.bitcast(builder.gep(xa.data, [builder.add(base, off)]), vpt)
             return builder.call(mload, [ptr, align, mask, zero])
 
-        def plain(data, at):  # unmasked vector load of data[at + lane]
-            return builder.load(builder.bitcast(builder.gep(data, [at]), vpt), align=4)
-
         def sums(taps):  # bias + the nine taps in order, as a one-element list (for either:
             # the paths join on the sum, not on nine vectors that AVX2 would have to spill)
             acc = wts[9]
@@ -187,12 +184,12 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             def edge(first):  # the row's first or (shifted) last vector: the padding by a shift
                 vals = []
                 for i in range(3):
-                    mid = plain(xa.data, builder.add(bases[i], x0))
+                    mid = v.vload(xa.data, builder.add(bases[i], x0))
                     if first:
                         left = builder.shuffle_vector(zero, mid, zero_left)
-                        right = plain(xa.data, builder.add(bases[i], builder.add(x0, c64(1))))
+                        right = v.vload(xa.data, builder.add(bases[i], builder.add(x0, c64(1))))
                     else:
-                        left = plain(xa.data, builder.add(bases[i], builder.sub(x0, c64(1))))
+                        left = v.vload(xa.data, builder.add(bases[i], builder.sub(x0, c64(1))))
                         right = builder.shuffle_vector(mid, zero, zero_right)
                     vals += [left, mid, right]
                 return sums(vals)
@@ -214,7 +211,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                                 builder.icmp_signed("<", cols, w_s)), present[i])
                             vals.append(load(bases[i], at, m))
                         else:
-                            vals.append(plain(xa.data, builder.add(bases[i], at)))
+                            vals.append(v.vload(xa.data, builder.add(bases[i], at)))
                 return sums(vals)
 
             acc = v.either(wide, plain_rows, lambda: rows(True), "dw3.ld")[0]
@@ -231,7 +228,7 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
                 taps, odds = [], []
                 for i in range(3):
                     va, vb = ((load(bases[i], off, builder.and_(m, present[i])) if masked
-                               else plain(xa.data, builder.add(bases[i], off)))
+                               else v.vload(xa.data, builder.add(bases[i], off)))
                               for off, m in ((x2, am), (builder.add(x2, c64(VEC)), bm)))
                     mid = builder.shuffle_vector(va, vb,
                                                  ir.Constant(it, list(range(0, 2 * VEC, 2))))
@@ -249,36 +246,22 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             acc = sums(taps)[0]
         opos = builder.add(orow, x0)
         whole = builder.icmp_signed("<=", builder.add(x0, c64(VEC)), ow_n)
-        hr_s = arg(9, types.boolean)
-        rbb = builder.append_basic_block("dw3.res")
-        abb = builder.append_basic_block("dw3.act")
-        before = builder.block
-        builder.cbranch(hr_s, rbb, abb)
-        builder.position_at_end(rbb)
-        rv = v.either(whole, lambda: [plain(ra.data, opos)],
-                    lambda: [builder.call(mload, [builder.bitcast(builder.gep(ra.data, [opos]),
-                                                                  vpt), align, omask, zero])],
-                    "dw3.rl")[0]
-        with_res = builder.fadd(acc, rv)
-        rend = builder.block
-        builder.branch(abb)
-        builder.position_at_end(abb)
-        accp = builder.phi(vt)
-        accp.add_incoming(acc, before)
-        accp.add_incoming(with_res, rend)
-        acc = v.activate(accp, a_l, (alpha, lo, hi, zero))
-        optr = builder.bitcast(builder.gep(oa.data, [opos]), vpt)
-        sbb = builder.append_basic_block("dw3.st.whole")
-        mbb = builder.append_basic_block("dw3.st.masked")
-        nbb = builder.append_basic_block("dw3.st.done")
-        builder.cbranch(whole, sbb, mbb)
-        builder.position_at_end(sbb)
-        builder.store(acc, optr, align=4)
-        builder.branch(nbb)
-        builder.position_at_end(mbb)
-        builder.call(mstore, [acc, optr, align, omask])
-        builder.branch(nbb)
-        builder.position_at_end(nbb)
+        def with_residual(acc=acc):  # plain load for a whole vector, else masked
+            res = v.either(whole, lambda: [v.vload(ra.data, opos)], lambda: [builder.call(
+                mload, [v.vptr(ra.data, opos), align, omask, zero])], "dw3.rl")[0]
+            return [builder.fadd(acc, res)]
+
+        acc = v.either(arg(9, types.boolean), with_residual, lambda acc=acc: [acc], "dw3.res")[0]
+        acc = v.activate(acc, a_l, (alpha, lo, hi, zero))
+
+        def store(masked):
+            if masked:
+                builder.call(mstore, [acc, v.vptr(oa.data, opos), align, omask])
+            else:
+                v.vstore(acc, oa.data, opos)
+            return []
+
+        v.either(whole, lambda: store(False), lambda: store(True), "dw3.st")
         kn = builder.add(k, c64(1))
         kend = builder.block
         k.add_incoming(kn, kend)

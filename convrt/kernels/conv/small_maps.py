@@ -25,7 +25,6 @@ batch-1 layers with 7x7 maps, and deep 1x1 layers up to 14x14 (``MAX_ROW``): the
 direct kernel's input order that costs, not the batch.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -205,12 +204,11 @@ class SmallMaps(ConvAlgorithm):
 
     def __call__(self, x, out, residual=None):
         layer = self.layer
-        nthr = numba.get_num_threads()
+        nthr, grain = work_split(self._wp.shape[0] * self._panels[0])
         bq = _shared_scratch(int(np.prod(self._panels)), self.dtype).reshape(self._panels)
         fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs, min(nthr, self._panels[0]))
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
-        nthr, grain = work_split(self._wp.shape[0] * self._panels[0])
         _run(bq, self._offs, self._wp, self._bp, out.reshape(-1), res, has_res, self.act,
              self._prm, layer.m_all, layer.oh_n * layer.ow_n, self._k_n, nthr, grain)
         return out
