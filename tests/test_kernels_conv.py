@@ -477,16 +477,20 @@ def test_pad_copy_serial_and_parallel_agree(c, h, w, stride, pads):
 
 # ---- the pixel-vectorised kernel (kernels/pixel.py) ------------------------------------------
 def test_pixel_choice_is_by_shape():
-    """1x1 unpadded group-1 layers with 64+ pixels (or whole vectors of 16) and short
-    reductions with rows of 16+ pixels go to the pixel kernel; smaller maps, groups, long
-    reductions and an explicit algo="direct" stay on the blocked kernel."""
+    """1x1 unpadded group-1 layers with MIN_PIX_1X1+ pixels (64 with AVX-512, 49 with AVX2) or
+    whole vectors of 16, and short reductions with rows of 16+ pixels go to the pixel kernel;
+    smaller maps, groups, long reductions and an explicit algo="direct" stay on the blocked
+    kernel."""
+    from convrt.kernels.conv import pixel
+
     def algo(name, **kw):
         case = CASES[name]
         x, wt, b = _data(case, np.float32)
         return Conv2d(wt, b, x.shape, case[7], case[8], case[9], case[10], **kw).algo
 
     assert algo("1x1_wide") == algo("1x1_s21") == "pixel"
-    assert algo("1x1_7x7") == algo("1x1") == "direct"  # 49, 63 pixels
+    small = "pixel" if pixel.MIN_PIX_1X1 <= 49 else "direct"
+    assert algo("1x1_7x7") == algo("1x1") == small  # 49, 63 pixels
     assert algo("3x3_c3_w40") == algo("3x3_c3_s2") == algo("1x1_pad_w20") == "pixel"
     assert algo("3x3") == algo("group2") == algo("3x3_nopad") == "direct"  # 144 taps, groups
     assert algo("1x1_pad") == "direct"  # rows of 7

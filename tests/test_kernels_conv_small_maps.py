@@ -51,11 +51,13 @@ def _conv(case, wt, b, algo="auto", **act):
     return Conv2d(wt, b, case[:4], case[7], case[8], case[9], 1, algo=algo, **act)
 
 
-# (as CASES) layers of batch 1 that take it on AVX2: ResNet-50's last stage (3x3 and deep 1x1
-# on 7x7, its stride-2 downsample to 14x14)
+# (as CASES) layers that take it on AVX2: ResNet-50's last stage (3x3 and deep 1x1 on 7x7, its
+# stride-2 downsample to 14x14) at batch 1, and a deep 1x1 batch of 3 (``fill_rows`` deals its
+# 147 pixels into panels across the images, the last one ended by zeros)
 CASES_AVX2 = {
     "3x3_7x7_b1": (1, 24, 7, 7, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
     "deep_1x1_7x7": (1, 512, 7, 7, 520, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    "deep_1x1_7x7_b3": (3, 320, 7, 7, 330, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
     "deep_1x1_s2_14": (1, 512, 28, 28, 512, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1)),
 }
 
@@ -76,12 +78,15 @@ def test_avx2_batch1_layers_match_reference_and_direct_bitwise(name, act):
 
 @needs_avx2_rules
 def test_avx2_rules():
-    """On AVX2: 7x7 rows at batch 1; 1x1 layers up to 14-pixel rows only when both channel
-    counts are DEEP_1X1+ (EfficientNet's 192->1152 on 7x7 stays on the direct kernel)."""
+    """On AVX2: 7x7 rows at batch 1; 1x1 layers on 7x7 maps when both channel counts are
+    320+, strided to 14-pixel rows when 512+; EfficientNet's 192->1152 on 7x7 goes to the
+    pixel kernel, and so does a unit-stride deep 1x1 layer on 14x14 (ResNet-50's layer3)."""
     for case in CASES_AVX2.values():
         assert _conv(case, *_data(case)[1:]).algo == "small_maps"
     shallow = (1, 192, 7, 7, 1152, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1))
-    assert _conv(shallow, *_data(shallow)[1:]).algo == "direct"
+    assert _conv(shallow, *_data(shallow)[1:]).algo == "pixel"
+    layer3 = (1, 256, 14, 14, 1024, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1))
+    assert _conv(layer3, *_data(layer3)[1:]).algo == "pixel"
     wide = (1, 24, 8, 8, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))
     assert _conv(wide, *_data(wide)[1:]).algo != "small_maps"
 

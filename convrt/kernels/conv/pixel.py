@@ -334,18 +334,34 @@ def pack_weights(w, bias, mr, dtype):
 PIXEL_MAX_TAPS = 32
 
 
-DEEP_1X1 = 256  # see use_pixel
+# 1x1 layers this kernel leaves to the blocked ones (see use_pixel): (channels, pixels) = both
+# channel counts at least that many on at most that many output pixels, for unit-stride and for
+# strided layers; and the fewest output pixels it takes (MIN_PIX_1X1, or whole vectors of 16).
+# On AVX2 (the 6 x 16 tile) this kernel was the fastest on every unit-stride 14x14 1x1 layer
+# measured, and on 7x7 ones with fewer than 320 channels on one side (forced, same process
+# alternating, ms, against the blocked kernel: 256->1024 on 14x14 0.86 / 1.07, 1024->256 0.80 /
+# 0.97, 112->672 0.23 / 0.32; 160->960 on 7x7 0.16 / 0.22, 192->1152 0.22 / 0.27, 672->192 0.13
+# / 0.15).  small_maps takes the deeper 7x7 layers (320->1280 0.38 against 0.41 here, 2048->512
+# 0.74 / 1.01) and the deep strided ones, whose gather is its panel fill (512->1024 stride 2 to
+# 14x14: 1.91 against 2.20 here).
+if _WIDE:
+    DEEP_1X1 = {False: (256, 14 * 14), True: (256, 14 * 14)}
+    MIN_PIX_1X1 = 64
+else:
+    DEEP_1X1 = {False: (320, 7 * 7), True: (512, 14 * 14)}
+    MIN_PIX_1X1 = 49
 
 
 def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
     """Whether a layer runs on this kernel.
 
-    * 1x1 unpadded layers: from 64 output pixels per image (run as one long row), or whole
-      vectors of 16.  On 7x7 maps (49 pixels, computed as 64) the blocked kernel measured as
-      fast or faster; on MobileNetV2's 112x112..14x14 maps the pixel kernel is 1.6-3.8x faster.
-      But deep 1x1 layers on small maps (both channel counts >= ``DEEP_1X1``, at most 14x14
-      pixels: ResNet-50's layer3) go to the blocked kernel, 15-20 % faster there (a 196-pixel
-      row is 13 vectors, while 256+ output channels fill the blocked kernel's 32-channel tiles).
+    * 1x1 unpadded layers: from ``MIN_PIX_1X1`` output pixels per image (run as one long row),
+      or whole vectors of 16.  With AVX-512, on 7x7 maps (49 pixels, computed as 64) the
+      blocked kernel measured as fast or faster; on MobileNetV2's 112x112..14x14 maps the pixel
+      kernel is 1.6-3.8x faster.  Deep 1x1 layers on small maps (``DEEP_1X1``; with AVX-512
+      256+ channels on at most 14x14 pixels: ResNet-50's layer3) go to the blocked kernels,
+      15-20 % faster there (a 196-pixel row is 13 vectors, while 256+ output channels fill
+      the blocked kernel's 32-channel tiles).
     * other kernels: a short reduction (``cg*kH*kW <= PIXEL_MAX_TAPS``, first layers) and
       output rows of 16+ pixels.
     """
@@ -354,9 +370,11 @@ def use_pixel(kernel, pads, strides, group, cg, m_all, oh_n, ow_n, dtype):
     kh, kw = kernel
     if kh == kw == 1 and not any(pads):
         npix = oh_n * ow_n
-        if npix <= 14 * 14 and min(cg, m_all) >= DEEP_1X1:
+        deep, max_pix = DEEP_1X1[max(strides) > 1]
+        if npix <= max_pix and min(cg, m_all) >= deep:
             return False
-        return (npix >= 64 or npix % VEC == 0) and choose_shape(m_all, npix, dtype) is not None
+        return ((npix >= MIN_PIX_1X1 or npix % VEC == 0)
+                and choose_shape(m_all, npix, dtype) is not None)
     return cg * kh * kw <= PIXEL_MAX_TAPS and choose_shape(m_all, ow_n, dtype) is not None
 
 

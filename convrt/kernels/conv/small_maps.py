@@ -21,8 +21,9 @@ blocks' weights once, and every output is one fixed sum whatever the thread coun
 (the same value for an image alone or in any batch this algorithm takes).
 
 On AVX2 the tile is 1 block x 5 pixels and a panel row is 5 floats, and the algorithm also takes
-batch-1 layers with 7x7 maps, and deep 1x1 layers up to 14x14 (``MAX_ROW``): there it is the
-direct kernel's input order that costs, not the batch.
+batch-1 layers with 7x7 maps (``MAX_ROW``), and deep 1x1 layers on them or strided to 14x14
+(``MAX_ROW_1X1``): there it is the direct kernel's input order that costs, not the batch.  A
+unit-stride 1x1 layer's panels are its rows dealt out T pixels at a time (``fill_rows``).
 """
 
 import numpy as np
@@ -52,17 +53,21 @@ BQ_PITCH = PITCH if HOST.vbits >= 512 else T
 # worth of pixels.  AVX-512, measured per ResNet-18 layer at batch 8 against the direct kernel:
 # 2x2 maps 0.46 vs 0.73 ms, 4x4 -> 2x2 (stride 2) 0.24 vs 0.43, 4x4 0.40 vs 0.40, 8x8 -> 4x4
 # 0.21 vs 0.27; on 8x8 maps the direct kernel wins (0.32 vs 0.44), and on 7x7 (batch 1 and 4).
-# On AVX2 (1x5 tiles, 20-byte panel rows) rows up to MAX_ROW take it too, and 1x1 layers up to
-# MAX_ROW_1X1 with DEEP_1X1+ channels in and out (the pixel kernel leaves them to the direct
-# one).  Batch 1, same process alternating: 1x1 on 7x7 maps 0.67-0.84x the direct kernel's
-# time (2048->512 1.20 -> 0.88 ms), 1x1 on 14x14 0.87-0.96x, 3x3 on 7x7 0.92x; 3x3 on 14x14
-# and 28x28 1.14-1.16x (left to direct).  There the direct kernel's 5-pixel tile reads one
-# cache line per step of the reduction from NCHW rows 196 bytes apart; a panel's step reads 20
-# contiguous bytes.  In whole models the 1x1 layers gained only when both channel counts are
-# DEEP_1X1+ (ResNet-50's last stage: 2048->512 1.45-1.70 -> 0.92 ms); EfficientNet-B0's
-# 672->192 and 192->1152 ran slower.
+# On AVX2 (1x5 tiles, 20-byte panel rows) rows up to MAX_ROW take it too, and deep 1x1 layers:
+# rows up to MAX_ROW_1X1[strided] pixels with DEEP_1X1[strided]+ channels in and out (the pixel
+# kernel leaves exactly these to it: pixel.DEEP_1X1).  There the direct kernel's 5-pixel tile
+# reads one cache line per step of the reduction from NCHW rows 196 bytes apart; a panel's step
+# reads 20 contiguous bytes.  Batch 1, same process alternating, against the direct kernel:
+# 3x3 on 7x7 0.92x (3x3 on 14x14 and 28x28 1.14-1.16x: left to direct); 1x1 on 7x7 2048->512
+# 0.74 / 1.01 ms, in ResNet-50 1.45-1.70 -> 0.92; in the models, with ``fill_rows``,
+# MobileNetV2's 320->1280 0.49 -> 0.40 ms and 960->320 0.36 -> 0.33, EfficientNet-B0's
+# 1152->320 0.48 -> 0.42 (shallower 7x7 layers run faster on the pixel kernel); strided 1x1
+# to 14x14, 512->1024, 1.91 / 2.25 (pixel 2.20).
 SMALL_ROW = 4  # any layer, any CPU
-MAX_ROW, MAX_ROW_1X1, DEEP_1X1 = (4, 4, 0) if HOST.vbits >= 512 else (7, 14, 512)
+if HOST.vbits >= 512:
+    MAX_ROW, MAX_ROW_1X1, DEEP_1X1 = 4, {False: 4, True: 4}, {False: 0, True: 0}
+else:
+    MAX_ROW, MAX_ROW_1X1, DEEP_1X1 = 7, {False: 7, True: 14}, {False: 320, True: 512}
 
 
 def supported(cpu=HOST) -> bool:
@@ -102,6 +107,35 @@ def fill_panels(x, bq, ys, xs, nthr):
                         o = so[t]
                         v = xf[_U(max(o, 0) + cb)]
                         dst[t] = v if o >= 0 else 0
+
+
+@pjit
+def fill_rows(x, bq, nthr):
+    """``fill_panels`` of a 1x1 unpadded stride-1 layer, where pixel k of the batch is input
+    pixel k: per thread a range of channels, each read once along its rows and dealt out T
+    pixels a panel (``fill_panels`` walks every channel once per panel, through a gather table;
+    on MobileNetV2's 960->320 on 7x7 it took 80 us in the model against 0.35 ms of sums)."""
+    n_img, c_n, h_n, w_n = x.shape
+    p_n = h_n * w_n
+    ntile, rows, pitch = bq.shape
+    xf = x.reshape(x.size)
+    bf = bq.reshape(bq.size)
+    tail = ntile * T - n_img * p_n  # zeros that end the last panel
+    for th in prange(nthr):
+        for c in range(c_n * th // nthr, c_n * (th + 1) // nthr):
+            dst = _U(c * pitch)
+            t = 0
+            for n in range(n_img):
+                src = _U((n * c_n + c) * p_n)
+                for p in range(_U(p_n)):
+                    bf[dst + _U(t)] = xf[src + p]
+                    t += 1
+                    if t == T:
+                        t = 0
+                        dst += _U(rows * pitch)
+            for _ in range(tail):
+                bf[dst + _U(t)] = 0
+                t += 1
 
 
 @njit(fastmath=_FM)
@@ -163,7 +197,9 @@ class SmallMaps(ConvAlgorithm):
         if layer.ow_n <= SMALL_ROW:
             fits = True
         elif layer.kh == layer.kw == 1:
-            fits = layer.ow_n <= MAX_ROW_1X1 and min(layer.cg, layer.m_all) >= DEEP_1X1
+            strided = max(layer.strides) > 1
+            fits = (layer.ow_n <= MAX_ROW_1X1[strided]
+                    and min(layer.cg, layer.m_all) >= DEEP_1X1[strided])
         else:
             fits = layer.ow_n <= MAX_ROW
         return (layer.group == 1 and layer.dtype == np.float32 and fits
@@ -174,9 +210,10 @@ class SmallMaps(ConvAlgorithm):
         super().__init__(layer, w, bias)
         if not self.accepts(layer, HOST):  # forced (``algo=``): the kernels assume all of it
             raise ValueError("algo='small_maps' needs one group, float32, output rows of at "
-                             f"most {MAX_ROW} pixels ({MAX_ROW_1X1} for 1x1 layers with "
-                             f"{DEEP_1X1}+ channels in and out), {T}+ pixels in "
-                             "the batch and AVX2 or AVX-512")
+                             f"most {MAX_ROW} pixels ({MAX_ROW_1X1[False]} for 1x1 layers with "
+                             f"{DEEP_1X1[False]}+ channels in and out, {MAX_ROW_1X1[True]} "
+                             f"strided with {DEEP_1X1[True]}+), {T}+ pixels in the batch and "
+                             "AVX2 or AVX-512")
         rows = layer.cg * layer.kh * layer.kw
         nb = -(-layer.m_all // WD)
 
@@ -193,20 +230,29 @@ class SmallMaps(ConvAlgorithm):
                                    layer.sw, layer.dh, layer.dw, layer.pt, layer.pl,
                                    layer.oh_n, layer.ow_n)
         self._k_n = layer.n_img * layer.oh_n * layer.ow_n
+        self._rows_only = (layer.kh == layer.kw == 1 and not any(layer.pads)
+                           and layer.strides == (1, 1))  # the panels are the rows: fill_rows
         self._panels = (-(-self._k_n // T), rows, BQ_PITCH)
+        # the scratch's size, counted once: a np.prod per call measured 90 us in MobileNetV2
+        # (numpy's Python-level path with the caches just flushed by the layer before)
+        self._scratch_n = self._panels[0] * rows * BQ_PITCH
 
     def repack(self, w, bias):
         """New weights of the same shape into the packed arrays (``Conv2d.repack``)."""
         pack_direct(w, bias, self._wp, self._bp, 1)
 
     def scratch_bytes(self) -> int:
-        return int(np.prod(self._panels)) * self.dtype.itemsize
+        return self._scratch_n * self.dtype.itemsize
 
     def __call__(self, x, out, residual=None):
         layer = self.layer
         nthr, grain = work_split(self._wp.shape[0] * self._panels[0])
-        bq = _shared_scratch(int(np.prod(self._panels)), self.dtype).reshape(self._panels)
-        fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs, min(nthr, self._panels[0]))
+        bq = _shared_scratch(self._scratch_n, self.dtype).reshape(self._panels)
+        if self._rows_only:
+            fill_rows(np.ascontiguousarray(x), bq, min(nthr, self.layer.cg))
+        else:
+            fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs,
+                        min(nthr, self._panels[0]))
         has_res = residual is not None
         res = residual.reshape(-1) if has_res else self._dummy
         _run(bq, self._offs, self._wp, self._bp, out.reshape(-1), res, has_res, self.act,
