@@ -15,7 +15,7 @@ from numba.extending import intrinsic
 from ...activations import (CLIP, HARD_SIGMOID, HARD_SWISH, IN_REGISTERS, LEAKY, NONE, RELU,
                             SIGMOID, SILU, TANH)
 from .._jit import FAST, njit
-from ..elementwise import any_sigmoid, any_tanh
+from ..elementwise import any_sigmoid, any_silu, any_tanh
 from ._ir import VEC, VecIR, arrays
 
 _U = np.uint64
@@ -33,7 +33,7 @@ def act_other(v, act, prm):
     if act == TANH:
         return any_tanh(v)
     if act == SILU:
-        return v * any_sigmoid(v)
+        return any_silu(v)
     zero, one = prm[3], prm[4]
     h = v * prm[0] + prm[1]
     h = zero if h < zero else h
@@ -50,8 +50,7 @@ def act_run(src, s0, dst, d0, n, act, prm):
     of EfficientNet's 5x5 depthwise layers (issue #21)."""
     if act == SILU:
         for i in range(n):
-            v = src[s0 + i]
-            dst[d0 + i] = v * any_sigmoid(v)
+            dst[d0 + i] = any_silu(src[s0 + i])
     elif act == SIGMOID:
         for i in range(n):
             dst[d0 + i] = any_sigmoid(src[s0 + i])
@@ -77,8 +76,7 @@ def act_inplace(buf, s0, n, act, prm):
     ...)`` stayed scalar: its two arrays may overlap)."""
     if act == SILU:
         for i in range(n):
-            v = buf[s0 + i]
-            buf[s0 + i] = v * any_sigmoid(v)
+            buf[s0 + i] = any_silu(buf[s0 + i])
     elif act == HARD_SWISH:
         a, b, zero, one = prm[0], prm[1], prm[3], prm[4]
         for i in range(n):

@@ -201,6 +201,31 @@ class VecIR:
                        [b.fneg(b.call(fabs, [x]))])
         return b.fdiv(b.select(b.fcmp_ordered(">=", x, zero), one, e), b.fadd(one, e))
 
+    def silu(self, x):
+        """``elementwise.silu32`` of a vector, op for op (``_exp_normal``: the magic-number
+        rounding, Estrin's polynomial, one 2**n factor, 0 below ``_FTZ``; then
+        ``(x if x >= 0 else x*e) / (1 + e)``); float64: x times ``sigmoid``."""
+        b, c = self.builder, self.const
+        if not isinstance(self.ft, ir.FloatType):
+            return b.fmul(x, self.sigmoid(x))
+        fma = self.intrinsic("llvm.fma", self.vt, [self.vt] * 3)
+        zero, one = ir.Constant(self.vt, None), c(1.0)
+        a = b.fneg(b.call(self.intrinsic("llvm.fabs", self.vt, [self.vt]), [x]))
+        t = b.call(fma, [a, c(_ew._LOG2E), c(_ew._MAGIC)])
+        neg = b.fneg(b.fsub(t, c(_ew._MAGIC)))
+        r = b.call(fma, [neg, c(_ew._LN2_LO), b.call(fma, [neg, c(_ew._LN2_HI), a])])
+        r2 = b.fmul(r, r)
+        p = b.call(fma, [b.call(fma, [b.call(fma, [c(_ew._E5), r, c(_ew._E4)]), r2,
+                                      b.call(fma, [c(_ew._E3), r, c(_ew._E2)])]),
+                         r2, b.call(fma, [c(_ew._E1), r, c(_ew._E0)])])
+        p = b.fadd(b.call(fma, [p, r2, r]), one)
+        it = ir.VectorType(self.i32, VEC)
+        bits = b.sub(b.bitcast(t, it), ir.Constant(it, [int(_ew._MAGIC_BITS)] * VEC))
+        s = b.bitcast(b.shl(bits, ir.Constant(it, [23] * VEC)), self.vt)
+        e = b.select(b.fcmp_ordered("<", a, c(_ew._FTZ)), zero, b.fmul(p, s))
+        num = b.select(b.fcmp_ordered(">=", x, zero), x, b.fmul(x, e))
+        return b.fdiv(num, b.fadd(one, e))
+
     def activate(self, v, act, prm):
         """``v`` through activation code ``act`` (one of ``activations.IN_REGISTERS``, a
         compile-time int) with ``prm`` = (alpha, lo, hi, 0) splats, as ``_epilogue._store_tile``
@@ -219,7 +244,7 @@ class VecIR:
         if act == SIGMOID:
             return self.sigmoid(v)
         if act == SILU:
-            return b.fmul(v, self.sigmoid(v))
+            return self.silu(v)
         if act in (HARD_SIGMOID, HARD_SWISH):
             one = self.const(1.0)
             h = b.call(self.fma, [v, alpha, lo])
