@@ -173,6 +173,8 @@ DW3 = {  # (N, C, H, W, stride): rows shorter than, equal to and longer than one
     "w7_s2": (1, 9, 7, 7, 2), "w16": (1, 4, 5, 16, 1), "w16_s2": (1, 4, 6, 16, 2),
     "w33": (1, 3, 6, 33, 1), "w33_s2": (2, 3, 9, 33, 2), "w35_s2_even_h": (1, 2, 10, 35, 2),
     "w64_s2": (1, 2, 4, 64, 2), "w17_h18": (1, 3, 18, 17, 1),
+    # stride 2 on even widths: the row's last vector shifted back to end at the row's end
+    "w56_s2": (1, 3, 8, 56, 2), "w34_s2": (2, 2, 7, 34, 2),
 }
 
 

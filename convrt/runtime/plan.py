@@ -38,8 +38,9 @@ ALIGN = 64
 # Steps with less work than this run on the calling thread alone: waking the pool for a few
 # microseconds of work costs more than it saves, and far more when another process holds the
 # other cores (a parallel region waits for its slowest thread's next time slice).
-# (``kernels.conv._schedule.serial``: both the multiply-adds and the output elements small;
-# an op that reports no multiply-adds is judged by its elements)
+# (``kernels.conv._schedule.serial``: both the multiply-adds and the elements moved small,
+# the outputs or the biggest input read; an op that reports no multiply-adds is judged by its
+# elements)
 # ... unless the step streams this many bytes of constant inputs (weights): a batch-1 FC layer
 # is a memory-bound GEMV with few MACs per byte, and two cores stream it faster than one.
 PARALLEL_CONST_BYTES = 1 << 20
@@ -347,10 +348,13 @@ class Plan:
         self.scratch_bytes += int(res.extra.get("scratch", 0))
         label = node.name or node.outputs[0].name
         macs = int(res.flops or 0)
-        elems = sum(math.prod(o.shape) for o in res.outputs)
-        const_bytes = sum(getattr(env[v.name].value, "nbytes", 0)
-                          for v in node.inputs[:_n_inputs(node)]
-                          if v is not None and v.name and env.get(v.name) is not None)
+        reads = [env[v.name] for v in node.inputs[:_n_inputs(node)]
+                 if v is not None and v.name and env.get(v.name) is not None]
+        const_bytes = sum(getattr(t.value, "nbytes", 0) for t in reads)
+        # the elements a step moves: its outputs, or an input it reads that is bigger (a
+        # global pool, a stride-2 depthwise layer); constants are weights, counted in macs
+        elems = max([sum(math.prod(o.shape) for o in res.outputs)] + [
+            math.prod(t.shape) for t in reads if t.value is None and t.shape is not None])
         serial = res.alias or (const_bytes < PARALLEL_CONST_BYTES
                                and small_work(macs, elems))
         self.steps.append(Step(label, node.op_type,

@@ -17,7 +17,8 @@ the output rows straight from the input, in 16-lane vectors along each row:
   input row (a 144-channel 56x56 layer: 0.74 -> 0.34 ms with the plain stores below);
 * stride 2 loads 32 consecutive inputs and splits them into even and odd columns with two
   shuffles; the left neighbours are the odd columns shifted by one lane, carried over from the
-  previous vector;
+  previous vector (the row's last vector, shifted back to end at the row's end like stride 1's,
+  loads its own);
 * bias, residual and activation (any of ``activations.IN_REGISTERS``: all but tanh) are applied
   in registers and the row is written one vector at a time: no scratch, no second pass;
 * loads and stores are masked only where a vector reaches past a row's ends or the plane's
@@ -156,6 +157,18 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             x0 = builder.select(wide, builder.select(
                 builder.icmp_signed("<", x0, builder.sub(ow_n, c64(VEC))), x0,
                 builder.sub(ow_n, c64(VEC))), x0)
+        shifted = ir.Constant(i1, 0)
+        if s_l == 2:  # likewise a row of 17+ outputs whose inputs all lie in the row (w_n >=
+            # 2*ow_n: even widths): its last vector ends at the row's end, and reads its left
+            # neighbours (the odd columns one lane back) by two more loads, since the vector
+            # before it is not the one just before (a 56-wide plane: 0.19 -> 0.09 ms, the
+            # masked path cost more than the rest of the layer)
+            wide = builder.and_(inner, builder.and_(
+                builder.icmp_signed(">=", ow_n, c64(VEC + 1)),
+                builder.icmp_signed(">=", w_n, builder.mul(ow_n, c64(2)))))
+            last = builder.sub(ow_n, c64(VEC))
+            shifted = builder.and_(wide, builder.icmp_signed(">", x0, last))
+            x0 = builder.select(shifted, last, x0)
         ox = builder.add(splat(builder.trunc(x0, i32), it), iota)
         omask = builder.icmp_signed("<", ox, ow_s)
         nexts = []
@@ -224,23 +237,32 @@ def _dw3_plane(typingctx, x, xo, h_n, w_n, oh_n, ow_n, out, oo, res, has_res, wb
             fast = builder.and_(inner, builder.icmp_signed(
                 "<=", builder.add(x2, c64(2 * VEC)), w_n))
 
-            def pairs(masked):  # the sum and the three rows' odd columns (carried)
+            evens = ir.Constant(it, list(range(0, 2 * VEC, 2)))
+
+            def pairs(masked, own_left=False):  # the sum and the rows' odd columns (carried)
                 taps, odds = [], []
                 for i in range(3):
                     va, vb = ((load(bases[i], off, builder.and_(m, present[i])) if masked
                                else v.vload(xa.data, builder.add(bases[i], off)))
                               for off, m in ((x2, am), (builder.add(x2, c64(VEC)), bm)))
-                    mid = builder.shuffle_vector(va, vb,
-                                                 ir.Constant(it, list(range(0, 2 * VEC, 2))))
+                    mid = builder.shuffle_vector(va, vb, evens)
                     right = builder.shuffle_vector(va, vb,
                                                    ir.Constant(it, list(range(1, 2 * VEC, 2))))
-                    left = builder.shuffle_vector(
-                        prev[i], right, ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
+                    if own_left:  # x[2j - 1]: the even lanes of the inputs one column back
+                        back = builder.add(bases[i], builder.sub(x2, c64(1)))
+                        left = builder.shuffle_vector(
+                            v.vload(xa.data, back),
+                            v.vload(xa.data, builder.add(back, c64(VEC))), evens)
+                    else:
+                        left = builder.shuffle_vector(
+                            prev[i], right, ir.Constant(it, list(range(VEC - 1, 2 * VEC - 1))))
                     taps += [left, mid, right]
                     odds.append(right)
                 return sums(taps) + odds
 
-            joined = v.either(fast, lambda: pairs(False), lambda: pairs(True), "dw3.ld")
+            joined = v.either(fast, lambda: v.either(
+                shifted, lambda: pairs(False, True), lambda: pairs(False), "dw3.sh"),
+                lambda: pairs(True), "dw3.ld")
             acc, odds = joined[0], joined[1:]
         if shifts:
             acc = sums(taps)[0]
@@ -406,7 +428,8 @@ class Depthwise3x3(ConvAlgorithm):
         self._wb = self._wb.reshape(-1)
         self._geo = np.array([n_img, c_n, h_n, w_n, oh_n, ow_n, stride, act], dtype=np.int64)
         self._planes = n_img * c_n
-        self._kernel = _run_seq if serial(outs * 9, outs) else _run_par
+        self._kernel = _run_seq if serial(outs * 9, max(outs, n_img * c_n * h_n * w_n)) \
+            else _run_par
 
     def __call__(self, x, out, residual=None):
         nthr, grain = work_split(self._planes)
