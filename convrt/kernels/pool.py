@@ -16,7 +16,7 @@ def _nanmax_into(dst, src):
     for i in range(dst.shape[0]):
         v = src[i]
         m = dst[i]
-        dst[i] = v if (v > m or v != v) else m
+        dst[i] = v if ((v > m) | (v != v)) else m
 
 
 @njit
@@ -98,14 +98,27 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
                     m = v if ((v > m) | (v != v)) else m
                     v = seg[2 * xo + 2]
                     dseg[xo] = v if ((v > m) | (v != v)) else m
-            else:
-                for xo in range(hi - lo):
-                    seg = row[(xo + lo) * sw - pl:]
-                    m = seg[0]
-                    for b in range(1, kw):
-                        v = seg[b * dw]
-                        m = v if (v > m or v != v) else m
-                    dr[xo + lo] = m
+            elif hi > lo:
+                # window column b outer, outputs inner: with stride 1 each pass is a
+                # contiguous, vectorised max of two runs (YOLOv8's 5x5/1 SPPF pools on 10x10
+                # maps took 0.34 ms with a loop over b per output); the same maxima in the same
+                # order per output, so the same values
+                dseg = dr[lo:hi]
+                for b in range(kw):
+                    seg = row[lo * sw - pl + b * dw:]
+                    if b == 0:
+                        for xo in range(hi - lo):
+                            dseg[xo] = seg[xo * sw]
+                    elif sw == 1:
+                        for xo in range(hi - lo):
+                            v = seg[xo]
+                            m = dseg[xo]
+                            dseg[xo] = v if ((v > m) | (v != v)) else m
+                    else:
+                        for xo in range(hi - lo):
+                            v = seg[xo * sw]
+                            m = dseg[xo]
+                            dseg[xo] = v if ((v > m) | (v != v)) else m
             for e in range(lo + ow - hi):  # the edge outputs only: [0, lo) and [hi, ow)
                 xo = e if e < lo else e - lo + hi
                 x0 = xo * sw - pl
