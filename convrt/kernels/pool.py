@@ -9,14 +9,7 @@ from numba import prange
 
 from ._jit import njit, pjit
 
-
-@njit
-def _nanmax_into(dst, src):
-    """dst[i] = max(dst[i], src[i]), NaN-sticky (a NaN in either stays NaN, as np.max)."""
-    for i in range(dst.shape[0]):
-        v = src[i]
-        m = dst[i]
-        dst[i] = v if ((v > m) | (v != v)) else m
+_U = np.uint64
 
 
 @njit
@@ -63,6 +56,7 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
         for nc in prange(n * c):
             _max2x2_plane(xf, of, np.int64(nc), h, w, oh, ow)  # one type: one compile
         return
+    xf = x.reshape(-1)
     for nc in prange(n * c):
         i, j = nc // c, nc % c
         src = x[i, j]
@@ -72,17 +66,23 @@ def max_pool2d(x, out, kh, kw, sh, sw, dh, dw, pt, pl):
             y0 = y * sh - pt
             if kh == 3 and y0 >= 0 and y0 + 2 * dh < h:  # a whole 3-row window: one pass
                 _nanmax3(row, src[y0], src[y0 + dh], src[y0 + 2 * dh])
-            else:
+            else:  # flat loops over the input rows: a slice copy and a call per row cost
+                # ~14 ns each (YOLOv8's 5x5 SPPF pools on 10x10 planes: 1.3 -> 1.1 us a plane)
                 first = True
                 for a in range(kh):
                     yy = y0 + a * dh
                     if yy < 0 or yy >= h:
                         continue
+                    r0 = _U((nc * h + yy) * w)
                     if first:
-                        row[:] = src[yy]
+                        for k in range(_U(w)):
+                            row[k] = xf[r0 + k]
                         first = False
                     else:
-                        _nanmax_into(row, src[yy])
+                        for k in range(_U(w)):
+                            v = xf[r0 + k]
+                            m = row[k]
+                            row[k] = v if ((v > m) | (v != v)) else m
             dr = dst[y]
             # outputs [lo, hi) have their whole window inside the row: no index tests
             lo = min(ow, (pl + sw - 1) // sw)
