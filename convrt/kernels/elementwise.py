@@ -227,10 +227,7 @@ def _any_silu(v):
     if v == types.float32:
         return lambda v: silu32(v)
 
-    def impl(v):
-        e = math.exp(-abs(v))
-        return v * ((1.0 if v >= 0 else e) / (1.0 + e))
-    return impl
+    return lambda v: v * any_sigmoid(v)
 
 
 @overload(any_tanh)

@@ -10,6 +10,7 @@ residual)`` into ``out``.  ``ConvAlgorithm`` holds the defaults: no handoff, no 
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,9 @@ class ConvLayer:
     pads = property(lambda self: (self.pt, self.pl, self.pb, self.pr))
     strides = property(lambda self: (self.sh, self.sw))
     dilations = property(lambda self: (self.dh, self.dw))
+    # the most elements the layer moves, its input or its output (``_schedule.serial``: a
+    # stride-2 depthwise layer reads four inputs an output)
+    moved = property(lambda self: max(math.prod(self.in_shape), math.prod(self.out_shape)))
 
 
 # (cache, key, keep, strict) while a Conv2d is being bound with a session's pack cache (``Conv2d``'s

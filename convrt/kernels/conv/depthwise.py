@@ -410,8 +410,7 @@ class Depthwise(ConvAlgorithm):
             self._offs = np.array(offs, dtype=np.uint64)
         self._nblk = nblk
         macs = n_img * m_all * oh_n * ow_n * taps
-        ins = n_img * group * cg * h_n * w_n
-        self._kernel = _run_seq if serial(macs, max(macs // taps, ins)) else _run_par
+        self._kernel = _run_seq if serial(macs, layer.moved) else _run_par
         if (cg == 1 and m_all == group and kh == kw == 3 and oh_n * ow_n <= CB_MAX_PIXELS
                 and m_all >= LANES and self._geo is not None):
             self._channel_blocked(w, bias, n_img, m_all, h_n, w_n, oh_n, ow_n, sh, sw, dh, dw,
@@ -437,8 +436,7 @@ class Depthwise(ConvAlgorithm):
                               q_n, act, xs_len], dtype=np.int64)
         self._nblk = nblk
         self._row = xs_len + oh_n * ow_n * LANES
-        self._kernel = _cb_run_seq if serial(macs, max(macs // 9, n_img * c_n * h_n * w_n)) \
-            else _cb_run_par
+        self._kernel = _cb_run_seq if serial(macs, self.layer.moved) else _cb_run_par
 
     def scratch_bytes(self) -> int:
         """Bytes of one calling thread's scratch."""

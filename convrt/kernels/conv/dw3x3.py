@@ -428,8 +428,7 @@ class Depthwise3x3(ConvAlgorithm):
         self._wb = self._wb.reshape(-1)
         self._geo = np.array([n_img, c_n, h_n, w_n, oh_n, ow_n, stride, act], dtype=np.int64)
         self._planes = n_img * c_n
-        self._kernel = _run_seq if serial(outs * 9, max(outs, n_img * c_n * h_n * w_n)) \
-            else _run_par
+        self._kernel = _run_seq if serial(outs * 9, layer.moved) else _run_par
 
     def __call__(self, x, out, residual=None):
         nthr, grain = work_split(self._planes)

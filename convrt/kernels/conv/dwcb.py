@@ -328,8 +328,7 @@ class DepthwiseBlocked(ConvAlgorithm):
         self._geo = np.array([c_n, nchb, h_n * w_n, oh_n, ow_n, sh * wp * VEC, sw * VEC, taps],
                              dtype=np.int64)
         macs = n_img * c_n * oh_n * ow_n * taps
-        self._kernel = _run_seq if serial(macs, max(macs // taps, n_img * c_n * h_n * w_n)) \
-            else _run_par
+        self._kernel = _run_seq if serial(macs, layer.moved) else _run_par
         if self._kernel is _run_seq:
             self._nblk = 1
         self._tls = threading.local()

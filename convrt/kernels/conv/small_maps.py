@@ -249,7 +249,7 @@ class SmallMaps(ConvAlgorithm):
         nthr, grain = work_split(self._wp.shape[0] * self._panels[0])
         bq = _shared_scratch(self._scratch_n, self.dtype).reshape(self._panels)
         if self._rows_only:
-            fill_rows(np.ascontiguousarray(x), bq, min(nthr, self.layer.cg))
+            fill_rows(np.ascontiguousarray(x), bq, min(nthr, layer.cg))
         else:
             fill_panels(np.ascontiguousarray(x), bq, self._ys, self._xs,
                         min(nthr, self._panels[0]))
