@@ -8,6 +8,7 @@ the suite's.  No test asserts a time: the start-up figures are in benchmarks/run
 issue's report.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -21,9 +22,20 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
-# Runs MODEL in convrt and onnxruntime and prints "ERR <max abs difference> <max |reference|>".
+# Runs MODEL in convrt and onnxruntime and prints "ERR <max abs difference> <max |reference|>",
+# then "COMPILED <json list>": the convrt kernels (name and argument types) it compiled.
 _CHECK = """
-import sys, numpy as np, onnxruntime as ort, convrt
+import json, sys, numpy as np, onnxruntime as ort, convrt
+import numba.core.event as ev
+compiled = []
+class Compiles(ev.Listener):
+    def on_start(self, event):
+        pass
+    def on_end(self, event):
+        f = event.data["dispatcher"].py_func
+        if f.__module__.startswith("convrt."):
+            compiled.append(f"{f.__module__}.{f.__qualname__}{tuple(event.data['args'])}")
+ev.register("numba:compile", Compiles())
 path = sys.argv[1]
 sess = convrt.InferenceSession(path)
 arg = sess.get_inputs()[0]
@@ -31,6 +43,7 @@ x = np.random.default_rng(1).standard_normal(arg.shape).astype(np.float32)
 y = sess.run(None, {arg.name: x})[0]
 r = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {arg.name: x})[0]
 print("ERR", float(np.abs(y - r).max()), float(np.abs(r).max()))
+print("COMPILED", json.dumps(compiled))
 """
 
 
@@ -46,19 +59,17 @@ def _save(tmp_path, name, nodes, x_shape, y_shape, inits):
     return path
 
 
-def _conv_gemm(tmp_path):
-    """Conv 3x3 + Relu + MaxPool + Gemm: the direct convolution, pooling and GEMM kernels."""
+def _gemm_branches(tmp_path):
+    """Gemm, then Tanh and Sigmoid of its output (read twice: nothing fuses), then their Add:
+    four kernels that compile in seconds (the cache files of every kernel are alike)."""
     rng = np.random.default_rng(0)
-    inits = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
-             "b": rng.standard_normal(8).astype(np.float32) * 0.1,
-             "fw": rng.standard_normal((5, 128)).astype(np.float32) * 0.1,
-             "fb": rng.standard_normal(5).astype(np.float32) * 0.1}
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)]
-    return _save(tmp_path, "conv_gemm", nodes, [2, 3, 8, 8], [2, 5], inits)
+    inits = {"w": rng.standard_normal((5, 24)).astype(np.float32) * 0.3,
+             "b": rng.standard_normal(5).astype(np.float32) * 0.1}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+             helper.make_node("Tanh", ["g"], ["t"]),
+             helper.make_node("Sigmoid", ["g"], ["s"]),
+             helper.make_node("Add", ["t", "s"], ["y"])]
+    return _save(tmp_path, "gemm_branches", nodes, [2, 24], [2, 5], inits)
 
 
 def _gemm(tmp_path):
@@ -82,7 +93,8 @@ def _start(model, cache):
 
 
 def _finish(proc):
-    """Wait for a _CHECK process; assert it ran and matched onnxruntime; return its stderr."""
+    """Wait for a _CHECK process; assert it ran and matched onnxruntime; return its stderr and
+    the kernels it compiled."""
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -92,7 +104,8 @@ def _finish(proc):
     line = next(ln for ln in out.splitlines() if ln.startswith("ERR "))
     diff, scale = map(float, line.split()[1:])
     assert diff <= 1e-5 * max(scale, 1.0), line
-    return err
+    compiled = json.loads(next(ln for ln in out.splitlines() if ln.startswith("COMPILED "))[9:])
+    return err, compiled
 
 
 def _check(model, cache):
@@ -153,26 +166,22 @@ def test_light_parser_names_every_command_with_its_help():
 
 
 def test_corrupt_and_foreign_cache_files_are_recompiled(tmp_path):
-    """Truncated, garbled, emptied and swapped-in (another kernel's) cache files: the kernels
-    are compiled again, the results match onnxruntime, and the rewritten cache then loads."""
-    model, cache = _conv_gemm(tmp_path), tmp_path / "numba"
-    _check(model, cache)
+    """Truncated, garbled, emptied and swapped-in (another kernel's) cache files, of both
+    kinds (index and code): the kernels are compiled again, the results match onnxruntime,
+    and the rewritten cache then loads without compiling."""
+    model, cache = _gemm_branches(tmp_path), tmp_path / "numba"
+    assert _check(model, cache)[1]
     files = _cache_files(cache)
-    assert len(files) >= 4
-    nbc = [p for p in files if p.suffix == ".nbc"]
-    foreign = nbc[0].read_bytes()
-    for i, path in enumerate(files):
-        data = path.read_bytes()
-        if i % 4 == 0:
-            path.write_bytes(data[: len(data) // 2])
-        elif i % 4 == 1:
-            path.write_bytes(np.random.default_rng(i).bytes(len(data)))
-        elif i % 4 == 2:
-            path.write_bytes(b"")
-        elif path.suffix == ".nbc" and path != nbc[0]:
-            path.write_bytes(foreign)
-    _check(model, cache)
-    _check(model, cache)
+    by_kind = [[p for p in files if p.suffix == kind] for kind in (".nbc", ".nbi")]
+    assert all(len(paths) >= 4 for paths in by_kind), files
+    for paths in by_kind:
+        foreign = paths[0].read_bytes()
+        for i, path in enumerate(paths[:4]):
+            data = path.read_bytes()
+            path.write_bytes([data[: len(data) // 2], np.random.default_rng(i).bytes(len(data)),
+                              b"", foreign][i])
+    assert _check(model, cache)[1]
+    assert _check(model, cache)[1] == []
 
 
 def test_cache_dir_that_cannot_be_written(tmp_path):
@@ -180,33 +189,34 @@ def test_cache_dir_that_cannot_be_written(tmp_path):
     warning, kernels cached in convrt's default place instead, correct results."""
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
-    err = _check(_gemm(tmp_path), blocker)
+    err, _ = _check(_gemm(tmp_path), blocker)
     assert "is not a writable directory" in err
 
 
 def test_two_processes_fill_one_empty_cache(tmp_path):
-    """Two processes compiling into one empty cache at once both finish with correct
-    results, and a third process then runs from what they wrote.  The Gemm model: numba's
-    cache files are written the same way for every kernel, and it compiles in a third of the
-    convolution model's time."""
+    """Two processes started at once on one empty cache both finish with correct results,
+    no kernel is compiled by both (the second waits for the first one's compile and loads it:
+    kernels/_jit.py's compile lock), and a third process then compiles nothing.  The Gemm
+    model: numba's cache files are written the same way for every kernel, and it compiles in a
+    third of the convolution model's time."""
     model, cache = _gemm(tmp_path), tmp_path / "numba"
     procs = [_start(model, cache), _start(model, cache)]
-    for p in procs:
-        _finish(p)
+    (_, first), (_, second) = (_finish(p) for p in procs)
+    assert first or second
+    assert not set(first) & set(second), (first, second)
     assert not [p for p in Path(cache).rglob("*.tmp.*")]
-    _check(model, cache)
+    assert _check(model, cache)[1] == []
 
 
 def test_warmup_fills_the_cache_with_parallel_jobs(tmp_path):
     cache = tmp_path / "numba"
-    models = [_conv_gemm(tmp_path), _gemm(tmp_path)]
+    models = [_gemm_branches(tmp_path), _gemm(tmp_path)]
     proc = subprocess.run([sys.executable, "-m", "convrt.cli", "warmup", *map(str, models),
                            "--jobs", "2"], env=_env(cache), cwd=str(ROOT), capture_output=True,
                           text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warmed 2 model(s)" in proc.stdout and str(cache) in proc.stdout
-    assert _cache_files(cache)
-    _check(models[0], cache)
+    assert _check(models[0], cache)[1] == []
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -47,8 +47,15 @@ import warnings
 from contextlib import contextmanager
 
 import numba
+from numba.core import sigutils
 from numba.core.caching import FunctionCache
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.dispatcher import Dispatcher
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process compile lock (each process compiles its own)
+    fcntl = None
 
 from ..errors import ConvrtError
 
@@ -275,11 +282,76 @@ class _SafeCache(FunctionCache):
             pass
 
 
+#: How long a process waits for another one compiling the same kernel before compiling it too
+#: (a compile takes seconds; a process stopped while holding the lock must not stop others).
+LOCK_WAIT_SECONDS = 300.0
+
+
+@contextmanager
+def _compile_lock(disp, args):
+    """Hold an exclusive lock on this kernel and signature across processes that share the
+    cache, for the lookup, the compile and the save.
+
+    Why: processes that start together on an empty cache (the test suite's two workers, the
+    workers of a Dask or Ray pool, ``convrt warmup --jobs``) each compiled every kernel, though
+    numba would have loaded the first one's result from disk.  With the lock the second
+    process waits for the first one's compile, then loads it (numba looks in the cache before
+    compiling).  The lock is ``flock`` on a file beside the kernel's cache index: released when
+    the file is closed, or when the process dies.  Taken inside numba's compiler lock so that
+    within a process the file locks nest along the call graph (caller, then callee), and two
+    processes cannot wait on each other.  Anything unusual (no ``fcntl``, a lock file that
+    cannot be made, a wait over ``LOCK_WAIT_SECONDS``) means compiling without it."""
+    fd = None
+    if fcntl is not None:
+        cache = disp._cache
+        key = f"{disp.py_func.__module__}.{disp.py_func.__qualname__}{args}"
+        name = hashlib.sha1(key.encode()).hexdigest()[:20]
+        try:
+            fd = os.open(os.path.join(cache.cache_path, f"{name}.lock"),
+                         os.O_RDWR | os.O_CREAT, 0o666)
+        except (OSError, AttributeError):
+            fd = None
+    try:
+        if fd is not None:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                except OSError:  # a filesystem without flock
+                    break
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _locked_compile(disp):
+    """``disp.compile`` under :func:`_compile_lock`, unless the signature is already in
+    memory (numba calls ``compile`` each time it types a call to a kernel)."""
+    compile_ = disp.compile
+
+    def compile(sig):
+        args, _ = sigutils.normalize_signature(sig)
+        if tuple(args) in disp.overloads:
+            return compile_(sig)
+        with global_compiler_lock, _compile_lock(disp, tuple(args)):
+            return compile_(sig)
+
+    return compile
+
+
 def _safe(obj):
-    """Give a dispatcher (or the dispatchers a decorator factory makes) the safe cache."""
+    """Give a dispatcher (or the dispatchers a decorator factory makes) the safe cache, and
+    the cross-process compile lock."""
     if isinstance(obj, Dispatcher):
         if type(obj._cache) is FunctionCache:
             obj._cache.__class__ = _SafeCache
+            obj.compile = _locked_compile(obj)
         return obj
     return lambda fn: _safe(obj(fn))
 
