@@ -421,3 +421,36 @@ def test_cli_session_loads_with_the_collector_off_then_freezes_and_turns_it_back
     assert seen == [False] and gc.isenabled()
     arg = sess.get_inputs()[0]
     assert sess.run(None, {arg.name: np.zeros([1] + list(arg.shape[1:]), np.float32)})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_forked_child_does_not_keep_the_compile_lock(tmp_path):
+    """A process forked while its parent holds a kernel's compile lock (another thread
+    compiling) must not hold that lock once the parent lets it go: flock belongs to the open
+    file, which fork shares, so other processes would wait on the child."""
+    import fcntl
+    import time
+
+    from convrt.kernels import _jit
+    from convrt.kernels.gemm import gemm_nt
+
+    args = ("lock-test",)
+    ready_r, ready_w = os.pipe()
+    with _jit._compile_lock(gemm_nt, args):
+        pid = os.fork()
+        if pid == 0:  # the child lives on without compiling anything
+            os.write(ready_w, b"1")  # fork's child handlers have run by now
+            time.sleep(5)
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        fd = os.open(_jit.lock_path(gemm_nt, args), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if the child still holds it
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)

@@ -285,6 +285,30 @@ class _SafeCache(FunctionCache):
 #: How long a process waits for another one compiling the same kernel before compiling it too
 #: (a compile takes seconds; a process stopped while holding the lock must not stop others).
 LOCK_WAIT_SECONDS = 300.0
+_held_locks: set[int] = set()  # this process's lock file descriptors, held or being taken
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close the lock files inherited from the parent.  A flock belongs to
+    the open file, which fork shares: the child's copy would keep the parent's lock held after
+    the parent released it, and the child itself would wait on it."""
+    for fd in list(_held_locks):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def lock_path(disp, args) -> str:
+    """The lock file of kernel ``disp`` for argument types ``args``, beside its cache index."""
+    key = f"{disp.py_func.__module__}.{disp.py_func.__qualname__}{args}"
+    return os.path.join(disp._cache.cache_path, hashlib.sha1(key.encode()).hexdigest()[:20]
+                        + ".lock")
 
 
 @contextmanager
@@ -303,13 +327,11 @@ def _compile_lock(disp, args):
     cannot be made, a wait over ``LOCK_WAIT_SECONDS``) means compiling without it."""
     fd = None
     if fcntl is not None:
-        cache = disp._cache
-        key = f"{disp.py_func.__module__}.{disp.py_func.__qualname__}{args}"
-        name = hashlib.sha1(key.encode()).hexdigest()[:20]
         try:
-            fd = os.open(os.path.join(cache.cache_path, f"{name}.lock"),
-                         os.O_RDWR | os.O_CREAT, 0o666)
-        except (OSError, AttributeError):
+            fd = os.open(lock_path(disp, args),
+                         os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            _held_locks.add(fd)
+        except (OSError, AttributeError):  # no cache path, or one that cannot be written
             fd = None
     try:
         if fd is not None:
@@ -326,7 +348,8 @@ def _compile_lock(disp, args):
                     break
         yield
     finally:
-        if fd is not None:
+        if fd is not None and fd in _held_locks:  # not closed by a fork's child handler
+            _held_locks.discard(fd)
             os.close(fd)
 
 
