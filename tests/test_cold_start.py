@@ -454,3 +454,28 @@ def test_a_forked_child_does_not_keep_the_compile_lock(tmp_path):
         os.waitpid(pid, 0)
         os.close(ready_r)
         os.close(ready_w)
+
+
+def test_under_the_compile_fence_a_kernel_another_process_compiles_is_a_miss(monkeypatch):
+    """A session's fence asks whether its kernels are cached without compiling: a kernel whose
+    lock another process holds (it is compiling it) is a miss at once, not a wait for that
+    compile (the session then starts on the first tier)."""
+    import fcntl
+
+    from convrt.kernels import _jit
+    from convrt.kernels.elementwise import relu
+
+    tries = []
+
+    def busy(fd, op):
+        tries.append(op)
+        raise BlockingIOError
+
+    monkeypatch.setattr(fcntl, "flock", busy)
+    monkeypatch.setattr(_jit, "LOCK_WAIT_SECONDS", 0.3)  # a waiting fence would try ~15 times
+    x = np.arange(-3, 3, dtype=np.int16)  # a signature no kernel call of convrt uses
+    before = len(relu.overloads)
+    with pytest.raises(_jit.CompileNeeded, match="relu"):
+        with _jit.compile_fence():
+            relu(x, np.empty_like(x))
+    assert len(relu.overloads) == before and len(tries) == 1

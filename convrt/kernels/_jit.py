@@ -323,8 +323,10 @@ def _compile_lock(disp, args):
     compiling).  The lock is ``flock`` on a file beside the kernel's cache index: released when
     the file is closed, or when the process dies.  Taken inside numba's compiler lock so that
     within a process the file locks nest along the call graph (caller, then callee), and two
-    processes cannot wait on each other.  Anything unusual (no ``fcntl``, a lock file that
-    cannot be made, a wait over ``LOCK_WAIT_SECONDS``) means compiling without it."""
+    processes cannot wait on each other.  Within :func:`compile_fence` a kernel another
+    process is compiling is a miss at once (a session starting then answers on the first tier
+    instead of waiting).  Anything unusual (no ``fcntl``, a lock file that cannot be made, a
+    wait over ``LOCK_WAIT_SECONDS``) means compiling without it."""
     fd = None
     if fcntl is not None:
         try:
@@ -341,6 +343,9 @@ def _compile_lock(disp, args):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if getattr(_FENCE, "on", False):  # another process is compiling it: a miss
+                        raise CompileNeeded(f"{disp.py_func.__module__}."
+                                            f"{disp.py_func.__qualname__}") from None
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.02)
