@@ -9,11 +9,12 @@ container or test run.  The kernels compiled are the ones the models' plans pick
 
 ``--jobs N`` runs the models in N worker processes that fill the same cache.  numba writes each
 cache file to a temporary name and renames it into place, so concurrent writers leave whole
-files; a kernel two workers both need is compiled by both (whichever finishes first wins), so
-jobs can only help when the models use different kernels (VGG's direct convolution,
-MobileNet's depthwise ones), never for one model, and only with idle cores: on the shared 2-core
-reference machine (load average 2.6-3.6 from other work) small VGG + MobileNetV2 took 47.5 s with
---jobs 1 and 59.9 s with --jobs 2, so the default is 1.  Its sessions compile before they answer
+files; a kernel two workers both need is compiled by one while the other waits for it and loads
+it (the compile lock, kernels/_jit.py).  So jobs help when the models use different kernels
+(VGG's direct convolution, MobileNet's depthwise ones), never for one model, and only with idle
+cores: small VGG + MobileNetV2 on an empty cache took 76 s with --jobs 1 and 58 s with --jobs 2
+on an idle 2-core machine, but 47.5 s and 59.9 s on one with a load average of 2.6-3.6 from
+other work, so the default is 1.  Its sessions compile before they answer
 (``tiered_start=False``): without a warmup a session answers on numpy kernels until its own
 compile is done (convrt/runtime/tiers.py).
 """
