@@ -529,10 +529,10 @@ def test_every_pixel_shape(monkeypatch, dtype, pix_major):
 @pytest.mark.parametrize("act", range(8))  # activations.IN_REGISTERS: stored from registers
 @pytest.mark.parametrize("residual", [False, True])
 def test_pixel_direct_stores_equal_tile_stores(act, residual, dtype):
-    """Whole channel blocks store the pixel microkernel's sums straight from its registers,
+    """Channel blocks store the pixel microkernel's sums straight from its registers,
     with the residual and activation applied there; the result is bit-identical to going
     through the tile buffer and ``_store_tile`` (geo[11] = 0 forces that path), NaN included,
-    and a partial last block (which always takes the tile) joins up.  sigmoid / silu are the
+    a partial last block included (its real rows only: 27 = 4 x 6 + 3).  sigmoid / silu are the
     vector form of ``elementwise.sigmoid32`` (float64: libm's exp), the hard forms one fma and
     two clamps, as ``_epilogue.act_other``; +-inf and saturating inputs included."""
     rng = np.random.default_rng(act)

@@ -82,13 +82,14 @@ def choose_shape(m_all, npix, dtype):
 
 @intrinsic
 def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, res, has_res,
-             act, prm, direct):
+             act, prm, direct, jv):
     """``s[m, p] = bp[blk*MR + m] + sum_r xf[xb + offs[r] + p] * wp[blk, r, m]`` for m < MR,
     p < 16*NV; ``mr``, ``nv`` literals; ``xb``, ``ob``, ``ohw`` uint64; arrays C-contiguous.
 
     With ``direct`` false the sums go to ``tile[m*16*NV + p]``.  With ``direct`` true they are
     stored from the registers as ``_store_tile`` would store that tile: ``out[ob + m*ohw + p] =
-    act(s + res[ob + m*ohw + p])`` (the residual if ``has_res``), ``act`` one of
+    act(s + res[ob + m*ohw + p])`` for m < ``jv`` (int64, 1..MR: a partial last block of
+    channels stores its real rows only) (the residual if ``has_res``), ``act`` one of
     ``activations.IN_REGISTERS`` with ``prm`` = (alpha, lo, hi, 0).  On short reductions (first
     layers, 16-24 channel expansions) the scalar store loop of ``_store_tile`` cost as much as
     the sums: the small VGG's first layer at batch 64 took 8.1 ms on one thread, 3.8 of them in
@@ -97,7 +98,7 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
         return None
     n_m, n_v = mr.literal_value, nv.literal_value
     sig = types.void(xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, res, has_res, act,
-                     prm, direct)
+                     prm, direct, jv)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
@@ -127,6 +128,7 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
         has_res = context.cast(builder, args[13], aty[13], types.boolean)
         actv = context.cast(builder, args[14], aty[14], types.int64)
         dirv = context.cast(builder, args[16], aty[16], types.boolean)
+        jv = context.cast(builder, args[17], aty[17], types.int64)
         fn = builder.function
         end = fn.append_basic_block("px.end")
         tile_bb = fn.append_basic_block("px.tile")
@@ -150,10 +152,10 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
                 builder.position_at_end(bb)
                 if code in EXP_CODES:
                     _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s,
-                                  add_res, ta)
+                                  add_res, ta, jv)
                 else:
                     _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s,
-                                  add_res)
+                                  add_res, jv)
                 builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -161,10 +163,14 @@ def _px_sums(typingctx, xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, r
     return sig, codegen
 
 
-def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res):
-    """The direct stores of ``_px_sums``: row m of the tile at ``ob + m*ohw``."""
+def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res, jv):
+    """The direct stores of ``_px_sums``: row m < ``jv`` of the tile at ``ob + m*ohw`` (a
+    partial last block of channels stores its first ``jv`` rows; the rest are padding)."""
     c64 = v.c64
     for m in range(n_m):
+        if m:
+            guard = builder.if_then(builder.icmp_signed("<", c64(m), jv), likely=True)
+            guard.__enter__()
         row = builder.add(ob, builder.mul(ohw, c64(m)))
         for k in range(n_v):
             at = builder.add(row, c64(k * VEC))
@@ -172,10 +178,12 @@ def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
             if with_res:
                 val = builder.fadd(val, v.vload(ra.data, at))
             v.vstore(v.activate(val, code, prm_s), outa.data, at)
+        if m:
+            guard.__exit__(None, None, None)
 
 
 def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res,
-                  ta):
+                  ta, jv):
     """``_store_direct`` for the activations built on exp (``EXP_CODES``): the sums go to the
     tile (``ta``) and one loop over its vectors stores them, so the exp polynomial is emitted
     once per shape instead of once per vector.  Unrolled, sigmoid and silu were most of the
@@ -186,14 +194,17 @@ def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
         v.vstore(fin, ta.data, c64(i * VEC))
     nvu = c64(n_v)
 
+    real = builder.mul(jv, nvu)  # the vectors of rows m < jv (m-major order)
+
     def body(i, _):
-        m = builder.udiv(i, nvu)
-        at = builder.add(builder.add(ob, builder.mul(ohw, m)),
-                         builder.mul(builder.sub(i, builder.mul(m, nvu)), c64(VEC)))
-        val = v.vload(ta.data, builder.mul(i, c64(VEC)))
-        if with_res:
-            val = builder.fadd(val, v.vload(ra.data, at))
-        v.vstore(v.activate(val, code, prm_s), outa.data, at)
+        with builder.if_then(builder.icmp_unsigned("<", i, real), likely=True):
+            m = builder.udiv(i, nvu)
+            at = builder.add(builder.add(ob, builder.mul(ohw, m)),
+                             builder.mul(builder.sub(i, builder.mul(m, nvu)), c64(VEC)))
+            val = v.vload(ta.data, builder.mul(i, c64(VEC)))
+            if with_res:
+                val = builder.fadd(val, v.vload(ra.data, at))
+            v.vstore(v.activate(val, code, prm_s), outa.data, at)
         return []
 
     v.accumulate(c64(n_m * n_v), [], body, "px.exp")
@@ -201,40 +212,40 @@ def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
 
 @njit
 def _px_kernel(xf, xb, offs, wp, blk, bp, tile, mr, nv, out, ob, ohw, res, has_res, act, prm,
-               direct):
+               direct, jv):
     """``_px_sums`` for a runtime shape (mr, nv), one of the host's table (``_WIDE``: the
     other table's branches are pruned before they compile)."""
     if not _WIDE:
         if mr == 6 and nv == 1:
             _px_sums(xf, xb, offs, wp, blk, bp, tile, 6, 1, out, ob, ohw, res, has_res, act,
-                     prm, direct)
+                     prm, direct, jv)
         else:
             _px_sums(xf, xb, offs, wp, blk, bp, tile, 4, 1, out, ob, ohw, res, has_res, act,
-                     prm, direct)
+                     prm, direct, jv)
     elif mr == 12 and nv == 2:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 12, 2, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 8 and nv == 3:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 8, 3, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 6 and nv == 4:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 6, 4, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 16 and nv == 1:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 16, 1, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 8 and nv == 2:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 8, 2, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 8 and nv == 1:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 8, 1, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     elif mr == 4 and nv == 2:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 4, 2, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
     else:
         _px_sums(xf, xb, offs, wp, blk, bp, tile, 4, 1, out, ob, ohw, res, has_res, act, prm,
-                 direct)
+                 direct, jv)
 
 
 @pjit
@@ -307,11 +318,11 @@ def _worker(ctr, grain, xf, offs, wp, bp, out, res, has_res, prm, geo, side):
             m0 = mb * mr
             jv = min(mr, m_all - m0)
             ob = _U(n * ons + m0 * geo[13] + y * ors + ooff + p0)
-            # whole channel blocks with an activation the microkernel applies store straight
-            # from its registers; a partial last block and tanh go through the tile
-            direct = allow_direct and jv == mr and act != TANH
+            # with an activation the microkernel applies, the sums are stored straight from its
+            # registers (a partial last block: its first jv rows); tanh goes through the tile
+            direct = allow_direct and act != TANH
             _px_kernel(xf, _U(n * nstride + y * rowstep + p0), offs, wp, mb, bp, tile, mr, nv,
-                       out, ob, ohw, res, has_res, act, prm, direct)
+                       out, ob, ohw, res, has_res, act, prm, direct, jv)
             if not direct:
                 _store_tile(tile, px, px, out, ob, ohw, jv, res, has_res, act, prm)
             if geo[18] and p0 == 0:  # a bordered output: the row's zeros, once per row
