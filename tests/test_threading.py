@@ -445,34 +445,34 @@ def test_a_depthwise_step_with_many_outputs_is_parallel():
 
 def test_a_step_that_reads_many_elements_is_parallel():
     """The serial rule counts the elements a step moves, its biggest input included: a stride-2
-    3x3 depthwise layer (MobileNetV2's 144x56x56 -> 28x28: under ``SERIAL_ELEMS`` outputs and
-    ``SERIAL_MACS`` multiply-adds, but four inputs read an output) and a global average pool
-    over a 32x112x112 map (32 outputs) run on every thread, plan and kernel alike."""
+    3x3 depthwise layer (32x56x56 -> 28x28: under ``SERIAL_ELEMS`` outputs and ``SERIAL_MACS``
+    multiply-adds, but four inputs read an output) and a global average pool over a 32x112x112
+    map (32 outputs) run on every thread, plan and kernel alike."""
     from onnx import TensorProto, helper, numpy_helper
 
     from convrt.kernels.conv import Conv2d, dw3x3
     from convrt.kernels.conv._schedule import SERIAL_ELEMS, SERIAL_MACS
 
-    assert 144 * 28 * 28 < SERIAL_ELEMS and 144 * 28 * 28 * 9 < SERIAL_MACS
-    assert 144 * 56 * 56 >= SERIAL_ELEMS
-    w = np.ones((144, 1, 3, 3), np.float32)
+    assert 32 * 28 * 28 < SERIAL_ELEMS and 32 * 28 * 28 * 9 < SERIAL_MACS
+    assert 32 * 56 * 56 >= SERIAL_ELEMS
+    w = np.ones((32, 1, 3, 3), np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], group=144, pads=[1] * 4, strides=[2, 2],
+        [helper.make_node("Conv", ["x", "w"], ["y"], group=32, pads=[1] * 4, strides=[2, 2],
                           name="dw"),
          helper.make_node("GlobalAveragePool", ["z"], ["p"], name="gap")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 144, 56, 56]),
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 56, 56]),
               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32, 112, 112])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 144, 28, 28]),
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 28, 28]),
          helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 32, 1, 1])],
         [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     sess = convrt.InferenceSession(model.SerializeToString())
-    x, z = np.ones((1, 144, 56, 56), np.float32), np.ones((1, 32, 112, 112), np.float32)
+    x, z = np.ones((1, 32, 56, 56), np.float32), np.ones((1, 32, 112, 112), np.float32)
     y, p = sess.run(None, {"x": x, "z": z})
     np.testing.assert_allclose(p, 1.0, rtol=1e-6)
     np.testing.assert_allclose(y[0, 0, 1:, 1:], 9.0)  # interior windows of ones
     plan = next(iter(sess._plans.values()))
     serial = {s.op_type: s.serial for s in plan.steps}
     assert serial == {"Conv": False, "GlobalAveragePool": False}, serial
-    assert Conv2d(w, None, (1, 144, 56, 56), (2, 2), (1, 1, 1, 1), (1, 1), 144)._dw._kernel \
+    assert Conv2d(w, None, (1, 32, 56, 56), (2, 2), (1, 1, 1, 1), (1, 1), 32)._dw._kernel \
         is dw3x3._run_par
