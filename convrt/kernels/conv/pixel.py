@@ -22,6 +22,8 @@ runs it (bitwise reproducible).  The last tile of a row is shifted left to end a
 (a few pixels are computed twice, written from the same sums), so a row needs 16+ pixels.
 """
 
+from contextlib import nullcontext
+
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -167,19 +169,16 @@ def _store_direct(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, 
     """The direct stores of ``_px_sums``: row m < ``jv`` of the tile at ``ob + m*ohw`` (a
     partial last block of channels stores its first ``jv`` rows; the rest are padding)."""
     c64 = v.c64
-    for m in range(n_m):
-        if m:
-            guard = builder.if_then(builder.icmp_signed("<", c64(m), jv), likely=True)
-            guard.__enter__()
-        row = builder.add(ob, builder.mul(ohw, c64(m)))
-        for k in range(n_v):
-            at = builder.add(row, c64(k * VEC))
-            val = finals[m * n_v + k]
-            if with_res:
-                val = builder.fadd(val, v.vload(ra.data, at))
-            v.vstore(v.activate(val, code, prm_s), outa.data, at)
-        if m:
-            guard.__exit__(None, None, None)
+    for m in range(n_m):  # row 0 is always real
+        with builder.if_then(builder.icmp_signed("<", c64(m), jv), likely=True) if m else \
+                nullcontext():
+            row = builder.add(ob, builder.mul(ohw, c64(m)))
+            for k in range(n_v):
+                at = builder.add(row, c64(k * VEC))
+                val = finals[m * n_v + k]
+                if with_res:
+                    val = builder.fadd(val, v.vload(ra.data, at))
+                v.vstore(v.activate(val, code, prm_s), outa.data, at)
 
 
 def _store_looped(v, builder, finals, n_m, n_v, outa, ra, ob, ohw, code, prm_s, with_res,
