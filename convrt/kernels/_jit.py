@@ -208,6 +208,11 @@ def _choose_threading_layer() -> None:
 _choose_threading_layer()
 
 
+def _kernel_name(py_func) -> str:
+    """``module.qualname`` of a kernel's Python function: how errors and lock files name it."""
+    return f"{py_func.__module__}.{py_func.__qualname__}"
+
+
 class CompileNeeded(ConvrtError):
     """Raised inside :func:`compile_fence` where a kernel is not in the on-disk cache: the
     caller asked to learn that instead of paying the compile (runtime/tiers.py).  A
@@ -256,7 +261,7 @@ class _SafeCache(FunctionCache):
         _lookups += 1
         cres = self._load(sig, target_context)
         if cres is None and getattr(_FENCE, "on", False):
-            raise CompileNeeded(f"{self._py_func.__module__}.{self._py_func.__qualname__}")
+            raise CompileNeeded(_kernel_name(self._py_func))
         return cres
 
     def _load(self, sig, target_context):
@@ -306,7 +311,7 @@ if hasattr(os, "register_at_fork"):
 
 def lock_path(disp, args) -> str:
     """The lock file of kernel ``disp`` for argument types ``args``, beside its cache index."""
-    key = f"{disp.py_func.__module__}.{disp.py_func.__qualname__}{args}"
+    key = f"{_kernel_name(disp.py_func)}{args}"
     return os.path.join(disp._cache.cache_path, hashlib.sha1(key.encode()).hexdigest()[:20]
                         + ".lock")
 
@@ -344,8 +349,7 @@ def _compile_lock(disp, args):
                     break
                 except BlockingIOError:
                     if getattr(_FENCE, "on", False):  # another process is compiling it: a miss
-                        raise CompileNeeded(f"{disp.py_func.__module__}."
-                                            f"{disp.py_func.__qualname__}") from None
+                        raise CompileNeeded(_kernel_name(disp.py_func)) from None
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.02)
