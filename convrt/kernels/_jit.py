@@ -394,8 +394,27 @@ def njit(*args, **kwargs):
     return _safe(numba.njit(*args, **kwargs))
 
 
+def _install_pool() -> None:
+    """kernels/_pool.py, installed once, compiled if it must be even inside
+    :func:`compile_fence` (a kernel declared under the fence is linked later, and must find
+    the pool in place).  Imported here, not at the top: its functions are cached in
+    ``CACHE_DIR``, which this module sets when it is imported."""
+    from . import _pool
+
+    if _pool._installed or _pool.problem is not None:
+        return
+    old = getattr(_FENCE, "on", False)
+    _FENCE.on = False
+    try:
+        _pool.install(_safe)
+    finally:
+        _FENCE.on = old
+
+
 def pjit(*args, **kwargs):
-    """A parallel kernel (``prange`` inside); same defaults as :func:`njit`."""
+    """A parallel kernel (``prange`` inside); same defaults as :func:`njit`.  The first one
+    installs convrt's thread pool (kernels/_pool.py) before any parallel kernel is linked."""
+    _install_pool()
     kwargs.setdefault("cache", True)
     kwargs.setdefault("parallel", True)
     return _safe(numba.njit(*args, **kwargs))
