@@ -412,18 +412,18 @@ def test_without_tbb_falls_back_to_passive_openmp_with_a_warning(tmp_path):
 
 
 def test_a_depthwise_step_with_many_outputs_is_parallel():
-    """MobileNetV3's 3x3 depthwise layer on 72x56x56 does under ``SERIAL_MACS`` multiply-adds
-    but writes ``SERIAL_ELEMS``+ outputs: the plan runs it on every thread and the kernel takes
-    its parallel driver (its time follows its outputs: 0.24 ms on one thread); a small
-    depthwise layer stays serial."""
+    """A 3x3 depthwise layer on 16x28x28 does under ``SERIAL_MACS`` multiply-adds but writes
+    ``SERIAL_ELEMS``+ outputs: the plan runs it on every thread and the kernel takes its
+    parallel driver (a depthwise layer's time follows its outputs); a smaller depthwise layer
+    (8x14x14) stays serial."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from convrt.kernels.conv import dw3x3
     from convrt.kernels.conv._schedule import SERIAL_ELEMS, SERIAL_MACS
 
-    assert 72 * 56 * 56 * 9 < SERIAL_MACS and 72 * 56 * 56 >= SERIAL_ELEMS
+    assert 16 * 28 * 28 * 9 < SERIAL_MACS and 16 * 28 * 28 >= SERIAL_ELEMS
+    assert 8 * 14 * 14 < SERIAL_ELEMS
     steps = {}
-    for c, hw in ((72, 56), (16, 28)):
+    for c, hw in ((16, 28), (8, 14)):
         w = np.ones((c, 1, 3, 3), np.float32)
         graph = helper.make_graph(
             [helper.make_node("Conv", ["x", "w"], ["y"], group=c, pads=[1] * 4, name="dw")],
@@ -436,43 +436,43 @@ def test_a_depthwise_step_with_many_outputs_is_parallel():
         plan = next(iter(sess._plans.values()))
         steps[c] = [s for s in plan.steps if s.op_type.endswith("Conv")]
         assert len(steps[c]) == 1
-    assert not steps[72][0].serial and steps[16][0].serial
+    assert not steps[16][0].serial and steps[8][0].serial
     from convrt.kernels.conv import Conv2d
-    w = np.ones((72, 1, 3, 3), np.float32)
-    assert Conv2d(w, None, (1, 72, 56, 56), (1, 1), (1, 1, 1, 1), (1, 1), 72)._dw._kernel \
-        is dw3x3._run_par
+    w = np.ones((16, 1, 3, 3), np.float32)
+    kernel = Conv2d(w, None, (1, 16, 28, 28), (1, 1), (1, 1, 1, 1), (1, 1), 16)._dw._kernel
+    assert kernel.py_func.__name__ == "_run_par", kernel  # the blocked depthwise kernel's
 
 
 def test_a_step_that_reads_many_elements_is_parallel():
     """The serial rule counts the elements a step moves, its biggest input included: a stride-2
-    3x3 depthwise layer (32x56x56 -> 28x28: under ``SERIAL_ELEMS`` outputs and ``SERIAL_MACS``
+    3x3 depthwise layer (8x28x28 -> 14x14: under ``SERIAL_ELEMS`` outputs and ``SERIAL_MACS``
     multiply-adds, but four inputs read an output) and a global average pool over a 32x112x112
     map (32 outputs) run on every thread, plan and kernel alike."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from convrt.kernels.conv import Conv2d, dw3x3
+    from convrt.kernels.conv import Conv2d
     from convrt.kernels.conv._schedule import SERIAL_ELEMS, SERIAL_MACS
 
-    assert 32 * 28 * 28 < SERIAL_ELEMS and 32 * 28 * 28 * 9 < SERIAL_MACS
-    assert 32 * 56 * 56 >= SERIAL_ELEMS
-    w = np.ones((32, 1, 3, 3), np.float32)
+    assert 8 * 14 * 14 < SERIAL_ELEMS and 8 * 14 * 14 * 9 < SERIAL_MACS
+    assert 8 * 28 * 28 >= SERIAL_ELEMS
+    w = np.ones((8, 1, 3, 3), np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], group=32, pads=[1] * 4, strides=[2, 2],
+        [helper.make_node("Conv", ["x", "w"], ["y"], group=8, pads=[1] * 4, strides=[2, 2],
                           name="dw"),
          helper.make_node("GlobalAveragePool", ["z"], ["p"], name="gap")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 56, 56]),
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 28, 28]),
               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32, 112, 112])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 28, 28]),
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 14, 14]),
          helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 32, 1, 1])],
         [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     sess = convrt.InferenceSession(model.SerializeToString())
-    x, z = np.ones((1, 32, 56, 56), np.float32), np.ones((1, 32, 112, 112), np.float32)
+    x, z = np.ones((1, 8, 28, 28), np.float32), np.ones((1, 32, 112, 112), np.float32)
     y, p = sess.run(None, {"x": x, "z": z})
     np.testing.assert_allclose(p, 1.0, rtol=1e-6)
     np.testing.assert_allclose(y[0, 0, 1:, 1:], 9.0)  # interior windows of ones
     plan = next(iter(sess._plans.values()))
     serial = {s.op_type: s.serial for s in plan.steps}
     assert serial == {"Conv": False, "GlobalAveragePool": False}, serial
-    assert Conv2d(w, None, (1, 32, 56, 56), (2, 2), (1, 1, 1, 1), (1, 1), 32)._dw._kernel \
-        is dw3x3._run_par
+    kernel = Conv2d(w, None, (1, 8, 28, 28), (2, 2), (1, 1, 1, 1), (1, 1), 8)._dw._kernel
+    assert kernel.py_func.__name__ == "_run_par", kernel

@@ -128,9 +128,13 @@ def _side(t, nthr, grain):
 # thread / two, 480x14x14 3x3 with SiLU 0.246 / 0.143 ms, without an activation 0.128 / 0.076,
 # 1152x7x7 5x5 SiLU 0.236 / 0.140, 240x14x14 HardSwish 0.071 / 0.050; with 1 << 15 the whole
 # models ran 0.95-0.98x (EfficientNet-B0, MobileNetV3-Large, MobileNetV2), YOLOv8n 0.98x, same
-# process, bitwise equal.  Any value from 1 << 13 to 1 << 15 picked the same steps in them.
-SERIAL_MACS = 1 << 21
-SERIAL_ELEMS = 1 << 15
+# process, bitwise equal.  Then convrt's own thread pool (kernels/_pool.py) made a region cost
+# ~1 us instead of TBB's 5-15, and the thresholds dropped from 1 << 21 multiply-adds and 1 << 15
+# elements to 1 << 17 and 1 << 11: MobileNetV3-Large 0.96-0.97 (serial steps 18 -> 14), YOLOv8n
+# 0.98 (26 -> 5), EfficientNet-B0 and ResNet-18 unchanged, same process, bitwise equal; beside a
+# busy loop at nice 10, 0.98-1.0.
+SERIAL_MACS = 1 << 17
+SERIAL_ELEMS = 1 << 11
 
 
 def serial(macs, elems):
