@@ -222,6 +222,40 @@ def test_loading_maps_large_temporaries_and_then_returns_them_to_the_heap(env, p
     assert out.stdout.split() == places
 
 
+_TRIM_PROBE = r"""
+import os
+import numpy as np
+from convrt.runtime.malloc import loading
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+with loading():
+    pass
+a = np.ones(8 << 20, np.uint8)  # like a run's output copy, on top of the heap
+before = rss()
+del a
+print("kept" if before - rss() < (4 << 20) else "returned")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or "MALLOC_MMAP_THRESHOLD_" in os.environ
+                    or "MALLOC_TRIM_THRESHOLD_" in os.environ,
+                    reason="needs Linux /proc and glibc's default malloc settings")
+@pytest.mark.parametrize("env, fate", [
+    ({}, "kept"),  # the next run's output reuses its pages instead of faulting them in again
+    ({"CONVRT_MALLOC_TUNING": "0"}, "returned"),  # glibc's own rule: mapped, then unmapped
+])
+def test_a_dropped_output_copy_keeps_its_pages_for_the_next_run(env, fate):
+    """After loading, a multi-MiB block freed at the top of the heap stays resident (the trim
+    threshold follows the fixed mmap threshold: convrt/runtime/malloc.py), so a model with a
+    large output does not fault its output copy in on every run."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _TRIM_PROBE], capture_output=True,
+                         text=True, cwd=root, env={**os.environ, **env}, check=True)
+    assert out.stdout.split() == [fate]
+
+
 def test_a_dropped_session_is_freed_without_waiting_for_the_cycle_collector():
     """Its packed weights and arenas go when the last reference does: the session is not part
     of a reference cycle (an arena-pool callback holding it was one, freeing 40 MB of ResNet-18's
