@@ -79,6 +79,7 @@ MAX_THREADS = 64
 SCRATCH = TIDS + MAX_THREADS + 8  # per thread: the chunk's argument pointers, then its dims
 MAX_ARRAYS = 256
 MAX_DIMS = 64
+MAX_CHUNKS = 1 << 24  # NEXT keeps the chunk index in its low 24 bits (numba makes one a thread)
 PER_THREAD = MAX_ARRAYS + MAX_DIMS
 
 _MACHINE = platform.machine().lower()
@@ -320,7 +321,7 @@ def parallel_for(fn, args, dims, steps, data, inner_ndim, arrays, threads):
     if chunks <= 1 or threads <= 1:
         _call_chunk(fn, args, dims, steps, data)
         return
-    if (helpers == 0 or arrays > MAX_ARRAYS or arg_len > MAX_DIMS
+    if (helpers == 0 or arrays > MAX_ARRAYS or arg_len > MAX_DIMS or chunks >= MAX_CHUNKS
             or not _cas(BUSY, 0, 1)):
         _call_for(_load(ORIG_FOR), fn, args, dims, steps, data, inner_ndim, arrays, threads)
         return
