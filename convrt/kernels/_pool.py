@@ -23,7 +23,8 @@ runs it, so results are bitwise the same as under numba's layer.
 
 Not the pool, numba's own layer instead: a region that starts while the pool is running another
 (a second Python thread, or a parallel kernel called inside a region), a caller that asked for
-one thread, ``CONVRT_THREAD_POOL=0`` in the environment, a threading layer the user chose, and
+one thread, ``CONVRT_THREAD_POOL=0`` in the environment, a threading layer the user chose
+(``NUMBA_THREADING_LAYER``, or a ``numba.config.THREADING_LAYER`` other than TBB), and
 anything this module cannot set up (not Linux on x86-64, numba internals that differ:
 ``problem`` says why).
 
@@ -417,8 +418,9 @@ def _why_not() -> str | None:
         return f"{ENV_VAR}=0"
     if not sys.platform.startswith("linux") or _SYS_FUTEX is None:
         return f"not Linux on x86-64 ({sys.platform}, {_MACHINE})"
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        return "NUMBA_THREADING_LAYER is set: the user's layer is kept"
+    if "NUMBA_THREADING_LAYER" in os.environ or numba.config.THREADING_LAYER not in (
+            "default", "tbb"):  # convrt's own choice is "tbb" (_jit), numba's is "default"
+        return f"the threading layer {numba.config.THREADING_LAYER!r} was chosen: it is kept"
     return None
 
 
